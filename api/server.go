@@ -1,0 +1,285 @@
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/julienschmidt/httprouter"
+)
+
+// Backend is what the handlers serve: the daemon, or a fake in tests.
+type Backend interface {
+	// Execute runs req.Code in userUUID's session. A *ExecuteResponse with Error set is a
+	// 400 (the code raised); an *Error is any other non-200 answer.
+	Execute(ctx context.Context, userUUID string, req ExecuteRequest) (*ExecuteResponse, error)
+	// Release destroys the session's worker; no session is not an error.
+	Release(ctx context.Context, userUUID string) error
+	Status() Status
+	// Ping reports whether the daemon can reach containerd.
+	Ping(ctx context.Context) error
+}
+
+// MaxJSONBody bounds a JSON request body; larger ones get 413.
+const MaxJSONBody = 8 << 20
+
+// ServerConfig configures the handlers.
+type ServerConfig struct {
+	Token       string
+	CORSOrigins []string // "*" allows any origin
+	Log         *slog.Logger
+}
+
+type server struct {
+	b     Backend
+	cfg   ServerConfig
+	token []byte
+	log   *slog.Logger
+}
+
+// Route is one route of the API, for the router and for checking the OpenAPI document.
+type Route struct {
+	Method, Path string
+	Auth         bool
+}
+
+// Routes lists the API's routes.
+var Routes = []Route{
+	{http.MethodGet, "/healthz", false},
+	{http.MethodPost, "/api/v1/execute", true},
+	{http.MethodPost, "/api/v1/release", true},
+	{http.MethodGet, "/api/v1/status", true},
+}
+
+// NewHandler returns the API's HTTP handler.
+func NewHandler(b Backend, cfg ServerConfig) http.Handler {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	s := &server{b: b, cfg: cfg, token: []byte(cfg.Token), log: cfg.Log}
+	handlers := map[string]handlerFunc{
+		"GET /healthz":         s.healthz,
+		"POST /api/v1/execute": s.execute,
+		"POST /api/v1/release": s.release,
+		"GET /api/v1/status":   s.status,
+	}
+	r := httprouter.New()
+	for _, rt := range Routes {
+		h := handlers[rt.Method+" "+rt.Path]
+		if h == nil {
+			panic("api: no handler for " + rt.Method + " " + rt.Path)
+		}
+		r.Handler(rt.Method, rt.Path, s.wrap(h, rt.Auth))
+	}
+	r.NotFound = s.wrap(func(w http.ResponseWriter, r *http.Request) error {
+		return Errorf(http.StatusNotFound, "not found")
+	}, false)
+	r.MethodNotAllowed = s.wrap(func(w http.ResponseWriter, r *http.Request) error {
+		return Errorf(http.StatusMethodNotAllowed, "method not allowed")
+	}, false)
+	r.HandleOPTIONS = true
+	r.GlobalOPTIONS = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.cors(w, r)
+		w.WriteHeader(http.StatusNoContent)
+	})
+	r.PanicHandler = func(w http.ResponseWriter, r *http.Request, v any) {
+		s.log.Error("handler panic", "path", r.URL.Path, "panic", v)
+		writeJSON(w, http.StatusInternalServerError, map[string]any{"detail": "internal error"})
+	}
+	return r
+}
+
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// statusWriter remembers the status for the access log.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// wrap adds CORS, authentication, error mapping and one log line per request.
+func (s *server) wrap(h handlerFunc, auth bool) http.Handler {
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		w := &statusWriter{ResponseWriter: rw}
+		s.cors(w, r)
+		var err error
+		if auth && !s.authorized(r) {
+			err = Errorf(http.StatusUnauthorized, "missing or invalid token")
+		} else {
+			err = h(w, r)
+		}
+		if err != nil {
+			s.writeError(w, r, err)
+		}
+		level := slog.LevelDebug
+		if w.status >= 500 {
+			level = slog.LevelWarn
+		}
+		s.log.Log(r.Context(), level, "request", "method", r.Method, "path", r.URL.Path,
+			"status", w.status, "duration_ms", float64(time.Since(start).Microseconds())/1000)
+	})
+}
+
+func (s *server) authorized(r *http.Request) bool {
+	got := r.Header.Get("X-Auth-Token")
+	if got == "" {
+		if a := r.Header.Get("Authorization"); len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
+			got = a[7:]
+		}
+	}
+	return got != "" && subtle.ConstantTimeCompare([]byte(got), s.token) == 1
+}
+
+func (s *server) cors(w http.ResponseWriter, r *http.Request) {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return
+	}
+	for _, o := range s.cfg.CORSOrigins {
+		if o == "*" || o == origin {
+			h := w.Header()
+			h.Set("Access-Control-Allow-Origin", origin)
+			h.Add("Vary", "Origin")
+			h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
+			h.Set("Access-Control-Allow-Headers", "Content-Type, X-Auth-Token, Authorization")
+			h.Set("Access-Control-Max-Age", "600")
+			return
+		}
+	}
+}
+
+func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var e *Error
+	if !errors.As(err, &e) {
+		e = &Error{Status: http.StatusInternalServerError, Cause: err}
+	}
+	if e.Status >= 500 && e.Cause != nil {
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", e.Status, "err", e.Cause)
+	}
+	detail := e.Detail
+	if detail == "" {
+		detail = "internal error"
+	}
+	body := map[string]any{}
+	for k, v := range e.Fields {
+		body[k] = v
+	}
+	body["detail"] = detail
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
+	}
+	writeJSON(w, e.Status, body)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v) // the client went away; nothing to do
+}
+
+// decodeJSON reads a bounded JSON body into v: 413 when too large, 400 when malformed,
+// 422 when a field has the wrong type.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	body := http.MaxBytesReader(w, r.Body, MaxJSONBody)
+	dec := json.NewDecoder(body)
+	err := dec.Decode(v)
+	if err == nil {
+		if _, terr := dec.Token(); terr != io.EOF {
+			return Errorf(http.StatusBadRequest, "request body must be one JSON object")
+		}
+		return nil
+	}
+	var maxErr *http.MaxBytesError
+	var typeErr *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &maxErr):
+		return Errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes", MaxJSONBody)
+	case errors.As(err, &typeErr):
+		return Errorf(http.StatusUnprocessableEntity, "field %q must be of type %s", typeErr.Field, typeErr.Type)
+	case errors.Is(err, io.EOF):
+		return Errorf(http.StatusBadRequest, "request body is empty")
+	default:
+		return Errorf(http.StatusBadRequest, "malformed JSON: %v", err)
+	}
+}
+
+func (s *server) healthz(w http.ResponseWriter, r *http.Request) error {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	if err := s.b.Ping(ctx); err != nil {
+		return &Error{Status: http.StatusServiceUnavailable, Detail: "containerd unreachable", Cause: err}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	return nil
+}
+
+func (s *server) execute(w http.ResponseWriter, r *http.Request) error {
+	var req ExecuteRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	user := r.URL.Query().Get("user_uuid")
+	if user == "" {
+		user = req.UserUUID
+	}
+	if err := ValidateUserUUID(user); err != nil {
+		return err
+	}
+	if strings.TrimSpace(req.Code) == "" {
+		return Errorf(http.StatusUnprocessableEntity, "code must not be empty")
+	}
+	if req.Timeout < 0 {
+		return Errorf(http.StatusUnprocessableEntity, "timeout must be positive")
+	}
+	resp, err := s.b.Execute(r.Context(), user, req)
+	if err != nil {
+		return err
+	}
+	status := http.StatusOK
+	if resp.Error != nil {
+		status = http.StatusBadRequest
+	}
+	writeJSON(w, status, resp)
+	return nil
+}
+
+func (s *server) release(w http.ResponseWriter, r *http.Request) error {
+	user := r.URL.Query().Get("user_uuid")
+	if err := ValidateUserUUID(user); err != nil {
+		return err
+	}
+	if err := s.b.Release(r.Context(), user); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *server) status(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, s.b.Status())
+	return nil
+}

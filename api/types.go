@@ -1,0 +1,96 @@
+// Package api owns codeboxd's REST API (SPEC §3): the JSON types, the HTTP handlers over a
+// Backend, and a Go client for the same API. It knows nothing of containers or kernels.
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"regexp"
+	"time"
+)
+
+// ExecuteRequest is the body of POST /api/v1/execute.
+type ExecuteRequest struct {
+	Code string `json:"code"`
+	// Timeout in seconds; 0 or absent means the daemon's --exec-timeout.
+	Timeout float64 `json:"timeout,omitempty"`
+	// UserUUID may come in the body for clients of the older form.
+	UserUUID string `json:"user_uuid,omitempty"`
+}
+
+// ExecuteResponse is the body of an execute answer: 200 when the code ran to completion,
+// 400 when it raised (Error set, Detail "Ename: evalue").
+type ExecuteResponse struct {
+	WorkerID       string                       `json:"worker_id"`
+	ResultText     *string                      `json:"result_text"`
+	ResultBase64   *string                      `json:"result_base64"`
+	Stdout         string                       `json:"stdout"`
+	Stderr         string                       `json:"stderr"`
+	Results        []map[string]json.RawMessage `json:"results"`
+	ExecutionCount int                          `json:"execution_count"`
+	DurationMS     float64                      `json:"duration_ms"`
+	Truncated      bool                         `json:"truncated,omitempty"`
+	Detail         string                       `json:"detail,omitempty"`
+	Error          *ExecError                   `json:"error,omitempty"`
+}
+
+// ExecError is the exception user code raised.
+type ExecError struct {
+	Ename     string   `json:"ename"`
+	Evalue    string   `json:"evalue"`
+	Traceback []string `json:"traceback"`
+}
+
+// Status is the body of GET /api/v1/status (SPEC §3.3).
+type Status struct {
+	TotalWorkers      int  `json:"total_workers"`
+	BusyWorkers       int  `json:"busy_workers"`
+	IdleWorkers       int  `json:"idle_workers"`
+	CreatingWorkers   int  `json:"creating_workers"`
+	MinIdleWorkers    int  `json:"min_idle_workers"`
+	MaxTotalWorkers   int  `json:"max_total_workers"`
+	IsInitializing    bool `json:"is_initializing"`
+	IdleWorkersInPool int  `json:"idle_workers_in_pool"`
+}
+
+// Error is an answer other than success: its Status and a JSON body {"detail": ...} plus
+// Fields. Cause is logged, never sent.
+type Error struct {
+	Status     int
+	Detail     string
+	Fields     map[string]any
+	RetryAfter time.Duration
+	Cause      error
+}
+
+func (e *Error) Error() string {
+	if e.Cause != nil {
+		return fmt.Sprintf("%d %s: %v", e.Status, e.Detail, e.Cause)
+	}
+	return fmt.Sprintf("%d %s", e.Status, e.Detail)
+}
+
+func (e *Error) Unwrap() error { return e.Cause }
+
+// Errorf makes an Error with a formatted detail.
+func Errorf(status int, format string, args ...any) *Error {
+	return &Error{Status: status, Detail: fmt.Sprintf(format, args...)}
+}
+
+// MaxUserUUIDLength is the longest user_uuid accepted (SPEC §3.5).
+const MaxUserUUIDLength = 128
+
+var userUUIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
+
+// ValidateUserUUID checks a user_uuid against SPEC §3.5.
+func ValidateUserUUID(u string) error {
+	if u == "" {
+		return Errorf(http.StatusUnprocessableEntity, "user_uuid is required")
+	}
+	if !userUUIDPattern.MatchString(u) {
+		return Errorf(http.StatusUnprocessableEntity,
+			"user_uuid must be 1..%d characters of A-Z a-z 0-9 . _ -", MaxUserUUIDLength)
+	}
+	return nil
+}

@@ -1,0 +1,166 @@
+// Command codebox is the command-line client of codeboxd.
+//
+//	codebox exec -u USER 'print(1)'     run code (or '-' for standard input)
+//	codebox release -u USER             end a session
+//	codebox status                      pool counts
+//	codebox token                       print the API token from the state dir
+//
+// The daemon's address comes from --url or CODEBOX_URL, the token from AUTH_TOKEN or the
+// state dir's token file.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/daemon"
+)
+
+const usage = `usage: codebox [--url URL] [--state-dir DIR] COMMAND [ARGS]
+
+commands:
+  exec -u USER [--timeout SECONDS] [--json] CODE|-   run code in USER's session
+  release -u USER                                     destroy USER's session
+  status                                              show the worker pool
+  token                                               print the API token
+`
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "codebox:", err)
+		var ae *api.Error
+		if errors.As(err, &ae) && ae.Status == 400 {
+			os.Exit(1)
+		}
+		os.Exit(2)
+	}
+}
+
+func run(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("codebox", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage) }
+	url := fs.String("url", envOr("CODEBOX_URL", "http://127.0.0.1:3874"), "daemon URL")
+	stateDir := fs.String("state-dir", envOr("CODEBOX_STATE_DIR", "/var/lib/codeboxd"), "daemon state dir (for the token)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return errors.New("no command")
+	}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	if cmd == "token" {
+		tok, err := token(*stateDir)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, tok)
+		return nil
+	}
+	tok, err := token(*stateDir)
+	if err != nil {
+		return err
+	}
+	c := api.NewClient(*url, tok)
+	ctx := context.Background()
+	switch cmd {
+	case "exec":
+		return execCmd(ctx, c, rest, stdout)
+	case "release":
+		sub := flag.NewFlagSet("release", flag.ContinueOnError)
+		user := sub.String("u", "", "user_uuid")
+		if err := sub.Parse(rest); err != nil {
+			return err
+		}
+		return c.Release(ctx, *user)
+	case "status":
+		st, err := c.Status(ctx)
+		if err != nil {
+			return err
+		}
+		return printJSON(stdout, st)
+	default:
+		fs.Usage()
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+}
+
+func execCmd(ctx context.Context, c *api.Client, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
+	user := fs.String("u", "", "user_uuid")
+	timeout := fs.Float64("timeout", 0, "execution limit in seconds (0: the daemon's default)")
+	asJSON := fs.Bool("json", false, "print the whole JSON response")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("exec needs exactly one CODE argument ('-' reads standard input)")
+	}
+	code := fs.Arg(0)
+	if code == "-" {
+		b, err := io.ReadAll(os.Stdin)
+		if err != nil {
+			return err
+		}
+		code = string(b)
+	}
+	resp, err := c.Execute(ctx, *user, code, time.Duration(*timeout*float64(time.Second)))
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		if err := printJSON(stdout, resp); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprint(stdout, resp.Stdout)
+		fmt.Fprint(os.Stderr, resp.Stderr)
+		for _, r := range resp.Results {
+			if raw, ok := r["text/plain"]; ok {
+				var s string
+				if json.Unmarshal(raw, &s) == nil {
+					fmt.Fprintln(stdout, s)
+				}
+			}
+		}
+	}
+	if resp.Error != nil {
+		if !*asJSON {
+			fmt.Fprintln(os.Stderr, strings.Join(resp.Error.Traceback, "\n"))
+		}
+		return &api.Error{Status: 400, Detail: resp.Detail}
+	}
+	return nil
+}
+
+func token(stateDir string) (string, error) {
+	if t := os.Getenv("AUTH_TOKEN"); t != "" {
+		return t, nil
+	}
+	b, err := os.ReadFile(stateDir + "/" + daemon.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("no AUTH_TOKEN and cannot read the token file: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,100 @@
+// Command codeboxd is the codebox daemon: stateful, isolated code-interpreter sessions in
+// containerd workers, served over a REST API (SPEC §1). This file only wires the packages.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/daemon"
+	"github.com/codebox/codebox/netns"
+	"github.com/codebox/codebox/runtime"
+)
+
+func main() {
+	cfg, err := daemon.ParseFlags(os.Args[1:], os.Getenv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "codeboxd:", err)
+		os.Exit(2)
+	}
+	if err := run(cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "codeboxd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(cfg daemon.Config) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	token, err := daemon.LoadToken(cfg.StateDir, os.Getenv("AUTH_TOKEN"))
+	if err != nil {
+		return err
+	}
+	rt, err := runtime.Connect(ctx, cfg.ContainerdAddress, cfg.Namespace)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	image, err := rt.EnsureImage(ctx, cfg.WorkerImage, cfg.WorkerImageArchive, log)
+	if err != nil {
+		return err
+	}
+	netCfg := netns.DefaultConfig()
+	netCfg.Subnet = cfg.WorkerSubnet
+	network, err := netns.New(netCfg)
+	if err != nil {
+		return err
+	}
+	d, err := daemon.New(ctx, cfg, log, rt, network, image)
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		d.Close(context.Background())
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	srv := &http.Server{
+		Handler:           api.NewHandler(d, api.ServerConfig{Token: token, CORSOrigins: cfg.CORSOriginList(), Log: log}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("codeboxd ready", "listen", ln.Addr().String(), "image", cfg.WorkerImage, "namespace", cfg.Namespace)
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err = <-serveErr:
+		log.Error("API server stopped", "err", err)
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if serr := srv.Shutdown(shutCtx); serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+		log.Warn("API shutdown", "err", serr)
+	}
+	if cerr := d.Close(shutCtx); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}

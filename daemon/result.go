@@ -1,0 +1,62 @@
+package daemon
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/kernel"
+)
+
+// toResponse maps a kernel result to the SPEC §3.1 answer.
+func toResponse(workerID string, r *kernel.Result, took time.Duration) *api.ExecuteResponse {
+	resp := &api.ExecuteResponse{
+		WorkerID:       workerID,
+		Stdout:         r.Stdout,
+		Stderr:         r.Stderr,
+		Results:        make([]map[string]json.RawMessage, 0, len(r.Outputs)),
+		ExecutionCount: r.ExecutionCount,
+		DurationMS:     float64(took.Microseconds()) / 1000,
+		Truncated:      r.Truncated,
+	}
+	var lastValue string
+	haveValue := false
+	for _, o := range r.Outputs {
+		resp.Results = append(resp.Results, o.Data)
+		if png, ok := o.Text("image/png"); ok {
+			resp.ResultBase64 = &png
+		}
+		if o.Type == "execute_result" {
+			lastValue, haveValue = o.Text("text/plain")
+		}
+	}
+	// result_text is what a person would have seen: the printed output, then the value
+	// of the last expression.
+	if text := r.Stdout + lastValue; r.Stdout != "" || haveValue {
+		resp.ResultText = &text
+	}
+	if r.Error != nil {
+		resp.Error = &api.ExecError{Ename: r.Error.Ename, Evalue: r.Error.Evalue, Traceback: r.Error.Traceback}
+		resp.Detail = r.Error.Ename
+		if r.Error.Evalue != "" {
+			resp.Detail += ": " + r.Error.Evalue
+		}
+	} else if r.Status == "error" {
+		resp.Error = &api.ExecError{Ename: "Error", Traceback: []string{}}
+		resp.Detail = "the kernel reported an error"
+	}
+	return resp
+}
+
+// partialFields is the output a call produced before it failed, for the error body.
+func partialFields(workerID string, r *kernel.Result, extra map[string]any) map[string]any {
+	f := map[string]any{"worker_id": workerID}
+	if r != nil {
+		f["stdout"] = r.Stdout
+		f["stderr"] = r.Stderr
+	}
+	for k, v := range extra {
+		f[k] = v
+	}
+	return f
+}

@@ -1,0 +1,193 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/codebox/codebox/kernel"
+	"github.com/codebox/codebox/runtime"
+)
+
+const (
+	agentPort = 8888
+	// agentStartTimeout bounds how long a new worker's agent may take to answer.
+	agentStartTimeout = 60 * time.Second
+	// Labels that let a later codeboxd find a worker's resources from containerd alone.
+	labelNetNS = "io.codebox.netns"
+	labelIP    = "io.codebox.ip"
+)
+
+// worker is one container with its network and kernel connection.
+type worker struct {
+	id      string
+	ip      net.IP
+	nsPath  string
+	logPath string
+	kernel  *kernel.Client
+	task    *runtime.Task
+	created time.Time
+	// exited is closed when the task has ended; exitCode is valid after that.
+	exited   chan struct{}
+	exitCode uint32
+}
+
+func newWorkerID() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return "w-" + hex.EncodeToString(b[:])
+}
+
+func newToken() string {
+	var b [32]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// createWorker makes a worker and waits until its kernel answers. On failure nothing it
+// made is left behind.
+func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
+	start := time.Now()
+	w := &worker{id: newWorkerID(), created: start}
+	w.logPath = filepath.Join(d.cfg.StateDir, "logs", w.id+".log")
+	defer func() {
+		if err != nil {
+			if derr := d.destroyResources(context.WithoutCancel(ctx), w.id, w.nsPath, w.logPath); derr != nil {
+				err = errors.Join(err, derr)
+			}
+		}
+	}()
+
+	att, err := d.net.Attach(ctx, w.id)
+	if err != nil {
+		return nil, err
+	}
+	w.ip, w.nsPath = att.IP, att.NetNSPath
+	attached := time.Now()
+
+	token := newToken()
+	w.task, err = d.rt.Start(ctx, runtime.WorkerSpec{
+		ID:        w.id,
+		Image:     d.image,
+		NetNSPath: w.nsPath,
+		CPU:       d.cfg.WorkerCPU,
+		MemoryMB:  d.cfg.WorkerRAMMB,
+		Pids:      d.cfg.WorkerPids,
+		Env: []string{
+			"CODEBOX_AGENT_TOKEN=" + token,
+			"CODEBOX_AGENT_PORT=" + strconv.Itoa(agentPort),
+		},
+		Labels:  map[string]string{labelNetNS: w.nsPath, labelIP: w.ip.String()},
+		LogPath: w.logPath,
+	})
+	if err != nil {
+		return nil, err
+	}
+	w.exited = make(chan struct{})
+	go func() {
+		st := <-w.task.Exited
+		w.exitCode = st.ExitCode()
+		close(w.exited)
+	}()
+	started := time.Now()
+
+	w.kernel, err = d.connectKernel(ctx, w, token)
+	if err != nil {
+		return nil, fmt.Errorf("worker %s: %w", w.id, err)
+	}
+	d.log.Info("worker created", "worker", w.id, "ip", w.ip.String(),
+		"network_ms", ms(attached.Sub(start)), "container_ms", ms(started.Sub(attached)),
+		"kernel_ms", ms(time.Since(started)), "total_ms", ms(time.Since(start)))
+	return w, nil
+}
+
+// connectKernel dials the agent until it answers kernel_info, the task exits, or the start
+// timeout passes. The agent needs a moment to import IPython before it listens.
+func (d *Daemon) connectKernel(ctx context.Context, w *worker, token string) (*kernel.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, agentStartTimeout)
+	defer cancel()
+	url := fmt.Sprintf("ws://%s%s", net.JoinHostPort(w.ip.String(), strconv.Itoa(agentPort)), kernel.ChannelsPath)
+	var lastErr error
+	for {
+		kc, err := kernel.Dial(ctx, url, token, kernel.Options{})
+		if err == nil {
+			if _, err = kc.KernelInfo(ctx); err == nil {
+				return kc, nil
+			}
+			kc.Close()
+		}
+		lastErr = err
+		select {
+		case <-w.exited:
+			return nil, fmt.Errorf("agent exited with status %d before answering: %s", w.exitCode, tail(w.logPath, 2048))
+		case <-ctx.Done():
+			return nil, fmt.Errorf("agent did not answer: %w (last error: %v)", ctx.Err(), lastErr)
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
+}
+
+// destroyWorker tears a worker down completely.
+func (d *Daemon) destroyWorker(ctx context.Context, w *worker) error {
+	if w.kernel != nil {
+		w.kernel.Close()
+	}
+	err := d.destroyResources(ctx, w.id, w.nsPath, w.logPath)
+	if err != nil {
+		d.log.Error("worker destroy failed", "worker", w.id, "err", err)
+	} else {
+		d.log.Info("worker destroyed", "worker", w.id, "age_s", int(time.Since(w.created).Seconds()))
+	}
+	return err
+}
+
+// destroyResources removes the container, task, snapshot, network and log of worker id,
+// whichever of them exist. Every step runs even when an earlier one failed.
+func (d *Daemon) destroyResources(ctx context.Context, id, nsPath, logPath string) error {
+	var errs []error
+	if err := d.rt.Destroy(ctx, id); err != nil {
+		errs = append(errs, err)
+	}
+	if nsPath != "" {
+		if err := d.net.Detach(ctx, id, nsPath); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if logPath != "" {
+		if err := os.Remove(logPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("destroy worker %s: %w", id, errors.Join(errs...))
+	}
+	return nil
+}
+
+// tail returns the last n bytes of a file, for error messages about a dead agent.
+func tail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return "(no log)"
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "(no log)"
+	}
+	off := max(st.Size()-n, 0)
+	buf := make([]byte, st.Size()-off)
+	if _, err := f.ReadAt(buf, off); err != nil {
+		return "(log unreadable)"
+	}
+	return string(buf)
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

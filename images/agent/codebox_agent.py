@@ -1,0 +1,418 @@
+"""codebox kernel agent: the one process of a worker container (under tini).
+
+It drives IPython's InteractiveShell directly -- the core that ipykernel wraps, without ZMQ
+or a Jupyter server -- and speaks Jupyter's kernel-channel messages as JSON over a single
+token-protected websocket (SPEC section 4).
+
+Threads: user code runs on the main thread, so SIGINT (sent by the daemon through
+containerd) raises KeyboardInterrupt in it; the websocket runs on a tornado IOLoop in a
+second thread, so output streams to the daemon while code runs. Every frame leaves through
+IOLoop.add_callback, which keeps the frames of one request in the order they were made.
+
+Configuration (environment):
+  CODEBOX_AGENT_TOKEN       required; clients send "Authorization: token <it>"
+  CODEBOX_AGENT_PORT        TCP port, default 8888
+  CODEBOX_MAX_OUTPUT_BYTES  output budget of one execute, default 4 MiB
+"""
+
+import asyncio
+import datetime
+import hmac
+import io
+import json
+import os
+import platform
+import queue
+import shutil
+import signal
+import sys
+import threading
+import uuid
+
+PROTOCOL_VERSION = "5.3"
+AGENT_VERSION = "0.1.0"
+# Flushing stream output on a timer lets a chatty loop send a few frames instead of one
+# per print() while output still arrives promptly.
+STREAM_FLUSH_SECONDS = 0.05
+TRUNCATION_MARKER = "\n[codebox: output truncated, {} bytes dropped]\n"
+
+
+def now_iso():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+class Budget:
+    """Counts the bytes of output one execute may still send."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.used = 0
+        self.dropped = 0
+
+    def take(self, n):
+        """Reserves n bytes; returns how many of them fit."""
+        room = max(0, self.limit - self.used)
+        granted = min(n, room)
+        self.used += granted
+        self.dropped += n - granted
+        return granted
+
+
+class Request:
+    """One request being answered: where replies go and what they answer."""
+
+    def __init__(self, conn, msg, max_output):
+        self.conn = conn
+        self.header = msg["header"]
+        self.budget = Budget(max_output)
+
+
+class Agent:
+    def __init__(self, max_output):
+        self.max_output = max_output
+        self.requests = queue.Queue()
+        self.session = uuid.uuid4().hex
+        self.ioloop = None  # set by the websocket thread
+        self.shell = None
+        self.current = None  # the Request being executed
+        self.executing = False
+        self.lock = threading.Lock()
+        self.pending = []  # [name, text] chunks not yet sent
+        self.flush_scheduled = False
+        self.error = None  # the error content of the current execute, if it raised
+
+    # ---- sending -------------------------------------------------------------------
+
+    def frame(self, msg_type, content, parent, channel):
+        return json.dumps({
+            "header": {
+                "msg_id": uuid.uuid4().hex,
+                "msg_type": msg_type,
+                "session": self.session,
+                "username": "codebox",
+                "date": now_iso(),
+                "version": PROTOCOL_VERSION,
+            },
+            "parent_header": parent,
+            "metadata": {},
+            "content": content,
+            "channel": channel,
+        }, default=str)
+
+    def send(self, req, msg_type, content, channel="iopub"):
+        data = self.frame(msg_type, content, req.header, channel)
+        self.ioloop.add_callback(req.conn.send_frame, data)
+
+    # ---- output of user code -------------------------------------------------------
+
+    def write_stream(self, name, text):
+        with self.lock:
+            req = self.current
+            if req is None:
+                # Output of a thread user code left running after its execute ended has
+                # no request to belong to.
+                return
+            raw = text.encode("utf-8", "replace")
+            granted = req.budget.take(len(raw))
+            if granted == 0:
+                return
+            if granted < len(raw):
+                text = raw[:granted].decode("utf-8", "ignore")
+            if self.pending and self.pending[-1][0] == name:
+                self.pending[-1][1] += text
+            else:
+                self.pending.append([name, text])
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                self.ioloop.add_callback(self.ioloop.call_later, STREAM_FLUSH_SECONDS, self.flush)
+
+    def flush(self):
+        with self.lock:
+            self.flush_scheduled = False
+            req, chunks, self.pending = self.current, self.pending, []
+            if req is None:
+                return
+            for name, text in chunks:
+                self.send(req, "stream", {"name": name, "text": text})
+
+    def publish(self, msg_type, content):
+        """Sends display_data / execute_result / error after the output before it."""
+        self.flush()
+        req = self.current
+        if req is None:
+            return
+        data = json.dumps(content, default=str)
+        if req.budget.take(len(data)) < len(data):
+            content = dict(content)
+            content["data"] = {"text/plain": "[codebox: output dropped, over the output limit]"}
+            content["metadata"] = {}
+        self.send(req, msg_type, content)
+
+    def show_error(self, etype, evalue, stb):
+        self.flush()
+        req = self.current
+        if req is None:
+            return
+        self.error = {
+            "ename": getattr(etype, "__name__", str(etype)),
+            "evalue": str(evalue),
+            "traceback": list(stb)[:200],
+        }
+        self.send(req, "error", self.error)
+
+    # ---- requests ------------------------------------------------------------------
+
+    def on_sigint(self, signum, frame):
+        # Only user code is interruptible; a SIGINT that arrives while the agent itself is
+        # working (between executes) must not break the agent.
+        if self.executing:
+            raise KeyboardInterrupt
+
+    def run_forever(self):
+        while True:
+            try:
+                conn, msg = self.requests.get()
+            except KeyboardInterrupt:
+                continue
+            handler = HANDLERS.get(msg["header"]["msg_type"])
+            if handler is not None:
+                handler(self, conn, msg)
+
+    def kernel_info(self, conn, msg):
+        req = Request(conn, msg, self.max_output)
+        self.send(req, "kernel_info_reply", {
+            "status": "ok",
+            "protocol_version": PROTOCOL_VERSION,
+            "implementation": "codebox-agent",
+            "implementation_version": AGENT_VERSION,
+            "language_info": {
+                "name": "python",
+                "version": platform.python_version(),
+                "mimetype": "text/x-python",
+                "file_extension": ".py",
+            },
+            "banner": "",
+        }, channel="shell")
+
+    def execute(self, conn, msg):
+        req = Request(conn, msg, self.max_output)
+        content = msg.get("content") or {}
+        code = content.get("code")
+        store_history = bool(content.get("store_history", True))
+        self.send(req, "status", {"execution_state": "busy"})
+        if not isinstance(code, str):
+            self.send(req, "execute_reply", {
+                "status": "error", "ename": "ValueError", "evalue": "code must be a string",
+                "traceback": [], "execution_count": self.shell.execution_count,
+            }, channel="shell")
+            self.send(req, "status", {"execution_state": "idle"})
+            return
+        with self.lock:
+            self.current = req
+        self.error = None
+        # User code may have replaced the handler; interrupts must work again next time.
+        signal.signal(signal.SIGINT, self.on_sigint)
+        interrupted_outside = False
+        try:
+            self.executing = True
+            result = self.shell.run_cell(code, store_history=store_history)
+        except KeyboardInterrupt:
+            interrupted_outside = True
+            result = None
+        finally:
+            self.executing = False
+        if interrupted_outside:
+            self.show_error(KeyboardInterrupt, "", ["KeyboardInterrupt"])
+        if req.budget.dropped:
+            dropped = req.budget.dropped
+            req.budget.limit += len(TRUNCATION_MARKER) + 32
+            self.write_stream("stderr", TRUNCATION_MARKER.format(dropped))
+        self.flush()
+        with self.lock:
+            self.current = None
+        count = result.execution_count if result is not None else self.shell.execution_count
+        if self.error is not None:
+            reply = dict(self.error, status="error", execution_count=count)
+        else:
+            reply = {"status": "ok", "execution_count": count}
+        reply.update(user_expressions={}, payload=[])
+        self.send(req, "execute_reply", reply, channel="shell")
+        self.send(req, "status", {"execution_state": "idle"})
+
+
+HANDLERS = {
+    "execute_request": Agent.execute,
+    "kernel_info_request": Agent.kernel_info,
+}
+
+
+class Stream(io.TextIOBase):
+    """sys.stdout / sys.stderr replacement that forwards text to the agent."""
+
+    def __init__(self, agent, name):
+        super().__init__()
+        self.agent = agent
+        self.name = name
+
+    @property
+    def encoding(self):
+        return "utf-8"
+
+    def write(self, text):
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if text:
+            self.agent.write_stream(self.name, text)
+        return len(text)
+
+    def writable(self):
+        return True
+
+
+def make_shell(agent):
+    """Builds the InteractiveShell whose displays and errors become kernel messages."""
+    from IPython.core.displayhook import DisplayHook
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets import Type
+    from traitlets.config import Config
+
+    class AgentDisplayHook(DisplayHook):
+        def start_displayhook(self):
+            self.content = {"data": {}, "metadata": {}}
+
+        def write_output_prompt(self):
+            pass
+
+        def write_format_data(self, format_dict, md_dict=None):
+            self.content["data"] = format_dict
+            self.content["metadata"] = md_dict or {}
+
+        def finish_displayhook(self):
+            self.content["execution_count"] = self.prompt_count
+            agent.publish("execute_result", self.content)
+
+    class AgentDisplayPublisher(DisplayPublisher):
+        def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):
+            msg_type = "update_display_data" if update else "display_data"
+            agent.publish(msg_type, {"data": data, "metadata": metadata or {},
+                                     "transient": transient or {}})
+
+        def clear_output(self, wait=False):
+            agent.publish("clear_output", {"wait": wait})
+
+    class AgentShell(InteractiveShell):
+        displayhook_class = Type(AgentDisplayHook)
+        display_pub_class = Type(AgentDisplayPublisher)
+
+        def _showtraceback(self, etype, evalue, stb):
+            agent.show_error(etype, evalue, stb)
+
+        def enable_gui(self, gui=None):
+            pass
+
+    config = Config()
+    config.HistoryManager.enabled = False
+    config.InteractiveShell.colors = "NoColor"
+    config.InteractiveShell.autocall = 0
+    shell = AgentShell.instance(config=config)
+    shell.system = shell.system_piped
+    return shell
+
+
+def prepare_matplotlib():
+    """Seeds matplotlib's font cache from the image so the first plot does not rebuild it."""
+    seed = "/opt/codebox/mplcache"
+    home = os.path.expanduser("~")
+    cache = os.environ.get("MPLCONFIGDIR") or os.path.join(home, ".cache", "matplotlib")
+    if not os.path.isdir(seed):
+        return
+    try:
+        os.makedirs(cache, exist_ok=True)
+        for name in os.listdir(seed):
+            if name.startswith("fontlist") and not os.path.exists(os.path.join(cache, name)):
+                shutil.copy(os.path.join(seed, name), cache)
+    except OSError as exc:
+        print(f"codebox-agent: matplotlib cache not seeded: {exc}", file=sys.__stderr__)
+
+
+def make_app(agent, token):
+    from tornado.web import Application, HTTPError
+    from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+    expected = ("token " + token).encode()
+
+    class Channel(WebSocketHandler):
+        def prepare(self):
+            got = self.request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(got, expected):
+                raise HTTPError(403)
+
+        def check_origin(self, origin):
+            return True
+
+        def open(self):
+            self.set_nodelay(True)
+
+        def on_message(self, message):
+            try:
+                msg = json.loads(message)
+                header = msg["header"]
+                if not isinstance(header, dict) or not isinstance(header.get("msg_type"), str):
+                    raise ValueError("bad header")
+            except (ValueError, KeyError, TypeError):
+                return
+            agent.requests.put((self, msg))
+
+        def send_frame(self, data):
+            try:
+                self.write_message(data)
+            except WebSocketClosedError:
+                pass
+
+    return Application([(r"/api/kernel/channels", Channel)],
+                       websocket_max_message_size=64 << 20,
+                       websocket_ping_interval=0)
+
+
+def serve(agent, token, port, ready):
+    from tornado.ioloop import IOLoop
+
+    async def main():
+        app = make_app(agent, token)
+        app.listen(port, address="0.0.0.0")
+        agent.ioloop = IOLoop.current()
+        ready.set()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def main():
+    token = os.environ.get("CODEBOX_AGENT_TOKEN", "")
+    if not token:
+        print("codebox-agent: CODEBOX_AGENT_TOKEN is not set", file=sys.stderr)
+        return 2
+    port = int(os.environ.get("CODEBOX_AGENT_PORT", "8888"))
+    max_output = int(os.environ.get("CODEBOX_MAX_OUTPUT_BYTES", str(4 << 20)))
+    # Keep the token out of user code's reach through os.environ at least.
+    os.environ.pop("CODEBOX_AGENT_TOKEN", None)
+
+    agent = Agent(max_output)
+    prepare_matplotlib()
+    agent.shell = make_shell(agent)
+    signal.signal(signal.SIGINT, agent.on_sigint)
+    sys.stdout = Stream(agent, "stdout")
+    sys.stderr = Stream(agent, "stderr")
+
+    ready = threading.Event()
+    threading.Thread(target=serve, args=(agent, token, port, ready), daemon=True,
+                     name="websocket").start()
+    ready.wait()
+    print(f"codebox-agent: listening on port {port}", file=sys.__stderr__, flush=True)
+    agent.run_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

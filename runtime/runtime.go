@@ -1,0 +1,148 @@
+// Package runtime owns everything codeboxd asks of containerd: the connection, the worker
+// image (present, imported or pulled), and the lifecycle of worker containers and their
+// tasks, built from OCI spec options composed one concern at a time (spec.go).
+//
+// It knows nothing of sessions, networks or disks: callers hand it a network namespace path
+// and get back a running task.
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/errdefs"
+)
+
+const (
+	// Snapshotter is the snapshotter workers' root filesystems are unpacked into.
+	Snapshotter = "overlayfs"
+	// LabelManagedBy marks every container codeboxd creates (SPEC §1).
+	LabelManagedBy = "managed-by"
+	// ManagedByValue is the value of LabelManagedBy on codeboxd's containers.
+	ManagedByValue = "codeboxd"
+)
+
+// Runtime is a connection to containerd, scoped to one namespace.
+type Runtime struct {
+	client    *client.Client
+	namespace string
+}
+
+// Connect dials containerd at address and checks that it serves. namespace is where
+// codeboxd keeps its images and containers ("codebox").
+func Connect(ctx context.Context, address, namespace string) (*Runtime, error) {
+	c, err := client.New(address, client.WithDefaultNamespace(namespace), client.WithTimeout(5*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("connect to containerd at %s: %w", address, err)
+	}
+	ok, err := c.IsServing(ctx)
+	if err != nil || !ok {
+		c.Close()
+		if err == nil {
+			err = errors.New("not serving")
+		}
+		return nil, fmt.Errorf("containerd at %s: %w", address, err)
+	}
+	return &Runtime{client: c, namespace: namespace}, nil
+}
+
+// Close closes the connection.
+func (r *Runtime) Close() error { return r.client.Close() }
+
+// Namespace is the containerd namespace in use.
+func (r *Runtime) Namespace() string { return r.namespace }
+
+// Ping reports whether containerd answers.
+func (r *Runtime) Ping(ctx context.Context) error {
+	ok, err := r.client.IsServing(ctx)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errors.New("containerd is not serving")
+	}
+	return nil
+}
+
+// Managed lists the containers codeboxd created, with their labels.
+func (r *Runtime) Managed(ctx context.Context) (map[string]map[string]string, error) {
+	cs, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q==%s", LabelManagedBy, ManagedByValue))
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	out := make(map[string]map[string]string, len(cs))
+	for _, c := range cs {
+		labels, err := c.Labels(ctx)
+		if err != nil {
+			if errdefs.IsNotFound(err) {
+				continue
+			}
+			return nil, fmt.Errorf("labels of %s: %w", c.ID(), err)
+		}
+		out[c.ID()] = labels
+	}
+	return out, nil
+}
+
+// Signal sends sig to the task's init process (tini, which passes it on to the agent).
+func (r *Runtime) Signal(ctx context.Context, id string, sig syscall.Signal) error {
+	c, err := r.client.LoadContainer(ctx, id)
+	if err != nil {
+		return fmt.Errorf("load container %s: %w", id, err)
+	}
+	t, err := c.Task(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("task of %s: %w", id, err)
+	}
+	if err := t.Kill(ctx, sig); err != nil {
+		return fmt.Errorf("signal %s: %w", id, err)
+	}
+	return nil
+}
+
+// Destroy kills the container's task and deletes the task, the container and its
+// snapshot. Parts already gone are not an error, so Destroy finishes what an interrupted
+// Destroy or a crash left.
+func (r *Runtime) Destroy(ctx context.Context, id string) error {
+	c, err := r.client.LoadContainer(ctx, id)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load container %s: %w", id, err)
+	}
+	if t, err := c.Task(ctx, nil); err == nil {
+		if _, err := t.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("delete task %s: %w", id, err)
+		}
+	} else if !errdefs.IsNotFound(err) {
+		return fmt.Errorf("task of %s: %w", id, err)
+	}
+	if err := c.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete container %s: %w", id, err)
+	}
+	return nil
+}
+
+// logIO sends the task's stdout and stderr to a file on the host (for operators; the
+// agent sends user code's output over the websocket, not there).
+func logIO(path string) cio.Creator {
+	if path == "" {
+		return cio.NullIO
+	}
+	return cio.LogFile(path)
+}
+
+// removeIfExists removes path, tolerating its absence.
+func removeIfExists(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}

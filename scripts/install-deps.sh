@@ -1,0 +1,16 @@
+#!/bin/sh
+# Installs the host packages codebox needs, when any is missing (Debian 12).
+set -eu
+pkgs="containerd runc containernetworking-plugins iptables mmdebstrap e2fsprogs docker-registry
+python3-ipython python3-tornado python3-matplotlib-inline python3-matplotlib"
+missing=""
+for p in $pkgs; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	echo "deps: installing$missing" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q >&2
+	# shellcheck disable=SC2086
+	apt-get install -y -q --no-install-recommends $missing >&2
+fi
