@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"syscall"
 	"time"
 
@@ -137,12 +136,4 @@ func logIO(path string) cio.Creator {
 		return cio.NullIO
 	}
 	return cio.LogFile(path)
-}
-
-// removeIfExists removes path, tolerating its absence.
-func removeIfExists(path string) error {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
 }

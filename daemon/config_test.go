@@ -1,0 +1,93 @@
+package daemon
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func noEnv(string) string { return "" }
+
+func TestDefaultsMatchSpec(t *testing.T) {
+	c, err := ParseFlags(nil, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != ":3874" || c.MinIdleWorkers != 10 || c.MaxTotalWorkers != 50 || c.WorkerCPU != 1.5 ||
+		c.WorkerRAMMB != 1536 || c.WorkerDiskMB != 500 || c.WorkerPids != 512 || c.ExecTimeout != 30*time.Second ||
+		c.IdleTimeout != time.Hour || c.RecycleInterval != 5*time.Minute ||
+		c.ContainerdAddress != "/run/containerd/containerd.sock" || c.StateDir != "/var/lib/codeboxd" || c.Namespace != "codebox" {
+		t.Fatalf("defaults = %+v", c)
+	}
+}
+
+func TestFlagsAndEnvironment(t *testing.T) {
+	env := map[string]string{"CODEBOX_MIN_IDLE_WORKERS": "3", "CODEBOX_WORKER_CPU": "0.5", "CODEBOX_MAX_TOTAL_WORKERS": "7"}
+	c, err := ParseFlags([]string{"--max-total-workers", "9", "--exec-timeout=5s"}, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A flag on the command line wins over the environment.
+	if c.MinIdleWorkers != 3 || c.WorkerCPU != 0.5 || c.MaxTotalWorkers != 9 || c.ExecTimeout != 5*time.Second {
+		t.Fatalf("config = %+v", c)
+	}
+}
+
+func TestBadValuesNameTheFlag(t *testing.T) {
+	archive := filepath.Join(t.TempDir(), "missing.tar")
+	cases := map[string][]string{
+		"--min-idle-workers":     {"--min-idle-workers", "-1"},
+		"--max-total-workers":    {"--max-total-workers", "0"},
+		"must not exceed":        {"--min-idle-workers", "20", "--max-total-workers", "10"},
+		"--worker-cpu":           {"--worker-cpu", "0"},
+		"--worker-ram-mb":        {"--worker-ram-mb", "64"},
+		"--worker-disk-mb":       {"--worker-disk-mb", "1"},
+		"--worker-pids":          {"--worker-pids", "2"},
+		"--exec-timeout":         {"--exec-timeout", "0s"},
+		"--max-exec-timeout":     {"--exec-timeout", "10s", "--max-exec-timeout", "5s"},
+		"--idle-timeout":         {"--idle-timeout", "-1s"},
+		"--recycle-interval":     {"--recycle-interval", "0s"},
+		"--state-dir":            {"--state-dir", "relative"},
+		"--listen":               {"--listen", "nonsense"},
+		"--worker-subnet":        {"--worker-subnet", "10.0.0.0/30"},
+		"--worker-image-archive": {"--worker-image-archive", archive},
+		"--log-level":            {"--log-level", "loud"},
+		"unknown flag --bogus":   {"--bogus"},
+		"-worker-cpu":            {"--worker-cpu", "lots"},
+	}
+	for want, args := range cases {
+		_, err := ParseFlags(args, noEnv)
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%v: err = %v, want one line containing %q", args, err, want)
+		}
+	}
+	_, err := ParseFlags(nil, func(k string) string {
+		if k == "CODEBOX_WORKER_PIDS" {
+			return "many"
+		}
+		return ""
+	})
+	if err == nil || !strings.Contains(err.Error(), "CODEBOX_WORKER_PIDS") {
+		t.Errorf("bad env value: %v", err)
+	}
+}
+
+func TestTokenGeneratedOnceWithMode0600(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	t1, err := LoadToken(dir, "")
+	if err != nil || len(t1) != 64 {
+		t.Fatalf("token %q, %v", t1, err)
+	}
+	st, err := os.Stat(filepath.Join(dir, TokenFile))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("token file mode: %v %v", st.Mode(), err)
+	}
+	if t2, _ := LoadToken(dir, ""); t2 != t1 {
+		t.Fatalf("second load gave a new token")
+	}
+	if t3, _ := LoadToken(dir, " from-env "); t3 != "from-env" {
+		t.Fatalf("AUTH_TOKEN not preferred: %q", t3)
+	}
+}

@@ -1,0 +1,278 @@
+// Package e2e holds the end-to-end tests: the real codeboxd binary against a real
+// containerd, runc, CNI plugins and the real worker image. `make test-e2e` runs them with
+// CODEBOX_E2E=1 and everything they need in the environment; there a missing prerequisite
+// fails the run. In a plain `go test ./...` they skip with a message.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/codebox/codebox/api"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/snapshots"
+)
+
+// namespace is the containerd namespace of the tests' daemons: never the operator's.
+const namespace = "codebox-e2e"
+
+var env struct {
+	containerd, image, archive, bin string
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv("CODEBOX_E2E") == "" {
+		fmt.Println("e2e: skipped: these tests need root, containerd and the worker image; run `make test-e2e` (sets CODEBOX_E2E=1)")
+		os.Exit(0)
+	}
+	env.containerd = os.Getenv("CODEBOX_E2E_CONTAINERD")
+	env.image = os.Getenv("CODEBOX_E2E_IMAGE")
+	env.archive = os.Getenv("CODEBOX_E2E_ARCHIVE")
+	env.bin = os.Getenv("CODEBOX_E2E_BIN")
+	if err := checkPrerequisites(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: FAIL: prerequisite missing:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if err := checkNoLeftovers(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: FAIL: the tests left resources behind:", err)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+func checkPrerequisites() error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("not root")
+	}
+	for name, v := range map[string]string{"CODEBOX_E2E_CONTAINERD": env.containerd, "CODEBOX_E2E_IMAGE": env.image,
+		"CODEBOX_E2E_ARCHIVE": env.archive, "CODEBOX_E2E_BIN": env.bin} {
+		if v == "" {
+			return fmt.Errorf("%s is not set", name)
+		}
+	}
+	for _, f := range []string{env.archive, env.bin, env.containerd} {
+		if _, err := os.Stat(f); err != nil {
+			return err
+		}
+	}
+	c, err := client.New(env.containerd)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if ok, err := c.IsServing(ctx); err != nil || !ok {
+		return fmt.Errorf("containerd at %s does not serve: %v", env.containerd, err)
+	}
+	return nil
+}
+
+// daemon is one codeboxd process under test.
+type daemon struct {
+	t        *testing.T
+	cmd      *exec.Cmd
+	url      string
+	token    string
+	stateDir string
+	client   *api.Client
+	logs     *syncBuffer
+	done     chan struct{}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// startDaemon starts codeboxd with the test defaults, overridden by flags, and waits until
+// it answers /healthz. It is stopped (SIGTERM by pid) when the test ends.
+func startDaemon(t *testing.T, flags ...string) *daemon {
+	t.Helper()
+	d := &daemon{t: t, token: randomHex(16), logs: &syncBuffer{}, done: make(chan struct{})}
+	d.stateDir = t.TempDir()
+	port := freePort(t)
+	d.url = fmt.Sprintf("http://127.0.0.1:%d", port)
+	args := []string{
+		"--listen", fmt.Sprintf("127.0.0.1:%d", port),
+		"--state-dir", d.stateDir,
+		"--containerd-address", env.containerd,
+		"--containerd-namespace", namespace,
+		"--worker-image", env.image,
+		"--worker-image-archive", env.archive,
+		"--min-idle-workers", "0",
+		"--max-total-workers", "10",
+		"--worker-cpu", "1",
+		"--worker-ram-mb", "512",
+		"--log-level", "debug",
+	}
+	args = append(args, flags...)
+	d.cmd = exec.Command(env.bin, args...)
+	d.cmd.Env = append(os.Environ(), "AUTH_TOKEN="+d.token)
+	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
+	if err := d.cmd.Start(); err != nil {
+		t.Fatalf("start codeboxd: %v", err)
+	}
+	go func() { d.cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		d.stop()
+		if t.Failed() {
+			t.Logf("codeboxd log:\n%s", d.logs.String())
+		}
+	})
+	d.client = api.NewClient(d.url, d.token)
+	deadline := time.Now().Add(3 * time.Minute) // the first start imports and unpacks the image
+	for {
+		resp, err := http.Get(d.url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return d
+			}
+		}
+		select {
+		case <-d.done:
+			t.Fatalf("codeboxd exited at start: %v\n%s", d.cmd.ProcessState, d.logs.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("codeboxd did not become healthy:\n%s", d.logs.String())
+		}
+	}
+}
+
+// stop sends SIGTERM to the daemon this test started and waits for it to exit.
+func (d *daemon) stop() {
+	select {
+	case <-d.done:
+		return
+	default:
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(60 * time.Second):
+		d.t.Errorf("codeboxd did not stop within 60 s of SIGTERM; killing it")
+		d.cmd.Process.Kill()
+		<-d.done
+	}
+}
+
+func (d *daemon) exec(t *testing.T, user, code string) *api.ExecuteResponse {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	resp, err := d.client.Execute(ctx, user, code, 0)
+	if err != nil {
+		t.Fatalf("execute %q for %s: %v", code, user, err)
+	}
+	return resp
+}
+
+// request sends a raw request and returns the status and body.
+func (d *daemon) request(t *testing.T, method, path, body string, headers map[string]string) (int, http.Header, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, d.url+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+// checkNoLeftovers looks for what a worker leaves behind when torn down badly: containers
+// in the tests' namespace, network namespaces, CNI address allocations.
+func checkNoLeftovers() error {
+	var problems []string
+	c, err := client.New(env.containerd, client.WithDefaultNamespace(namespace))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx := context.Background()
+	cs, err := c.Containers(ctx)
+	if err != nil {
+		return err
+	}
+	for _, ct := range cs {
+		problems = append(problems, "container "+ct.ID())
+	}
+	snaps := c.SnapshotService("overlayfs")
+	defer snaps.Close()
+	snaps.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
+		if strings.HasPrefix(info.Name, "w-") {
+			problems = append(problems, "snapshot "+info.Name)
+		}
+		return nil
+	})
+	if entries, err := os.ReadDir("/run/codebox/netns"); err == nil {
+		for _, e := range entries {
+			problems = append(problems, "netns "+e.Name())
+		}
+	}
+	if entries, err := os.ReadDir("/var/lib/cni/networks/codebox"); err == nil {
+		for _, e := range entries {
+			if net.ParseIP(e.Name()) != nil {
+				problems = append(problems, "CNI allocation "+e.Name())
+			}
+		}
+	}
+	if matches, _ := filepath.Glob("/var/lib/cni/results/codebox-*"); len(matches) > 0 {
+		problems = append(problems, fmt.Sprintf("CNI results %v", matches))
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%s", strings.Join(problems, ", "))
+	}
+	return nil
+}

@@ -1,0 +1,249 @@
+"""Tests of the kernel agent: a real agent process, driven over its real websocket.
+
+Run with Debian's python3 (which has IPython, tornado, matplotlib):
+    /usr/bin/python3 -m unittest discover -s images/agent -p 'test_*.py'
+"""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import unittest
+import uuid
+
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+AGENT = os.path.join(HERE, "codebox_agent.py")
+MATPLOTLIBRC = os.path.join(HERE, "..", "rootfs", "etc", "codebox", "matplotlibrc")
+TOKEN = "test-token"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AgentProcess:
+    def __init__(self, max_output=None):
+        self.port = free_port()
+        env = dict(os.environ, CODEBOX_AGENT_TOKEN=TOKEN, CODEBOX_AGENT_PORT=str(self.port),
+                   MATPLOTLIBRC=MATPLOTLIBRC, MPLBACKEND="module://matplotlib_inline.backend_inline")
+        if max_output is not None:
+            env["CODEBOX_MAX_OUTPUT_BYTES"] = str(max_output)
+        self.proc = subprocess.Popen([sys.executable, AGENT], env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("agent exited: " + self.proc.stderr.read().decode())
+                time.sleep(0.05)
+        raise RuntimeError("agent did not listen")
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stderr.close()
+
+
+class Session:
+    """A websocket client that speaks the Jupyter message format."""
+
+    def __init__(self, loop, port, token=TOKEN):
+        self.loop = loop
+        req = HTTPRequest(f"ws://127.0.0.1:{port}/api/kernel/channels",
+                          headers={"Authorization": "token " + token})
+
+        async def connect():
+            return await websocket_connect(req)
+
+        self.ws = loop.run_until_complete(connect())
+
+    def request(self, msg_type, content, until_idle=True, timeout=30):
+        msg_id = uuid.uuid4().hex
+        self.send_raw(json.dumps({
+            "header": {"msg_id": msg_id, "msg_type": msg_type},
+            "parent_header": {}, "metadata": {}, "content": content, "channel": "shell"}))
+        return self.loop.run_until_complete(self._collect(msg_id, until_idle, timeout))
+
+    def send_raw(self, data):
+        async def send():
+            await self.ws.write_message(data)
+
+        self.loop.run_until_complete(send())
+
+    async def _collect(self, msg_id, until_idle, timeout):
+        frames = []
+        start = time.monotonic()
+        while True:
+            raw = await asyncio.wait_for(self.ws.read_message(), timeout)
+            assert raw is not None, "connection closed"
+            m = json.loads(raw)
+            m["t"] = time.monotonic() - start
+            if m["parent_header"].get("msg_id") != msg_id:
+                continue
+            frames.append(m)
+            kind = m["header"]["msg_type"]
+            if not until_idle and kind.endswith("_reply"):
+                return frames
+            if kind == "status" and m["content"]["execution_state"] == "idle":
+                return frames
+
+    def execute(self, code, **kw):
+        return self.request("execute_request", {"code": code}, **kw)
+
+
+def of_type(frames, kind):
+    return [f for f in frames if f["header"]["msg_type"] == kind]
+
+
+def stdout(frames):
+    return "".join(f["content"]["text"] for f in of_type(frames, "stream") if f["content"]["name"] == "stdout")
+
+
+class AgentTest(unittest.TestCase):
+    max_output = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.loop = asyncio.new_event_loop()
+        cls.agent = AgentProcess(cls.max_output)
+        cls.session = Session(cls.loop, cls.agent.port)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.session.ws.close()
+        cls.loop.run_until_complete(asyncio.sleep(0.05))
+        cls.agent.stop()
+        cls.loop.close()
+
+
+class ExecuteTest(AgentTest):
+    def test_state_persists_and_value_is_returned(self):
+        self.session.execute("counter = 41")
+        frames = self.session.execute("counter += 1\nprint('side')\ncounter")
+        self.assertEqual(stdout(frames), "side\n")
+        results = of_type(frames, "execute_result")
+        self.assertEqual(len(results), 1)
+        self.assertEqual(results[0]["content"]["data"]["text/plain"], "42")
+        reply = of_type(frames, "execute_reply")[0]["content"]
+        self.assertEqual(reply["status"], "ok")
+        self.assertGreaterEqual(reply["execution_count"], 2)
+        kinds = [f["header"]["msg_type"] for f in frames]
+        self.assertEqual(kinds[0], "status")
+        self.assertEqual(kinds[-2:], ["execute_reply", "status"])
+
+    def test_error_has_plain_traceback(self):
+        frames = self.session.execute("undefined_thing")
+        err = of_type(frames, "error")[0]["content"]
+        self.assertEqual(err["ename"], "NameError")
+        self.assertIn("undefined_thing", err["evalue"])
+        self.assertTrue(err["traceback"])
+        self.assertNotIn("\x1b[", "".join(err["traceback"]), "traceback must be free of ANSI colours")
+        reply = of_type(frames, "execute_reply")[0]["content"]
+        self.assertEqual(reply["status"], "error")
+        self.assertEqual(reply["ename"], "NameError")
+
+    def test_syntax_error(self):
+        frames = self.session.execute("def (:")
+        self.assertEqual(of_type(frames, "error")[0]["content"]["ename"], "SyntaxError")
+
+    def test_stdout_streams_while_code_runs(self):
+        frames = self.session.execute("import time\nprint('early', flush=True)\ntime.sleep(1.0)\nprint('late')")
+        streams = of_type(frames, "stream")
+        idle_at = frames[-1]["t"]
+        self.assertEqual(stdout(frames), "early\nlate\n")
+        self.assertLess(streams[0]["t"], idle_at - 0.5, "first output was held back until the end")
+
+    def test_stderr_and_stdout_are_separate(self):
+        frames = self.session.execute("import sys\nprint('o')\nprint('e', file=sys.stderr)")
+        names = {f["content"]["name"]: f["content"]["text"] for f in of_type(frames, "stream")}
+        self.assertEqual(names, {"stdout": "o\n", "stderr": "e\n"})
+
+    def test_matplotlib_show_gives_png(self):
+        frames = self.session.execute("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()")
+        pngs = [f for f in of_type(frames, "display_data") if "image/png" in f["content"]["data"]]
+        self.assertEqual(len(pngs), 1, [f["header"]["msg_type"] for f in frames])
+        self.assertTrue(pngs[0]["content"]["data"]["image/png"].startswith("iVBOR"))
+
+    def test_rich_display(self):
+        frames = self.session.execute("from IPython.display import HTML, display\ndisplay(HTML('<b>x</b>'))")
+        data = of_type(frames, "display_data")[0]["content"]["data"]
+        self.assertEqual(data["text/html"], "<b>x</b>")
+
+    def test_kernel_info(self):
+        frames = self.session.request("kernel_info_request", {}, until_idle=False)
+        content = frames[0]["content"]
+        self.assertEqual(content["status"], "ok")
+        self.assertEqual(content["language_info"]["name"], "python")
+
+    def test_malformed_frames_do_not_break_the_agent(self):
+        for junk in ["not json", "[]", json.dumps({"header": "x"}), json.dumps({"header": {"msg_type": 5}}),
+                     json.dumps({"header": {"msg_id": "a", "msg_type": "execute_request"}, "content": {"code": 7}}),
+                     json.dumps({"header": {"msg_id": "b", "msg_type": "nonsense_request"}})]:
+            self.session.send_raw(junk)
+        frames = self.session.execute("1 + 1")
+        self.assertEqual(of_type(frames, "execute_result")[0]["content"]["data"]["text/plain"], "2")
+
+
+class InterruptTest(AgentTest):
+    def test_sigint_interrupts_user_code_and_keeps_state(self):
+        self.session.execute("kept = 'yes'")
+        msg_id = uuid.uuid4().hex
+        self.session.send_raw(json.dumps({
+            "header": {"msg_id": msg_id, "msg_type": "execute_request"}, "parent_header": {},
+            "content": {"code": "import time\nwhile True: time.sleep(0.01)"}}))
+        time.sleep(0.5)
+        self.agent.proc.send_signal(signal.SIGINT)
+        frames = self.loop.run_until_complete(self.session._collect(msg_id, True, 10))
+        self.assertEqual(of_type(frames, "error")[0]["content"]["ename"], "KeyboardInterrupt")
+        frames = self.session.execute("kept")
+        self.assertEqual(of_type(frames, "execute_result")[0]["content"]["data"]["text/plain"], "'yes'")
+
+    def test_sigint_between_executes_is_harmless(self):
+        self.agent.proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        self.assertIsNone(self.agent.proc.poll())
+        frames = self.session.execute("'alive'")
+        self.assertEqual(of_type(frames, "execute_result")[0]["content"]["data"]["text/plain"], "'alive'")
+
+
+class OutputCapTest(AgentTest):
+    max_output = 10_000
+
+    def test_runaway_output_is_truncated_with_a_marker(self):
+        frames = self.session.execute("for i in range(100000): print('x' * 100)")
+        out = stdout(frames)
+        self.assertLessEqual(len(out), 10_000)
+        err = "".join(f["content"]["text"] for f in of_type(frames, "stream") if f["content"]["name"] == "stderr")
+        self.assertIn("output truncated", err)
+        self.assertEqual(of_type(frames, "execute_reply")[0]["content"]["status"], "ok")
+        # The budget is per execute: the next one prints again.
+        self.assertEqual(stdout(self.session.execute("print('again')")), "again\n")
+
+
+class AuthTest(unittest.TestCase):
+    def test_wrong_token_is_refused(self):
+        agent = AgentProcess()
+        loop = asyncio.new_event_loop()
+        try:
+            with self.assertRaises(HTTPClientError) as cm:
+                Session(loop, agent.port, token="wrong")
+            self.assertEqual(cm.exception.code, 403)
+        finally:
+            loop.close()
+            agent.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
