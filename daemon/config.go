@@ -52,29 +52,11 @@ func EnvName(flagName string) string {
 // flag.
 func ParseFlags(args []string, getenv func(string) string) (Config, error) {
 	var c Config
-	fs := flag.NewFlagSet("codeboxd", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.StringVar(&c.Listen, "listen", ":3874", "REST API address")
-	fs.IntVar(&c.MinIdleWorkers, "min-idle-workers", 10, "idle, healthy workers kept ready")
-	fs.IntVar(&c.MaxTotalWorkers, "max-total-workers", 50, "hard cap on workers (idle + busy + being created)")
-	fs.Float64Var(&c.WorkerCPU, "worker-cpu", 1.5, "CPU cores per worker (CFS quota)")
-	fs.IntVar(&c.WorkerRAMMB, "worker-ram-mb", 1536, "memory limit per worker, MB")
-	fs.IntVar(&c.WorkerDiskMB, "worker-disk-mb", 500, "size of each worker's virtual disk, MB")
-	fs.IntVar(&c.WorkerPids, "worker-pids", 512, "pids limit per worker")
-	fs.StringVar(&c.WorkerImage, "worker-image", DefaultWorkerImage, "worker image reference; pulled through containerd if absent")
-	fs.StringVar(&c.WorkerImageArchive, "worker-image-archive", "", "OCI archive to import when the image is absent (offline hosts)")
-	fs.StringVar(&c.WorkerSubnet, "worker-subnet", "10.213.0.0/16", "IPv4 subnet of the workers' bridge")
-	fs.DurationVar(&c.ExecTimeout, "exec-timeout", 30*time.Second, "default per-call execution limit")
-	fs.DurationVar(&c.MaxExecTimeout, "max-exec-timeout", 300*time.Second, "largest execution limit a call may ask for")
-	fs.DurationVar(&c.IdleTimeout, "idle-timeout", time.Hour, "a session unused this long is released")
-	fs.DurationVar(&c.RecycleInterval, "recycle-interval", 5*time.Minute, "how often idle sessions are looked for")
-	fs.StringVar(&c.ContainerdAddress, "containerd-address", "/run/containerd/containerd.sock", "containerd socket")
-	fs.StringVar(&c.Namespace, "containerd-namespace", "codebox", "containerd namespace of codeboxd's images and containers")
-	fs.StringVar(&c.StateDir, "state-dir", "/var/lib/codeboxd", "token file, virtual disks, mount points, logs")
-	fs.StringVar(&c.CORSOrigins, "cors-origins", "*", "comma-separated origins allowed by CORS; empty: none")
-	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
-
+	fs := newFlagSet(&c)
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return c, err
+		}
 		return c, oneLine(err)
 	}
 	if fs.NArg() > 0 {
@@ -98,6 +80,42 @@ func ParseFlags(args []string, getenv func(string) string) (Config, error) {
 		return c, envErr
 	}
 	return c, c.Validate()
+}
+
+// Usage describes the flags, for --help.
+func Usage() string {
+	var c Config
+	fs := newFlagSet(&c)
+	var b strings.Builder
+	b.WriteString("usage: codeboxd [flags]\n\nEvery flag can also be set in the environment as CODEBOX_<FLAG>,\ne.g. --min-idle-workers as CODEBOX_MIN_IDLE_WORKERS; AUTH_TOKEN sets the API token.\n\n")
+	fs.SetOutput(&b)
+	fs.PrintDefaults()
+	return b.String()
+}
+
+func newFlagSet(c *Config) *flag.FlagSet {
+	fs := flag.NewFlagSet("codeboxd", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&c.Listen, "listen", ":3874", "REST API address")
+	fs.IntVar(&c.MinIdleWorkers, "min-idle-workers", 10, "idle, healthy workers kept ready")
+	fs.IntVar(&c.MaxTotalWorkers, "max-total-workers", 50, "hard cap on workers (idle + busy + being created)")
+	fs.Float64Var(&c.WorkerCPU, "worker-cpu", 1.5, "CPU cores per worker (CFS quota)")
+	fs.IntVar(&c.WorkerRAMMB, "worker-ram-mb", 1536, "memory limit per worker, MB")
+	fs.IntVar(&c.WorkerDiskMB, "worker-disk-mb", 500, "size of each worker's virtual disk, MB")
+	fs.IntVar(&c.WorkerPids, "worker-pids", 512, "pids limit per worker")
+	fs.StringVar(&c.WorkerImage, "worker-image", DefaultWorkerImage, "worker image reference; pulled through containerd if absent")
+	fs.StringVar(&c.WorkerImageArchive, "worker-image-archive", "", "OCI archive to import when the image is absent (offline hosts)")
+	fs.StringVar(&c.WorkerSubnet, "worker-subnet", "10.213.0.0/16", "IPv4 subnet of the workers' bridge")
+	fs.DurationVar(&c.ExecTimeout, "exec-timeout", 30*time.Second, "default per-call execution limit")
+	fs.DurationVar(&c.MaxExecTimeout, "max-exec-timeout", 300*time.Second, "largest execution limit a call may ask for")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", time.Hour, "a session unused this long is released")
+	fs.DurationVar(&c.RecycleInterval, "recycle-interval", 5*time.Minute, "how often idle sessions are looked for")
+	fs.StringVar(&c.ContainerdAddress, "containerd-address", "/run/containerd/containerd.sock", "containerd socket")
+	fs.StringVar(&c.Namespace, "containerd-namespace", "codebox", "containerd namespace of codeboxd's images and containers")
+	fs.StringVar(&c.StateDir, "state-dir", "/var/lib/codeboxd", "token file, virtual disks, mount points, logs")
+	fs.StringVar(&c.CORSOrigins, "cors-origins", "*", "comma-separated origins allowed by CORS; empty: none")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	return fs
 }
 
 // oneLine turns the flag package's errors into one line naming the flag.

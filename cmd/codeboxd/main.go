@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,6 +23,10 @@ import (
 
 func main() {
 	cfg, err := daemon.ParseFlags(os.Args[1:], os.Getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Print(daemon.Usage())
+		return
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "codeboxd:", err)
 		os.Exit(2)
