@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/codebox/codebox/netns"
 )
 
 // DefaultWorkerImage is the image reference used when --worker-image is not given.
@@ -30,6 +32,7 @@ type Config struct {
 	WorkerImage        string
 	WorkerImageArchive string
 	WorkerSubnet       string
+	WorkerBridge       string
 	ExecTimeout        time.Duration
 	MaxExecTimeout     time.Duration
 	IdleTimeout        time.Duration
@@ -106,6 +109,7 @@ func newFlagSet(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.WorkerImage, "worker-image", DefaultWorkerImage, "worker image reference; pulled through containerd if absent")
 	fs.StringVar(&c.WorkerImageArchive, "worker-image-archive", "", "OCI archive to import when the image is absent (offline hosts)")
 	fs.StringVar(&c.WorkerSubnet, "worker-subnet", "10.213.0.0/16", "IPv4 subnet of the workers' bridge")
+	fs.StringVar(&c.WorkerBridge, "worker-bridge", "codebox0", "bridge the workers attach to; also names the CNI network and the firewall chains")
 	fs.DurationVar(&c.ExecTimeout, "exec-timeout", 30*time.Second, "default per-call execution limit")
 	fs.DurationVar(&c.MaxExecTimeout, "max-exec-timeout", 300*time.Second, "largest execution limit a call may ask for")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", time.Hour, "a session unused this long is released")
@@ -169,6 +173,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--worker-subnet %q must be an IPv4 CIDR", c.WorkerSubnet)
 	} else if ones, _ := ipnet.Mask.Size(); ones > 28 {
 		return fmt.Errorf("--worker-subnet %q is too small for a pool (at most /28)", c.WorkerSubnet)
+	}
+	if !netns.ValidBridge(c.WorkerBridge) {
+		return fmt.Errorf("--worker-bridge %q must be 1-15 characters of a-z 0-9 -", c.WorkerBridge)
 	}
 	if c.WorkerImageArchive != "" {
 		if st, err := os.Stat(c.WorkerImageArchive); err != nil || !st.Mode().IsRegular() {

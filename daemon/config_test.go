@@ -54,6 +54,7 @@ func TestBadValuesNameTheFlag(t *testing.T) {
 		"--worker-subnet":        {"--worker-subnet", "10.0.0.0/30"},
 		"--worker-image-archive": {"--worker-image-archive", archive},
 		"--log-level":            {"--log-level", "loud"},
+		"--worker-bridge":        {"--worker-bridge", "Bad_Name"},
 		"unknown flag --bogus":   {"--bogus"},
 		"-worker-cpu":            {"--worker-cpu", "lots"},
 	}

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/blockdev"
 	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/runtime"
 	"github.com/containerd/containerd/v2/client"
@@ -27,6 +28,7 @@ type Daemon struct {
 	log   *slog.Logger
 	rt    *runtime.Runtime
 	net   *netns.Network
+	disks *blockdev.Store
 	image client.Image
 
 	initializing atomic.Bool
@@ -37,42 +39,77 @@ type Daemon struct {
 	creating int                // workers being created (counted against the cap)
 }
 
-// New returns a daemon serving from the given runtime and network. Workers left by an
-// earlier run are destroyed first.
-func New(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime, net *netns.Network, image client.Image) (*Daemon, error) {
+// Deps are the parts a daemon builds workers from.
+type Deps struct {
+	Runtime *runtime.Runtime
+	Network *netns.Network
+	Image   client.Image // nil for a daemon that only cleans up
+}
+
+// New returns a daemon serving from deps. Workers left by an earlier run are destroyed
+// first.
+func New(ctx context.Context, cfg Config, log *slog.Logger, deps Deps) (*Daemon, error) {
 	for _, dir := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "logs")} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("state dir: %w", err)
 		}
 	}
+	disks, err := blockdev.NewStore(cfg.StateDir, runtime.SandboxUID)
+	if err != nil {
+		return nil, err
+	}
 	d := &Daemon{
-		cfg: cfg, log: log, rt: rt, net: net, image: image,
+		cfg: cfg, log: log, rt: deps.Runtime, net: deps.Network, disks: disks, image: deps.Image,
 		sessions: map[string]*session{},
 		workers:  map[string]*worker{},
 	}
-	if err := d.removeLeftovers(ctx); err != nil {
+	if err := d.RemoveLeftovers(ctx); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
 
-// removeLeftovers destroys the workers an earlier codeboxd left in containerd, with their
-// networks and logs.
-func (d *Daemon) removeLeftovers(ctx context.Context) error {
+// RemoveLeftovers destroys what an earlier codeboxd left: its containers (with their
+// networks, disks and logs), and disks, network namespaces and CNI allocations that belong
+// to no container.
+func (d *Daemon) RemoveLeftovers(ctx context.Context) error {
 	managed, err := d.rt.Managed(ctx)
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for id, labels := range managed {
-		logPath := filepath.Join(d.cfg.StateDir, "logs", id+".log")
-		if err := d.destroyResources(ctx, id, labels[labelNetNS], logPath); err != nil {
+		if err := d.destroyResources(ctx, id, labels[labelNetNS], d.logPath(id)); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		d.log.Info("leftover worker removed", "worker", id)
 	}
+	ids, err := d.disks.List()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, id := range ids {
+		if err := d.disks.Remove(id); err != nil {
+			errs = append(errs, err)
+		} else {
+			d.log.Info("leftover disk removed", "worker", id)
+		}
+	}
+	removed, err := d.net.Sweep(ctx, nil)
+	for _, what := range removed {
+		d.log.Info("leftover network state removed", "what", what)
+	}
+	errs = append(errs, err)
+	logs, _ := filepath.Glob(filepath.Join(d.cfg.StateDir, "logs", "*.log"))
+	for _, l := range logs {
+		os.Remove(l)
+	}
 	return errors.Join(errs...)
+}
+
+func (d *Daemon) logPath(id string) string {
+	return filepath.Join(d.cfg.StateDir, "logs", id+".log")
 }
 
 // Close destroys every worker.

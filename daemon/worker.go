@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
+	"github.com/codebox/codebox/blockdev"
 	"github.com/codebox/codebox/kernel"
+	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/runtime"
 )
 
@@ -56,7 +58,7 @@ func newToken() string {
 func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 	start := time.Now()
 	w := &worker{id: newWorkerID(), created: start}
-	w.logPath = filepath.Join(d.cfg.StateDir, "logs", w.id+".log")
+	w.logPath = d.logPath(w.id)
 	defer func() {
 		if err != nil {
 			if derr := d.destroyResources(context.WithoutCancel(ctx), w.id, w.nsPath, w.logPath); derr != nil {
@@ -65,11 +67,26 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 		}
 	}()
 
-	att, err := d.net.Attach(ctx, w.id)
-	if err != nil {
+	// The network and the disk do not depend on each other: make them at once.
+	var (
+		att     *netns.Attachment
+		disk    *blockdev.Disk
+		diskErr error
+		wg      sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		disk, diskErr = d.disks.Create(ctx, w.id, d.cfg.WorkerDiskMB)
+	}()
+	att, err = d.net.Attach(ctx, w.id)
+	wg.Wait()
+	if att != nil {
+		w.ip, w.nsPath = att.IP, att.NetNSPath
+	}
+	if err = errors.Join(err, diskErr); err != nil {
 		return nil, err
 	}
-	w.ip, w.nsPath = att.IP, att.NetNSPath
 	attached := time.Now()
 
 	token := newToken()
@@ -84,8 +101,10 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 			"CODEBOX_AGENT_TOKEN=" + token,
 			"CODEBOX_AGENT_PORT=" + strconv.Itoa(agentPort),
 		},
-		Labels:  map[string]string{labelNetNS: w.nsPath, labelIP: w.ip.String()},
-		LogPath: w.logPath,
+		Labels:         map[string]string{labelNetNS: w.nsPath, labelIP: w.ip.String()},
+		LogPath:        w.logPath,
+		SandboxSource:  disk.MountPoint,
+		SandboxOptions: blockdev.BindOptions,
 	})
 	if err != nil {
 		return nil, err
@@ -103,7 +122,7 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 		return nil, fmt.Errorf("worker %s: %w", w.id, err)
 	}
 	d.log.Info("worker created", "worker", w.id, "ip", w.ip.String(),
-		"network_ms", ms(attached.Sub(start)), "container_ms", ms(started.Sub(attached)),
+		"network_disk_ms", ms(attached.Sub(start)), "container_ms", ms(started.Sub(attached)),
 		"kernel_ms", ms(time.Since(started)), "total_ms", ms(time.Since(start)))
 	return w, nil
 }
@@ -148,8 +167,8 @@ func (d *Daemon) destroyWorker(ctx context.Context, w *worker) error {
 	return err
 }
 
-// destroyResources removes the container, task, snapshot, network and log of worker id,
-// whichever of them exist. Every step runs even when an earlier one failed.
+// destroyResources removes the container, task, snapshot, network, disk and log of worker
+// id, whichever of them exist. Every step runs even when an earlier one failed.
 func (d *Daemon) destroyResources(ctx context.Context, id, nsPath, logPath string) error {
 	var errs []error
 	if err := d.rt.Destroy(ctx, id); err != nil {
@@ -159,6 +178,9 @@ func (d *Daemon) destroyResources(ctx context.Context, id, nsPath, logPath strin
 		if err := d.net.Detach(ctx, id, nsPath); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := d.disks.Remove(id); err != nil {
+		errs = append(errs, err)
 	}
 	if logPath != "" {
 		if err := os.Remove(logPath); err != nil && !errors.Is(err, os.ErrNotExist) {

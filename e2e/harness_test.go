@@ -23,12 +23,19 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/netns"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/snapshots"
 )
 
-// namespace is the containerd namespace of the tests' daemons: never the operator's.
-const namespace = "codebox-e2e"
+// The tests' daemons use their own containerd namespace, bridge, subnet and firewall
+// chains: never the operator's.
+const (
+	namespace = "codebox-e2e"
+	bridge    = "cbxtest0"
+	subnet    = "10.214.0.0/16"
+	gateway   = "10.214.0.1"
+)
 
 var env struct {
 	containerd, image, archive, bin string
@@ -52,7 +59,40 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "e2e: FAIL: the tests left resources behind:", err)
 		code = 1
 	}
+	if err := removeTestNetwork(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: FAIL: removing the test network:", err)
+		code = 1
+	}
 	os.Exit(code)
+}
+
+// removeTestNetwork removes what the tests' daemons leave by design (a daemon keeps its
+// firewall and bridge across restarts): `codeboxd cleanup` for the chains, then the bridge.
+func removeTestNetwork() error {
+	stateDir, err := os.MkdirTemp("", "codebox-e2e-cleanup-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(stateDir)
+	out, err := exec.Command(env.bin, "cleanup", "--containerd-address", env.containerd,
+		"--containerd-namespace", namespace, "--worker-bridge", bridge, "--worker-subnet", subnet,
+		"--state-dir", stateDir).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("codeboxd cleanup: %v: %s", err, out)
+	}
+	if _, err := net.InterfaceByName(bridge); err == nil {
+		if out, err := exec.Command("ip", "link", "delete", bridge).CombinedOutput(); err != nil {
+			return fmt.Errorf("delete bridge: %v: %s", err, out)
+		}
+	}
+	in, fwd := netns.Chains(bridge)
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		rules, _ := exec.Command(tool, "-S").Output()
+		if strings.Contains(string(rules), in) || strings.Contains(string(rules), fwd) {
+			return fmt.Errorf("%s still has the test chains after cleanup", tool)
+		}
+	}
+	return nil
 }
 
 func checkPrerequisites() error {
@@ -134,13 +174,21 @@ func startDaemon(t *testing.T, flags ...string) *daemon {
 	t.Helper()
 	d := &daemon{t: t, token: randomHex(16), logs: &syncBuffer{}, done: make(chan struct{})}
 	d.stateDir = t.TempDir()
-	port := freePort(t)
-	d.url = fmt.Sprintf("http://127.0.0.1:%d", port)
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	for i, f := range flags {
+		if f == "--listen" && i+1 < len(flags) {
+			listen = flags[i+1] // the test's own address wins
+		}
+	}
+	_, port, _ := net.SplitHostPort(listen)
+	d.url = "http://127.0.0.1:" + port
 	args := []string{
-		"--listen", fmt.Sprintf("127.0.0.1:%d", port),
+		"--listen", listen,
 		"--state-dir", d.stateDir,
 		"--containerd-address", env.containerd,
 		"--containerd-namespace", namespace,
+		"--worker-bridge", bridge,
+		"--worker-subnet", subnet,
 		"--worker-image", env.image,
 		"--worker-image-archive", env.archive,
 		"--min-idle-workers", "0",
@@ -159,6 +207,9 @@ func startDaemon(t *testing.T, flags ...string) *daemon {
 	go func() { d.cmd.Wait(); close(d.done) }()
 	t.Cleanup(func() {
 		d.stop()
+		if left := diskLeftovers(d.stateDir); left != "" {
+			t.Errorf("after codeboxd stopped: %s", left)
+		}
 		if t.Failed() {
 			t.Logf("codeboxd log:\n%s", d.logs.String())
 		}
@@ -256,19 +307,19 @@ func checkNoLeftovers() error {
 		}
 		return nil
 	})
-	if entries, err := os.ReadDir("/run/codebox/netns"); err == nil {
+	if entries, err := os.ReadDir(netns.NetNSDirFor(bridge)); err == nil {
 		for _, e := range entries {
 			problems = append(problems, "netns "+e.Name())
 		}
 	}
-	if entries, err := os.ReadDir("/var/lib/cni/networks/codebox"); err == nil {
+	if entries, err := os.ReadDir("/var/lib/cni/networks/" + bridge); err == nil {
 		for _, e := range entries {
 			if net.ParseIP(e.Name()) != nil {
 				problems = append(problems, "CNI allocation "+e.Name())
 			}
 		}
 	}
-	if matches, _ := filepath.Glob("/var/lib/cni/results/codebox-*"); len(matches) > 0 {
+	if matches, _ := filepath.Glob("/var/lib/cni/results/" + bridge + "-*"); len(matches) > 0 {
 		problems = append(problems, fmt.Sprintf("CNI results %v", matches))
 	}
 	if len(problems) > 0 {

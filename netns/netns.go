@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/containerd/containerd/v2/pkg/netns"
@@ -20,10 +22,9 @@ import (
 
 // Config describes the worker network.
 type Config struct {
-	Bridge     string   // bridge device, e.g. codebox0
+	Bridge     string   // bridge device, e.g. codebox0; also the CNI network's name
 	Subnet     string   // IPv4 CIDR the workers' addresses come from
 	PluginDirs []string // where the CNI plugin binaries are
-	NetNSDir   string   // where the namespaces are bind-mounted
 }
 
 // DefaultConfig is the network of a stock install.
@@ -32,15 +33,18 @@ func DefaultConfig() Config {
 		Bridge:     "codebox0",
 		Subnet:     "10.213.0.0/16",
 		PluginDirs: []string{"/usr/lib/cni", "/opt/cni/bin"},
-		NetNSDir:   "/run/codebox/netns",
 	}
 }
 
+// NetNSDirFor is where the namespaces of bridge's workers live.
+func NetNSDirFor(bridge string) string { return "/run/codebox/netns/" + bridge }
+
 // Network attaches workers to the bridge.
 type Network struct {
-	cfg Config
-	cni gocni.CNI
-	mu  sync.Mutex // serialises CNI calls
+	cfg   Config
+	nsDir string // where the namespaces are bind-mounted
+	cni   gocni.CNI
+	mu    sync.Mutex // serialises CNI calls
 }
 
 // Attachment is a worker's place on the network.
@@ -51,6 +55,9 @@ type Attachment struct {
 
 // New loads the CNI configuration for cfg.
 func New(cfg Config) (*Network, error) {
+	if !ValidBridge(cfg.Bridge) {
+		return nil, fmt.Errorf("bridge name %q: want 1-15 characters of a-z 0-9 -", cfg.Bridge)
+	}
 	if _, _, err := net.ParseCIDR(cfg.Subnet); err != nil {
 		return nil, fmt.Errorf("worker subnet: %w", err)
 	}
@@ -67,14 +74,14 @@ func New(cfg Config) (*Network, error) {
 	if err := c.Load(gocni.WithConfListBytes(conflist), gocni.WithLoNetwork); err != nil {
 		return nil, fmt.Errorf("load cni config: %w", err)
 	}
-	return &Network{cfg: cfg, cni: c}, nil
+	return &Network{cfg: cfg, nsDir: NetNSDirFor(cfg.Bridge), cni: c}, nil
 }
 
 func confList(cfg Config) ([]byte, error) {
 	// cniVersion 1.0.0 is the newest Debian 12's plugins (1.1.1) speak.
 	return json.Marshal(map[string]any{
 		"cniVersion": "1.0.0",
-		"name":       "codebox",
+		"name":       cfg.Bridge,
 		"plugins": []any{
 			map[string]any{
 				"type":        "bridge",
@@ -95,10 +102,10 @@ func confList(cfg Config) ([]byte, error) {
 // Attach makes a network namespace for worker id and wires it to the bridge. On failure
 // nothing is left behind.
 func (n *Network) Attach(ctx context.Context, id string) (_ *Attachment, err error) {
-	if err := os.MkdirAll(n.cfg.NetNSDir, 0o755); err != nil {
+	if err := os.MkdirAll(n.nsDir, 0o755); err != nil {
 		return nil, fmt.Errorf("netns dir: %w", err)
 	}
-	ns, err := netns.NewNetNS(n.cfg.NetNSDir)
+	ns, err := netns.NewNetNS(n.nsDir)
 	if err != nil {
 		return nil, fmt.Errorf("create netns for %s: %w", id, err)
 	}
@@ -154,4 +161,68 @@ func (n *Network) Detach(ctx context.Context, id, nsPath string) error {
 		return fmt.Errorf("remove netns %s: %w", nsPath, err)
 	}
 	return nil
+}
+
+// cniResults is where libcni caches ADD results, one file per network, container and
+// interface: "<network>-<id>-eth0".
+const cniResults = "/var/lib/cni/results"
+
+// Sweep removes network state that belongs to no live worker: CNI allocations (found in
+// libcni's result cache) of workers not in alive, and network namespaces under the netns
+// dir that no live worker uses. alive maps worker id to its netns path. It returns what it
+// removed.
+func (n *Network) Sweep(ctx context.Context, alive map[string]string) ([]string, error) {
+	var removed []string
+	var errs []error
+	inUse := map[string]bool{}
+	for _, p := range alive {
+		inUse[p] = true
+	}
+	prefix := n.cfg.Bridge + "-"
+	results, _ := filepath.Glob(filepath.Join(cniResults, prefix+"*-eth0"))
+	for _, r := range results {
+		id := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(r), prefix), "-eth0")
+		if _, ok := alive[id]; ok || id == "" {
+			continue
+		}
+		// An empty netns path tells the plugins the namespace is gone: they release the
+		// address and skip the interface.
+		n.mu.Lock()
+		err := n.cni.Remove(ctx, id, "")
+		n.mu.Unlock()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("cni remove for %s: %w", id, err))
+			continue
+		}
+		removed = append(removed, "cni allocation of "+id)
+	}
+	entries, err := os.ReadDir(n.nsDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	for _, e := range entries {
+		p := filepath.Join(n.nsDir, e.Name())
+		if inUse[p] {
+			continue
+		}
+		if err := netns.LoadNetNS(p).Remove(); err != nil {
+			errs = append(errs, fmt.Errorf("remove netns %s: %w", p, err))
+			continue
+		}
+		removed = append(removed, "netns "+p)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// ValidBridge reports whether name can be a bridge (and CNI network, and chain suffix).
+func ValidBridge(name string) bool {
+	if name == "" || len(name) > 15 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return true
 }

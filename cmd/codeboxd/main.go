@@ -1,5 +1,8 @@
 // Command codeboxd is the codebox daemon: stateful, isolated code-interpreter sessions in
 // containerd workers, served over a REST API (SPEC §1). This file only wires the packages.
+//
+//	codeboxd [flags]            run the daemon
+//	codeboxd cleanup [flags]    remove every worker resource and the firewall chains
 package main
 
 import (
@@ -22,7 +25,12 @@ import (
 )
 
 func main() {
-	cfg, err := daemon.ParseFlags(os.Args[1:], os.Getenv)
+	args := os.Args[1:]
+	cleanup := len(args) > 0 && args[0] == "cleanup"
+	if cleanup {
+		args = args[1:]
+	}
+	cfg, err := daemon.ParseFlags(args, os.Getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Print(daemon.Usage())
 		return
@@ -31,19 +39,72 @@ func main() {
 		fmt.Fprintln(os.Stderr, "codeboxd:", err)
 		os.Exit(2)
 	}
+	run := serve
+	if cleanup {
+		run = cleanupAll
+	}
 	if err := run(cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "codeboxd:", err)
 		os.Exit(1)
 	}
 }
 
-func run(cfg daemon.Config) error {
+func logger(cfg daemon.Config) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return nil, err
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})), nil
+}
+
+func network(cfg daemon.Config) (*netns.Network, *netns.Firewall, error) {
+	netCfg := netns.DefaultConfig()
+	netCfg.Subnet = cfg.WorkerSubnet
+	netCfg.Bridge = cfg.WorkerBridge
+	n, err := netns.New(netCfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	fw, err := netns.NewFirewall(netCfg.Bridge)
+	if err != nil {
+		return nil, nil, err
+	}
+	return n, fw, nil
+}
+
+// cleanupAll removes what codeboxd made: workers with their disks, namespaces and
+// addresses, then the firewall chains. For ExecStopPost and operators.
+func cleanupAll(cfg daemon.Config) error {
+	log, err := logger(cfg)
+	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx := context.Background()
+	rt, err := runtime.Connect(ctx, cfg.ContainerdAddress, cfg.Namespace)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	n, fw, err := network(cfg)
+	if err != nil {
+		return err
+	}
+	// New removes the leftovers before it returns.
+	if _, err := daemon.New(ctx, cfg, log, daemon.Deps{Runtime: rt, Network: n}); err != nil {
+		return err
+	}
+	if err := fw.Remove(); err != nil {
+		return fmt.Errorf("remove firewall: %w", err)
+	}
+	log.Info("cleanup done")
+	return nil
+}
 
+func serve(cfg daemon.Config) error {
+	log, err := logger(cfg)
+	if err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
@@ -60,13 +121,15 @@ func run(cfg daemon.Config) error {
 	if err != nil {
 		return err
 	}
-	netCfg := netns.DefaultConfig()
-	netCfg.Subnet = cfg.WorkerSubnet
-	network, err := netns.New(netCfg)
+	n, fw, err := network(cfg)
 	if err != nil {
 		return err
 	}
-	d, err := daemon.New(ctx, cfg, log, rt, network, image)
+	// The firewall goes up before any worker exists.
+	if err := fw.Install(); err != nil {
+		return fmt.Errorf("install firewall: %w", err)
+	}
+	d, err := daemon.New(ctx, cfg, log, daemon.Deps{Runtime: rt, Network: n, Image: image})
 	if err != nil {
 		return err
 	}

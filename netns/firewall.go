@@ -1,0 +1,153 @@
+package netns
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/coreos/go-iptables/iptables"
+)
+
+// Chains returns the names of the firewall's own chains for bridge, in the filter table of
+// both iptables and ip6tables. Each bridge has its own, so two daemons (a test's and the
+// operator's) never touch each other's rules.
+func Chains(bridge string) (input, forward string) {
+	return "CODEBOX-IN-" + bridge, "CODEBOX-FWD-" + bridge
+}
+
+// iptablesAPI is the part of go-iptables the firewall uses; tests substitute a fake.
+type iptablesAPI interface {
+	ChainExists(table, chain string) (bool, error)
+	ClearChain(table, chain string) error
+	DeleteChain(table, chain string) error
+	Exists(table, chain string, rulespec ...string) (bool, error)
+	Insert(table, chain string, pos int, rulespec ...string) error
+	Append(table, chain string, rulespec ...string) error
+	DeleteIfExists(table, chain string, rulespec ...string) error
+}
+
+// Firewall isolates the workers' bridge (SPEC §5): nothing is forwarded from or to it (no
+// egress, no worker-to-worker traffic, which crosses FORWARD because
+// bridge-nf-call-iptables is on), and the host accepts from it only replies to connections
+// the host opened (the daemon talking to agents), so a worker reaches no host port. The same
+// rules apply to IPv6, since veths get link-local IPv6 addresses.
+type Firewall struct {
+	bridge    string
+	tables    []iptablesAPI // IPv4 and IPv6
+	netfilter func() error  // makes bridged traffic pass iptables
+}
+
+// NewFirewall returns the firewall of bridge, backed by iptables and ip6tables.
+func NewFirewall(bridge string) (*Firewall, error) {
+	v4, err := iptables.NewWithProtocol(iptables.ProtocolIPv4)
+	if err != nil {
+		return nil, fmt.Errorf("iptables: %w", err)
+	}
+	v6, err := iptables.NewWithProtocol(iptables.ProtocolIPv6)
+	if err != nil {
+		return nil, fmt.Errorf("ip6tables: %w", err)
+	}
+	return &Firewall{bridge: bridge, tables: []iptablesAPI{v4, v6}, netfilter: enableBridgeNetfilter}, nil
+}
+
+// hooks jump from the built-in chains to ours, first in each, ahead of rules other software
+// (Docker, a host firewall) may have that accept forwarded traffic.
+func (f *Firewall) hooks() [][]string {
+	in, fwd := Chains(f.bridge)
+	return [][]string{
+		{"INPUT", "-i", f.bridge, "-j", in},
+		{"FORWARD", "-i", f.bridge, "-j", fwd},
+		{"FORWARD", "-o", f.bridge, "-j", fwd},
+	}
+}
+
+// Install (re)writes the chains and hooks them in. It is idempotent: run at every start.
+func (f *Firewall) Install() error {
+	if err := f.netfilter(); err != nil {
+		return err
+	}
+	in, fwd := Chains(f.bridge)
+	for _, t := range f.tables {
+		// ClearChain creates a missing chain and empties an existing one, so a rule set
+		// changed between versions is replaced, never appended to.
+		for _, c := range []string{in, fwd} {
+			if err := t.ClearChain("filter", c); err != nil {
+				return fmt.Errorf("chain %s: %w", c, err)
+			}
+		}
+		rules := [][]string{
+			{in, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
+			{in, "-j", "REJECT"},
+			{fwd, "-j", "DROP"},
+		}
+		for _, r := range rules {
+			if err := t.Append("filter", r[0], r[1:]...); err != nil {
+				return fmt.Errorf("rule in %s: %w", r[0], err)
+			}
+		}
+		for _, h := range f.hooks() {
+			ok, err := t.Exists("filter", h[0], h[1:]...)
+			if err != nil {
+				return fmt.Errorf("hook in %s: %w", h[0], err)
+			}
+			if !ok {
+				if err := t.Insert("filter", h[0], 1, h[1:]...); err != nil {
+					return fmt.Errorf("hook in %s: %w", h[0], err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Remove unhooks and deletes the chains, tolerating their absence.
+func (f *Firewall) Remove() error {
+	var errs []error
+	in, fwd := Chains(f.bridge)
+	for _, t := range f.tables {
+		for _, h := range f.hooks() {
+			if err := t.DeleteIfExists("filter", h[0], h[1:]...); err != nil {
+				errs = append(errs, fmt.Errorf("unhook %s: %w", h[0], err))
+			}
+		}
+		for _, c := range []string{in, fwd} {
+			ok, err := t.ChainExists("filter", c)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if !ok {
+				continue
+			}
+			if err := t.ClearChain("filter", c); err != nil {
+				errs = append(errs, err)
+			} else if err := t.DeleteChain("filter", c); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// enableBridgeNetfilter makes bridged (worker-to-worker) traffic pass through iptables;
+// without it the FORWARD rules never see it.
+func enableBridgeNetfilter() error {
+	for _, name := range []string{"bridge-nf-call-iptables", "bridge-nf-call-ip6tables"} {
+		path := "/proc/sys/net/bridge/" + name
+		b, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s is missing: load the br_netfilter module (modprobe br_netfilter)", path)
+		}
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(string(b)) == "1" {
+			continue
+		}
+		if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("enable %s: %w", name, err)
+		}
+	}
+	return nil
+}
