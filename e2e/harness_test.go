@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -84,6 +85,9 @@ func removeTestNetwork() error {
 		if out, err := exec.Command("ip", "link", "delete", bridge).CombinedOutput(); err != nil {
 			return fmt.Errorf("delete bridge: %v: %s", err, out)
 		}
+	}
+	if err := os.Remove(netns.NetNSDirFor(bridge)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("netns dir: %w", err)
 	}
 	in, fwd := netns.Chains(bridge)
 	for _, tool := range []string{"iptables", "ip6tables"} {

@@ -42,8 +42,8 @@ type WorkerSpec struct {
 	// /sandbox with SandboxOptions (the host mount's flags, which runc does not inherit).
 	SandboxSource  string
 	SandboxOptions []string
-	Labels    map[string]string
-	LogPath   string // the task's stdout/stderr on the host; empty: discarded
+	Labels         map[string]string
+	LogPath        string // the task's stdout/stderr on the host; empty: discarded
 }
 
 // specOpts composes the worker's OCI spec, one option per concern.
