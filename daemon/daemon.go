@@ -1,8 +1,9 @@
-// Package daemon owns codeboxd's sessions and workers: which worker serves which
-// user_uuid, how calls of one session are ordered, how workers are created, health-checked
-// and destroyed, and how a call that times out or loses its worker is answered. It builds
-// workers from runtime (containerd), netns (network) and kernel (the agent's protocol), and
-// implements api.Backend.
+// Package daemon owns codeboxd's sessions and workers: the warm pool (pool.go), which
+// worker serves which user_uuid and in what order its calls run (session.go), how workers
+// are created, health-checked, restarted and destroyed (worker.go), and how a call that
+// times out or loses its worker is answered. It builds workers from runtime (containerd),
+// netns (network), blockdev (disk) and kernel (the agent's protocol), and implements
+// api.Backend.
 package daemon
 
 import (
@@ -13,7 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
+	"time"
 
 	"github.com/codebox/codebox/api"
 	"github.com/codebox/codebox/blockdev"
@@ -22,7 +23,7 @@ import (
 	"github.com/containerd/containerd/v2/client"
 )
 
-// Daemon serves sessions from workers.
+// Daemon serves sessions from a pool of workers.
 type Daemon struct {
 	cfg   Config
 	log   *slog.Logger
@@ -31,12 +32,21 @@ type Daemon struct {
 	disks *blockdev.Store
 	image client.Image
 
-	initializing atomic.Bool
+	bg      context.Context // ends at Close: stops creations and maintenance
+	stop    context.CancelFunc
+	wg      sync.WaitGroup // background work: creations, destroys, maintenance
+	started time.Time
 
-	mu       sync.Mutex
-	sessions map[string]*session
-	workers  map[string]*worker // every live worker
-	creating int                // workers being created (counted against the cap)
+	mu           sync.Mutex
+	sessions     map[string]*session
+	workers      map[string]*worker // every live worker, idle or in a session
+	idle         []*worker          // healthy workers no session has
+	waiters      []*waiter          // new sessions waiting for a worker being created
+	creating     int                // workers being created (counted against the cap)
+	initializing bool               // the pre-warm has not reached min idle yet
+	closing      bool
+	failures     int       // consecutive failed creations
+	backoffUntil time.Time // no pool refills before this, after failures
 }
 
 // Deps are the parts a daemon builds workers from.
@@ -47,7 +57,7 @@ type Deps struct {
 }
 
 // New returns a daemon serving from deps. Workers left by an earlier run are destroyed
-// first.
+// first. Start begins the pre-warm.
 func New(ctx context.Context, cfg Config, log *slog.Logger, deps Deps) (*Daemon, error) {
 	for _, dir := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "logs")} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -58,15 +68,30 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, deps Deps) (*Daemon,
 	if err != nil {
 		return nil, err
 	}
+	bg, stop := context.WithCancel(context.Background())
 	d := &Daemon{
 		cfg: cfg, log: log, rt: deps.Runtime, net: deps.Network, disks: disks, image: deps.Image,
-		sessions: map[string]*session{},
-		workers:  map[string]*worker{},
+		bg: bg, stop: stop,
+		sessions:     map[string]*session{},
+		workers:      map[string]*worker{},
+		initializing: true,
 	}
 	if err := d.RemoveLeftovers(ctx); err != nil {
+		stop()
 		return nil, err
 	}
 	return d, nil
+}
+
+// Start pre-warms the pool and starts the maintenance loop (health checks, idle
+// recycling).
+func (d *Daemon) Start() {
+	d.mu.Lock()
+	d.started = time.Now()
+	d.refillLocked()
+	d.mu.Unlock()
+	d.wg.Add(1)
+	go d.maintain()
 }
 
 // RemoveLeftovers destroys what an earlier codeboxd left: its containers (with their
@@ -112,14 +137,25 @@ func (d *Daemon) logPath(id string) string {
 	return filepath.Join(d.cfg.StateDir, "logs", id+".log")
 }
 
-// Close destroys every worker.
+// Close stops creations and maintenance and destroys every worker.
 func (d *Daemon) Close(ctx context.Context) error {
+	d.mu.Lock()
+	d.closing = true
+	for _, wt := range d.waiters {
+		wt.ch <- handout{err: &api.Error{Status: 503, Detail: "codeboxd is shutting down"}}
+	}
+	d.waiters = nil
+	d.mu.Unlock()
+	d.stop()
+	d.wg.Wait() // creations in flight end (and destroy what they made)
+
 	d.mu.Lock()
 	ws := make([]*worker, 0, len(d.workers))
 	for _, w := range d.workers {
 		ws = append(ws, w)
 	}
 	d.workers = map[string]*worker{}
+	d.idle = nil
 	d.sessions = map[string]*session{}
 	d.mu.Unlock()
 
@@ -143,49 +179,15 @@ func (d *Daemon) Ping(ctx context.Context) error { return d.rt.Ping(ctx) }
 func (d *Daemon) Status() api.Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	busy := 0
-	for _, s := range d.sessions {
-		if s.hasWorker.Load() {
-			busy++
-		}
-	}
+	idle := len(d.idle)
 	return api.Status{
 		TotalWorkers:      len(d.workers) + d.creating,
-		BusyWorkers:       busy,
-		IdleWorkers:       0,
+		BusyWorkers:       len(d.workers) - idle,
+		IdleWorkers:       idle,
 		CreatingWorkers:   d.creating,
 		MinIdleWorkers:    d.cfg.MinIdleWorkers,
 		MaxTotalWorkers:   d.cfg.MaxTotalWorkers,
-		IsInitializing:    d.initializing.Load(),
-		IdleWorkersInPool: 0,
+		IsInitializing:    d.initializing,
+		IdleWorkersInPool: idle,
 	}
-}
-
-// reserve counts a worker about to be created against the cap; false when at the cap.
-func (d *Daemon) reserve() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if len(d.workers)+d.creating >= d.cfg.MaxTotalWorkers {
-		return false
-	}
-	d.creating++
-	return true
-}
-
-// created ends a reservation, registering w when creation succeeded.
-func (d *Daemon) created(w *worker) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.creating--
-	if w != nil {
-		d.workers[w.id] = w
-	}
-}
-
-// forget unregisters w and destroys it.
-func (d *Daemon) forget(ctx context.Context, w *worker) {
-	d.mu.Lock()
-	delete(d.workers, w.id)
-	d.mu.Unlock()
-	d.destroyWorker(ctx, w)
 }

@@ -13,12 +13,16 @@ import (
 	"github.com/codebox/codebox/kernel"
 )
 
-// interruptGrace is how long a kernel has, after SIGINT, to become idle again before its
-// worker is given up.
-const interruptGrace = 3 * time.Second
-
-// retryAfter is what a caller turned away at the cap is told to wait.
-const retryAfter = 2 * time.Second
+const (
+	// interruptGrace is how long a kernel has, after SIGINT, to become idle again before
+	// its worker is given up.
+	interruptGrace = 3 * time.Second
+	// exitGrace is how long a call whose connection dropped waits to learn whether the task
+	// exited (the kernel died) or not (the worker is unreachable).
+	exitGrace = 3 * time.Second
+	// retryAfter is what a caller turned away is told to wait.
+	retryAfter = 2 * time.Second
+)
 
 // session is one user_uuid's claim on a worker.
 type session struct {
@@ -31,7 +35,7 @@ type session struct {
 	worker *worker
 	gone   bool // released: a call that gets the turn must look the session up again
 
-	hasWorker atomic.Bool // for Status, which must not wait for a turn
+	lastUsed atomic.Int64 // unix nanoseconds of the end of the last call
 }
 
 func (s *session) acquire(ctx context.Context) error {
@@ -43,12 +47,16 @@ func (s *session) acquire(ctx context.Context) error {
 	}
 }
 
-func (s *session) release() { <-s.turn }
-
-func (s *session) setWorker(w *worker) {
-	s.worker = w
-	s.hasWorker.Store(w != nil)
+func (s *session) tryAcquire() bool {
+	select {
+	case s.turn <- struct{}{}:
+		return true
+	default:
+		return false
+	}
 }
+
+func (s *session) release() { <-s.turn }
 
 // lookup returns user's session, making it if there is none.
 func (d *Daemon) lookup(user string) *session {
@@ -57,6 +65,7 @@ func (d *Daemon) lookup(user string) *session {
 	s := d.sessions[user]
 	if s == nil {
 		s = &session{user: user, turn: make(chan struct{}, 1)}
+		s.lastUsed.Store(time.Now().UnixNano())
 		d.sessions[user] = s
 	}
 	return s
@@ -81,6 +90,7 @@ func (d *Daemon) Execute(ctx context.Context, user string, req api.ExecuteReques
 			continue
 		}
 		resp, err := d.executeIn(ctx, s, req.Code, timeout)
+		s.lastUsed.Store(time.Now().UnixNano())
 		s.release()
 		return resp, err
 	}
@@ -89,27 +99,27 @@ func (d *Daemon) Execute(ctx context.Context, user string, req api.ExecuteReques
 // executeIn runs code in s, which the caller holds.
 func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout time.Duration) (*api.ExecuteResponse, error) {
 	if s.worker == nil {
-		if !d.reserve() {
-			return nil, &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: retryAfter,
-				Detail: fmt.Sprintf("all %d workers are busy; retry later", d.cfg.MaxTotalWorkers)}
-		}
-		w, err := d.createWorker(ctx)
-		d.created(w)
+		w, err := d.acquire(ctx)
 		if err != nil {
-			return nil, &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: retryAfter,
-				Detail: "could not start a worker", Cause: err}
+			return nil, err
 		}
-		s.setWorker(w)
+		s.worker = w
 	}
 	w := s.worker
+	l := w.life // only the holder of the turn replaces it
+	if l.hasExited() {
+		d.dropWorker(ctx, s)
+		return nil, &api.Error{Status: http.StatusServiceUnavailable,
+			Detail: fmt.Sprintf("this session's worker stopped (exit status %d) since its last call; its state is lost and the next call starts afresh", l.exitCode),
+			Fields: map[string]any{"worker_id": w.id, "files_kept": false}}
+	}
+
 	start := time.Now()
 	execCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	call, err := w.kernel.Start(execCtx, code)
+	call, err := l.kernel.Start(execCtx, code)
 	if err != nil {
-		d.dropWorker(ctx, s)
-		return nil, &api.Error{Status: http.StatusServiceUnavailable, Detail: "the worker is unreachable; the session was reset",
-			Fields: map[string]any{"worker_id": w.id, "files_kept": false}, Cause: err}
+		return nil, d.kernelGone(ctx, s, l, nil)
 	}
 	defer call.Finish()
 	res, err := call.Wait(execCtx)
@@ -117,11 +127,9 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout
 	case err == nil:
 		return toResponse(w.id, res, time.Since(start)), nil
 	case errors.Is(err, kernel.ErrClosed):
-		d.dropWorker(ctx, s)
-		return nil, &api.Error{Status: http.StatusServiceUnavailable,
-			Detail: "the kernel died during the call (killed by the memory limit, or exited); the session was reset",
-			Fields: partialFields(w.id, res, map[string]any{"files_kept": false})}
+		return nil, d.kernelGone(ctx, s, l, res)
 	}
+
 	// Out of time (or the caller went away): interrupt, and keep the session if the
 	// kernel comes back.
 	if serr := d.rt.Signal(context.WithoutCancel(ctx), w.id, syscall.SIGINT); serr != nil {
@@ -143,14 +151,50 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout
 		Fields: partialFields(w.id, res, map[string]any{"state_preserved": preserved})}
 }
 
+// kernelGone answers a call whose kernel connection dropped. When the task exited, the
+// kernel died (the memory limit, os._exit): it is restarted in the same worker, so the
+// files on /sandbox stay. Otherwise the worker is unreachable and is replaced.
+func (d *Daemon) kernelGone(ctx context.Context, s *session, l *life, res *kernel.Result) error {
+	w := s.worker
+	select {
+	case <-l.exited:
+	case <-time.After(exitGrace):
+	}
+	if !l.hasExited() {
+		d.dropWorker(ctx, s)
+		return &api.Error{Status: http.StatusServiceUnavailable,
+			Detail: "the worker became unreachable during the call; it was replaced and the session's state is lost",
+			Fields: partialFields(w.id, res, map[string]any{"files_kept": false})}
+	}
+	why := fmt.Sprintf("exit status %d", l.exitCode)
+	if l.exitCode == 128+uint32(syscall.SIGKILL) {
+		why = "killed, most likely by the memory limit"
+	}
+	restartCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), agentStartTimeout)
+	defer cancel()
+	if err := d.restartKernel(restartCtx, w); err != nil {
+		d.log.Error("kernel restart failed", "worker", w.id, "err", err)
+		d.dropWorker(ctx, s)
+		return &api.Error{Status: http.StatusServiceUnavailable,
+			Detail: fmt.Sprintf("the kernel died during the call (%s) and could not be restarted; the session was reset and its files are lost", why),
+			Fields: partialFields(w.id, res, map[string]any{"files_kept": false, "kernel_restarted": false})}
+	}
+	return &api.Error{Status: http.StatusServiceUnavailable,
+		Detail: fmt.Sprintf("the kernel died during the call (%s); it was restarted in the same worker: variables are lost, files under /sandbox were kept", why),
+		Fields: partialFields(w.id, res, map[string]any{"files_kept": true, "kernel_restarted": true})}
+}
+
 // dropWorker destroys the session's worker; the session's next call gets a new one.
 func (d *Daemon) dropWorker(ctx context.Context, s *session) {
 	w := s.worker
 	if w == nil {
 		return
 	}
-	s.setWorker(nil)
-	d.forget(context.WithoutCancel(ctx), w)
+	s.worker = nil
+	d.mu.Lock()
+	d.removeLocked(w)
+	d.mu.Unlock()
+	d.destroyWorker(context.WithoutCancel(ctx), w)
 }
 
 // Release implements api.Backend.
@@ -169,4 +213,36 @@ func (d *Daemon) Release(ctx context.Context, user string) error {
 	d.dropWorker(ctx, s)
 	s.release()
 	return nil
+}
+
+// recycleSessions releases sessions unused for --idle-timeout. A session in a call is
+// skipped: it is in use.
+func (d *Daemon) recycleSessions() {
+	cutoff := time.Now().Add(-d.cfg.IdleTimeout).UnixNano()
+	d.mu.Lock()
+	var stale []*session
+	for _, s := range d.sessions {
+		if s.lastUsed.Load() < cutoff {
+			stale = append(stale, s)
+		}
+	}
+	d.mu.Unlock()
+	for _, s := range stale {
+		if !s.tryAcquire() {
+			continue
+		}
+		if s.lastUsed.Load() < cutoff && !s.gone {
+			d.mu.Lock()
+			if d.sessions[s.user] == s {
+				delete(d.sessions, s.user)
+			}
+			d.mu.Unlock()
+			s.gone = true
+			if s.worker != nil {
+				d.log.Info("idle session recycled", "worker", s.worker.id)
+			}
+			d.dropWorker(d.bg, s)
+		}
+		s.release()
+	}
 }

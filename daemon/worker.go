@@ -27,18 +27,36 @@ const (
 	labelIP    = "io.codebox.ip"
 )
 
-// worker is one container with its network and kernel connection.
+// worker is one container with its network, disk and kernel connection.
 type worker struct {
 	id      string
 	ip      net.IP
 	nsPath  string
 	logPath string
-	kernel  *kernel.Client
-	task    *runtime.Task
+	token   string
 	created time.Time
+
+	// life is the current task and kernel connection; a kernel restart replaces it.
+	// Written under Daemon.mu by the holder of the worker's session turn.
+	life *life
+}
+
+// life is one task of a worker and the kernel connection to it.
+type life struct {
+	task   *runtime.Task
+	kernel *kernel.Client
 	// exited is closed when the task has ended; exitCode is valid after that.
 	exited   chan struct{}
 	exitCode uint32
+}
+
+func (l *life) hasExited() bool {
+	select {
+	case <-l.exited:
+		return true
+	default:
+		return false
+	}
 }
 
 func newWorkerID() string {
@@ -53,14 +71,17 @@ func newToken() string {
 	return hex.EncodeToString(b[:])
 }
 
-// createWorker makes a worker and waits until its kernel answers. On failure nothing it
-// made is left behind.
+// createWorker makes a worker and waits until its kernel executes code. On failure
+// nothing it made is left behind.
 func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 	start := time.Now()
-	w := &worker{id: newWorkerID(), created: start}
+	w := &worker{id: newWorkerID(), created: start, token: newToken()}
 	w.logPath = d.logPath(w.id)
 	defer func() {
 		if err != nil {
+			if w.life != nil {
+				w.life.kernel.Close()
+			}
 			if derr := d.destroyResources(context.WithoutCancel(ctx), w.id, w.nsPath, w.logPath); derr != nil {
 				err = errors.Join(err, derr)
 			}
@@ -89,8 +110,7 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 	}
 	attached := time.Now()
 
-	token := newToken()
-	w.task, err = d.rt.Start(ctx, runtime.WorkerSpec{
+	task, err := d.rt.Start(ctx, runtime.WorkerSpec{
 		ID:        w.id,
 		Image:     d.image,
 		NetNSPath: w.nsPath,
@@ -98,7 +118,7 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 		MemoryMB:  d.cfg.WorkerRAMMB,
 		Pids:      d.cfg.WorkerPids,
 		Env: []string{
-			"CODEBOX_AGENT_TOKEN=" + token,
+			"CODEBOX_AGENT_TOKEN=" + w.token,
 			"CODEBOX_AGENT_PORT=" + strconv.Itoa(agentPort),
 		},
 		Labels:         map[string]string{labelNetNS: w.nsPath, labelIP: w.ip.String()},
@@ -109,16 +129,9 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 	if err != nil {
 		return nil, err
 	}
-	w.exited = make(chan struct{})
-	go func() {
-		st := <-w.task.Exited
-		w.exitCode = st.ExitCode()
-		close(w.exited)
-	}()
 	started := time.Now()
 
-	w.kernel, err = d.connectKernel(ctx, w, token)
-	if err != nil {
+	if w.life, err = d.connect(ctx, w, task); err != nil {
 		return nil, fmt.Errorf("worker %s: %w", w.id, err)
 	}
 	d.log.Info("worker created", "worker", w.id, "ip", w.ip.String(),
@@ -127,25 +140,33 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 	return w, nil
 }
 
-// connectKernel dials the agent until it answers kernel_info, the task exits, or the start
-// timeout passes. The agent needs a moment to import IPython before it listens.
-func (d *Daemon) connectKernel(ctx context.Context, w *worker, token string) (*kernel.Client, error) {
+// connect watches task and dials its agent until the kernel executes code, the task exits,
+// or the start timeout passes. The agent needs a moment to import IPython before it listens.
+func (d *Daemon) connect(ctx context.Context, w *worker, task *runtime.Task) (*life, error) {
+	l := &life{task: task, exited: make(chan struct{})}
+	go func() {
+		st := <-task.Exited
+		l.exitCode = st.ExitCode()
+		close(l.exited)
+		d.onExit(w, l)
+	}()
 	ctx, cancel := context.WithTimeout(ctx, agentStartTimeout)
 	defer cancel()
 	url := fmt.Sprintf("ws://%s%s", net.JoinHostPort(w.ip.String(), strconv.Itoa(agentPort)), kernel.ChannelsPath)
 	var lastErr error
 	for {
-		kc, err := kernel.Dial(ctx, url, token, kernel.Options{})
+		kc, err := kernel.Dial(ctx, url, w.token, kernel.Options{})
 		if err == nil {
-			if _, err = kc.KernelInfo(ctx); err == nil {
-				return kc, nil
+			if err = kc.Check(ctx); err == nil {
+				l.kernel = kc
+				return l, nil
 			}
 			kc.Close()
 		}
 		lastErr = err
 		select {
-		case <-w.exited:
-			return nil, fmt.Errorf("agent exited with status %d before answering: %s", w.exitCode, tail(w.logPath, 2048))
+		case <-l.exited:
+			return nil, fmt.Errorf("agent exited with status %d before answering: %s", l.exitCode, tail(w.logPath, 2048))
 		case <-ctx.Done():
 			return nil, fmt.Errorf("agent did not answer: %w (last error: %v)", ctx.Err(), lastErr)
 		case <-time.After(25 * time.Millisecond):
@@ -153,16 +174,38 @@ func (d *Daemon) connectKernel(ctx context.Context, w *worker, token string) (*k
 	}
 }
 
+// restartKernel starts a new task in w's container after its kernel died: the session's
+// variables are gone, its files on /sandbox stay. The caller holds w's session turn.
+func (d *Daemon) restartKernel(ctx context.Context, w *worker) error {
+	old := w.life
+	old.kernel.Close()
+	task, err := d.rt.Restart(ctx, w.id, w.logPath)
+	if err != nil {
+		return err
+	}
+	l, err := d.connect(ctx, w, task)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	w.life = l
+	d.mu.Unlock()
+	d.log.Info("kernel restarted", "worker", w.id, "exit_code", old.exitCode)
+	return nil
+}
+
 // destroyWorker tears a worker down completely.
 func (d *Daemon) destroyWorker(ctx context.Context, w *worker) error {
-	if w.kernel != nil {
-		w.kernel.Close()
+	if w.life != nil {
+		w.life.kernel.Close()
 	}
+	start := time.Now()
 	err := d.destroyResources(ctx, w.id, w.nsPath, w.logPath)
 	if err != nil {
 		d.log.Error("worker destroy failed", "worker", w.id, "err", err)
 	} else {
-		d.log.Info("worker destroyed", "worker", w.id, "age_s", int(time.Since(w.created).Seconds()))
+		d.log.Info("worker destroyed", "worker", w.id, "age_s", int(time.Since(w.created).Seconds()),
+			"destroy_ms", ms(time.Since(start)))
 	}
 	return err
 }

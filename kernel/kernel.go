@@ -154,9 +154,13 @@ func (c *Client) Execute(ctx context.Context, code string) (*Result, error) {
 
 // Start sends an execute_request. The caller must call Finish when done with the call.
 func (c *Client) Start(ctx context.Context, code string) (*Call, error) {
+	return c.start(ctx, code, false)
+}
+
+func (c *Client) start(ctx context.Context, code string, silent bool) (*Call, error) {
 	c.callMu.Lock()
 	p, err := c.send(ctx, "execute_request", map[string]any{
-		"code": code, "silent": false, "store_history": true,
+		"code": code, "silent": silent, "store_history": !silent,
 		"user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true,
 	})
 	if err != nil {
@@ -189,6 +193,24 @@ func (call *Call) Finish() {
 	call.c.clearCurrent(call.p)
 	call.c.callMu.Unlock()
 	call.c = nil
+}
+
+// Check proves the kernel executes code: a silent execute (no history, no execution
+// count) that must come back ok.
+func (c *Client) Check(ctx context.Context) error {
+	call, err := c.start(ctx, "pass", true)
+	if err != nil {
+		return err
+	}
+	defer call.Finish()
+	res, err := call.Wait(ctx)
+	if err != nil {
+		return err
+	}
+	if res.Status != "ok" {
+		return fmt.Errorf("health check execute: status %q", res.Status)
+	}
+	return nil
 }
 
 // KernelInfo asks the kernel for kernel_info and returns its language version. An agent

@@ -212,6 +212,22 @@ func TestKernelInfoAndBadToken(t *testing.T) {
 	}
 }
 
+func TestCheckIsASilentExecute(t *testing.T) {
+	f := &fakeAgent{token: "t", script: func(req map[string]any, send func(string, any, string)) {
+		c := req["content"].(map[string]any)
+		id := msgID(req)
+		status := "ok"
+		if c["silent"] != true || c["store_history"] != false {
+			status = "error"
+		}
+		send("execute_reply", map[string]any{"status": status, "execution_count": 0}, id)
+		send("status", map[string]any{"execution_state": "idle"}, id)
+	}}
+	if err := start(t, f, Options{}).Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestMalformedFramesAreIgnored(t *testing.T) {
 	f := &fakeAgent{token: "t", script: func(req map[string]any, send func(string, any, string)) {
 		id := msgID(req)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
 )
 
 // Task is a worker's running task.
@@ -48,18 +49,42 @@ func (r *Runtime) Start(ctx context.Context, s WorkerSpec) (_ *Task, err error) 
 			}
 		}
 	}()
-	t, err := c.NewTask(ctx, logIO(s.LogPath))
+	return startTask(ctx, c, s.ID, s.LogPath, r.namespace)
+}
+
+// Restart replaces the container's task with a new one in the same container: same
+// snapshot, network namespace and mounts, so the kernel starts afresh while the files on
+// the worker's disk stay.
+func (r *Runtime) Restart(ctx context.Context, id, logPath string) (*Task, error) {
+	c, err := r.client.LoadContainer(ctx, id)
 	if err != nil {
-		return nil, fmt.Errorf("create task %s: %w", s.ID, err)
+		return nil, fmt.Errorf("load container %s: %w", id, err)
+	}
+	if t, err := c.Task(ctx, nil); err == nil {
+		if _, err := t.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("delete task %s: %w", id, err)
+		}
+	} else if !errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("task of %s: %w", id, err)
+	}
+	return startTask(ctx, c, id, logPath, r.namespace)
+}
+
+func startTask(ctx context.Context, c client.Container, id, logPath, namespace string) (*Task, error) {
+	t, err := c.NewTask(ctx, logIO(logPath))
+	if err != nil {
+		return nil, fmt.Errorf("create task %s: %w", id, err)
 	}
 	// Wait before Start, or a task that exits at once is missed. Its context outlives
 	// this call: the channel reports the exit whenever it comes.
-	exited, err := t.Wait(namespaces.WithNamespace(context.Background(), r.namespace))
+	exited, err := t.Wait(namespaces.WithNamespace(context.Background(), namespace))
 	if err != nil {
-		return nil, fmt.Errorf("wait task %s: %w", s.ID, err)
+		t.Delete(context.WithoutCancel(ctx), client.WithProcessKill)
+		return nil, fmt.Errorf("wait task %s: %w", id, err)
 	}
 	if err := t.Start(ctx); err != nil {
-		return nil, fmt.Errorf("start task %s: %w", s.ID, err)
+		t.Delete(context.WithoutCancel(ctx), client.WithProcessKill)
+		return nil, fmt.Errorf("start task %s: %w", id, err)
 	}
-	return &Task{ID: s.ID, Pid: t.Pid(), Exited: exited}, nil
+	return &Task{ID: id, Pid: t.Pid(), Exited: exited}, nil
 }

@@ -133,6 +133,7 @@ func serve(cfg daemon.Config) error {
 	if err != nil {
 		return err
 	}
+	d.Start()
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

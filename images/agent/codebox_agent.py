@@ -198,7 +198,10 @@ class Agent:
         req = Request(conn, msg, self.max_output)
         content = msg.get("content") or {}
         code = content.get("code")
-        store_history = bool(content.get("store_history", True))
+        # A silent execute (the daemon's health check) leaves no trace: no history, no
+        # execution count, no displayed value.
+        silent = bool(content.get("silent", False))
+        store_history = bool(content.get("store_history", not silent)) and not silent
         self.send(req, "status", {"execution_state": "busy"})
         if not isinstance(code, str):
             self.send(req, "execute_reply", {
@@ -215,7 +218,7 @@ class Agent:
         interrupted_outside = False
         try:
             self.executing = True
-            result = self.shell.run_cell(code, store_history=store_history)
+            result = self.shell.run_cell(code, store_history=store_history, silent=silent)
         except KeyboardInterrupt:
             interrupted_outside = True
             result = None

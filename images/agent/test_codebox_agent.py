@@ -143,6 +143,14 @@ class ExecuteTest(AgentTest):
         self.assertEqual(kinds[0], "status")
         self.assertEqual(kinds[-2:], ["execute_reply", "status"])
 
+    def test_silent_execute_leaves_no_trace(self):
+        before = of_type(self.session.execute("'count'"), "execute_reply")[0]["content"]["execution_count"]
+        frames = self.session.request("execute_request", {"code": "42", "silent": True})
+        self.assertEqual(of_type(frames, "execute_reply")[0]["content"]["status"], "ok")
+        self.assertEqual(of_type(frames, "execute_result"), [])
+        after = of_type(self.session.execute("'count'"), "execute_reply")[0]["content"]["execution_count"]
+        self.assertEqual(after, before + 1)
+
     def test_error_has_plain_traceback(self):
         frames = self.session.execute("undefined_thing")
         err = of_type(frames, "error")[0]["content"]

@@ -1,0 +1,232 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/codebox/codebox/api"
+)
+
+const (
+	// maxParallelCreates bounds worker starts in flight: on a small host, starts in
+	// parallel beyond a few only slow each other down.
+	maxParallelCreates = 4
+	// createTimeout bounds one worker start.
+	createTimeout = 2 * time.Minute
+	// healthInterval is how often idle workers are checked.
+	healthInterval = 30 * time.Second
+	healthTimeout  = 5 * time.Second
+	maxBackoff     = 30 * time.Second
+)
+
+// The pool: idle workers ready for new sessions, and the sessions waiting for one.
+// Everything here is guarded by Daemon.mu. Workers are created outside the lock, so a slow
+// start never delays calls of existing sessions.
+
+// waiter is a new session waiting for a worker while one is being created for it.
+type waiter struct{ ch chan handout }
+
+type handout struct {
+	w   *worker
+	err error
+}
+
+func errAtCap(max int) error {
+	return &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: retryAfter,
+		Detail: fmt.Sprintf("all workers are busy (max-total-workers is %d); retry later", max)}
+}
+
+// acquire takes a worker for a new session: an idle one at once; else, with room under the
+// cap, the next one created; else a 503.
+func (d *Daemon) acquire(ctx context.Context) (*worker, error) {
+	d.mu.Lock()
+	if d.closing {
+		d.mu.Unlock()
+		return nil, &api.Error{Status: http.StatusServiceUnavailable, Detail: "codeboxd is shutting down", RetryAfter: retryAfter}
+	}
+	if len(d.idle) > 0 {
+		w := d.idle[0] // the longest idle: the most often health-checked
+		d.idle = d.idle[1:]
+		d.refillLocked()
+		d.mu.Unlock()
+		return w, nil
+	}
+	unclaimed := d.creating - len(d.waiters)
+	if unclaimed <= 0 && len(d.workers)+d.creating >= d.cfg.MaxTotalWorkers {
+		d.mu.Unlock()
+		return nil, errAtCap(d.cfg.MaxTotalWorkers)
+	}
+	wt := &waiter{ch: make(chan handout, 1)}
+	d.waiters = append(d.waiters, wt)
+	d.refillLocked()
+	d.mu.Unlock()
+
+	select {
+	case h := <-wt.ch:
+		return h.w, h.err
+	case <-ctx.Done():
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if i := slices.Index(d.waiters, wt); i >= 0 {
+			d.waiters = slices.Delete(d.waiters, i, i+1)
+		} else if h := <-wt.ch; h.w != nil {
+			d.idle = append(d.idle, h.w) // served just as it gave up: the worker is unused
+		}
+		return nil, &api.Error{Status: http.StatusServiceUnavailable, Detail: "request cancelled while waiting for a worker", Cause: ctx.Err()}
+	}
+}
+
+// refillLocked starts creations until idle + creating covers min-idle-workers plus the
+// waiting sessions, within the cap and the parallelism bound.
+func (d *Daemon) refillLocked() {
+	if d.closing {
+		return
+	}
+	want := d.cfg.MinIdleWorkers + len(d.waiters) - len(d.idle) - d.creating
+	if len(d.waiters) == 0 && time.Now().Before(d.backoffUntil) {
+		return // creations keep failing: the pool waits; a waiting session still tries
+	}
+	n := min(want, d.cfg.MaxTotalWorkers-len(d.workers)-d.creating, maxParallelCreates-d.creating)
+	for i := 0; i < n; i++ {
+		d.creating++
+		d.wg.Add(1)
+		go d.createForPool()
+	}
+	d.updateInitializing()
+}
+
+func (d *Daemon) refill() {
+	d.mu.Lock()
+	d.refillLocked()
+	d.mu.Unlock()
+}
+
+// updateInitializing clears is_initializing once the pre-warm has reached min idle.
+func (d *Daemon) updateInitializing() {
+	if d.initializing && len(d.idle) >= d.cfg.MinIdleWorkers {
+		d.initializing = false
+		d.log.Info("pool warm", "idle", len(d.idle), "warm_ms", ms(time.Since(d.started)))
+	}
+}
+
+func (d *Daemon) createForPool() {
+	defer d.wg.Done()
+	ctx, cancel := context.WithTimeout(d.bg, createTimeout)
+	w, err := d.createWorker(ctx)
+	cancel()
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.creating--
+	if err != nil {
+		d.failures++
+		backoff := min(time.Duration(1<<min(d.failures, 10))*100*time.Millisecond, maxBackoff)
+		d.backoffUntil = time.Now().Add(backoff)
+		if !d.closing {
+			d.log.Error("worker create failed", "err", err, "failures", d.failures, "retry_in", backoff)
+			time.AfterFunc(backoff, d.refill)
+		}
+		if len(d.waiters) > 0 {
+			wt := d.waiters[0]
+			d.waiters = d.waiters[1:]
+			wt.ch <- handout{err: &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: retryAfter,
+				Detail: "could not start a worker", Cause: err}}
+		}
+		return
+	}
+	d.failures = 0
+	if d.closing {
+		d.wg.Add(1)
+		go func() { defer d.wg.Done(); d.destroyWorker(context.Background(), w) }()
+		return
+	}
+	d.workers[w.id] = w
+	if len(d.waiters) > 0 {
+		wt := d.waiters[0]
+		d.waiters = d.waiters[1:]
+		wt.ch <- handout{w: w}
+	} else {
+		d.idle = append(d.idle, w)
+	}
+	d.refillLocked()
+}
+
+// removeLocked unregisters w (idle or not) and refills; the caller destroys it.
+func (d *Daemon) removeLocked(w *worker) bool {
+	if _, ok := d.workers[w.id]; !ok {
+		return false
+	}
+	delete(d.workers, w.id)
+	if i := slices.Index(d.idle, w); i >= 0 {
+		d.idle = slices.Delete(d.idle, i, i+1)
+	}
+	d.refillLocked()
+	return true
+}
+
+// retire unregisters and destroys w in the background.
+func (d *Daemon) retireLocked(w *worker, why string) {
+	if !d.removeLocked(w) {
+		return
+	}
+	d.log.Warn("worker retired", "worker", w.id, "reason", why)
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.destroyWorker(context.Background(), w)
+	}()
+}
+
+// onExit is called when a worker's task ends. An idle worker is replaced at once; a
+// session's worker is dealt with by the session's next call, which knows whether the
+// kernel died in its code (and restarts it) or the worker was lost.
+func (d *Daemon) onExit(w *worker, l *life) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if w.life != l || !slices.Contains(d.idle, w) {
+		return
+	}
+	d.retireLocked(w, "task exited while idle")
+}
+
+// maintain health-checks idle workers and recycles sessions left unused, until Close.
+func (d *Daemon) maintain() {
+	defer d.wg.Done()
+	health := time.NewTicker(healthInterval)
+	defer health.Stop()
+	recycle := time.NewTicker(d.cfg.RecycleInterval)
+	defer recycle.Stop()
+	for {
+		select {
+		case <-d.bg.Done():
+			return
+		case <-health.C:
+			d.checkIdle()
+		case <-recycle.C:
+			d.recycleSessions()
+		}
+	}
+}
+
+// checkIdle replaces idle workers whose kernel no longer executes code.
+func (d *Daemon) checkIdle() {
+	d.mu.Lock()
+	idle := slices.Clone(d.idle)
+	d.mu.Unlock()
+	for _, w := range idle {
+		ctx, cancel := context.WithTimeout(d.bg, healthTimeout)
+		err := w.life.kernel.Check(ctx)
+		cancel()
+		if err == nil || d.bg.Err() != nil {
+			continue
+		}
+		d.mu.Lock()
+		if slices.Contains(d.idle, w) {
+			d.retireLocked(w, "health check failed: "+err.Error())
+		}
+		d.mu.Unlock()
+	}
+}
