@@ -32,6 +32,10 @@ type Daemon struct {
 	disks *blockdev.Store
 	image client.Image
 
+	// create and destroy make and tear down one worker; tests of the pool replace them.
+	create  func(context.Context) (*worker, error)
+	destroy func(context.Context, *worker) error
+
 	bg      context.Context // ends at Close: stops creations and maintenance
 	stop    context.CancelFunc
 	wg      sync.WaitGroup // background work: creations, destroys, maintenance
@@ -76,6 +80,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, deps Deps) (*Daemon,
 		workers:      map[string]*worker{},
 		initializing: true,
 	}
+	d.create, d.destroy = d.createWorker, d.destroyWorker
 	if err := d.RemoveLeftovers(ctx); err != nil {
 		stop()
 		return nil, err
@@ -165,7 +170,7 @@ func (d *Daemon) Close(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = d.destroyWorker(ctx, w)
+			errs[i] = d.destroy(ctx, w)
 		}()
 	}
 	wg.Wait()

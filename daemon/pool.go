@@ -115,7 +115,7 @@ func (d *Daemon) updateInitializing() {
 func (d *Daemon) createForPool() {
 	defer d.wg.Done()
 	ctx, cancel := context.WithTimeout(d.bg, createTimeout)
-	w, err := d.createWorker(ctx)
+	w, err := d.create(ctx)
 	cancel()
 
 	d.mu.Lock()
@@ -140,7 +140,7 @@ func (d *Daemon) createForPool() {
 	d.failures = 0
 	if d.closing {
 		d.wg.Add(1)
-		go func() { defer d.wg.Done(); d.destroyWorker(context.Background(), w) }()
+		go func() { defer d.wg.Done(); d.destroy(context.Background(), w) }()
 		return
 	}
 	d.workers[w.id] = w
@@ -176,7 +176,7 @@ func (d *Daemon) retireLocked(w *worker, why string) {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		d.destroyWorker(context.Background(), w)
+		d.destroy(context.Background(), w)
 	}()
 }
 
@@ -215,10 +215,14 @@ func (d *Daemon) maintain() {
 func (d *Daemon) checkIdle() {
 	d.mu.Lock()
 	idle := slices.Clone(d.idle)
+	lives := make([]*life, len(idle))
+	for i, w := range idle {
+		lives[i] = w.life
+	}
 	d.mu.Unlock()
-	for _, w := range idle {
+	for i, w := range idle {
 		ctx, cancel := context.WithTimeout(d.bg, healthTimeout)
-		err := w.life.kernel.Check(ctx)
+		err := lives[i].kernel.Check(ctx)
 		cancel()
 		if err == nil || d.bg.Err() != nil {
 			continue

@@ -194,7 +194,7 @@ func (d *Daemon) dropWorker(ctx context.Context, s *session) {
 	d.mu.Lock()
 	d.removeLocked(w)
 	d.mu.Unlock()
-	d.destroyWorker(context.WithoutCancel(ctx), w)
+	d.destroy(context.WithoutCancel(ctx), w)
 }
 
 // Release implements api.Backend.

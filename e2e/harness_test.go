@@ -179,9 +179,12 @@ func startDaemon(t *testing.T, flags ...string) *daemon {
 	d := &daemon{t: t, token: randomHex(16), logs: &syncBuffer{}, done: make(chan struct{})}
 	d.stateDir = t.TempDir()
 	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	for i, f := range flags {
-		if f == "--listen" && i+1 < len(flags) {
-			listen = flags[i+1] // the test's own address wins
+	for i, f := range flags { // the test's own address and state dir win
+		if i+1 < len(flags) && f == "--listen" {
+			listen = flags[i+1]
+		}
+		if i+1 < len(flags) && f == "--state-dir" {
+			d.stateDir = flags[i+1]
 		}
 	}
 	_, port, _ := net.SplitHostPort(listen)
@@ -211,7 +214,15 @@ func startDaemon(t *testing.T, flags ...string) *daemon {
 	go func() { d.cmd.Wait(); close(d.done) }()
 	t.Cleanup(func() {
 		d.stop()
-		if left := diskLeftovers(d.stateDir); left != "" {
+		// A loop device is cleared once the last mount of its file system is gone, the
+		// container's included, which the kernel finishes a moment after the task is.
+		deadline := time.Now().Add(10 * time.Second)
+		left := diskLeftovers(d.stateDir)
+		for left != "" && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+			left = diskLeftovers(d.stateDir)
+		}
+		if left != "" {
 			t.Errorf("after codeboxd stopped: %s", left)
 		}
 		if t.Failed() {

@@ -1,0 +1,244 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/codebox/codebox/api"
+)
+
+// fakeFactory makes workers without containers, optionally slowly or failing.
+type fakeFactory struct {
+	mu        sync.Mutex
+	made      int
+	destroyed int
+	gate      chan struct{} // when set, each creation waits for a value
+	fail      atomic.Bool
+}
+
+func (f *fakeFactory) create(ctx context.Context) (*worker, error) {
+	if f.gate != nil {
+		select {
+		case <-f.gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if f.fail.Load() {
+		return nil, errors.New("image broken")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.made++
+	return &worker{id: fmt.Sprintf("w-%d", f.made), created: time.Now()}, nil
+}
+
+func (f *fakeFactory) destroy(ctx context.Context, w *worker) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.destroyed++
+	return nil
+}
+
+func testDaemon(t *testing.T, minIdle, maxTotal int, f *fakeFactory) *Daemon {
+	t.Helper()
+	bg, stop := context.WithCancel(context.Background())
+	d := &Daemon{
+		cfg: Config{MinIdleWorkers: minIdle, MaxTotalWorkers: maxTotal, RecycleInterval: time.Hour, IdleTimeout: time.Hour},
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		bg:  bg, stop: stop,
+		sessions: map[string]*session{}, workers: map[string]*worker{}, initializing: true,
+		create: f.create, destroy: f.destroy,
+	}
+	t.Cleanup(func() { d.Close(context.Background()) })
+	return d
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestPrewarmAndTake(t *testing.T) {
+	f := &fakeFactory{}
+	d := testDaemon(t, 3, 5, f)
+	if st := d.Status(); !st.IsInitializing {
+		t.Fatalf("initializing before start: %+v", st)
+	}
+	d.Start()
+	waitFor(t, "pre-warm", func() bool { return d.Status().IdleWorkers == 3 })
+	st := d.Status()
+	if st.IsInitializing || st.TotalWorkers != 3 || st.BusyWorkers != 0 || st.CreatingWorkers != 0 || st.IdleWorkersInPool != 3 {
+		t.Fatalf("after pre-warm: %+v", st)
+	}
+	w, err := d.acquire(context.Background())
+	if err != nil || w == nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "refill", func() bool { s := d.Status(); return s.IdleWorkers == 3 && s.BusyWorkers == 1 })
+	if st := d.Status(); st.TotalWorkers != 4 {
+		t.Fatalf("after refill: %+v", st)
+	}
+}
+
+func TestCapIs503WithRetryAfter(t *testing.T) {
+	f := &fakeFactory{}
+	d := testDaemon(t, 0, 2, f)
+	d.Start()
+	for i := 0; i < 2; i++ {
+		if _, err := d.acquire(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := d.acquire(context.Background())
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable || ae.RetryAfter <= 0 {
+		t.Fatalf("at the cap: %v", err)
+	}
+}
+
+func TestWaiterGetsTheNextWorkerAndCancelReturnsIt(t *testing.T) {
+	f := &fakeFactory{gate: make(chan struct{})}
+	d := testDaemon(t, 0, 3, f)
+	d.Start()
+	got := make(chan error, 1)
+	go func() { _, err := d.acquire(context.Background()); got <- err }()
+	waitFor(t, "creation for the waiter", func() bool { return d.Status().CreatingWorkers == 1 })
+	if st := d.Status(); st.TotalWorkers != 1 || st.IdleWorkers != 0 {
+		t.Fatalf("while creating: %+v", st)
+	}
+	f.gate <- struct{}{}
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+
+	// A waiter that gives up does not lose the worker made for it.
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { _, err := d.acquire(ctx); got <- err }()
+	waitFor(t, "second creation", func() bool { return d.Status().CreatingWorkers == 1 })
+	cancel()
+	if err := <-got; err == nil {
+		t.Fatal("a cancelled waiter got a worker")
+	}
+	f.gate <- struct{}{}
+	waitFor(t, "worker parked as idle", func() bool { return d.Status().IdleWorkers == 1 })
+}
+
+func TestFailedCreationFailsTheWaiter(t *testing.T) {
+	f := &fakeFactory{}
+	f.fail.Store(true)
+	d := testDaemon(t, 0, 3, f)
+	d.Start()
+	_, err := d.acquire(context.Background())
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Status != 503 || ae.Detail != "could not start a worker" {
+		t.Fatalf("err = %v", err)
+	}
+	f.fail.Store(false)
+	if _, err := d.acquire(context.Background()); err != nil {
+		t.Fatalf("after the failure cleared: %v", err)
+	}
+}
+
+func TestConcurrentAcquiresNeverExceedTheCap(t *testing.T) {
+	f := &fakeFactory{}
+	d := testDaemon(t, 2, 10, f)
+	d.Start()
+	var wg sync.WaitGroup
+	var ok, refused atomic.Int32
+	stopWatch := make(chan struct{})
+	var watchErr atomic.Value
+	go func() {
+		for {
+			select {
+			case <-stopWatch:
+				return
+			default:
+			}
+			if st := d.Status(); st.TotalWorkers > 10 || st.BusyWorkers+st.IdleWorkers+st.CreatingWorkers != st.TotalWorkers {
+				watchErr.Store(fmt.Sprintf("inconsistent status %+v", st))
+			}
+		}
+	}()
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := d.acquire(context.Background()); err == nil {
+				ok.Add(1)
+			} else {
+				refused.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	close(stopWatch)
+	if v := watchErr.Load(); v != nil {
+		t.Fatal(v)
+	}
+	if ok.Load() != 10 || refused.Load() != 40 {
+		t.Fatalf("ok %d refused %d, want 10 and 40", ok.Load(), refused.Load())
+	}
+}
+
+func TestCloseDestroysEverything(t *testing.T) {
+	f := &fakeFactory{}
+	d := testDaemon(t, 3, 5, f)
+	d.Start()
+	waitFor(t, "pre-warm", func() bool { return d.Status().IdleWorkers == 3 })
+	d.acquire(context.Background())
+	if err := d.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.destroyed != f.made {
+		t.Fatalf("made %d, destroyed %d", f.made, f.destroyed)
+	}
+	if _, err := d.acquire(context.Background()); err == nil {
+		t.Fatal("acquire after Close succeeded")
+	}
+}
+
+func TestSessionsSerialiseInArrivalOrder(t *testing.T) {
+	s := &session{turn: make(chan struct{}, 1)}
+	if err := s.acquire(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var order []int
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.acquire(context.Background())
+			mu.Lock()
+			order = append(order, i)
+			mu.Unlock()
+			s.release()
+		}()
+		time.Sleep(2 * time.Millisecond) // each blocks before the next arrives
+	}
+	s.release()
+	wg.Wait()
+	for i, v := range order {
+		if v != i {
+			t.Fatalf("order = %v", order)
+		}
+	}
+}

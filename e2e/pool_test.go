@@ -1,0 +1,312 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/codebox/codebox/api"
+	"github.com/containerd/containerd/v2/client"
+)
+
+// containerIDs lists the workers in the tests' namespace.
+func containerIDs(t *testing.T) []string {
+	t.Helper()
+	c, err := client.New(env.containerd, client.WithDefaultNamespace(namespace))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cs, err := c.Containers(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, ct := range cs {
+		ids = append(ids, ct.ID())
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// waitStatus polls /status until ok accepts it.
+func waitStatus(t *testing.T, d *daemon, what string, within time.Duration, ok func(api.Status) bool) api.Status {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		st, err := d.client.Status(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok(*st) {
+			return *st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not reached within %s; status %+v", what, within, *st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestPool(t *testing.T) {
+	start := time.Now()
+	d := startDaemon(t, "--min-idle-workers", "3", "--max-total-workers", "5")
+	st := waitStatus(t, d, "pre-warm", 2*time.Minute, func(s api.Status) bool { return s.IdleWorkers == 3 && !s.IsInitializing })
+	t.Logf("pre-warm of 3 workers: %s from start", time.Since(start).Round(time.Millisecond))
+	if st.TotalWorkers != 3 || st.BusyWorkers != 0 || st.IdleWorkersInPool != 3 || st.MinIdleWorkers != 3 || st.MaxTotalWorkers != 5 {
+		t.Fatalf("status after pre-warm: %+v", st)
+	}
+
+	t.Run("a new session gets a pre-warmed worker", func(t *testing.T) {
+		idle := containerIDs(t)
+		r := d.exec(t, "e2e-pool-a", "'hi'")
+		if !slices.Contains(idle, r.WorkerID) {
+			t.Fatalf("worker %s was not among the idle %v", r.WorkerID, idle)
+		}
+		if r.ExecutionCount != 1 {
+			t.Fatalf("the health check left a trace: execution_count %d", r.ExecutionCount)
+		}
+		waitStatus(t, d, "refill", time.Minute, func(s api.Status) bool { return s.IdleWorkers == 3 && s.BusyWorkers == 1 })
+	})
+
+	t.Run("at the cap: 503 with Retry-After", func(t *testing.T) {
+		d.exec(t, "e2e-pool-b", "1") // 2 busy + 3 idle = 5 = max
+		waitStatus(t, d, "at cap", time.Minute, func(s api.Status) bool { return s.TotalWorkers == 5 && s.CreatingWorkers == 0 })
+		d.exec(t, "e2e-pool-c", "1")
+		d.exec(t, "e2e-pool-d", "1")
+		d.exec(t, "e2e-pool-e", "1")
+		st := waitStatus(t, d, "all busy", time.Minute, func(s api.Status) bool { return s.BusyWorkers == 5 })
+		if st.TotalWorkers != 5 || st.IdleWorkers != 0 {
+			t.Fatalf("status at the cap: %+v", st)
+		}
+		code, hdr, body := d.request(t, "POST", "/api/v1/execute?user_uuid=e2e-pool-f", `{"code":"1"}`, map[string]string{"X-Auth-Token": d.token})
+		if code != 503 || hdr.Get("Retry-After") == "" || !strings.Contains(body, "busy") {
+			t.Fatalf("at the cap: %d %v %s", code, hdr, body)
+		}
+		for _, u := range []string{"c", "d", "e"} {
+			if err := d.client.Release(context.Background(), "e2e-pool-"+u); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitStatus(t, d, "refill after release", time.Minute, func(s api.Status) bool { return s.IdleWorkers == 3 && s.BusyWorkers == 2 })
+	})
+
+	t.Run("calls of one session keep their order", func(t *testing.T) {
+		d.exec(t, "e2e-pool-a", "order = []")
+		var wg sync.WaitGroup
+		for i := 0; i < 20; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				d.exec(t, "e2e-pool-a", fmt.Sprintf("import time\ntime.sleep(0.01)\norder.append(%d)", i))
+			}()
+			time.Sleep(15 * time.Millisecond) // arrival order is the order they are sent in
+		}
+		wg.Wait()
+		r := d.exec(t, "e2e-pool-a", "order")
+		want := "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]"
+		if r.ResultText == nil || *r.ResultText != want {
+			t.Fatalf("order = %v", *r.ResultText)
+		}
+	})
+
+	t.Run("idle health check replaces a worker killed from outside", func(t *testing.T) {
+		before := idleIDs(t, d)
+		victim := before[0]
+		killTask(t, victim)
+		waitStatus(t, d, "replacement", time.Minute, func(s api.Status) bool {
+			return s.IdleWorkers == 3 && !slices.Contains(containerIDs(t), victim)
+		})
+	})
+
+	t.Run("a session whose worker was killed between calls starts afresh", func(t *testing.T) {
+		r := d.exec(t, "e2e-pool-b", "kept = 1")
+		killTask(t, r.WorkerID)
+		time.Sleep(500 * time.Millisecond)
+		_, err := d.client.Execute(context.Background(), "e2e-pool-b", "kept", 0)
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Status != 503 || ae.Fields["files_kept"] != false {
+			t.Fatalf("want 503 for the lost worker, got %v", err)
+		}
+		r2 := d.exec(t, "e2e-pool-b", "'fresh'")
+		if r2.WorkerID == r.WorkerID || *r2.ResultText != "'fresh'" {
+			t.Fatalf("after the loss: %+v", r2)
+		}
+	})
+
+	d.client.Release(context.Background(), "e2e-pool-a")
+	d.client.Release(context.Background(), "e2e-pool-b")
+}
+
+// idleIDs are the containers no session has: all but those the test's sessions use.
+func idleIDs(t *testing.T, d *daemon) []string {
+	t.Helper()
+	busy := map[string]bool{}
+	for _, u := range []string{"e2e-pool-a", "e2e-pool-b"} {
+		busy[d.exec(t, u, "1").WorkerID] = true
+	}
+	var idle []string
+	for _, id := range containerIDs(t) {
+		if !busy[id] {
+			idle = append(idle, id)
+		}
+	}
+	if len(idle) == 0 {
+		t.Fatal("no idle worker")
+	}
+	return idle
+}
+
+func killTask(t *testing.T, id string) {
+	t.Helper()
+	c, err := client.New(env.containerd, client.WithDefaultNamespace(namespace))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctr, err := c.LoadContainer(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := ctr.Task(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Kill(context.Background(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestParallelSessionsKeepTheirState(t *testing.T) {
+	d := startDaemon(t, "--min-idle-workers", "4", "--max-total-workers", "20")
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			user := fmt.Sprintf("e2e-par-%d", i)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			if _, err := d.client.Execute(ctx, user, fmt.Sprintf("mine = %d", i), 0); err != nil {
+				errs <- fmt.Errorf("%s: %w", user, err)
+				return
+			}
+			for round := 1; round <= 3; round++ {
+				r, err := d.client.Execute(ctx, user, "mine += 1000\nmine", 0)
+				if err != nil {
+					errs <- fmt.Errorf("%s: %w", user, err)
+					return
+				}
+				if want := fmt.Sprint(i + 1000*round); r.ResultText == nil || *r.ResultText != want {
+					errs <- fmt.Errorf("%s round %d: got %v, want %s", user, round, r.ResultText, want)
+					return
+				}
+			}
+			d.client.Release(ctx, user)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+func TestIdleSessionsAreRecycled(t *testing.T) {
+	d := startDaemon(t, "--min-idle-workers", "1", "--idle-timeout", "2s", "--recycle-interval", "500ms")
+	r := d.exec(t, "e2e-recycle", "x = 1")
+	waitStatus(t, d, "session recycled", 30*time.Second, func(s api.Status) bool {
+		return s.BusyWorkers == 0 && s.IdleWorkers == 1 && !slices.Contains(containerIDs(t), r.WorkerID)
+	})
+	r2 := d.exec(t, "e2e-recycle", "x")
+	if r2.Error == nil || r2.Error.Ename != "NameError" {
+		t.Fatalf("a recycled session should start fresh: %+v", r2)
+	}
+	d.client.Release(context.Background(), "e2e-recycle")
+}
+
+func TestCattle(t *testing.T) {
+	d := startDaemon(t, "--min-idle-workers", "1", "--exec-timeout", "2s")
+	ctx := context.Background()
+
+	t.Run("code that ignores KeyboardInterrupt: worker replaced", func(t *testing.T) {
+		r := d.exec(t, "e2e-stubborn", "gone_soon = 1")
+		_, err := d.client.Execute(ctx, "e2e-stubborn", `
+import time
+while True:
+    try:
+        time.sleep(10)
+    except KeyboardInterrupt:
+        pass
+`, 0)
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Status != 504 || ae.Fields["state_preserved"] != false {
+			t.Fatalf("want 504 state_preserved false, got %v", err)
+		}
+		r2 := d.exec(t, "e2e-stubborn", "gone_soon")
+		if r2.WorkerID == r.WorkerID || r2.Error == nil || r2.Error.Ename != "NameError" {
+			t.Fatalf("after a stubborn timeout: %+v", r2)
+		}
+		if slices.Contains(containerIDs(t), r.WorkerID) {
+			t.Fatalf("the stuck worker %s was not destroyed", r.WorkerID)
+		}
+		d.client.Release(ctx, "e2e-stubborn")
+	})
+
+	t.Run("os._exit: 503, kernel restarted, files kept", func(t *testing.T) {
+		r := d.exec(t, "e2e-exit", "open('/sandbox/keep.txt', 'w').write('still here')\nvariable = 1")
+		_, err := d.client.Execute(ctx, "e2e-exit", "import os\nos._exit(1)", 0)
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Status != 503 || !strings.Contains(ae.Detail, "kernel died") ||
+			ae.Fields["files_kept"] != true || ae.Fields["kernel_restarted"] != true {
+			t.Fatalf("want 503 kernel died with files kept, got %#v", err)
+		}
+		r2 := d.exec(t, "e2e-exit", "open('/sandbox/keep.txt').read()")
+		if r2.WorkerID != r.WorkerID || r2.ResultText == nil || *r2.ResultText != "'still here'" {
+			t.Fatalf("after the restart: %+v", r2)
+		}
+		if r3 := d.exec(t, "e2e-exit", "variable"); r3.Error == nil {
+			t.Fatalf("variables should be gone after a kernel restart: %+v", r3)
+		}
+		d.client.Release(ctx, "e2e-exit")
+	})
+}
+
+// TestRestartLeavesNoStaleWorker kills codeboxd (no clean shutdown) and starts a new one on
+// the same state: the old workers, disks and networks are gone, the new pool is fresh.
+func TestRestartLeavesNoStaleWorker(t *testing.T) {
+	d := startDaemon(t, "--min-idle-workers", "2")
+	waitStatus(t, d, "pre-warm", time.Minute, func(s api.Status) bool { return s.IdleWorkers == 2 })
+	d.exec(t, "e2e-restart", "x = 1")
+	waitStatus(t, d, "refill", time.Minute, func(s api.Status) bool { return s.IdleWorkers == 2 && s.BusyWorkers == 1 })
+	old := containerIDs(t)
+	if len(old) != 3 {
+		t.Fatalf("want 3 workers before the restart, have %v", old)
+	}
+	d.cmd.Process.Signal(syscall.SIGKILL)
+	<-d.done
+
+	d2 := startDaemon(t, "--min-idle-workers", "2", "--state-dir", d.stateDir)
+	waitStatus(t, d2, "pre-warm after restart", time.Minute, func(s api.Status) bool { return s.IdleWorkers == 2 && s.TotalWorkers == 2 })
+	now := containerIDs(t)
+	for _, id := range old {
+		if slices.Contains(now, id) {
+			t.Fatalf("stale worker %s survived the restart (now %v)", id, now)
+		}
+		if _, err := os.Stat(d.stateDir + "/disks/" + id + ".img"); err == nil {
+			t.Fatalf("stale disk of %s survived the restart", id)
+		}
+	}
+	if len(now) != 2 {
+		t.Fatalf("want only the new pool's 2 workers, have %v", now)
+	}
+}
