@@ -36,7 +36,7 @@ run: deps image build
 test: deps image build lint test-unit test-agent test-e2e
 
 test-unit:
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
+	$(GO) test -race -count=1 -timeout 5m $$($(GO) list ./... | grep -v /e2e)
 
 test-agent:
 	/usr/bin/python3 -m unittest discover -s images/agent -p 'test_*.py' -v

@@ -54,8 +54,10 @@ func (d *Daemon) acquire(ctx context.Context) (*worker, error) {
 		d.mu.Unlock()
 		return w, nil
 	}
+	// A creation no waiter has claimed yet can be this session's. Otherwise every waiter
+	// becomes a worker, so waiters count against the cap like workers do.
 	unclaimed := d.creating - len(d.waiters)
-	if unclaimed <= 0 && len(d.workers)+d.creating >= d.cfg.MaxTotalWorkers {
+	if unclaimed <= 0 && len(d.workers)+len(d.waiters) >= d.cfg.MaxTotalWorkers {
 		d.mu.Unlock()
 		return nil, errAtCap(d.cfg.MaxTotalWorkers)
 	}
