@@ -37,6 +37,7 @@ test: deps image build lint test-unit test-agent test-e2e
 
 test-unit:
 	$(GO) test -race -count=1 -timeout 5m $$($(GO) list ./... | grep -v /e2e)
+	$(GO) test -run '^$$' -fuzz FuzzCleanDir -fuzztime 10s ./sandboxfs/
 
 test-agent:
 	/usr/bin/python3 -m unittest discover -s images/agent -p 'test_*.py' -v

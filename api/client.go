@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -34,7 +35,7 @@ func NewClient(base, token string) *Client {
 func (c *Client) Execute(ctx context.Context, userUUID, code string, timeout time.Duration) (*ExecuteResponse, error) {
 	req := ExecuteRequest{Code: code, Timeout: timeout.Seconds()}
 	var resp ExecuteResponse
-	err := c.do(ctx, http.MethodPost, "/api/v1/execute", userUUID, req, &resp, http.StatusOK, http.StatusBadRequest)
+	err := c.do(ctx, http.MethodPost, "/api/v1/execute", userQuery(userUUID), req, &resp, http.StatusOK, http.StatusBadRequest)
 	if err != nil {
 		return nil, err
 	}
@@ -43,13 +44,13 @@ func (c *Client) Execute(ctx context.Context, userUUID, code string, timeout tim
 
 // Release destroys userUUID's session.
 func (c *Client) Release(ctx context.Context, userUUID string) error {
-	return c.do(ctx, http.MethodPost, "/api/v1/release", userUUID, nil, nil, http.StatusNoContent)
+	return c.do(ctx, http.MethodPost, "/api/v1/release", userQuery(userUUID), nil, nil, http.StatusNoContent)
 }
 
 // Status returns the pool's counts.
 func (c *Client) Status(ctx context.Context) (*Status, error) {
 	var st Status
-	if err := c.do(ctx, http.MethodGet, "/api/v1/status", "", nil, &st, http.StatusOK); err != nil {
+	if err := c.do(ctx, http.MethodGet, "/api/v1/status", nil, nil, &st, http.StatusOK); err != nil {
 		return nil, err
 	}
 	return &st, nil
@@ -57,10 +58,10 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 
 // do sends one request. Statuses in ok decode into out (when the body is JSON); others
 // become an *Error. For a 400 from execute the body is an ExecuteResponse, so 400 may be ok.
-func (c *Client) do(ctx context.Context, method, path, userUUID string, in, out any, ok ...int) error {
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any, ok ...int) error {
 	u := c.base + path
-	if userUUID != "" {
-		u += "?user_uuid=" + url.QueryEscape(userUUID)
+	if len(query) > 0 {
+		u += "?" + query.Encode()
 	}
 	var body io.Reader
 	if in != nil {
@@ -83,21 +84,107 @@ func (c *Client) do(ctx context.Context, method, path, userUUID string, in, out 
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
+	if !slices.Contains(ok, resp.StatusCode) {
+		return errorFrom(resp)
+	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
 	if err != nil {
 		return fmt.Errorf("%s %s: read body: %w", method, path, err)
 	}
-	for _, s := range ok {
-		if resp.StatusCode != s {
-			continue
+	if out != nil && len(data) > 0 {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("%s %s: decode: %w", method, path, err)
 		}
-		if out != nil && len(data) > 0 {
-			if err := json.Unmarshal(data, out); err != nil {
-				return fmt.Errorf("%s %s: decode: %w", method, path, err)
-			}
-		}
-		return nil
 	}
+	return nil
+}
+
+// ImportFiles downloads files into userUUID's session (SPEC §3.4). A partial failure is not
+// an error: the response has Success false and lists Errors.
+func (c *Client) ImportFiles(ctx context.Context, userUUID string, files []FileImport) (*FilesResponse, error) {
+	var resp FilesResponse
+	err := c.do(ctx, http.MethodPost, "/api/v1/files", userQuery(userUUID), FilesRequest[FileImport]{Files: files}, &resp,
+		http.StatusCreated, http.StatusMultiStatus)
+	return &resp, err
+}
+
+// ExportFiles uploads files of userUUID's session to their URLs.
+func (c *Client) ExportFiles(ctx context.Context, userUUID string, files []FileExport) (*FilesResponse, error) {
+	var resp FilesResponse
+	err := c.do(ctx, http.MethodPost, "/api/v1/files/export", userQuery(userUUID), FilesRequest[FileExport]{Files: files}, &resp,
+		http.StatusOK, http.StatusMultiStatus)
+	return &resp, err
+}
+
+// DeleteFiles deletes files of userUUID's session.
+func (c *Client) DeleteFiles(ctx context.Context, userUUID string, files []FileRef) (*FilesResponse, error) {
+	resp := FilesResponse{Success: true}
+	err := c.do(ctx, http.MethodDelete, "/api/v1/files", userQuery(userUUID), FilesRequest[FileRef]{Files: files}, &resp,
+		http.StatusNoContent, http.StatusMultiStatus)
+	return &resp, err
+}
+
+// ListFiles lists a directory of userUUID's session.
+func (c *Client) ListFiles(ctx context.Context, userUUID, path string) (*ListResponse, error) {
+	var resp ListResponse
+	err := c.do(ctx, http.MethodGet, "/api/v1/files/list", url.Values{"user_uuid": {userUUID}, "path": {path}}, nil, &resp, http.StatusOK)
+	return &resp, err
+}
+
+// PutFile uploads body as the file at path (e.g. /sandbox/data.csv) of userUUID's session.
+func (c *Client) PutFile(ctx context.Context, userUUID, path string, body io.Reader) (*FileResult, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, c.fileURL(userUUID, path), body)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.send(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return nil, errorFrom(resp)
+	}
+	var res FileResult
+	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+		return nil, fmt.Errorf("decode: %w", err)
+	}
+	return &res, nil
+}
+
+// GetFile downloads the file at path of userUUID's session into w.
+func (c *Client) GetFile(ctx context.Context, userUUID, path string, w io.Writer) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.fileURL(userUUID, path), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.send(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, errorFrom(resp)
+	}
+	return io.Copy(w, resp.Body)
+}
+
+func (c *Client) fileURL(userUUID, path string) string {
+	return c.base + "/api/v1/files/content?user_uuid=" + url.QueryEscape(userUUID) + "&path=" + url.QueryEscape(path)
+}
+
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	req.Header.Set("X-Auth-Token", c.token)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Path, err)
+	}
+	return resp, nil
+}
+
+// errorFrom turns a non-success answer into an *Error.
+func errorFrom(resp *http.Response) error {
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	e := &Error{Status: resp.StatusCode, Fields: map[string]any{}}
 	if json.Unmarshal(data, &e.Fields) == nil {
 		if d, ok := e.Fields["detail"].(string); ok {
@@ -112,3 +199,5 @@ func (c *Client) do(ctx context.Context, method, path, userUUID string, in, out 
 	}
 	return e
 }
+
+func userQuery(userUUID string) url.Values { return url.Values{"user_uuid": {userUUID}} }

@@ -25,6 +25,16 @@ type Backend interface {
 	Status() Status
 	// Ping reports whether the daemon can reach containerd.
 	Ping(ctx context.Context) error
+
+	// The file calls (SPEC §3.4). Batch calls answer per file (see FilesResponse).
+	ImportFiles(ctx context.Context, userUUID string, files []FileImport) (*FilesResponse, error)
+	ExportFiles(ctx context.Context, userUUID string, files []FileExport) (*FilesResponse, error)
+	DeleteFiles(ctx context.Context, userUUID string, files []FileRef) (*FilesResponse, error)
+	// PutFile stores body as the file at path (e.g. /sandbox/a.csv).
+	PutFile(ctx context.Context, userUUID, path string, body io.Reader) (*FileResult, error)
+	// GetFile hands the file at path to send while the session is held.
+	GetFile(ctx context.Context, userUUID, path string, send func(name string, modTime time.Time, content io.ReadSeeker) error) error
+	ListFiles(ctx context.Context, userUUID, path string) (*ListResponse, error)
 }
 
 // MaxJSONBody bounds a JSON request body; larger ones get 413.
@@ -56,6 +66,12 @@ var Routes = []Route{
 	{http.MethodPost, "/api/v1/execute", true},
 	{http.MethodPost, "/api/v1/release", true},
 	{http.MethodGet, "/api/v1/status", true},
+	{http.MethodPost, "/api/v1/files", true},
+	{http.MethodDelete, "/api/v1/files", true},
+	{http.MethodPost, "/api/v1/files/export", true},
+	{http.MethodPut, "/api/v1/files/content", true},
+	{http.MethodGet, "/api/v1/files/content", true},
+	{http.MethodGet, "/api/v1/files/list", true},
 }
 
 // NewHandler returns the API's HTTP handler.
@@ -69,6 +85,13 @@ func NewHandler(b Backend, cfg ServerConfig) http.Handler {
 		"POST /api/v1/execute": s.execute,
 		"POST /api/v1/release": s.release,
 		"GET /api/v1/status":   s.status,
+
+		"POST /api/v1/files":        s.importFiles,
+		"DELETE /api/v1/files":      s.deleteFiles,
+		"POST /api/v1/files/export": s.exportFiles,
+		"PUT /api/v1/files/content": s.putFile,
+		"GET /api/v1/files/content": s.getFile,
+		"GET /api/v1/files/list":    s.listFiles,
 	}
 	r := httprouter.New()
 	for _, rt := range Routes {

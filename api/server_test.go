@@ -3,6 +3,8 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -29,6 +31,38 @@ func (f *fakeBackend) Execute(ctx context.Context, user string, req ExecuteReque
 func (f *fakeBackend) Release(ctx context.Context, user string) error {
 	f.released = append(f.released, user)
 	return nil
+}
+func (f *fakeBackend) ImportFiles(ctx context.Context, user string, files []FileImport) (*FilesResponse, error) {
+	f.lastUser = user
+	resp := &FilesResponse{Success: true}
+	for _, fl := range files {
+		if fl.Name == "bad" {
+			resp.Success = false
+			resp.Errors = append(resp.Errors, FileFailure{Path: fl.Path, Name: fl.Name, Detail: "refused"})
+			continue
+		}
+		resp.Results = append(resp.Results, FileResult{FullPath: "/sandbox/" + fl.Name, Size: 3})
+	}
+	return resp, nil
+}
+func (f *fakeBackend) ExportFiles(ctx context.Context, user string, files []FileExport) (*FilesResponse, error) {
+	return &FilesResponse{Success: true}, nil
+}
+func (f *fakeBackend) DeleteFiles(ctx context.Context, user string, files []FileRef) (*FilesResponse, error) {
+	return &FilesResponse{Success: true}, nil
+}
+func (f *fakeBackend) PutFile(ctx context.Context, user, path string, body io.Reader) (*FileResult, error) {
+	b, _ := io.ReadAll(body)
+	return &FileResult{FullPath: path, Size: int64(len(b))}, nil
+}
+func (f *fakeBackend) GetFile(ctx context.Context, user, path string, send func(string, time.Time, io.ReadSeeker) error) error {
+	if path != "/sandbox/a.csv" {
+		return &Error{Status: 404, Detail: "not found"}
+	}
+	return send("a.csv", time.Unix(0, 0), strings.NewReader("x,y\n1,2\n"))
+}
+func (f *fakeBackend) ListFiles(ctx context.Context, user, path string) (*ListResponse, error) {
+	return &ListResponse{Path: path, Entries: []FileEntry{{Name: "a.csv", Size: 8, Type: "file"}}}, nil
 }
 func (f *fakeBackend) Status() Status {
 	return Status{TotalWorkers: 3, IdleWorkers: 1, IdleWorkersInPool: 1}
@@ -180,5 +214,48 @@ func TestClientAgainstHandler(t *testing.T) {
 	}
 	if err := NewClient(srv.URL, "bad").Release(context.Background(), "u"); err == nil || err.(*Error).Status != 401 {
 		t.Fatalf("bad token: %v", err)
+	}
+}
+
+func TestFileHandlers(t *testing.T) {
+	srv := serve(t, &fakeBackend{})
+	one := `{"files":[{"download_url":"http://x/a","path":"/sandbox/","name":"a"}]}`
+	if resp, body := call(t, srv, "POST", "/api/v1/files?user_uuid=u", one, auth); resp.StatusCode != 201 || body["success"] != true {
+		t.Fatalf("import: %d %v", resp.StatusCode, body)
+	}
+	mixed := `{"files":[{"download_url":"http://x/a","name":"a"},{"download_url":"http://x/b","name":"bad"}]}`
+	resp, body := call(t, srv, "POST", "/api/v1/files?user_uuid=u", mixed, auth)
+	if resp.StatusCode != 207 || body["success"] != false || len(body["errors"].([]any)) != 1 || len(body["results"].([]any)) != 1 {
+		t.Fatalf("partial: %d %v", resp.StatusCode, body)
+	}
+	var many []string
+	for i := 0; i < 101; i++ {
+		many = append(many, fmt.Sprintf(`{"download_url":"http://x/%d","name":"f%d"}`, i, i))
+	}
+	if resp, _ := call(t, srv, "POST", "/api/v1/files?user_uuid=u", `{"files":[`+strings.Join(many, ",")+`]}`, auth); resp.StatusCode != 400 {
+		t.Fatalf("101 files: %d", resp.StatusCode)
+	}
+	if resp, _ := call(t, srv, "POST", "/api/v1/files?user_uuid=u", `{"files":[]}`, auth); resp.StatusCode != 422 {
+		t.Fatalf("no files: %d", resp.StatusCode)
+	}
+	if resp, _ := call(t, srv, "DELETE", "/api/v1/files?user_uuid=u", `{"files":[{"path":"/sandbox/","name":"a"}]}`, auth); resp.StatusCode != 204 {
+		t.Fatalf("delete: %d", resp.StatusCode)
+	}
+	req, _ := http.NewRequest("GET", srv.URL+"/api/v1/files/content?user_uuid=u&path=/sandbox/a.csv", nil)
+	req.Header.Set("X-Auth-Token", tok)
+	r, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	if r.StatusCode != 200 || string(b) != "x,y\n1,2\n" || r.Header.Get("Content-Length") != "8" || !strings.HasPrefix(r.Header.Get("Content-Type"), "text/csv") {
+		t.Fatalf("download: %d %q %v", r.StatusCode, b, r.Header)
+	}
+	if resp, _ := call(t, srv, "GET", "/api/v1/files/content?user_uuid=u&path=/sandbox/nope", "", auth); resp.StatusCode != 404 {
+		t.Fatalf("missing file: %d", resp.StatusCode)
+	}
+	if resp, body := call(t, srv, "GET", "/api/v1/files/list?user_uuid=u", "", auth); resp.StatusCode != 200 || body["path"] != "/sandbox/" {
+		t.Fatalf("list: %d %v", resp.StatusCode, body)
 	}
 }

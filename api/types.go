@@ -94,3 +94,70 @@ func ValidateUserUUID(u string) error {
 	}
 	return nil
 }
+
+// FileImport is one file of POST /api/v1/files: download DownloadURL into Path/Name.
+type FileImport struct {
+	DownloadURL string `json:"download_url"`
+	Path        string `json:"path"` // a directory under /sandbox; default /sandbox/
+	Name        string `json:"name"`
+}
+
+// FileExport is one file of POST /api/v1/files/export: PUT Path/Name to UploadURL.
+type FileExport struct {
+	Path      string `json:"path"`
+	Name      string `json:"name"`
+	UploadURL string `json:"upload_url"`
+}
+
+// FileRef names one file of DELETE /api/v1/files.
+type FileRef struct {
+	Path string `json:"path"`
+	Name string `json:"name"`
+}
+
+// FilesRequest is the body of the batch file calls; Files holds FileImport, FileExport or
+// FileRef items.
+type FilesRequest[T any] struct {
+	Files []T `json:"files"`
+}
+
+// FileResult is a file that was transferred.
+type FileResult struct {
+	FullPath string `json:"full_path,omitempty"`
+	Path     string `json:"path,omitempty"`
+	Name     string `json:"name,omitempty"`
+	Size     int64  `json:"size"`
+}
+
+// FileFailure is a file that was not transferred, and why. Nothing of it was left behind.
+type FileFailure struct {
+	Path   string `json:"path"`
+	Name   string `json:"name"`
+	Detail string `json:"detail"`
+}
+
+// FilesResponse answers a batch file call: 201 (import) or 200 (export) when every file
+// succeeded; 207 with Success false, the files that succeeded in Results and the others in
+// Errors, when some did not.
+type FilesResponse struct {
+	Success bool          `json:"success"`
+	Results []FileResult  `json:"results"`
+	Errors  []FileFailure `json:"errors,omitempty"`
+}
+
+// FileEntry is one item of GET /api/v1/files/list.
+type FileEntry struct {
+	Name  string    `json:"name"`
+	Size  int64     `json:"size"`
+	Type  string    `json:"type"` // file, directory, symlink or other
+	Mtime time.Time `json:"mtime"`
+}
+
+// ListResponse is the body of GET /api/v1/files/list.
+type ListResponse struct {
+	Path    string      `json:"path"`
+	Entries []FileEntry `json:"entries"`
+}
+
+// MaxFilesPerCall bounds the files of one batch call.
+const MaxFilesPerCall = 100

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/netns"
+	"github.com/codebox/codebox/transfer"
 )
 
 // DefaultWorkerImage is the image reference used when --worker-image is not given.
@@ -42,6 +43,9 @@ type Config struct {
 	StateDir           string
 	CORSOrigins        string
 	LogLevel           string
+	MaxFileMB          int
+	FileTimeout        time.Duration
+	FileAllowlist      string
 }
 
 // EnvName is the environment variable that sets a flag: --min-idle-workers is
@@ -119,6 +123,9 @@ func newFlagSet(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.StateDir, "state-dir", "/var/lib/codeboxd", "token file, virtual disks, mount points, logs")
 	fs.StringVar(&c.CORSOrigins, "cors-origins", "*", "comma-separated origins allowed by CORS; empty: none")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.IntVar(&c.MaxFileMB, "max-file-mb", 100, "largest file a file call moves, MB")
+	fs.DurationVar(&c.FileTimeout, "file-timeout", 10*time.Minute, "longest one file download or upload may take")
+	fs.StringVar(&c.FileAllowlist, "file-allowlist", "", "comma-separated CIDRs, IPs or host names downloads and uploads may reach although private (e.g. an internal object store)")
 	return fs
 }
 
@@ -174,6 +181,15 @@ func (c Config) Validate() error {
 	} else if ones, _ := ipnet.Mask.Size(); ones > 28 {
 		return fmt.Errorf("--worker-subnet %q is too small for a pool (at most /28)", c.WorkerSubnet)
 	}
+	if c.MaxFileMB < 1 {
+		return fmt.Errorf("--max-file-mb must be at least 1, not %d", c.MaxFileMB)
+	}
+	if c.FileTimeout <= 0 {
+		return fmt.Errorf("--file-timeout must be positive, not %s", c.FileTimeout)
+	}
+	if _, err := transfer.NewGuard(c.FileAllowlistEntries()); err != nil {
+		return fmt.Errorf("--file-allowlist: %v", err)
+	}
 	if !netns.ValidBridge(c.WorkerBridge) {
 		return fmt.Errorf("--worker-bridge %q must be 1-15 characters of a-z 0-9 -", c.WorkerBridge)
 	}
@@ -191,9 +207,14 @@ func (c Config) Validate() error {
 }
 
 // CORSOriginList splits --cors-origins.
-func (c Config) CORSOriginList() []string {
+func (c Config) CORSOriginList() []string { return splitList(c.CORSOrigins) }
+
+// FileAllowlistEntries splits --file-allowlist.
+func (c Config) FileAllowlistEntries() []string { return splitList(c.FileAllowlist) }
+
+func splitList(s string) []string {
 	var out []string
-	for _, o := range strings.Split(c.CORSOrigins, ",") {
+	for _, o := range strings.Split(s, ",") {
 		if o = strings.TrimSpace(o); o != "" {
 			out = append(out, o)
 		}

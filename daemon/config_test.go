@@ -55,6 +55,9 @@ func TestBadValuesNameTheFlag(t *testing.T) {
 		"--worker-image-archive": {"--worker-image-archive", archive},
 		"--log-level":            {"--log-level", "loud"},
 		"--worker-bridge":        {"--worker-bridge", "Bad_Name"},
+		"--max-file-mb":          {"--max-file-mb", "0"},
+		"--file-timeout":         {"--file-timeout", "0s"},
+		"--file-allowlist":       {"--file-allowlist", "10.0.0.0/99"},
 		"unknown flag --bogus":   {"--bogus"},
 		"-worker-cpu":            {"--worker-cpu", "lots"},
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/codebox/codebox/blockdev"
 	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/runtime"
+	"github.com/codebox/codebox/transfer"
 	"github.com/containerd/containerd/v2/client"
 )
 
@@ -31,6 +32,9 @@ type Daemon struct {
 	net   *netns.Network
 	disks *blockdev.Store
 	image client.Image
+	xfer  *transfer.Client
+	// transfers bounds file downloads and uploads in flight across all requests.
+	transfers chan struct{}
 
 	// create and destroy make and tear down one worker; tests of the pool replace them.
 	create  func(context.Context) (*worker, error)
@@ -72,9 +76,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, deps Deps) (*Daemon,
 	if err != nil {
 		return nil, err
 	}
+	guard, err := transfer.NewGuard(cfg.FileAllowlistEntries())
+	if err != nil {
+		return nil, err
+	}
 	bg, stop := context.WithCancel(context.Background())
 	d := &Daemon{
 		cfg: cfg, log: log, rt: deps.Runtime, net: deps.Network, disks: disks, image: deps.Image,
+		xfer: transfer.NewClient(guard, cfg.FileTimeout), transfers: make(chan struct{}, maxParallelTransfers),
 		bg: bg, stop: stop,
 		sessions:     map[string]*session{},
 		workers:      map[string]*worker{},

@@ -1,0 +1,251 @@
+// Package transfer moves files between worker disks and HTTP object storage (presigned
+// URLs) without becoming a way into the host's network: only http and https, no proxies,
+// no redirects, and every connection's address is checked when it is dialled, so a name
+// that resolves (or re-resolves, DNS rebinding) to a loopback, private, link-local, CGNAT,
+// multicast or metadata address is refused. An allowlist opens chosen CIDRs or host names
+// (a private object store; the tests' loopback server).
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ErrBlocked is wrapped by refusals of the address guard.
+var ErrBlocked = errors.New("address not allowed")
+
+// blocked are ranges a download must never reach unless allowlisted.
+var blocked = func() []netip.Prefix {
+	var ps []netip.Prefix
+	for _, s := range []string{
+		"0.0.0.0/8",         // "this network"
+		"10.0.0.0/8",        // private
+		"100.64.0.0/10",     // CGNAT
+		"127.0.0.0/8",       // loopback
+		"169.254.0.0/16",    // link-local, cloud metadata (169.254.169.254)
+		"172.16.0.0/12",     // private
+		"192.0.0.0/24",      // IETF protocol assignments
+		"192.168.0.0/16",    // private
+		"198.18.0.0/15",     // benchmarking
+		"224.0.0.0/4",       // multicast
+		"240.0.0.0/4",       // reserved, broadcast
+		"::/128", "::1/128", // unspecified, loopback
+		"64:ff9b::/96",  // NAT64: would reach IPv4 behind it
+		"fc00::/7",      // unique local, AWS metadata fd00:ec2::254
+		"fe80::/10",     // link-local
+		"ff00::/8",      // multicast
+		"2001:db8::/32", // documentation
+	} {
+		ps = append(ps, netip.MustParsePrefix(s))
+	}
+	return ps
+}()
+
+// Guard decides which addresses transfers may connect to.
+type Guard struct {
+	allowNets  []netip.Prefix
+	allowHosts map[string]bool
+}
+
+// NewGuard builds a guard with an allowlist of CIDRs, IPs or host names.
+func NewGuard(allow []string) (*Guard, error) {
+	g := &Guard{allowHosts: map[string]bool{}}
+	for _, a := range allow {
+		a = strings.TrimSpace(a)
+		switch {
+		case a == "":
+		case strings.Contains(a, "/"):
+			p, err := netip.ParsePrefix(a)
+			if err != nil {
+				return nil, fmt.Errorf("allowlist entry %q: %w", a, err)
+			}
+			g.allowNets = append(g.allowNets, p.Masked())
+		default:
+			if ip, err := netip.ParseAddr(a); err == nil {
+				g.allowNets = append(g.allowNets, netip.PrefixFrom(ip, ip.BitLen()))
+			} else {
+				g.allowHosts[strings.ToLower(a)] = true
+			}
+		}
+	}
+	return g, nil
+}
+
+// Allowed reports whether ip may be dialled.
+func (g *Guard) Allowed(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, p := range g.allowNets {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	if !ip.IsValid() || ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() ||
+		ip.IsLinkLocalMulticast() || ip.IsMulticast() || ip.IsUnspecified() {
+		return false
+	}
+	for _, p := range blocked {
+		if p.Contains(ip) {
+			return false
+		}
+	}
+	return true
+}
+
+// Client is an HTTP client for transfers.
+type Client struct {
+	guard   *Guard
+	http    *http.Client
+	timeout time.Duration
+}
+
+// NewClient returns a client whose connections pass g; each transfer is bounded by
+// timeout.
+func NewClient(g *Guard, timeout time.Duration) *Client {
+	tr := &http.Transport{
+		Proxy:                 nil, // a proxy would dial on our behalf, past the guard
+		DialContext:           g.dial,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConnsPerHost:   8,
+		IdleConnTimeout:       30 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 30 * time.Second,
+	}
+	return &Client{guard: g, timeout: timeout, http: &http.Client{
+		Transport: tr,
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse // a redirect could point anywhere
+		},
+	}}
+}
+
+// dial connects after checking the address actually dialled: the check runs in the
+// dialer's Control hook, after resolution, so no DNS answer can slip past it.
+func (g *Guard) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	hostAllowed := g.allowHosts[strings.ToLower(host)]
+	d := net.Dialer{
+		Timeout: 10 * time.Second,
+		Control: func(network, address string, _ syscall.RawConn) error {
+			ap, err := netip.ParseAddrPort(address)
+			if err != nil {
+				return fmt.Errorf("%w: %s", ErrBlocked, address)
+			}
+			if !hostAllowed && !g.Allowed(ap.Addr()) {
+				return fmt.Errorf("%w: %s resolves to %s (loopback, private, link-local, CGNAT, multicast or metadata)",
+					ErrBlocked, host, ap.Addr())
+			}
+			return nil
+		},
+	}
+	return d.DialContext(ctx, network, addr)
+}
+
+// CheckURL refuses what is not an absolute http or https URL.
+func CheckURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("bad URL: %w", err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("URL scheme %q is not http or https", u.Scheme)
+	}
+	if u.Host == "" {
+		return nil, errors.New("URL has no host")
+	}
+	if u.User != nil {
+		return nil, errors.New("URL must not carry credentials")
+	}
+	return u, nil
+}
+
+// ErrTooLarge is returned when a download is larger than its limit.
+var ErrTooLarge = errors.New("larger than the file size limit")
+
+// Download GETs rawURL and hands the body to store, which must not read more than the
+// limit it is given; the Content-Length, when sent, is checked first.
+func (c *Client) Download(ctx context.Context, rawURL string, limit int64, store func(io.Reader, int64) (int64, error)) (int64, error) {
+	u, err := CheckURL(rawURL)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, describe(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		return 0, fmt.Errorf("the server redirected (HTTP %d); redirects are not followed", resp.StatusCode)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("the server answered HTTP %d", resp.StatusCode)
+	}
+	if resp.ContentLength > limit {
+		return 0, fmt.Errorf("%w (%d bytes announced, limit %d)", ErrTooLarge, resp.ContentLength, limit)
+	}
+	n, err := store(resp.Body, limit)
+	if err != nil {
+		return n, describe(err)
+	}
+	return n, nil
+}
+
+// Upload PUTs size bytes of body to rawURL.
+func (c *Client) Upload(ctx context.Context, rawURL string, body io.Reader, size int64, contentType string) error {
+	u, err := CheckURL(rawURL)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u.String(), io.NopCloser(body))
+	if err != nil {
+		return err
+	}
+	req.ContentLength = size
+	req.Header.Set("Content-Type", contentType)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return describe(err)
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
+		return fmt.Errorf("the server answered HTTP %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// describe makes transport errors readable without internals (no addresses of ours).
+func describe(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	switch {
+	case errors.Is(err, ErrBlocked):
+		return err
+	case errors.Is(err, context.DeadlineExceeded):
+		return errors.New("the transfer took longer than the file timeout")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return errors.New("the server sent fewer bytes than it announced")
+	}
+	return err
+}

@@ -1,0 +1,142 @@
+package transfer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestGuardRanges(t *testing.T) {
+	g, _ := NewGuard(nil)
+	for _, s := range []string{"127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+		"224.0.0.1", "0.0.0.0", "255.255.255.255", "::1", "::", "fe80::1", "fd00:ec2::254", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1"} {
+		if g.Allowed(netip.MustParseAddr(s)) {
+			t.Errorf("%s allowed", s)
+		}
+	}
+	// Checked as values only; nothing is sent to them.
+	for _, s := range []string{"8.8.8.8", "2606:4700::1", "93.184.216.34"} {
+		if !g.Allowed(netip.MustParseAddr(s)) {
+			t.Errorf("%s refused", s)
+		}
+	}
+	g2, err := NewGuard([]string{"10.9.0.0/16", "127.0.0.1", "store.internal"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !g2.Allowed(netip.MustParseAddr("10.9.1.1")) || !g2.Allowed(netip.MustParseAddr("127.0.0.1")) || g2.Allowed(netip.MustParseAddr("10.8.0.1")) {
+		t.Error("allowlist CIDR/IP not applied")
+	}
+	if !g2.allowHosts["store.internal"] {
+		t.Error("allowlist host not kept")
+	}
+	if _, err := NewGuard([]string{"10.0.0.0/99"}); err == nil {
+		t.Error("bad CIDR accepted")
+	}
+}
+
+// objectStore is a loopback server with well-behaved and misbehaving modes.
+func objectStore(t *testing.T) *httptest.Server {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ok", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("hello")) })
+	mux.HandleFunc("/redirect", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "http://127.0.0.1:1/", http.StatusFound)
+	})
+	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "1000")
+		w.Write(bytes.Repeat([]byte("x"), 1000))
+	})
+	mux.HandleFunc("/big-chunked", func(w http.ResponseWriter, r *http.Request) {
+		for i := 0; i < 10; i++ {
+			w.Write(bytes.Repeat([]byte("x"), 100))
+			w.(http.Flusher).Flush()
+		}
+	})
+	mux.HandleFunc("/short", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100")
+		w.Write([]byte("only this"))
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+		case <-time.After(10 * time.Second):
+		}
+	})
+	mux.HandleFunc("/put", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if r.Method != http.MethodPut || string(b) != "payload" || r.ContentLength != 7 {
+			w.WriteHeader(400)
+			return
+		}
+		w.WriteHeader(201)
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func store(buf *bytes.Buffer) func(io.Reader, int64) (int64, error) {
+	return func(r io.Reader, limit int64) (int64, error) {
+		n, err := io.Copy(buf, io.LimitReader(r, limit+1))
+		if err == nil && n > limit {
+			return n, ErrTooLarge
+		}
+		return n, err
+	}
+}
+
+func TestDownloadRules(t *testing.T) {
+	srv := objectStore(t)
+	ctx := context.Background()
+
+	closed, _ := NewGuard(nil)
+	var buf bytes.Buffer
+	if _, err := NewClient(closed, 5*time.Second).Download(ctx, srv.URL+"/ok", 100, store(&buf)); !errors.Is(err, ErrBlocked) {
+		t.Fatalf("loopback without allowlist: %v", err)
+	}
+	localhostURL := strings.Replace(srv.URL, "127.0.0.1", "localhost", 1)
+	if _, err := NewClient(closed, 5*time.Second).Download(ctx, localhostURL+"/ok", 100, store(&buf)); !errors.Is(err, ErrBlocked) {
+		t.Fatalf("a name resolving to loopback: %v", err)
+	}
+
+	open, _ := NewGuard([]string{"127.0.0.0/8"})
+	c := NewClient(open, 2*time.Second)
+	buf.Reset()
+	if n, err := c.Download(ctx, srv.URL+"/ok", 100, store(&buf)); err != nil || n != 5 || buf.String() != "hello" {
+		t.Fatalf("allowed download: %d %v %q", n, err, buf.String())
+	}
+	cases := map[string]string{
+		"/redirect":    "redirects are not followed",
+		"/big":         "larger than the file size limit",
+		"/big-chunked": "larger than the file size limit",
+		"/short":       "fewer bytes than it announced",
+		"/slow":        "longer than the file timeout",
+		"/missing":     "HTTP 404",
+	}
+	for path, want := range cases {
+		buf.Reset()
+		_, err := c.Download(ctx, srv.URL+path, 500, store(&buf))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: err = %v, want %q", path, err, want)
+		}
+	}
+	for _, u := range []string{"file:///etc/passwd", "ftp://x/y", "http://user:pw@127.0.0.1/", "/relative"} {
+		if _, err := c.Download(ctx, u, 100, store(&buf)); err == nil {
+			t.Errorf("%s accepted", u)
+		}
+	}
+	if err := c.Upload(ctx, srv.URL+"/put", strings.NewReader("payload"), 7, "text/plain"); err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	if err := c.Upload(ctx, srv.URL+"/missing", strings.NewReader("payload"), 7, "text/plain"); err == nil {
+		t.Fatal("upload to a 404 succeeded")
+	}
+}
