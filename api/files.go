@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/url"
@@ -44,55 +45,25 @@ func writeFiles(w http.ResponseWriter, ok int, resp *FilesResponse) {
 	writeJSON(w, status, resp)
 }
 
-func (s *server) importFiles(w http.ResponseWriter, r *http.Request) error {
-	user, err := userOf(r)
-	if err != nil {
-		return err
+// batch serves one of the batch file calls: decode and bound the list, run it, answer ok
+// or 207.
+func batch[T any](s *server, run func(ctx context.Context, user string, files []T) (*FilesResponse, error), ok int) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		user, err := userOf(r)
+		if err != nil {
+			return err
+		}
+		files, err := decodeFiles[T](w, r)
+		if err != nil {
+			return err
+		}
+		resp, err := run(r.Context(), user, files)
+		if err != nil {
+			return err
+		}
+		writeFiles(w, ok, resp)
+		return nil
 	}
-	files, err := decodeFiles[FileImport](w, r)
-	if err != nil {
-		return err
-	}
-	resp, err := s.b.ImportFiles(r.Context(), user, files)
-	if err != nil {
-		return err
-	}
-	writeFiles(w, http.StatusCreated, resp)
-	return nil
-}
-
-func (s *server) exportFiles(w http.ResponseWriter, r *http.Request) error {
-	user, err := userOf(r)
-	if err != nil {
-		return err
-	}
-	files, err := decodeFiles[FileExport](w, r)
-	if err != nil {
-		return err
-	}
-	resp, err := s.b.ExportFiles(r.Context(), user, files)
-	if err != nil {
-		return err
-	}
-	writeFiles(w, http.StatusOK, resp)
-	return nil
-}
-
-func (s *server) deleteFiles(w http.ResponseWriter, r *http.Request) error {
-	user, err := userOf(r)
-	if err != nil {
-		return err
-	}
-	files, err := decodeFiles[FileRef](w, r)
-	if err != nil {
-		return err
-	}
-	resp, err := s.b.DeleteFiles(r.Context(), user, files)
-	if err != nil {
-		return err
-	}
-	writeFiles(w, http.StatusNoContent, resp)
-	return nil
 }
 
 func (s *server) putFile(w http.ResponseWriter, r *http.Request) error {

@@ -86,9 +86,9 @@ func NewHandler(b Backend, cfg ServerConfig) http.Handler {
 		"POST /api/v1/release": s.release,
 		"GET /api/v1/status":   s.status,
 
-		"POST /api/v1/files":        s.importFiles,
-		"DELETE /api/v1/files":      s.deleteFiles,
-		"POST /api/v1/files/export": s.exportFiles,
+		"POST /api/v1/files":        batch(s, b.ImportFiles, http.StatusCreated),
+		"DELETE /api/v1/files":      batch(s, b.DeleteFiles, http.StatusNoContent),
+		"POST /api/v1/files/export": batch(s, b.ExportFiles, http.StatusOK),
 		"PUT /api/v1/files/content": s.putFile,
 		"GET /api/v1/files/content": s.getFile,
 		"GET /api/v1/files/list":    s.listFiles,

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/api"
-	"github.com/containerd/containerd/v2/client"
 )
 
 // testHost is an HTTP server in a network namespace this test makes and routes from the
@@ -74,16 +73,7 @@ func newTestHost(t *testing.T) *testHost {
 // workerIP reads a worker's address from its container labels.
 func workerIP(t *testing.T, workerID string) string {
 	t.Helper()
-	c, err := client.New(env.containerd, client.WithDefaultNamespace(namespace))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctr, err := c.LoadContainer(context.Background(), workerID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	labels, err := ctr.Labels(context.Background())
+	labels, err := loadContainer(t, workerID).Labels(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,21 +285,7 @@ print("BLOCKED after", len(children), "forks:", refused) if refused else print("
 	})
 
 	t.Run("fill /sandbox", func(t *testing.T) {
-		out := attack(t, d, attacker, `
-import errno
-written = 0
-try:
-    with open("/sandbox/fill", "wb") as f:
-        for i in range(200):
-            f.write(b"x" * (1 << 20)); f.flush()
-            written += 1
-    print("OPEN", written)
-except OSError as e:
-    print("BLOCKED at", written, "MiB:", errno.errorcode.get(e.errno))
-`)
-		if !strings.Contains(out, "ENOSPC") {
-			t.Fatalf("want ENOSPC: %s", out)
-		}
+		fill(t, d, attacker, "/sandbox/fill")
 		var st syscall.Stat_t
 		if err := syscall.Stat(filepath.Join(d.stateDir, "disks", attackerWorker+".img"), &st); err != nil {
 			t.Fatal(err)
@@ -322,22 +298,8 @@ except OSError as e:
 	})
 
 	t.Run("fill /tmp", func(t *testing.T) {
-		out := attack(t, d, attacker, `
-import errno, os
-written = 0
-try:
-    with open("/tmp/fill", "wb") as f:
-        for i in range(200):
-            f.write(b"x" * (1 << 20)); f.flush()
-            written += 1
-    print("OPEN", written)
-except OSError as e:
-    print("BLOCKED at", written, "MiB:", errno.errorcode.get(e.errno))
-os.remove("/tmp/fill")
-`)
-		if !strings.Contains(out, "ENOSPC") {
-			t.Fatalf("want ENOSPC: %s", out)
-		}
+		fill(t, d, attacker, "/tmp/fill")
+		d.exec(t, attacker, "import os; os.remove('/tmp/fill')")
 	})
 
 	t.Run("memory bomb", func(t *testing.T) {
@@ -356,4 +318,24 @@ os.remove("/tmp/fill")
 
 	d.client.Release(context.Background(), attacker)
 	d.client.Release(context.Background(), witness)
+}
+
+// fill writes file in 1 MiB steps (at most 200) and expects ENOSPC before the end.
+func fill(t *testing.T, d *daemon, user, file string) {
+	t.Helper()
+	out := attack(t, d, user, fmt.Sprintf(`
+import errno
+written = 0
+try:
+    with open(%q, "wb") as f:
+        for i in range(200):
+            f.write(b"x" * (1 << 20)); f.flush()
+            written += 1
+    print("OPEN", written)
+except OSError as e:
+    print("BLOCKED at", written, "MiB:", errno.errorcode.get(e.errno))
+`, file))
+	if !strings.Contains(out, "ENOSPC") {
+		t.Fatalf("want ENOSPC: %s", out)
+	}
 }

@@ -167,16 +167,7 @@ func idleIDs(t *testing.T, d *daemon) []string {
 
 func killTask(t *testing.T, id string) {
 	t.Helper()
-	c, err := client.New(env.containerd, client.WithDefaultNamespace(namespace))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctr, err := c.LoadContainer(context.Background(), id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	task, err := ctr.Task(context.Background(), nil)
+	task, err := loadContainer(t, id).Task(context.Background(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,4 +300,19 @@ func TestRestartLeavesNoStaleWorker(t *testing.T) {
 	if len(now) != 2 {
 		t.Fatalf("want only the new pool's 2 workers, have %v", now)
 	}
+}
+
+// loadContainer loads a worker's container from the tests' namespace.
+func loadContainer(t *testing.T, id string) client.Container {
+	t.Helper()
+	c, err := client.New(env.containerd, client.WithDefaultNamespace(namespace))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctr, err := c.LoadContainer(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctr
 }
