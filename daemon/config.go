@@ -44,6 +44,7 @@ type Config struct {
 	CORSOrigins        string
 	LogLevel           string
 	MaxFileMB          int
+	MetricsListen      string
 	FileTimeout        time.Duration
 	FileAllowlist      string
 }
@@ -104,6 +105,7 @@ func newFlagSet(c *Config) *flag.FlagSet {
 	fs := flag.NewFlagSet("codeboxd", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&c.Listen, "listen", ":3874", "REST API address")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9474", "Prometheus metrics address; empty: off")
 	fs.IntVar(&c.MinIdleWorkers, "min-idle-workers", 10, "idle, healthy workers kept ready")
 	fs.IntVar(&c.MaxTotalWorkers, "max-total-workers", 50, "hard cap on workers (idle + busy + being created)")
 	fs.Float64Var(&c.WorkerCPU, "worker-cpu", 1.5, "CPU cores per worker (CFS quota)")
@@ -175,6 +177,11 @@ func (c Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("--listen %q: %v", c.Listen, err)
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			return fmt.Errorf("--metrics-listen %q: %v", c.MetricsListen, err)
+		}
 	}
 	if ip, ipnet, err := net.ParseCIDR(c.WorkerSubnet); err != nil || ip.To4() == nil {
 		return fmt.Errorf("--worker-subnet %q must be an IPv4 CIDR", c.WorkerSubnet)

@@ -26,13 +26,14 @@ import (
 
 // Daemon serves sessions from a pool of workers.
 type Daemon struct {
-	cfg   Config
-	log   *slog.Logger
-	rt    *runtime.Runtime
-	net   *netns.Network
-	disks *blockdev.Store
-	image client.Image
-	xfer  *transfer.Client
+	cfg     Config
+	log     *slog.Logger
+	rt      *runtime.Runtime
+	net     *netns.Network
+	disks   *blockdev.Store
+	image   client.Image
+	xfer    *transfer.Client
+	metrics *metrics
 	// transfers bounds file downloads and uploads in flight across all requests.
 	transfers chan struct{}
 
@@ -84,7 +85,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, deps Deps) (*Daemon,
 	d := &Daemon{
 		cfg: cfg, log: log, rt: deps.Runtime, net: deps.Network, disks: disks, image: deps.Image,
 		xfer: transfer.NewClient(guard, cfg.FileTimeout), transfers: make(chan struct{}, maxParallelTransfers),
-		bg: bg, stop: stop,
+		metrics: newMetrics(),
+		bg:      bg, stop: stop,
 		sessions:     map[string]*session{},
 		workers:      map[string]*worker{},
 		initializing: true,
@@ -184,6 +186,13 @@ func (d *Daemon) Close(ctx context.Context) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// Warm reports whether the pre-warm has reached min idle.
+func (d *Daemon) Warm() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return !d.initializing
 }
 
 // Ping implements api.Backend.

@@ -130,7 +130,7 @@ func checkTargets(n int, item func(i int) (p, name, url string), needURL bool) (
 
 // each runs op on every target, in parallel within the shared transfer bound, and
 // gathers the answer.
-func (d *Daemon) each(ctx context.Context, ts []target, op func(t target) (int64, error), result func(t target, size int64) api.FileResult) *api.FilesResponse {
+func (d *Daemon) each(ctx context.Context, direction string, ts []target, op func(t target) (int64, error), result func(t target, size int64) api.FileResult) *api.FilesResponse {
 	sizes := make([]int64, len(ts))
 	errs := make([]error, len(ts))
 	var wg sync.WaitGroup
@@ -151,6 +151,7 @@ func (d *Daemon) each(ctx context.Context, ts []target, op func(t target) (int64
 	wg.Wait()
 	resp := &api.FilesResponse{Success: true, Results: []api.FileResult{}}
 	for i, t := range ts {
+		d.metrics.fileBytes.WithLabelValues(direction).Add(float64(sizes[i]))
 		if errs[i] != nil {
 			resp.Success = false
 			resp.Errors = append(resp.Errors, api.FileFailure{Path: t.apiPath, Name: t.name, Detail: fileError(errs[i]).Detail})
@@ -172,7 +173,7 @@ func (d *Daemon) ImportFiles(ctx context.Context, user string, files []api.FileI
 	}
 	var resp *api.FilesResponse
 	err = d.withSandbox(ctx, user, true, func(root *sandboxfs.Root) error {
-		resp = d.each(ctx, ts, func(t target) (int64, error) {
+		resp = d.each(ctx, "in", ts, func(t target) (int64, error) {
 			return d.xfer.Download(ctx, t.url, d.maxFileBytes(), func(body io.Reader, limit int64) (int64, error) {
 				return root.Write(t.dir, t.name, body, limit)
 			})
@@ -195,7 +196,7 @@ func (d *Daemon) ExportFiles(ctx context.Context, user string, files []api.FileE
 	}
 	var resp *api.FilesResponse
 	err = d.withSandbox(ctx, user, false, func(root *sandboxfs.Root) error {
-		resp = d.each(ctx, ts, func(t target) (int64, error) {
+		resp = d.each(ctx, "out", ts, func(t target) (int64, error) {
 			f, st, err := root.OpenFile(t.dir, t.name)
 			if err != nil {
 				return 0, err
@@ -220,7 +221,7 @@ func (d *Daemon) DeleteFiles(ctx context.Context, user string, files []api.FileR
 	}
 	var resp *api.FilesResponse
 	err = d.withSandbox(ctx, user, false, func(root *sandboxfs.Root) error {
-		resp = d.each(ctx, ts, func(t target) (int64, error) {
+		resp = d.each(ctx, "out", ts, func(t target) (int64, error) {
 			return 0, root.Remove(t.dir, t.name)
 		}, func(t target, _ int64) api.FileResult {
 			return api.FileResult{Path: t.apiPath, Name: t.name}
@@ -239,6 +240,7 @@ func (d *Daemon) PutFile(ctx context.Context, user, p string, body io.Reader) (*
 	var res *api.FileResult
 	err = d.withSandbox(ctx, user, true, func(root *sandboxfs.Root) error {
 		n, err := root.Write(dir, name, body, d.maxFileBytes())
+		d.metrics.fileBytes.WithLabelValues("in").Add(float64(n))
 		if err != nil {
 			return fileError(err)
 		}
@@ -260,7 +262,11 @@ func (d *Daemon) GetFile(ctx context.Context, user, p string, send func(string, 
 			return fileError(err)
 		}
 		defer f.Close()
-		return send(name, st.ModTime(), f)
+		err = send(name, st.ModTime(), f)
+		if err == nil {
+			d.metrics.fileBytes.WithLabelValues("out").Add(float64(st.Size()))
+		}
+		return err
 	})
 }
 

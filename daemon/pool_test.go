@@ -56,7 +56,7 @@ func testDaemon(t *testing.T, minIdle, maxTotal int, f *fakeFactory) *Daemon {
 		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		bg:  bg, stop: stop,
 		sessions: map[string]*session{}, workers: map[string]*worker{}, initializing: true,
-		create: f.create, destroy: f.destroy,
+		create: f.create, destroy: f.destroy, metrics: newMetrics(),
 	}
 	t.Cleanup(func() { d.Close(context.Background()) })
 	return d

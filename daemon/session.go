@@ -89,11 +89,31 @@ func (d *Daemon) Execute(ctx context.Context, user string, req api.ExecuteReques
 			s.release()
 			continue
 		}
+		start := time.Now()
 		resp, err := d.executeIn(ctx, s, req.Code, timeout)
 		s.lastUsed.Store(time.Now().UnixNano())
 		s.release()
+		d.metrics.observeExecute(outcome(resp, err), start)
 		return resp, err
 	}
+}
+
+// outcome classifies an execute's answer for the metrics.
+func outcome(resp *api.ExecuteResponse, err error) string {
+	var ae *api.Error
+	switch {
+	case err == nil && resp.Error != nil:
+		return outcomeError
+	case err == nil:
+		return outcomeOK
+	case errors.As(err, &ae) && ae.Status == http.StatusGatewayTimeout:
+		return outcomeTimeout
+	case errors.As(err, &ae) && ae.Fields["kernel_restarted"] != nil:
+		return outcomeKernelDied
+	case errors.Is(err, context.Canceled):
+		return outcomeCancelled
+	}
+	return outcomeUnavailable
 }
 
 // executeIn runs code in s, which the caller holds.

@@ -78,6 +78,12 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 	w := &worker{id: newWorkerID(), created: start, token: newToken()}
 	w.logPath = d.logPath(w.id)
 	defer func() {
+		if err == nil {
+			d.metrics.creates.WithLabelValues("ok").Inc()
+			d.metrics.createDuration.Observe(time.Since(start).Seconds())
+		} else {
+			d.metrics.creates.WithLabelValues("error").Inc()
+		}
 		if err != nil {
 			if w.life != nil {
 				w.life.kernel.Close()
@@ -190,6 +196,7 @@ func (d *Daemon) restartKernel(ctx context.Context, w *worker) error {
 	d.mu.Lock()
 	w.life = l
 	d.mu.Unlock()
+	d.metrics.kernelRestarts.Inc()
 	d.log.Info("kernel restarted", "worker", w.id, "exit_code", old.exitCode)
 	return nil
 }
@@ -201,6 +208,8 @@ func (d *Daemon) destroyWorker(ctx context.Context, w *worker) error {
 	}
 	start := time.Now()
 	err := d.destroyResources(ctx, w.id, w.nsPath, w.logPath)
+	d.metrics.destroys.Inc()
+	d.metrics.destroyDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		d.log.Error("worker destroy failed", "worker", w.id, "err", err)
 	} else {

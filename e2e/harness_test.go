@@ -203,6 +203,7 @@ func startDaemon(t *testing.T, flags ...string) *daemon {
 		"--worker-cpu", "1",
 		"--worker-ram-mb", "512",
 		"--log-level", "debug",
+		"--metrics-listen", "",
 	}
 	args = append(args, flags...)
 	d.cmd = exec.Command(env.bin, args...)

@@ -18,6 +18,11 @@ import (
 	"syscall"
 	"time"
 
+	sdnotify "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/codebox/codebox/api"
 	"github.com/codebox/codebox/daemon"
 	"github.com/codebox/codebox/netns"
@@ -133,7 +138,6 @@ func serve(cfg daemon.Config) error {
 	if err != nil {
 		return err
 	}
-	d.Start()
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -144,13 +148,24 @@ func serve(cfg daemon.Config) error {
 		Handler:           api.NewHandler(d, api.ServerConfig{Token: token, CORSOrigins: cfg.CORSOriginList(), Log: log}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("codeboxd ready", "listen", ln.Addr().String(), "image", cfg.WorkerImage, "namespace", cfg.Namespace)
+	if cfg.MetricsListen != "" {
+		msrv, err := metricsServer(cfg.MetricsListen, d)
+		if err != nil {
+			d.Close(context.Background())
+			return err
+		}
+		defer msrv.Close()
+	}
+	d.Start()
+	log.Info("codeboxd ready", "listen", ln.Addr().String(), "metrics", cfg.MetricsListen, "image", cfg.WorkerImage, "namespace", cfg.Namespace)
+	notifyReady(ctx, d, log)
 
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
+		sdnotify.SdNotify(false, sdnotify.SdNotifyStopping)
 	case err = <-serveErr:
 		log.Error("API server stopped", "err", err)
 	}
@@ -166,4 +181,43 @@ func serve(cfg daemon.Config) error {
 		err = nil
 	}
 	return err
+}
+
+// metricsServer serves Prometheus metrics (the daemon's, Go's and the process's) on addr.
+func metricsServer(addr string, d *daemon.Daemon) (*http.Server, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := d.Register(reg); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	return srv, nil
+}
+
+// notifyReady tells systemd (Type=notify) the daemon is ready, containerd answering, the
+// image present and the API listening, and reports the pre-warm in STATUS lines. Without
+// systemd it does nothing.
+func notifyReady(ctx context.Context, d *daemon.Daemon, log *slog.Logger) {
+	if _, err := sdnotify.SdNotify(false, sdnotify.SdNotifyReady); err != nil {
+		log.Warn("sd_notify", "err", err)
+	}
+	go func() {
+		for !d.Warm() {
+			st := d.Status()
+			sdnotify.SdNotify(false, fmt.Sprintf("STATUS=pre-warming: %d of %d idle workers ready", st.IdleWorkers, st.MinIdleWorkers))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+		sdnotify.SdNotify(false, "STATUS=serving")
+	}()
 }
