@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"crypto/subtle"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"io"
@@ -14,6 +15,17 @@ import (
 
 	"github.com/julienschmidt/httprouter"
 )
+
+// OpenAPI is the API's OpenAPI 3 document, checked against Routes by a test.
+//
+//go:embed openapi.json
+var OpenAPI []byte
+
+func serveOpenAPI(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(OpenAPI)
+	return nil
+}
 
 // Backend is what the handlers serve: the daemon, or a fake in tests.
 type Backend interface {
@@ -63,6 +75,7 @@ type Route struct {
 // Routes lists the API's routes.
 var Routes = []Route{
 	{http.MethodGet, "/healthz", false},
+	{http.MethodGet, "/openapi.json", false},
 	{http.MethodPost, "/api/v1/execute", true},
 	{http.MethodPost, "/api/v1/release", true},
 	{http.MethodGet, "/api/v1/status", true},
@@ -82,6 +95,7 @@ func NewHandler(b Backend, cfg ServerConfig) http.Handler {
 	s := &server{b: b, cfg: cfg, token: []byte(cfg.Token), log: cfg.Log}
 	handlers := map[string]handlerFunc{
 		"GET /healthz":         s.healthz,
+		"GET /openapi.json":    serveOpenAPI,
 		"POST /api/v1/execute": s.execute,
 		"POST /api/v1/release": s.release,
 		"GET /api/v1/status":   s.status,

@@ -1,9 +1,13 @@
 // Command codebox is the command-line client of codeboxd.
 //
-//	codebox exec -u USER 'print(1)'     run code (or '-' for standard input)
-//	codebox release -u USER             end a session
-//	codebox status                      pool counts
-//	codebox token                       print the API token from the state dir
+//	codebox exec -u USER 'print(1)'          run code (or '-' for standard input)
+//	codebox release -u USER                  end a session
+//	codebox status                           pool counts
+//	codebox token                            print the API token from the state dir
+//	codebox files put -u USER LOCAL REMOTE   upload a file to /sandbox
+//	codebox files get -u USER REMOTE [LOCAL] download a file ('-' or none: stdout)
+//	codebox files ls -u USER [DIR]           list a directory of /sandbox
+//	codebox cleanup [FLAGS]                  run `codeboxd cleanup` (root, on the host)
 //
 // The daemon's address comes from --url or CODEBOX_URL, the token from AUTH_TOKEN or the
 // state dir's token file.
@@ -17,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"strings"
 	"time"
 
@@ -31,6 +36,10 @@ commands:
   release -u USER                                     destroy USER's session
   status                                              show the worker pool
   token                                               print the API token
+  files put -u USER LOCAL /sandbox/PATH               upload a file
+  files get -u USER /sandbox/PATH [LOCAL|-]           download a file
+  files ls -u USER [/sandbox/DIR]                     list a directory
+  cleanup [codeboxd flags]                            remove every worker resource (runs codeboxd cleanup)
 `
 
 func main() {
@@ -57,6 +66,11 @@ func run(args []string, stdout io.Writer) error {
 		return errors.New("no command")
 	}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	if cmd == "cleanup" {
+		c := exec.Command("codeboxd", append([]string{"cleanup"}, rest...)...)
+		c.Stdout, c.Stderr = stdout, os.Stderr
+		return c.Run()
+	}
 	if cmd == "token" {
 		tok, err := token(*stateDir)
 		if err != nil {
@@ -81,6 +95,8 @@ func run(args []string, stdout io.Writer) error {
 			return err
 		}
 		return c.Release(ctx, *user)
+	case "files":
+		return filesCmd(ctx, c, rest, stdout)
 	case "status":
 		st, err := c.Status(ctx)
 		if err != nil {
@@ -139,6 +155,58 @@ func execCmd(ctx context.Context, c *api.Client, args []string, stdout io.Writer
 		return &api.Error{Status: 400, Detail: resp.Detail}
 	}
 	return nil
+}
+
+func filesCmd(ctx context.Context, c *api.Client, args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return errors.New("files needs put, get or ls")
+	}
+	fs := flag.NewFlagSet("files", flag.ContinueOnError)
+	user := fs.String("u", "", "user_uuid")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	a := fs.Args()
+	switch {
+	case args[0] == "put" && len(a) == 2:
+		f, err := os.Open(a[0])
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		res, err := c.PutFile(ctx, *user, a[1], f)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s\t%d bytes\n", res.FullPath, res.Size)
+		return nil
+	case args[0] == "get" && (len(a) == 1 || len(a) == 2):
+		var w io.Writer = stdout
+		if len(a) == 2 && a[1] != "-" {
+			f, err := os.Create(a[1])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			w = f
+		}
+		_, err := c.GetFile(ctx, *user, a[0], w)
+		return err
+	case args[0] == "ls" && len(a) <= 1:
+		dir := "/sandbox/"
+		if len(a) == 1 {
+			dir = a[0]
+		}
+		list, err := c.ListFiles(ctx, *user, dir)
+		if err != nil {
+			return err
+		}
+		for _, e := range list.Entries {
+			fmt.Fprintf(stdout, "%-9s %12d  %s  %s\n", e.Type, e.Size, e.Mtime.Format(time.RFC3339), e.Name)
+		}
+		return nil
+	}
+	return errors.New("usage: files put -u USER LOCAL REMOTE | files get -u USER REMOTE [LOCAL] | files ls -u USER [DIR]")
 }
 
 func token(stateDir string) (string, error) {
