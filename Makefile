@@ -14,7 +14,10 @@ IMAGE_HASH     = $(shell images/hash.sh slim)
 IMAGE_REF      = codebox.local/worker:slim-$(IMAGE_HASH)
 IMAGE_ARCHIVE  = $(CACHE_DIR)/worker-slim-$(IMAGE_HASH).oci.tar
 
-.PHONY: all build deps image run test test-unit test-agent test-e2e lint clean
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+
+.PHONY: all build deps image run test test-unit test-agent test-e2e test-systemd test-install lint install uninstall clean
 
 all: build
 
@@ -33,7 +36,7 @@ run: deps image build
 	exec bin/codeboxd --containerd-address "$$addr" --state-dir "$(STATE_DIR)" \
 		--worker-image "$(IMAGE_REF)" --worker-image-archive "$(IMAGE_ARCHIVE)" $(RUN_FLAGS)
 
-test: deps image build lint test-unit test-agent test-e2e
+test: deps image build lint test-unit test-agent test-systemd test-install test-e2e
 
 test-unit:
 	$(GO) test -race -count=1 -timeout 5m $$($(GO) list ./... | grep -v /e2e)
@@ -47,6 +50,49 @@ test-e2e: build
 	CODEBOX_E2E=1 CODEBOX_E2E_CONTAINERD="$$addr" CODEBOX_E2E_IMAGE="$(IMAGE_REF)" \
 	CODEBOX_E2E_ARCHIVE="$(IMAGE_ARCHIVE)" CODEBOX_E2E_BIN="$(CURDIR)/bin/codeboxd" \
 		$(GO) test -count=1 -timeout 30m -v ./e2e/
+
+# The unit must pass systemd-analyze verify without a warning (its exit status alone
+# ignores parse errors).
+test-systemd: build
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	sed "s|$(PREFIX)/bin/codeboxd|$(CURDIR)/bin/codeboxd|g" systemd/codeboxd.service > "$$tmp/codeboxd.service"; \
+	out=$$(systemd-analyze verify "$$tmp/codeboxd.service" 2>&1) || { echo "$$out"; exit 1; }; \
+	if [ -n "$$out" ]; then echo "$$out"; exit 1; fi; echo "systemd-analyze verify: ok"
+
+# install and uninstall into a scratch root: every file lands, and goes again.
+test-install: build image
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(MAKE) -s install DESTDIR="$$tmp" >/dev/null; \
+	for f in $(PREFIX)/bin/codeboxd $(PREFIX)/bin/codebox /etc/systemd/system/codeboxd.service \
+	         /etc/default/codeboxd /var/lib/codeboxd/images/worker-slim.oci.tar $(PREFIX)/share/doc/codebox/README.md; do \
+		[ -s "$$tmp$$f" ] || { echo "install: $$f missing"; exit 1; }; done; \
+	grep -q '^CODEBOX_WORKER_IMAGE=$(IMAGE_REF)$$' "$$tmp/etc/default/codeboxd" || { echo "install: image not configured"; exit 1; }; \
+	$(MAKE) -s uninstall DESTDIR="$$tmp" >/dev/null; \
+	left=$$(find "$$tmp" -type f ! -path '*/etc/default/*'); \
+	if [ -n "$$left" ]; then echo "uninstall left: $$left"; exit 1; fi; echo "install/uninstall: ok"
+
+# install: binaries, systemd unit, settings, the worker image archive codeboxd imports on
+# its first start. Settings already in /etc/default/codeboxd are kept, but for the image.
+install: build image
+	install -D -m 0755 bin/codeboxd $(DESTDIR)$(PREFIX)/bin/codeboxd
+	install -D -m 0755 bin/codebox $(DESTDIR)$(PREFIX)/bin/codebox
+	install -D -m 0644 systemd/codeboxd.service $(DESTDIR)/etc/systemd/system/codeboxd.service
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/codebox/README.md
+	install -D -m 0600 "$(IMAGE_ARCHIVE)" $(DESTDIR)/var/lib/codeboxd/images/worker-slim.oci.tar
+	[ -e $(DESTDIR)/etc/default/codeboxd ] || install -D -m 0644 systemd/codeboxd.default $(DESTDIR)/etc/default/codeboxd
+	sed -i '/^CODEBOX_WORKER_IMAGE=/d; /^CODEBOX_WORKER_IMAGE_ARCHIVE=/d' $(DESTDIR)/etc/default/codeboxd
+	printf 'CODEBOX_WORKER_IMAGE=%s\nCODEBOX_WORKER_IMAGE_ARCHIVE=%s\n' "$(IMAGE_REF)" /var/lib/codeboxd/images/worker-slim.oci.tar >> $(DESTDIR)/etc/default/codeboxd
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; echo "now: systemctl enable --now codeboxd"; fi
+
+# uninstall: stops the service, removes every worker and what install put; keeps
+# /etc/default/codeboxd and the token in /var/lib/codeboxd.
+uninstall:
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable --now codeboxd 2>/dev/null || true; fi
+	if [ -z "$(DESTDIR)" ] && [ -x $(PREFIX)/bin/codeboxd ]; then \
+		(set -a; [ -r /etc/default/codeboxd ] && . /etc/default/codeboxd; set +a; $(PREFIX)/bin/codeboxd cleanup --all) || true; fi
+	rm -f $(DESTDIR)$(PREFIX)/bin/codeboxd $(DESTDIR)$(PREFIX)/bin/codebox $(DESTDIR)/etc/systemd/system/codeboxd.service
+	rm -f $(DESTDIR)$(PREFIX)/share/doc/codebox/README.md $(DESTDIR)/var/lib/codeboxd/images/worker-slim.oci.tar
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 lint: $(TOOLS)/staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -185,3 +185,12 @@ func notSymlink(path string) error {
 	}
 	return nil
 }
+
+// Mounted reports whether worker id's disk is mounted at its mount point.
+func (s *Store) Mounted(id string) bool {
+	var mp, parent unix.Stat_t
+	if unix.Lstat(s.MountPoint(id), &mp) != nil || unix.Stat(s.mounts, &parent) != nil {
+		return false
+	}
+	return mp.Dev != parent.Dev
+}

@@ -45,6 +45,7 @@ type Config struct {
 	LogLevel           string
 	MaxFileMB          int
 	MetricsListen      string
+	DestroyOnStop      bool
 	FileTimeout        time.Duration
 	FileAllowlist      string
 }
@@ -125,6 +126,7 @@ func newFlagSet(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.StateDir, "state-dir", "/var/lib/codeboxd", "token file, virtual disks, mount points, logs")
 	fs.StringVar(&c.CORSOrigins, "cors-origins", "*", "comma-separated origins allowed by CORS; empty: none")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&c.DestroyOnStop, "destroy-on-stop", false, "destroy every worker when stopping, instead of leaving them for the next codeboxd to adopt")
 	fs.IntVar(&c.MaxFileMB, "max-file-mb", 100, "largest file a file call moves, MB")
 	fs.DurationVar(&c.FileTimeout, "file-timeout", 10*time.Minute, "longest one file download or upload may take")
 	fs.StringVar(&c.FileAllowlist, "file-allowlist", "", "comma-separated CIDRs, IPs or host names downloads and uploads may reach although private (e.g. an internal object store)")

@@ -65,8 +65,8 @@ type Deps struct {
 	Image   client.Image // nil for a daemon that only cleans up
 }
 
-// New returns a daemon serving from deps. Workers left by an earlier run are destroyed
-// first. Start begins the pre-warm.
+// New returns a daemon serving from deps. Recover takes over what an earlier run left;
+// Start begins the pre-warm.
 func New(ctx context.Context, cfg Config, log *slog.Logger, deps Deps) (*Daemon, error) {
 	for _, dir := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "logs")} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -92,10 +92,6 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, deps Deps) (*Daemon,
 		initializing: true,
 	}
 	d.create, d.destroy = d.createWorker, d.destroyWorker
-	if err := d.RemoveLeftovers(ctx); err != nil {
-		stop()
-		return nil, err
-	}
 	return d, nil
 }
 
@@ -110,50 +106,13 @@ func (d *Daemon) Start() {
 	go d.maintain()
 }
 
-// RemoveLeftovers destroys what an earlier codeboxd left: its containers (with their
-// networks, disks and logs), and disks, network namespaces and CNI allocations that belong
-// to no container.
-func (d *Daemon) RemoveLeftovers(ctx context.Context) error {
-	managed, err := d.rt.Managed(ctx)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for id, labels := range managed {
-		if err := d.destroyResources(ctx, id, labels[labelNetNS], d.logPath(id)); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		d.log.Info("leftover worker removed", "worker", id)
-	}
-	ids, err := d.disks.List()
-	if err != nil {
-		errs = append(errs, err)
-	}
-	for _, id := range ids {
-		if err := d.disks.Remove(id); err != nil {
-			errs = append(errs, err)
-		} else {
-			d.log.Info("leftover disk removed", "worker", id)
-		}
-	}
-	removed, err := d.net.Sweep(ctx, nil)
-	for _, what := range removed {
-		d.log.Info("leftover network state removed", "what", what)
-	}
-	errs = append(errs, err)
-	logs, _ := filepath.Glob(filepath.Join(d.cfg.StateDir, "logs", "*.log"))
-	for _, l := range logs {
-		os.Remove(l)
-	}
-	return errors.Join(errs...)
-}
-
 func (d *Daemon) logPath(id string) string {
 	return filepath.Join(d.cfg.StateDir, "logs", id+".log")
 }
 
-// Close stops creations and maintenance and destroys every worker.
+// Close stops creations and maintenance. With --destroy-on-stop it destroys every worker;
+// otherwise workers keep running (their kernels and files intact) for the next codeboxd to
+// adopt.
 func (d *Daemon) Close(ctx context.Context) error {
 	d.mu.Lock()
 	d.closing = true
@@ -175,6 +134,15 @@ func (d *Daemon) Close(ctx context.Context) error {
 	d.sessions = map[string]*session{}
 	d.mu.Unlock()
 
+	if !d.cfg.DestroyOnStop {
+		for _, w := range ws {
+			if w.life != nil {
+				w.life.kernel.Close()
+			}
+		}
+		d.log.Info("workers left running for the next codeboxd", "workers", len(ws))
+		return nil
+	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(ws))
 	for i, w := range ws {

@@ -56,11 +56,9 @@ func (d *Daemon) sandboxIn(ctx context.Context, s *session, create bool, fn func
 		if !create {
 			return api.Errorf(http.StatusNotFound, "no session for this user_uuid")
 		}
-		w, err := d.acquire(ctx)
-		if err != nil {
+		if err := d.assign(ctx, s); err != nil {
 			return err
 		}
-		s.worker = w
 	}
 	root, err := sandboxfs.Open(d.disks.MountPoint(s.worker.id), runtime.SandboxUID, runtime.SandboxUID)
 	if err != nil {

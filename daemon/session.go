@@ -119,11 +119,9 @@ func outcome(resp *api.ExecuteResponse, err error) string {
 // executeIn runs code in s, which the caller holds.
 func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout time.Duration) (*api.ExecuteResponse, error) {
 	if s.worker == nil {
-		w, err := d.acquire(ctx)
-		if err != nil {
+		if err := d.assign(ctx, s); err != nil {
 			return nil, err
 		}
-		s.worker = w
 	}
 	w := s.worker
 	l := w.life // only the holder of the turn replaces it

@@ -75,7 +75,7 @@ func removeTestNetwork() error {
 		return err
 	}
 	defer os.RemoveAll(stateDir)
-	out, err := exec.Command(env.bin, "cleanup", "--containerd-address", env.containerd,
+	out, err := exec.Command(env.bin, "cleanup", "--all", "--containerd-address", env.containerd,
 		"--containerd-namespace", namespace, "--worker-bridge", bridge, "--worker-subnet", subnet,
 		"--state-dir", stateDir).CombinedOutput()
 	if err != nil {
@@ -204,6 +204,7 @@ func startDaemon(t *testing.T, flags ...string) *daemon {
 		"--worker-ram-mb", "512",
 		"--log-level", "debug",
 		"--metrics-listen", "",
+		"--destroy-on-stop",
 	}
 	args = append(args, flags...)
 	d.cmd = exec.Command(env.bin, args...)

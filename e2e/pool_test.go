@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -272,33 +271,44 @@ while True:
 	})
 }
 
-// TestRestartLeavesNoStaleWorker kills codeboxd (no clean shutdown) and starts a new one on
-// the same state: the old workers, disks and networks are gone, the new pool is fresh.
-func TestRestartLeavesNoStaleWorker(t *testing.T) {
-	d := startDaemon(t, "--min-idle-workers", "2")
-	waitStatus(t, d, "pre-warm", time.Minute, func(s api.Status) bool { return s.IdleWorkers == 2 })
-	d.exec(t, "e2e-restart", "x = 1")
-	waitStatus(t, d, "refill", time.Minute, func(s api.Status) bool { return s.IdleWorkers == 2 && s.BusyWorkers == 1 })
-	old := containerIDs(t)
-	if len(old) != 3 {
-		t.Fatalf("want 3 workers before the restart, have %v", old)
-	}
-	d.cmd.Process.Signal(syscall.SIGKILL)
-	<-d.done
+// TestRestartRecovery stops codeboxd (SIGTERM, and SIGKILL: no clean shutdown) and starts
+// a new one on the same state: the session keeps its variables and files, idle workers
+// rejoin the pool, a worker whose task died meanwhile is destroyed, nothing is duplicated.
+func TestRestartRecovery(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		t.Run(sig.String(), func(t *testing.T) {
+			d := startDaemon(t, "--min-idle-workers", "2", "--destroy-on-stop=false")
+			user := "e2e-restart-" + randomHex(3)
+			r := d.exec(t, user, "x = 'kept'\nopen('/sandbox/f.txt', 'w').write('file kept')")
+			waitStatus(t, d, "pool", time.Minute, func(s api.Status) bool { return s.IdleWorkers == 2 && s.BusyWorkers == 1 })
+			before := containerIDs(t)
+			d.cmd.Process.Signal(sig)
+			<-d.done
 
-	d2 := startDaemon(t, "--min-idle-workers", "2", "--state-dir", d.stateDir)
-	waitStatus(t, d2, "pre-warm after restart", time.Minute, func(s api.Status) bool { return s.IdleWorkers == 2 && s.TotalWorkers == 2 })
-	now := containerIDs(t)
-	for _, id := range old {
-		if slices.Contains(now, id) {
-			t.Fatalf("stale worker %s survived the restart (now %v)", id, now)
-		}
-		if _, err := os.Stat(d.stateDir + "/disks/" + id + ".img"); err == nil {
-			t.Fatalf("stale disk of %s survived the restart", id)
-		}
-	}
-	if len(now) != 2 {
-		t.Fatalf("want only the new pool's 2 workers, have %v", now)
+			var idle []string
+			for _, id := range before {
+				if id != r.WorkerID {
+					idle = append(idle, id)
+				}
+			}
+			killTask(t, idle[0]) // dies while no codeboxd watches
+
+			d2 := startDaemon(t, "--min-idle-workers", "2", "--state-dir", d.stateDir)
+			r2 := d2.exec(t, user, "x, open('/sandbox/f.txt').read()")
+			if r2.WorkerID != r.WorkerID || r2.ResultText == nil || *r2.ResultText != "('kept', 'file kept')" {
+				t.Fatalf("after the restart: %+v", r2)
+			}
+			waitStatus(t, d2, "pool after restart", time.Minute, func(s api.Status) bool {
+				return s.IdleWorkers == 2 && s.BusyWorkers == 1 && s.TotalWorkers == 3
+			})
+			after := containerIDs(t)
+			if len(after) != 3 || !slices.Contains(after, r.WorkerID) || !slices.Contains(after, idle[1]) || slices.Contains(after, idle[0]) {
+				t.Fatalf("workers before %v, after %v: want the session's and the healthy idle one kept, the dead one replaced", before, after)
+			}
+			if n := strings.Count(d2.logs.String(), "worker adopted"); n != 2 {
+				t.Fatalf("%d workers adopted, want 2", n)
+			}
+		})
 	}
 }
 

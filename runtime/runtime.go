@@ -137,3 +137,23 @@ func logIO(path string) cio.Creator {
 	}
 	return cio.LogFile(path)
 }
+
+// Running reports whether container id has a running task.
+func (r *Runtime) Running(ctx context.Context, id string) (bool, error) {
+	c, err := r.client.LoadContainer(ctx, id)
+	if err != nil {
+		return false, fmt.Errorf("load container %s: %w", id, err)
+	}
+	t, err := c.Task(ctx, nil)
+	if errdefs.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("task of %s: %w", id, err)
+	}
+	st, err := t.Status(ctx)
+	if err != nil {
+		return false, fmt.Errorf("task status of %s: %w", id, err)
+	}
+	return st.Status == client.Running, nil
+}

@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -87,4 +88,63 @@ func startTask(ctx context.Context, c client.Container, id, logPath, namespace s
 		return nil, fmt.Errorf("start task %s: %w", id, err)
 	}
 	return &Task{ID: id, Pid: t.Pid(), Exited: exited}, nil
+}
+
+// Adopted is a worker container found running, with what a new codeboxd needs to take it
+// over.
+type Adopted struct {
+	ID      string
+	Labels  map[string]string
+	Env     []string // the process environment of its spec (the agent's token is there)
+	Created time.Time
+	Task    *Task
+}
+
+// Adopt attaches to the running task of container id (left by an earlier codeboxd). An
+// error means the container is not usable and should be destroyed.
+func (r *Runtime) Adopt(ctx context.Context, id string) (*Adopted, error) {
+	c, err := r.client.LoadContainer(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("load container %s: %w", id, err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("info of %s: %w", id, err)
+	}
+	spec, err := c.Spec(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("spec of %s: %w", id, err)
+	}
+	t, err := c.Task(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("task of %s: %w", id, err)
+	}
+	st, err := t.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("task status of %s: %w", id, err)
+	}
+	if st.Status != client.Running {
+		return nil, fmt.Errorf("task of %s is %s, not running", id, st.Status)
+	}
+	exited, err := t.Wait(namespaces.WithNamespace(context.Background(), r.namespace))
+	if err != nil {
+		return nil, fmt.Errorf("wait task %s: %w", id, err)
+	}
+	a := &Adopted{ID: id, Labels: info.Labels, Created: info.CreatedAt, Task: &Task{ID: id, Pid: t.Pid(), Exited: exited}}
+	if spec.Process != nil {
+		a.Env = spec.Process.Env
+	}
+	return a, nil
+}
+
+// SetLabels adds labels to container id.
+func (r *Runtime) SetLabels(ctx context.Context, id string, labels map[string]string) error {
+	c, err := r.client.LoadContainer(ctx, id)
+	if err != nil {
+		return fmt.Errorf("load container %s: %w", id, err)
+	}
+	if _, err := c.SetLabels(ctx, labels); err != nil {
+		return fmt.Errorf("label container %s: %w", id, err)
+	}
+	return nil
 }

@@ -1,8 +1,9 @@
 // Command codeboxd is the codebox daemon: stateful, isolated code-interpreter sessions in
 // containerd workers, served over a REST API (SPEC §1). This file only wires the packages.
 //
-//	codeboxd [flags]            run the daemon
-//	codeboxd cleanup [flags]    remove every worker resource and the firewall chains
+//	codeboxd [flags]                  run the daemon
+//	codeboxd cleanup [--all] [flags]  remove leftovers of workers that are gone (with --all:
+//	                                  every worker), and the firewall once no worker is left
 package main
 
 import (
@@ -32,8 +33,12 @@ import (
 func main() {
 	args := os.Args[1:]
 	cleanup := len(args) > 0 && args[0] == "cleanup"
+	all := false
 	if cleanup {
 		args = args[1:]
+		if len(args) > 0 && args[0] == "--all" {
+			all, args = true, args[1:]
+		}
 	}
 	cfg, err := daemon.ParseFlags(args, os.Getenv)
 	if errors.Is(err, flag.ErrHelp) {
@@ -46,7 +51,7 @@ func main() {
 	}
 	run := serve
 	if cleanup {
-		run = cleanupAll
+		run = func(cfg daemon.Config) error { return cleanupHost(cfg, all) }
 	}
 	if err := run(cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "codeboxd:", err)
@@ -77,9 +82,10 @@ func network(cfg daemon.Config) (*netns.Network, *netns.Firewall, error) {
 	return n, fw, nil
 }
 
-// cleanupAll removes what codeboxd made: workers with their disks, namespaces and
-// addresses, then the firewall chains. For ExecStopPost and operators.
-func cleanupAll(cfg daemon.Config) error {
+// cleanupHost removes what codeboxd left: resources of workers that are gone (all: every
+// worker), and the firewall chains once no worker is left, since running workers must
+// stay fenced in. For ExecStopPost and operators.
+func cleanupHost(cfg daemon.Config, all bool) error {
 	log, err := logger(cfg)
 	if err != nil {
 		return err
@@ -94,9 +100,17 @@ func cleanupAll(cfg daemon.Config) error {
 	if err != nil {
 		return err
 	}
-	// New removes the leftovers before it returns.
-	if _, err := daemon.New(ctx, cfg, log, daemon.Deps{Runtime: rt, Network: n}); err != nil {
+	d, err := daemon.New(ctx, cfg, log, daemon.Deps{Runtime: rt, Network: n})
+	if err != nil {
 		return err
+	}
+	remaining, err := d.Cleanup(ctx, all)
+	if err != nil {
+		return err
+	}
+	if remaining > 0 {
+		log.Info("cleanup done; workers left running, so the firewall stays", "workers", remaining)
+		return nil
 	}
 	if err := fw.Remove(); err != nil {
 		return fmt.Errorf("remove firewall: %w", err)
@@ -136,6 +150,9 @@ func serve(cfg daemon.Config) error {
 	}
 	d, err := daemon.New(ctx, cfg, log, daemon.Deps{Runtime: rt, Network: n, Image: image})
 	if err != nil {
+		return err
+	}
+	if err := d.Recover(ctx); err != nil {
 		return err
 	}
 

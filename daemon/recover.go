@@ -1,0 +1,168 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/codebox/codebox/api"
+)
+
+// labelSession records, on the container, the user_uuid a worker serves. It is set before
+// the worker runs any of the session's code, so a codeboxd restarted after a crash gives
+// the worker back to that session and never to another.
+const labelSession = "io.codebox.session"
+
+// adoptTimeout bounds how long an adopted worker's kernel may take to answer.
+const adoptTimeout = 10 * time.Second
+
+// Recover takes over the workers an earlier codeboxd left running: healthy ones rejoin
+// their session (with its kernel state and files) or the idle pool; broken ones are
+// destroyed; disks, namespaces, CNI allocations and logs of no live worker are removed.
+// Call it before Start.
+func (d *Daemon) Recover(ctx context.Context) error {
+	managed, err := d.rt.Managed(ctx)
+	if err != nil {
+		return err
+	}
+	alive := map[string]string{}
+	var errs []error
+	for id, labels := range managed {
+		w, err := d.adopt(ctx, id, labels)
+		if err != nil {
+			d.log.Warn("worker not adopted; destroying it", "worker", id, "err", err)
+			if derr := d.destroyResources(ctx, id, labels[labelNetNS], d.logPath(id)); derr != nil {
+				errs = append(errs, derr)
+			}
+			continue
+		}
+		alive[id] = w.nsPath
+		d.mu.Lock()
+		d.workers[id] = w
+		if user := labels[labelSession]; user != "" {
+			s := &session{user: user, turn: make(chan struct{}, 1), worker: w}
+			s.lastUsed.Store(time.Now().UnixNano())
+			d.sessions[user] = s
+		} else {
+			d.idle = append(d.idle, w)
+		}
+		d.mu.Unlock()
+		d.log.Info("worker adopted", "worker", id, "session", labels[labelSession] != "")
+	}
+	return errors.Join(append(errs, d.sweep(ctx, alive))...)
+}
+
+func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string) (*worker, error) {
+	a, err := d.rt.Adopt(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	w := &worker{id: id, ip: net.ParseIP(labels[labelIP]), nsPath: labels[labelNetNS], logPath: d.logPath(id), created: a.Created}
+	for _, kv := range a.Env {
+		if v, ok := strings.CutPrefix(kv, "CODEBOX_AGENT_TOKEN="); ok {
+			w.token = v
+		}
+	}
+	switch {
+	case w.ip == nil || w.nsPath == "":
+		return nil, errors.New("no network labels")
+	case w.token == "":
+		return nil, errors.New("no agent token in its spec")
+	case !d.disks.Mounted(id):
+		return nil, errors.New("its disk is not mounted")
+	}
+	ctx, cancel := context.WithTimeout(ctx, adoptTimeout)
+	defer cancel()
+	if w.life, err = d.connect(ctx, w, a.Task); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// Cleanup removes what codeboxd left on the host: containers whose task is not running
+// (with all: every container), then disks, namespaces, CNI allocations and logs of no
+// remaining container. It returns how many workers remain.
+func (d *Daemon) Cleanup(ctx context.Context, all bool) (int, error) {
+	managed, err := d.rt.Managed(ctx)
+	if err != nil {
+		return 0, err
+	}
+	alive := map[string]string{}
+	var errs []error
+	for id, labels := range managed {
+		if !all {
+			running, err := d.rt.Running(ctx, id)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if running {
+				alive[id] = labels[labelNetNS]
+				continue
+			}
+		}
+		if err := d.destroyResources(ctx, id, labels[labelNetNS], d.logPath(id)); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		d.log.Info("worker removed", "worker", id)
+	}
+	errs = append(errs, d.sweep(ctx, alive))
+	return len(alive), errors.Join(errs...)
+}
+
+// sweep removes disks, network state and logs that belong to no worker in alive (id →
+// netns path).
+func (d *Daemon) sweep(ctx context.Context, alive map[string]string) error {
+	var errs []error
+	ids, err := d.disks.List()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, id := range ids {
+		if _, ok := alive[id]; ok {
+			continue
+		}
+		if err := d.disks.Remove(id); err != nil {
+			errs = append(errs, err)
+		} else {
+			d.log.Info("leftover disk removed", "worker", id)
+		}
+	}
+	removed, err := d.net.Sweep(ctx, alive)
+	for _, what := range removed {
+		d.log.Info("leftover network state removed", "what", what)
+	}
+	errs = append(errs, err)
+	logs, _ := filepath.Glob(filepath.Join(d.cfg.StateDir, "logs", "*.log"))
+	for _, l := range logs {
+		if _, ok := alive[strings.TrimSuffix(filepath.Base(l), ".log")]; !ok {
+			if err := os.Remove(l); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// assign gives session s a worker from the pool, recorded on the worker's container first.
+func (d *Daemon) assign(ctx context.Context, s *session) error {
+	w, err := d.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	if err := d.rt.SetLabels(ctx, w.id, map[string]string{labelSession: s.user}); err != nil {
+		d.mu.Lock()
+		d.retireLocked(w, "could not record its session")
+		d.mu.Unlock()
+		return &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: retryAfter,
+			Detail: "could not start a worker", Cause: fmt.Errorf("assign worker %s: %w", w.id, err)}
+	}
+	s.worker = w
+	return nil
+}
