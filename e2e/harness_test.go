@@ -227,6 +227,9 @@ func startDaemon(t *testing.T, flags ...string) *daemon {
 		if left != "" {
 			t.Errorf("after codeboxd stopped: %s", left)
 		}
+		if strings.Contains(d.logs.String(), d.token) {
+			t.Errorf("the API token appears in codeboxd's log")
+		}
 		if t.Failed() {
 			t.Logf("codeboxd log:\n%s", d.logs.String())
 		}
