@@ -174,6 +174,15 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout
 // files on /sandbox stay. Otherwise the worker is unreachable and is replaced.
 func (d *Daemon) kernelGone(ctx context.Context, s *session, l *life, res *kernel.Result) error {
 	w := s.worker
+	d.mu.Lock()
+	closing := d.closing
+	d.mu.Unlock()
+	if closing && !l.hasExited() {
+		// Close dropped the connection, not the worker: it stays for the next codeboxd.
+		return &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: retryAfter,
+			Detail: "codeboxd is restarting; the session and its worker are kept, retry shortly",
+			Fields: partialFields(w.id, res, map[string]any{"files_kept": true})}
+	}
 	select {
 	case <-l.exited:
 	case <-time.After(exitGrace):
