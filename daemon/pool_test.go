@@ -195,9 +195,25 @@ func TestConcurrentAcquiresNeverExceedTheCap(t *testing.T) {
 	}
 }
 
+func TestCloseKeepsWorkersUnlessAsked(t *testing.T) {
+	f := &fakeFactory{}
+	d := testDaemon(t, 2, 5, f)
+	d.Start()
+	waitFor(t, "pre-warm", func() bool { return d.Status().IdleWorkers == 2 })
+	if err := d.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.destroyed != 0 {
+		t.Fatalf("Close destroyed %d workers; they are for the next codeboxd", f.destroyed)
+	}
+}
+
 func TestCloseDestroysEverything(t *testing.T) {
 	f := &fakeFactory{}
 	d := testDaemon(t, 3, 5, f)
+	d.cfg.DestroyOnStop = true
 	d.Start()
 	waitFor(t, "pre-warm", func() bool { return d.Status().IdleWorkers == 3 })
 	d.acquire(context.Background())
