@@ -17,13 +17,14 @@ IMAGE_ARCHIVE  = $(CACHE_DIR)/worker-slim-$(IMAGE_HASH).oci.tar
 PREFIX     ?= /usr/local
 DESTDIR    ?=
 
-.PHONY: all build deps image run test test-unit test-agent test-e2e test-systemd test-install lint install uninstall clean
+.PHONY: all build deps image run bench test test-unit test-agent test-e2e test-systemd test-install lint install uninstall clean
 
 all: build
 
 build:
 	$(GO) build -o bin/codeboxd ./cmd/codeboxd
 	$(GO) build -o bin/codebox ./cmd/codebox
+	$(GO) build -o bin/codebox-bench ./cmd/codebox-bench
 
 deps:
 	@scripts/install-deps.sh
@@ -35,6 +36,13 @@ run: deps image build
 	addr=$$(scripts/ensure-containerd.sh); \
 	exec bin/codeboxd --containerd-address "$$addr" --state-dir "$(STATE_DIR)" \
 		--worker-image "$(IMAGE_REF)" --worker-image-archive "$(IMAGE_ARCHIVE)" $(RUN_FLAGS)
+
+# bench: the figures of docs/benchmarks.md (table on stdout; JSON and charts in
+# bench-results/). BENCH_FLAGS passes e.g. --users 25 --requests 100.
+bench: deps image build
+	addr=$$(scripts/ensure-containerd.sh); \
+	bin/codebox-bench --codeboxd bin/codeboxd --containerd-address "$$addr" \
+		--image "$(IMAGE_REF)" --archive "$(IMAGE_ARCHIVE)" --out bench-results $(BENCH_FLAGS)
 
 test: deps image build lint test-unit test-agent test-systemd test-install test-e2e
 

@@ -1,0 +1,261 @@
+// Package bench measures codebox: the seed scenario (users × stateful requests, each result
+// verified) through the REST API and, as a baseline, straight against the workers' kernel
+// agents; single-session latency; a new session's first execute from a warm pool; cold
+// starts; idle worker memory. Every loop is bounded in count and in time.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/kernel"
+)
+
+// Result is one scenario's figures.
+type Result struct {
+	Name        string         `json:"name"`
+	Requests    int            `json:"requests"`
+	Seconds     float64        `json:"seconds"`
+	PerSecond   float64        `json:"requests_per_second"`
+	SuccessPct  float64        `json:"success_pct"`
+	VerifiedPct float64        `json:"verified_pct"`
+	P50ms       float64        `json:"p50_ms"`
+	P95ms       float64        `json:"p95_ms"`
+	P99ms       float64        `json:"p99_ms"`
+	MaxMs       float64        `json:"max_ms"`
+	Errors      map[string]int `json:"errors,omitempty"`
+	Note        string         `json:"note,omitempty"`
+	// Latencies are kept for the charts, not written to JSON.
+	Latencies []time.Duration `json:"-"`
+}
+
+// summarize fills the figures from the latencies of the successful requests.
+func summarize(name string, lat []time.Duration, total, ok, verified int, took time.Duration, errs map[string]int) *Result {
+	slices.Sort(lat)
+	r := &Result{Name: name, Requests: total, Seconds: took.Seconds(), Errors: errs, Latencies: lat}
+	if took > 0 {
+		r.PerSecond = float64(ok) / took.Seconds()
+	}
+	if total > 0 {
+		r.SuccessPct = 100 * float64(ok) / float64(total)
+		r.VerifiedPct = 100 * float64(verified) / float64(total)
+	}
+	r.P50ms, r.P95ms, r.P99ms = pct(lat, 50), pct(lat, 95), pct(lat, 99)
+	if len(lat) > 0 {
+		r.MaxMs = ms(lat[len(lat)-1])
+	}
+	return r
+}
+
+func pct(sorted []time.Duration, p float64) float64 {
+	if len(sorted) == 0 {
+		return math.NaN()
+	}
+	i := int(math.Ceil(p/100*float64(len(sorted)))) - 1
+	return ms(sorted[max(i, 0)])
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// counterStep is the seed's stateful request: it changes the session's state and prints it,
+// so a wrong session, lost state or a reordered call shows in the printed value.
+const counterStep = "counter += 1\nprint(counter)"
+
+// Seed runs users sessions of requests stateful calls each through the API, all sessions in
+// parallel, and verifies every printed counter.
+func Seed(ctx context.Context, c *api.Client, prefix string, users, requests int) *Result {
+	type outcome struct {
+		lat      time.Duration
+		ok, good bool
+		err      string
+	}
+	results := make([][]outcome, users)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for u := 0; u < users; u++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			user := fmt.Sprintf("%s-%d", prefix, u)
+			if _, err := c.Execute(ctx, user, "counter = 0", 0); err != nil {
+				results[u] = append(results[u], outcome{err: errKey(err)})
+				return
+			}
+			for i := 1; i <= requests && ctx.Err() == nil; i++ {
+				t := time.Now()
+				resp, err := c.Execute(ctx, user, counterStep, 0)
+				o := outcome{lat: time.Since(t)}
+				switch {
+				case err != nil:
+					o.err = errKey(err)
+				case resp.Error != nil:
+					o.err = "400 " + resp.Error.Ename
+				default:
+					o.ok = true
+					o.good = resp.Stdout == strconv.Itoa(i)+"\n"
+				}
+				results[u] = append(results[u], o)
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	var lat []time.Duration
+	ok, good := 0, 0
+	errs := map[string]int{}
+	for _, rs := range results {
+		for _, o := range rs {
+			if o.ok {
+				ok++
+				lat = append(lat, o.lat)
+				if o.good {
+					good++
+				}
+			} else {
+				errs[o.err]++
+			}
+		}
+	}
+	return summarize("seed scenario via API", lat, users*requests, ok, good, took, errs)
+}
+
+// Direct runs the seed scenario straight against agents, one connection per session, to
+// measure what the daemon adds.
+func Direct(ctx context.Context, conns []*kernel.Client, requests int) *Result {
+	type acc struct {
+		lat      []time.Duration
+		ok, good int
+		errs     map[string]int
+	}
+	accs := make([]acc, len(conns))
+	var wg sync.WaitGroup
+	start := time.Now()
+	for k, kc := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a := &accs[k]
+			a.errs = map[string]int{}
+			if _, err := kc.Execute(ctx, "counter = 0"); err != nil {
+				a.errs[err.Error()]++
+				return
+			}
+			for i := 1; i <= requests && ctx.Err() == nil; i++ {
+				t := time.Now()
+				res, err := kc.Execute(ctx, counterStep)
+				d := time.Since(t)
+				if err != nil || res.Status != "ok" {
+					a.errs[fmt.Sprint("error ", err)]++
+					continue
+				}
+				a.ok++
+				a.lat = append(a.lat, d)
+				if res.Stdout == strconv.Itoa(i)+"\n" {
+					a.good++
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	var lat []time.Duration
+	ok, good := 0, 0
+	errs := map[string]int{}
+	for _, a := range accs {
+		lat = append(lat, a.lat...)
+		ok += a.ok
+		good += a.good
+		for k, v := range a.errs {
+			errs[k] += v
+		}
+	}
+	return summarize("seed scenario direct to agents (baseline)", lat, len(conns)*requests, ok, good, took, errs)
+}
+
+// Single measures n trivial executes of one session, one after another.
+func Single(ctx context.Context, c *api.Client, user string, n int) *Result {
+	var lat []time.Duration
+	errs := map[string]int{}
+	c.Execute(ctx, user, "x = 0", 0)
+	start := time.Now()
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		t := time.Now()
+		if _, err := c.Execute(ctx, user, "x += 1; x", 0); err != nil {
+			errs[errKey(err)]++
+			continue
+		}
+		lat = append(lat, time.Since(t))
+	}
+	return summarize("single session, trivial execute", lat, n, len(lat), len(lat), time.Since(start), errs)
+}
+
+// FirstExecute measures n new sessions' first execute, waiting before each until ready()
+// says the pool is as it should be (warm: idle workers ready; cold: none). Each session is
+// released afterwards.
+func FirstExecute(ctx context.Context, c *api.Client, name, prefix string, n int, ready func(api.Status) bool) *Result {
+	var lat []time.Duration
+	errs := map[string]int{}
+	start := time.Now()
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		if err := waitStatus(ctx, c, ready); err != nil {
+			errs[err.Error()]++
+			break
+		}
+		user := fmt.Sprintf("%s-%d", prefix, i)
+		t := time.Now()
+		_, err := c.Execute(ctx, user, "1", 0)
+		d := time.Since(t)
+		if err != nil {
+			errs[errKey(err)]++
+		} else {
+			lat = append(lat, d)
+		}
+		c.Release(ctx, user)
+	}
+	return summarize(name, lat, n, len(lat), len(lat), time.Since(start), errs)
+}
+
+// WaitIdle waits until the pool has idle workers and none being created.
+func WaitIdle(ctx context.Context, c *api.Client, idle int) (time.Duration, error) {
+	start := time.Now()
+	err := waitStatus(ctx, c, func(s api.Status) bool { return s.IdleWorkers >= idle && s.CreatingWorkers == 0 })
+	return time.Since(start), err
+}
+
+func waitStatus(ctx context.Context, c *api.Client, ok func(api.Status) bool) error {
+	for {
+		st, err := c.Status(ctx)
+		if err == nil && ok(*st) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("pool not ready: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func errKey(err error) string {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return fmt.Sprintf("%d %s", ae.Status, firstWords(ae.Detail))
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return "deadline"
+	}
+	return firstWords(err.Error())
+}
+
+func firstWords(s string) string {
+	f := strings.Fields(s)
+	return strings.Join(f[:min(len(f), 6)], " ")
+}

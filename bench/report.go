@@ -1,0 +1,81 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is everything one run measured.
+type Report struct {
+	Machine  string             `json:"machine"`
+	Command  string             `json:"command"`
+	Started  time.Time          `json:"started"`
+	Config   map[string]string  `json:"config"`
+	Results  []*Result          `json:"results"`
+	Figures  map[string]float64 `json:"figures"` // single numbers: ratios, start times, memory
+	Comments []string           `json:"comments,omitempty"`
+}
+
+// Table writes the human table.
+func (r *Report) Table(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\trequests\treq/s\tsuccess %\tverified %\tp50 ms\tp95 ms\tp99 ms\tmax ms\t")
+	for _, x := range r.Results {
+		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.2f\t%.2f\t\n",
+			x.Name, x.Requests, x.PerSecond, x.SuccessPct, x.VerifiedPct, x.P50ms, x.P95ms, x.P99ms, x.MaxMs)
+	}
+	tw.Flush()
+	var keys []string
+	for k := range r.Figures {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(w, "%-48s %10.2f\n", k, r.Figures[k])
+	}
+	for _, x := range r.Results {
+		if len(x.Errors) > 0 {
+			fmt.Fprintf(w, "errors in %s: %v\n", x.Name, x.Errors)
+		}
+	}
+	for _, c := range r.Comments {
+		fmt.Fprintln(w, c)
+	}
+}
+
+// Write stores results.json, results.txt and the charts in dir.
+func (r *Report) Write(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.json"), b, 0o644); err != nil {
+		return err
+	}
+	var t strings.Builder
+	r.Table(&t)
+	if err := os.WriteFile(filepath.Join(dir, "results.txt"), []byte(t.String()), 0o644); err != nil {
+		return err
+	}
+	return r.charts(dir)
+}
+
+// Find returns the result named name, or nil.
+func (r *Report) Find(name string) *Result {
+	for _, x := range r.Results {
+		if x.Name == name {
+			return x
+		}
+	}
+	return nil
+}

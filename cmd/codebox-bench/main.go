@@ -1,0 +1,314 @@
+// Command codebox-bench measures codebox on this host (make bench): it starts codeboxd
+// twice (a cold pool, then the seed's configuration), runs the scenarios of package bench
+// against it, and writes a table, results.json and PNG charts. It uses its own containerd
+// namespace, bridge and state, and removes them when done. Traffic goes only to loopback
+// and to the workers on its own bridge.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/bench"
+	"github.com/codebox/codebox/kernel"
+	crt "github.com/codebox/codebox/runtime"
+)
+
+const (
+	namespace = "codebox-bench"
+	bridge    = "cbxbench0"
+	subnet    = "10.215.0.0/16"
+	port      = "3875"
+)
+
+type options struct {
+	codeboxd, containerd, image, archive, out string
+	users, requests, single, warm, cold       int
+	budgetMB                                  int
+	deadline                                  time.Duration
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.codeboxd, "codeboxd", "bin/codeboxd", "the codeboxd binary")
+	flag.StringVar(&o.containerd, "containerd-address", "/run/containerd/containerd.sock", "containerd socket")
+	flag.StringVar(&o.image, "image", "", "worker image reference")
+	flag.StringVar(&o.archive, "archive", "", "worker image archive")
+	flag.StringVar(&o.out, "out", "bench-results", "directory for results.json, results.txt and charts")
+	flag.IntVar(&o.users, "users", 25, "seed scenario: concurrent users")
+	flag.IntVar(&o.requests, "requests", 100, "seed scenario: stateful requests per user")
+	flag.IntVar(&o.single, "single", 1000, "single-session trivial executes")
+	flag.IntVar(&o.warm, "warm", 30, "new sessions from a warm pool")
+	flag.IntVar(&o.cold, "cold", 10, "new sessions from an empty pool")
+	flag.IntVar(&o.budgetMB, "budget-mb", 16384, "memory budget for the density figure")
+	flag.DurationVar(&o.deadline, "deadline", 15*time.Minute, "the whole run stops after this")
+	flag.Parse()
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "codebox-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(o options) error {
+	ctx, cancel := context.WithTimeout(context.Background(), o.deadline)
+	defer cancel()
+	state, err := os.MkdirTemp("", "codebox-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(state)
+	defer cleanup(o, state)
+
+	rep := &bench.Report{
+		Machine: machine(), Command: strings.Join(os.Args, " "), Started: time.Now().UTC(),
+		Figures: map[string]float64{},
+		Config: map[string]string{"workers": "min idle 5, max 30, 1.0 CPU, 1024 MB, 500 MB disk",
+			"seed": fmt.Sprintf("%d users x %d requests", o.users, o.requests)},
+	}
+	seedFlags := []string{"--max-total-workers", "30", "--worker-cpu", "1", "--worker-ram-mb", "1024", "--worker-disk-mb", "500"}
+
+	// Phase 1: an empty pool, for cold starts.
+	d, err := start(ctx, o, state, append([]string{"--min-idle-workers", "0"}, seedFlags...))
+	if err != nil {
+		return err
+	}
+	cold := bench.FirstExecute(ctx, d.client, "cold start: new session, empty pool", "cold", o.cold,
+		func(s api.Status) bool { return s.TotalWorkers == 0 })
+	rep.Results = append(rep.Results, cold)
+	if err := d.stop(); err != nil {
+		return err
+	}
+
+	// Phase 2: the seed's configuration.
+	d, err = start(ctx, o, state, append([]string{"--min-idle-workers", "5"}, seedFlags...))
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	warmup, err := bench.WaitIdle(ctx, d.client, 5)
+	if err != nil {
+		return err
+	}
+	rep.Figures["pre-warm: 5 idle workers after start (s)"] = warmup.Seconds() + d.startup.Seconds()
+	rep.Figures["refill rate (workers/s)"] = 5 / warmup.Seconds()
+	rep.Results = append(rep.Results, bench.FirstExecute(ctx, d.client, "warm acquire: new session, warm pool", "warm", o.warm,
+		func(s api.Status) bool { return s.IdleWorkers >= 5 && s.CreatingWorkers == 0 }))
+	rep.Results = append(rep.Results, bench.Single(ctx, d.client, "single", o.single))
+	d.client.Release(ctx, "single")
+	if _, err := bench.WaitIdle(ctx, d.client, 5); err != nil {
+		return err
+	}
+	if err := density(ctx, o, rep); err != nil {
+		return err
+	}
+
+	seed := bench.Seed(ctx, d.client, "seed", o.users, o.requests)
+	rep.Results = append(rep.Results, seed)
+	conns, err := agentConns(ctx, o, d.client, "seed", o.users)
+	if err != nil {
+		return err
+	}
+	direct := bench.Direct(ctx, conns, o.requests)
+	for _, c := range conns {
+		c.Close()
+	}
+	rep.Results = append(rep.Results, direct)
+	if direct.PerSecond > 0 {
+		rep.Figures["daemon overhead: API / direct throughput (%)"] = 100 * seed.PerSecond / direct.PerSecond
+	}
+	rep.Table(os.Stdout)
+	if err := rep.Write(o.out); err != nil {
+		return err
+	}
+	fmt.Printf("\nwritten: %s/results.json, results.txt, latency.png, outcomes.png\n", o.out)
+	return nil
+}
+
+// daemonProc is a codeboxd this command started.
+type daemonProc struct {
+	cmd     *exec.Cmd
+	client  *api.Client
+	startup time.Duration
+	done    chan error
+}
+
+func start(ctx context.Context, o options, state string, flags []string) (*daemonProc, error) {
+	token := randomHex(16)
+	args := append([]string{
+		"--listen", "127.0.0.1:" + port, "--state-dir", state, "--containerd-address", o.containerd,
+		"--containerd-namespace", namespace, "--worker-bridge", bridge, "--worker-subnet", subnet,
+		"--worker-image", o.image, "--worker-image-archive", o.archive, "--metrics-listen", "",
+		"--destroy-on-stop", "--log-level", "warn",
+	}, flags...)
+	cmd := exec.Command(o.codeboxd, args...)
+	cmd.Env = append(os.Environ(), "AUTH_TOKEN="+token)
+	logf, err := os.Create(filepath.Join(state, "codeboxd.log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	begin := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	d := &daemonProc{cmd: cmd, client: api.NewClient("http://127.0.0.1:"+port, token), done: make(chan error, 1)}
+	go func() { d.done <- cmd.Wait(); logf.Close() }()
+	for {
+		if resp, err := http.Get("http://127.0.0.1:" + port + "/healthz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				d.startup = time.Since(begin)
+				return d, nil
+			}
+		}
+		select {
+		case err := <-d.done:
+			log, _ := os.ReadFile(filepath.Join(state, "codeboxd.log"))
+			return nil, fmt.Errorf("codeboxd exited: %v\n%s", err, log)
+		case <-ctx.Done():
+			cmd.Process.Kill()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (d *daemonProc) stop() error {
+	if d.cmd.ProcessState != nil {
+		return nil
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+		return nil
+	case <-time.After(2 * time.Minute):
+		d.cmd.Process.Kill()
+		return fmt.Errorf("codeboxd did not stop")
+	}
+}
+
+// cleanup removes the bench's workers, firewall chains and bridge.
+func cleanup(o options, state string) {
+	exec.Command(o.codeboxd, "cleanup", "--all", "--containerd-address", o.containerd, "--containerd-namespace", namespace,
+		"--worker-bridge", bridge, "--worker-subnet", subnet, "--state-dir", state).Run()
+	exec.Command("ip", "link", "delete", bridge).Run()
+	os.Remove("/run/codebox/netns/" + bridge)
+}
+
+// agentConns opens a kernel connection to each seed session's worker, reading its address
+// and token from containerd as the daemon would after a restart.
+func agentConns(ctx context.Context, o options, c *api.Client, prefix string, users int) ([]*kernel.Client, error) {
+	rt, err := crt.Connect(ctx, o.containerd, namespace)
+	if err != nil {
+		return nil, err
+	}
+	defer rt.Close()
+	var conns []*kernel.Client
+	for u := 0; u < users; u++ {
+		resp, err := c.Execute(ctx, fmt.Sprintf("%s-%d", prefix, u), "1", 0)
+		if err != nil {
+			return nil, err
+		}
+		a, err := rt.Adopt(ctx, resp.WorkerID)
+		if err != nil {
+			return nil, err
+		}
+		token := ""
+		for _, kv := range a.Env {
+			if v, ok := strings.CutPrefix(kv, "CODEBOX_AGENT_TOKEN="); ok {
+				token = v
+			}
+		}
+		kc, err := kernel.Dial(ctx, "ws://"+a.Labels["io.codebox.ip"]+":8888"+kernel.ChannelsPath, token, kernel.Options{})
+		if err != nil {
+			return nil, err
+		}
+		conns = append(conns, kc)
+	}
+	return conns, nil
+}
+
+// density reads idle workers' memory from their cgroups.
+func density(ctx context.Context, o options, rep *bench.Report) error {
+	rt, err := crt.Connect(ctx, o.containerd, namespace)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	managed, err := rt.Managed(ctx)
+	if err != nil {
+		return err
+	}
+	var rss, usage []float64
+	for id, labels := range managed {
+		if labels["io.codebox.session"] != "" {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", namespace, id, "memory.stat"))
+		if err != nil {
+			continue // cgroup v2 hosts: not read here
+		}
+		for _, line := range strings.Split(string(stat), "\n") {
+			if v, ok := strings.CutPrefix(line, "total_rss "); ok {
+				n, _ := strconv.ParseFloat(v, 64)
+				rss = append(rss, n/(1<<20))
+			}
+		}
+		if b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", namespace, id, "memory.usage_in_bytes")); err == nil {
+			n, _ := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
+			usage = append(usage, n/(1<<20))
+		}
+	}
+	if len(rss) == 0 {
+		rep.Comments = append(rep.Comments, "density: no cgroup v1 memory stats found")
+		return nil
+	}
+	avg := func(v []float64) float64 {
+		s := 0.0
+		for _, x := range v {
+			s += x
+		}
+		return s / float64(len(v))
+	}
+	rep.Figures["idle worker RSS, cgroup total_rss (MB)"] = avg(rss)
+	if len(usage) > 0 {
+		rep.Figures["idle worker memory incl. page cache, cgroup usage (MB)"] = avg(usage)
+	}
+	rep.Figures[fmt.Sprintf("idle workers in %d MB by RSS", o.budgetMB)] = float64(int(float64(o.budgetMB) / avg(rss)))
+	return nil
+}
+
+func machine() string {
+	host, _ := os.Hostname()
+	cpu := ""
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "model name"); ok {
+				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	var si syscall.Sysinfo_t
+	syscall.Sysinfo(&si)
+	return fmt.Sprintf("%s: %d cores, %s, %d GiB RAM, %s/%s", host, runtime.NumCPU(), cpu, si.Totalram>>30, runtime.GOOS, runtime.GOARCH)
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
