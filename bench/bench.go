@@ -70,23 +70,36 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 const counterStep = "counter += 1\nprint(counter)"
 
 // Seed runs users sessions of requests stateful calls each through the API, all sessions in
-// parallel, and verifies every printed counter.
-func Seed(ctx context.Context, c *api.Client, prefix string, users, requests int) *Result {
+// parallel, and verifies every printed counter. The sessions are set up first (their
+// workers taken from the pool or created); the timed part is the stateful calls. It
+// returns the result and how long the set-up took.
+func Seed(ctx context.Context, c *api.Client, prefix string, users, requests int) (*Result, time.Duration) {
 	type outcome struct {
 		lat      time.Duration
 		ok, good bool
 		err      string
 	}
 	results := make([][]outcome, users)
+	setupErr := make([]error, users)
 	var wg sync.WaitGroup
+	setupStart := time.Now()
+	for u := 0; u < users; u++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, setupErr[u] = c.Execute(ctx, fmt.Sprintf("%s-%d", prefix, u), "counter = 0", 0)
+		}()
+	}
+	wg.Wait()
+	setup := time.Since(setupStart)
 	start := time.Now()
 	for u := 0; u < users; u++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			user := fmt.Sprintf("%s-%d", prefix, u)
-			if _, err := c.Execute(ctx, user, "counter = 0", 0); err != nil {
-				results[u] = append(results[u], outcome{err: errKey(err)})
+			if err := setupErr[u]; err != nil {
+				results[u] = append(results[u], outcome{err: "set-up: " + errKey(err)})
 				return
 			}
 			for i := 1; i <= requests && ctx.Err() == nil; i++ {
@@ -124,7 +137,7 @@ func Seed(ctx context.Context, c *api.Client, prefix string, users, requests int
 			}
 		}
 	}
-	return summarize("seed scenario via API", lat, users*requests, ok, good, took, errs)
+	return summarize("seed scenario via API", lat, users*requests, ok, good, took, errs), setup
 }
 
 // Direct runs the seed scenario straight against agents, one connection per session, to

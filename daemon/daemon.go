@@ -26,14 +26,15 @@ import (
 
 // Daemon serves sessions from a pool of workers.
 type Daemon struct {
-	cfg     Config
-	log     *slog.Logger
-	rt      *runtime.Runtime
-	net     *netns.Network
-	disks   *blockdev.Store
-	image   client.Image
-	xfer    *transfer.Client
-	metrics *metrics
+	cfg      Config
+	log      *slog.Logger
+	rt       *runtime.Runtime
+	net      *netns.Network
+	disks    *blockdev.Store
+	image    client.Image
+	xfer     *transfer.Client
+	metrics  *metrics
+	assigned *assignments // which session each worker serves, for restarts
 	// transfers bounds file downloads and uploads in flight across all requests.
 	transfers chan struct{}
 
@@ -46,16 +47,17 @@ type Daemon struct {
 	wg      sync.WaitGroup // background work: creations, destroys, maintenance
 	started time.Time
 
-	mu           sync.Mutex
-	sessions     map[string]*session
-	workers      map[string]*worker // every live worker, idle or in a session
-	idle         []*worker          // healthy workers no session has
-	waiters      []*waiter          // new sessions waiting for a worker being created
-	creating     int                // workers being created (counted against the cap)
-	initializing bool               // the pre-warm has not reached min idle yet
-	closing      bool
-	failures     int       // consecutive failed creations
-	backoffUntil time.Time // no pool refills before this, after failures
+	mu            sync.Mutex
+	sessions      map[string]*session
+	workers       map[string]*worker // every live worker, idle or in a session
+	idle          []*worker          // healthy workers no session has
+	waiters       []*waiter          // new sessions waiting for a worker being created
+	creating      int                // workers being created (counted against the cap)
+	initializing  bool               // the pre-warm has not reached min idle yet
+	closing       bool
+	refillPending bool      // a delayed refill is scheduled
+	failures      int       // consecutive failed creations
+	backoffUntil  time.Time // no pool refills before this, after failures
 }
 
 // Deps are the parts a daemon builds workers from.
@@ -77,6 +79,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, deps Deps) (*Daemon,
 	if err != nil {
 		return nil, err
 	}
+	assigned, err := loadAssignments(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
 	guard, err := transfer.NewGuard(cfg.FileAllowlistEntries())
 	if err != nil {
 		return nil, err
@@ -85,8 +91,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, deps Deps) (*Daemon,
 	d := &Daemon{
 		cfg: cfg, log: log, rt: deps.Runtime, net: deps.Network, disks: disks, image: deps.Image,
 		xfer: transfer.NewClient(guard, cfg.FileTimeout), transfers: make(chan struct{}, maxParallelTransfers),
-		metrics: newMetrics(),
-		bg:      bg, stop: stop,
+		metrics: newMetrics(), assigned: assigned,
+		bg: bg, stop: stop,
 		sessions:     map[string]*session{},
 		workers:      map[string]*worker{},
 		initializing: true,

@@ -20,6 +20,8 @@ const (
 	healthInterval = 30 * time.Second
 	healthTimeout  = 5 * time.Second
 	maxBackoff     = 30 * time.Second
+	// refillDelay is how long a refill waits after a session took an idle worker.
+	refillDelay = 100 * time.Millisecond
 )
 
 // The pool: idle workers ready for new sessions, and the sessions waiting for one.
@@ -50,7 +52,7 @@ func (d *Daemon) acquire(ctx context.Context) (*worker, error) {
 	if len(d.idle) > 0 {
 		w := d.idle[0] // the longest idle: the most often health-checked
 		d.idle = d.idle[1:]
-		d.refillLocked()
+		d.scheduleRefillLocked()
 		d.mu.Unlock()
 		return w, nil
 	}
@@ -98,6 +100,21 @@ func (d *Daemon) refillLocked() {
 		go d.createForPool()
 	}
 	d.updateInitializing()
+}
+
+// scheduleRefillLocked refills a moment later: a worker start takes both cores for a
+// while, and the session that just took a worker should run its first call first.
+func (d *Daemon) scheduleRefillLocked() {
+	if d.refillPending {
+		return
+	}
+	d.refillPending = true
+	time.AfterFunc(refillDelay, func() {
+		d.mu.Lock()
+		d.refillPending = false
+		d.refillLocked()
+		d.mu.Unlock()
+	})
 }
 
 func (d *Daemon) refill() {

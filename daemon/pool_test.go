@@ -57,6 +57,7 @@ func testDaemon(t *testing.T, minIdle, maxTotal int, f *fakeFactory) *Daemon {
 		bg:  bg, stop: stop,
 		sessions: map[string]*session{}, workers: map[string]*worker{}, initializing: true,
 		create: f.create, destroy: f.destroy, metrics: newMetrics(),
+		assigned: &assignments{path: t.TempDir() + "/sessions.json", m: map[string]string{}},
 	}
 	t.Cleanup(func() { d.Close(context.Background()) })
 	return d

@@ -14,11 +14,6 @@ import (
 	"github.com/codebox/codebox/api"
 )
 
-// labelSession records, on the container, the user_uuid a worker serves. It is set before
-// the worker runs any of the session's code, so a codeboxd restarted after a crash gives
-// the worker back to that session and never to another.
-const labelSession = "io.codebox.session"
-
 // adoptTimeout bounds how long an adopted worker's kernel may take to answer.
 const adoptTimeout = 10 * time.Second
 
@@ -45,7 +40,7 @@ func (d *Daemon) Recover(ctx context.Context) error {
 		alive[id] = w.nsPath
 		d.mu.Lock()
 		d.workers[id] = w
-		if user := labels[labelSession]; user != "" {
+		if user := d.assigned.get(id); user != "" {
 			s := &session{user: user, turn: make(chan struct{}, 1), worker: w}
 			s.lastUsed.Store(time.Now().UnixNano())
 			d.sessions[user] = s
@@ -53,8 +48,9 @@ func (d *Daemon) Recover(ctx context.Context) error {
 			d.idle = append(d.idle, w)
 		}
 		d.mu.Unlock()
-		d.log.Info("worker adopted", "worker", id, "session", labels[labelSession] != "")
+		d.log.Info("worker adopted", "worker", id, "session", d.assigned.get(id) != "")
 	}
+	errs = append(errs, d.assigned.keep(alive))
 	return errors.Join(append(errs, d.sweep(ctx, alive))...)
 }
 
@@ -112,7 +108,7 @@ func (d *Daemon) Cleanup(ctx context.Context, all bool) (int, error) {
 		}
 		d.log.Info("worker removed", "worker", id)
 	}
-	errs = append(errs, d.sweep(ctx, alive))
+	errs = append(errs, d.sweep(ctx, alive), d.assigned.keep(alive))
 	return len(alive), errors.Join(errs...)
 }
 
@@ -150,13 +146,13 @@ func (d *Daemon) sweep(ctx context.Context, alive map[string]string) error {
 	return errors.Join(errs...)
 }
 
-// assign gives session s a worker from the pool, recorded on the worker's container first.
+// assign gives session s a worker from the pool, recorded (see assignments) first.
 func (d *Daemon) assign(ctx context.Context, s *session) error {
 	w, err := d.acquire(ctx)
 	if err != nil {
 		return err
 	}
-	if err := d.rt.SetLabels(ctx, w.id, map[string]string{labelSession: s.user}); err != nil {
+	if err := d.assigned.set(w.id, s.user); err != nil {
 		d.mu.Lock()
 		d.retireLocked(w, "could not record its session")
 		d.mu.Unlock()

@@ -221,6 +221,9 @@ func (d *Daemon) dropWorker(ctx context.Context, s *session) {
 	d.mu.Lock()
 	d.removeLocked(w)
 	d.mu.Unlock()
+	if err := d.assigned.set(w.id, ""); err != nil {
+		d.log.Warn("session record", "err", err)
+	}
 	d.destroy(context.WithoutCancel(ctx), w)
 }
 

@@ -136,15 +136,3 @@ func (r *Runtime) Adopt(ctx context.Context, id string) (*Adopted, error) {
 	}
 	return a, nil
 }
-
-// SetLabels adds labels to container id.
-func (r *Runtime) SetLabels(ctx context.Context, id string, labels map[string]string) error {
-	c, err := r.client.LoadContainer(ctx, id)
-	if err != nil {
-		return fmt.Errorf("load container %s: %w", id, err)
-	}
-	if _, err := c.SetLabels(ctx, labels); err != nil {
-		return fmt.Errorf("label container %s: %w", id, err)
-	}
-	return nil
-}

@@ -115,8 +115,9 @@ func run(o options) error {
 		return err
 	}
 
-	seed := bench.Seed(ctx, d.client, "seed", o.users, o.requests)
+	seed, setup := bench.Seed(ctx, d.client, "seed", o.users, o.requests)
 	rep.Results = append(rep.Results, seed)
+	rep.Figures[fmt.Sprintf("seed: %d sessions set up from a pool of 5 (s)", o.users)] = setup.Seconds()
 	conns, err := agentConns(ctx, o, d.client, "seed", o.users)
 	if err != nil {
 		return err
