@@ -25,6 +25,7 @@ import (
 
 	"github.com/codebox/codebox/api"
 	"github.com/codebox/codebox/netns"
+	"github.com/codebox/codebox/runtime"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/snapshots"
 )
@@ -62,6 +63,10 @@ func TestMain(m *testing.M) {
 	}
 	if err := removeTestNetwork(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: FAIL: removing the test network:", err)
+		code = 1
+	}
+	if err := pruneImages(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: FAIL: pruning old images:", err)
 		code = 1
 	}
 	os.Exit(code)
@@ -346,4 +351,16 @@ func checkNoLeftovers() error {
 		return fmt.Errorf("%s", strings.Join(problems, ", "))
 	}
 	return nil
+}
+
+// pruneImages deletes images of earlier recipes from the tests' namespace (the current one
+// stays, so the next run need not import it again).
+func pruneImages() error {
+	rt, err := runtime.Connect(context.Background(), env.containerd, namespace)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	_, err = rt.PruneOthers(context.Background(), env.image)
+	return err
 }

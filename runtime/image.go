@@ -110,3 +110,23 @@ func (r *Runtime) Push(ctx context.Context, ref, target string) error {
 	}
 	return nil
 }
+
+// PruneOthers deletes every image of the namespace but keep (the worker images of earlier
+// recipes), letting containerd collect their content and snapshots.
+func (r *Runtime) PruneOthers(ctx context.Context, keep string) ([]string, error) {
+	imgs, err := r.client.ImageService().List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list images: %w", err)
+	}
+	var deleted []string
+	for _, img := range imgs {
+		if img.Name == keep {
+			continue
+		}
+		if err := r.client.ImageService().Delete(ctx, img.Name, images.SynchronousDelete()); err != nil {
+			return deleted, fmt.Errorf("delete image %s: %w", img.Name, err)
+		}
+		deleted = append(deleted, img.Name)
+	}
+	return deleted, nil
+}

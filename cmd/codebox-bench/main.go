@@ -201,8 +201,13 @@ func (d *daemonProc) stop() error {
 	}
 }
 
-// cleanup removes the bench's workers, firewall chains and bridge.
+// cleanup removes the bench's workers, firewall chains and bridge, and images of earlier
+// recipes.
 func cleanup(o options, state string) {
+	if rt, err := crt.Connect(context.Background(), o.containerd, namespace); err == nil {
+		rt.PruneOthers(context.Background(), o.image)
+		rt.Close()
+	}
 	exec.Command(o.codeboxd, "cleanup", "--all", "--containerd-address", o.containerd, "--containerd-namespace", namespace,
 		"--worker-bridge", bridge, "--worker-subnet", subnet, "--state-dir", state).Run()
 	exec.Command("ip", "link", "delete", bridge).Run()
