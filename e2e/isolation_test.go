@@ -302,6 +302,21 @@ print("BLOCKED after", len(children), "forks:", refused) if refused else print("
 		d.exec(t, attacker, "import os; os.remove('/tmp/fill')")
 	})
 
+	t.Run("flood the container's stdout", func(t *testing.T) {
+		r := d.exec(t, attacker, "import os\nfor i in range(20):\n    os.write(1, b'x' * (1 << 20))\nprint('done')")
+		if !r.Truncated || len(r.Stdout) > 5<<20 {
+			t.Fatalf("fd output not captured and capped: truncated %v, %d bytes", r.Truncated, len(r.Stdout))
+		}
+		st, err := os.Stat(filepath.Join(d.stateDir, "logs", attackerWorker+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Size() > 64<<10 {
+			t.Fatalf("the worker's log on the host grew to %d bytes", st.Size())
+		}
+		checkWitness(t)
+	})
+
 	t.Run("memory bomb", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()

@@ -332,6 +332,8 @@ func (p *pending) apply(m message) {
 		var c struct {
 			Status         string `json:"status"`
 			ExecutionCount int    `json:"execution_count"`
+			// The agent's own output cap dropped this much.
+			TruncatedBytes int64 `json:"codebox_truncated_bytes"`
 			Error
 		}
 		if json.Unmarshal(m.Content, &c) != nil {
@@ -339,6 +341,7 @@ func (p *pending) apply(m message) {
 		}
 		p.gotReply = true
 		r.ExecutionCount = c.ExecutionCount
+		r.Truncated = r.Truncated || c.TruncatedBytes > 0
 		r.Status = "ok"
 		if c.Status != "ok" {
 			r.Status = "error"

@@ -137,6 +137,18 @@ func TestOutputIsCapped(t *testing.T) {
 	}
 }
 
+func TestAgentSideTruncationIsReported(t *testing.T) {
+	f := &fakeAgent{token: "t", script: func(req map[string]any, send func(string, any, string)) {
+		id := msgID(req)
+		send("execute_reply", map[string]any{"status": "ok", "execution_count": 1, "codebox_truncated_bytes": 1000}, id)
+		send("status", map[string]any{"execution_state": "idle"}, id)
+	}}
+	res, err := start(t, f, Options{}).Execute(context.Background(), "spam")
+	if err != nil || !res.Truncated {
+		t.Fatalf("truncated = %v, %v", res.Truncated, err)
+	}
+}
+
 func TestWaitAfterDeadlineKeepsCollecting(t *testing.T) {
 	release := make(chan struct{})
 	f := &fakeAgent{token: "t", script: func(req map[string]any, send func(string, any, string)) {

@@ -19,6 +19,7 @@ Configuration (environment):
 
 import asyncio
 import datetime
+import fcntl
 import hmac
 import io
 import json
@@ -28,7 +29,9 @@ import queue
 import shutil
 import signal
 import sys
+import termios
 import threading
+import time
 import uuid
 
 PROTOCOL_VERSION = "5.3"
@@ -85,6 +88,7 @@ class Agent:
         self.outq = []  # (connection, frame) not yet handed to the IOLoop
         self.drain_scheduled = False
         self.error = None  # the error content of the current execute, if it raised
+        self.fd_readers = []  # pipes that carry what is written to fds 1 and 2
 
     # ---- sending -------------------------------------------------------------------
 
@@ -212,6 +216,19 @@ class Agent:
             if handler is not None:
                 handler(self, conn, msg)
 
+    def settle_fds(self):
+        """Gives output still in the fd pipes a moment (at most ~20 ms) to reach the
+        execute it belongs to."""
+        buf = bytearray(4)
+        for _ in range(20):
+            pending = 0
+            for fd in self.fd_readers:
+                fcntl.ioctl(fd, termios.FIONREAD, buf)
+                pending += int.from_bytes(buf, sys.byteorder)
+            if not pending:
+                return
+            time.sleep(0.001)
+
     def kernel_info(self, conn, msg):
         req = Request(conn, msg, self.max_output)
         self.send(req, "kernel_info_reply", {
@@ -260,6 +277,7 @@ class Agent:
             self.executing = False
         if interrupted_outside:
             self.show_error(KeyboardInterrupt, "", ["KeyboardInterrupt"])
+        self.settle_fds()
         if req.budget.dropped:
             dropped = req.budget.dropped
             req.budget.limit += len(TRUNCATION_MARKER) + 32
@@ -273,6 +291,8 @@ class Agent:
         else:
             reply = {"status": "ok", "execution_count": count}
         reply.update(user_expressions={}, payload=[])
+        if req.budget.dropped:
+            reply["codebox_truncated_bytes"] = req.budget.dropped  # beyond Jupyter's fields
         self.send(req, "execute_reply", reply, channel="shell")
         self.send(req, "status", {"execution_state": "idle"})
 
@@ -384,6 +404,33 @@ def prepare_matplotlib():
         print(f"codebox-agent: matplotlib cache not seeded: {exc}", file=sys.__stderr__)
 
 
+def capture_fds(agent):
+    """Sends what is written to file descriptors 1 and 2 (C extensions, subprocesses,
+    os.write) to the current execute's output, within its budget, instead of to the
+    container's log on the host, which would grow without bound."""
+    import codecs
+
+    def pump(fd, name):
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except InterruptedError:
+                continue
+            if not data:
+                return
+            text = decoder.decode(data)
+            if text:
+                agent.write_stream(name, text)
+
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        r, w = os.pipe()
+        os.dup2(w, fd)
+        os.close(w)
+        agent.fd_readers.append(r)
+        threading.Thread(target=pump, args=(r, name), daemon=True, name="fd-" + name).start()
+
+
 def make_app(agent, token):
     from tornado.web import Application, HTTPError
     from tornado.websocket import WebSocketClosedError, WebSocketHandler
@@ -459,6 +506,7 @@ def main():
                      name="websocket").start()
     ready.wait()
     print(f"codebox-agent: listening on port {port}", file=sys.__stderr__, flush=True)
+    capture_fds(agent)
     agent.run_forever()
     return 0
 

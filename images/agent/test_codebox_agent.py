@@ -178,6 +178,12 @@ class ExecuteTest(AgentTest):
         names = {f["content"]["name"]: f["content"]["text"] for f in of_type(frames, "stream")}
         self.assertEqual(names, {"stdout": "o\n", "stderr": "e\n"})
 
+    def test_fd_output_is_captured(self):
+        frames = self.session.execute("import os, subprocess\nos.write(1, b'from fd 1\\n')\n"
+                                      "subprocess.run(['echo', 'from a child'])")
+        self.assertIn("from fd 1\n", stdout(frames))
+        self.assertIn("from a child\n", stdout(frames))
+
     def test_matplotlib_show_gives_png(self):
         frames = self.session.execute("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()")
         pngs = [f for f in of_type(frames, "display_data") if "image/png" in f["content"]["data"]]
@@ -235,7 +241,9 @@ class OutputCapTest(AgentTest):
         self.assertLessEqual(len(out), 10_000)
         err = "".join(f["content"]["text"] for f in of_type(frames, "stream") if f["content"]["name"] == "stderr")
         self.assertIn("output truncated", err)
-        self.assertEqual(of_type(frames, "execute_reply")[0]["content"]["status"], "ok")
+        reply = of_type(frames, "execute_reply")[0]["content"]
+        self.assertEqual(reply["status"], "ok")
+        self.assertGreater(reply["codebox_truncated_bytes"], 0)
         # The budget is per execute: the next one prints again.
         self.assertEqual(stdout(self.session.execute("print('again')")), "again\n")
 
