@@ -71,9 +71,10 @@ const counterStep = "counter += 1\nprint(counter)"
 
 // Seed runs users sessions of requests stateful calls each through the API, all sessions in
 // parallel, and verifies every printed counter. The sessions are set up first (their
-// workers taken from the pool or created); the timed part is the stateful calls. It
-// returns the result and how long the set-up took.
-func Seed(ctx context.Context, c *api.Client, prefix string, users, requests int) (*Result, time.Duration) {
+// workers taken from the pool or created); the timed part is the stateful calls, and
+// timed (when not nil) is called as it begins. It returns the result and how long the
+// set-up took.
+func Seed(ctx context.Context, c *api.Client, prefix string, users, requests int, timed func()) (*Result, time.Duration) {
 	type outcome struct {
 		lat      time.Duration
 		ok, good bool
@@ -92,6 +93,9 @@ func Seed(ctx context.Context, c *api.Client, prefix string, users, requests int
 	}
 	wg.Wait()
 	setup := time.Since(setupStart)
+	if timed != nil {
+		timed()
+	}
 	start := time.Now()
 	for u := 0; u < users; u++ {
 		wg.Add(1)

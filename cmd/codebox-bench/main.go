@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -32,10 +33,13 @@ const (
 	bridge    = "cbxbench0"
 	subnet    = "10.215.0.0/16"
 	port      = "3875"
+	// metricsPort serves the bench daemon's metrics and pprof.
+	metricsPort = "9475"
 )
 
 type options struct {
 	codeboxd, containerd, image, archive, out string
+	profile                                   bool
 	users, requests, single, warm, cold       int
 	budgetMB                                  int
 	deadline                                  time.Duration
@@ -55,6 +59,7 @@ func main() {
 	flag.IntVar(&o.cold, "cold", 10, "new sessions from an empty pool")
 	flag.IntVar(&o.budgetMB, "budget-mb", 16384, "memory budget for the density figure")
 	flag.DurationVar(&o.deadline, "deadline", 15*time.Minute, "the whole run stops after this")
+	flag.BoolVar(&o.profile, "profile", false, "write a CPU profile of codeboxd during the seed scenario to OUT/codeboxd.cpu.pprof")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "codebox-bench:", err)
@@ -115,7 +120,11 @@ func run(o options) error {
 		return err
 	}
 
-	seed, setup := bench.Seed(ctx, d.client, "seed", o.users, o.requests)
+	var timed func()
+	if o.profile {
+		timed = func() { go profile(o.out, 3*time.Second) }
+	}
+	seed, setup := bench.Seed(ctx, d.client, "seed", o.users, o.requests, timed)
 	rep.Results = append(rep.Results, seed)
 	rep.Figures[fmt.Sprintf("seed: %d sessions set up from a pool of 5 (s)", o.users)] = setup.Seconds()
 	conns, err := agentConns(ctx, o, d.client, "seed", o.users)
@@ -151,7 +160,7 @@ func start(ctx context.Context, o options, state string, flags []string) (*daemo
 	args := append([]string{
 		"--listen", "127.0.0.1:" + port, "--state-dir", state, "--containerd-address", o.containerd,
 		"--containerd-namespace", namespace, "--worker-bridge", bridge, "--worker-subnet", subnet,
-		"--worker-image", o.image, "--worker-image-archive", o.archive, "--metrics-listen", "",
+		"--worker-image", o.image, "--worker-image-archive", o.archive, "--metrics-listen", "127.0.0.1:" + metricsPort,
 		"--destroy-on-stop", "--log-level", "warn",
 	}, flags...)
 	cmd := exec.Command(o.codeboxd, args...)
@@ -317,4 +326,21 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// profile saves a CPU profile of the bench's codeboxd.
+func profile(dir string, d time.Duration) {
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%s/debug/pprof/profile?seconds=%d", metricsPort, int(d.Seconds())))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	os.MkdirAll(dir, 0o755)
+	f, err := os.Create(filepath.Join(dir, "codeboxd.cpu.pprof"))
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	io.Copy(f, resp.Body)
 }

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -200,7 +201,8 @@ func serve(cfg daemon.Config) error {
 	return err
 }
 
-// metricsServer serves Prometheus metrics (the daemon's, Go's and the process's) on addr.
+// metricsServer serves Prometheus metrics (the daemon's, Go's and the process's) and pprof
+// on addr.
 func metricsServer(addr string, d *daemon.Daemon) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -213,6 +215,10 @@ func metricsServer(addr string, d *daemon.Daemon) (*http.Server, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	// Profiles for operators, on the same (loopback by default) listener.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	return srv, nil
