@@ -110,6 +110,10 @@ func (s *Store) Create(ctx context.Context, id string, sizeMB int) (_ *Disk, err
 	if err := unix.Mount(loop.Name(), d.MountPoint, "ext4", MountFlags, ""); err != nil {
 		return nil, fmt.Errorf("mount %s on %s: %w", loop.Name(), d.MountPoint, err)
 	}
+	// The user's /sandbox starts empty; e2fsck recreates lost+found should it need one.
+	if err := os.Remove(filepath.Join(d.MountPoint, "lost+found")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove lost+found: %w", err)
+	}
 	return d, nil
 }
 

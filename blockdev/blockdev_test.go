@@ -42,6 +42,9 @@ func TestCreateMountRemove(t *testing.T) {
 	if st.Sys().(*syscall.Stat_t).Uid != 1000 {
 		t.Errorf("disk root owned by %d, want 1000", st.Sys().(*syscall.Stat_t).Uid)
 	}
+	if entries, _ := os.ReadDir(d.MountPoint); len(entries) != 0 {
+		t.Errorf("a new disk is not empty: %v", entries)
+	}
 	dev := loopDeviceOf(t, d.File)
 	if dev == "" {
 		t.Fatalf("no loop device backs %s", d.File)
