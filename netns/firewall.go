@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -137,7 +138,11 @@ func enableBridgeNetfilter() error {
 		path := "/proc/sys/net/bridge/" + name
 		b, err := os.ReadFile(path)
 		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%s is missing: load the br_netfilter module (modprobe br_netfilter)", path)
+			// The sysctl appears once br_netfilter is loaded.
+			if out, merr := exec.Command("modprobe", "br_netfilter").CombinedOutput(); merr != nil {
+				return fmt.Errorf("%s is missing and modprobe br_netfilter failed: %v: %s", path, merr, out)
+			}
+			b, err = os.ReadFile(path)
 		}
 		if err != nil {
 			return err
