@@ -42,6 +42,7 @@ type options struct {
 	profile                                   bool
 	users, requests, single, warm, cold       int
 	budgetMB                                  int
+	workerCPU                                 float64
 	deadline                                  time.Duration
 }
 
@@ -58,6 +59,7 @@ func main() {
 	flag.IntVar(&o.warm, "warm", 30, "new sessions from a warm pool")
 	flag.IntVar(&o.cold, "cold", 10, "new sessions from an empty pool")
 	flag.IntVar(&o.budgetMB, "budget-mb", 16384, "memory budget for the density figure")
+	flag.Float64Var(&o.workerCPU, "worker-cpu", 1.0, "CPU cores per worker (the seed used 1.0)")
 	flag.DurationVar(&o.deadline, "deadline", 15*time.Minute, "the whole run stops after this")
 	flag.BoolVar(&o.profile, "profile", false, "write a CPU profile of codeboxd during the seed scenario to OUT/codeboxd.cpu.pprof")
 	flag.Parse()
@@ -80,10 +82,11 @@ func run(o options) error {
 	rep := &bench.Report{
 		Machine: machine(), Command: strings.Join(os.Args, " "), Started: time.Now().UTC(),
 		Figures: map[string]float64{},
-		Config: map[string]string{"workers": "min idle 5, max 30, 1.0 CPU, 1024 MB, 500 MB disk",
+		Config: map[string]string{"workers": fmt.Sprintf("min idle 5, max 30, %g CPU, 1024 MB, 500 MB disk", o.workerCPU),
 			"seed": fmt.Sprintf("%d users x %d requests", o.users, o.requests)},
 	}
-	seedFlags := []string{"--max-total-workers", "30", "--worker-cpu", "1", "--worker-ram-mb", "1024", "--worker-disk-mb", "500"}
+	seedFlags := []string{"--max-total-workers", "30", "--worker-cpu", strconv.FormatFloat(o.workerCPU, 'f', -1, 64),
+		"--worker-ram-mb", "1024", "--worker-disk-mb", "500"}
 
 	// Phase 1: an empty pool, for cold starts.
 	d, err := start(ctx, o, state, append([]string{"--min-idle-workers", "0"}, seedFlags...))
