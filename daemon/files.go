@@ -160,6 +160,17 @@ func (d *Daemon) each(ctx context.Context, direction string, ts []target, op fun
 	return resp
 }
 
+// batch runs op on every file of a validated batch in the session's disk (see each).
+func (d *Daemon) batch(ctx context.Context, user string, create bool, direction string, ts []target,
+	op func(root *sandboxfs.Root, t target) (int64, error), result func(t target, size int64) api.FileResult) (*api.FilesResponse, error) {
+	var resp *api.FilesResponse
+	err := d.withSandbox(ctx, user, create, func(root *sandboxfs.Root) error {
+		resp = d.each(ctx, direction, ts, func(t target) (int64, error) { return op(root, t) }, result)
+		return nil
+	})
+	return resp, err
+}
+
 // ImportFiles implements api.Backend: downloads into the session's disk, creating the
 // session if needed.
 func (d *Daemon) ImportFiles(ctx context.Context, user string, files []api.FileImport) (*api.FilesResponse, error) {
@@ -169,18 +180,13 @@ func (d *Daemon) ImportFiles(ctx context.Context, user string, files []api.FileI
 	if err != nil {
 		return nil, err
 	}
-	var resp *api.FilesResponse
-	err = d.withSandbox(ctx, user, true, func(root *sandboxfs.Root) error {
-		resp = d.each(ctx, "in", ts, func(t target) (int64, error) {
-			return d.xfer.Download(ctx, t.url, d.maxFileBytes(), func(body io.Reader, limit int64) (int64, error) {
-				return root.Write(t.dir, t.name, body, limit)
-			})
-		}, func(t target, size int64) api.FileResult {
-			return api.FileResult{FullPath: t.fullPath(), Size: size}
+	return d.batch(ctx, user, true, "in", ts, func(root *sandboxfs.Root, t target) (int64, error) {
+		return d.xfer.Download(ctx, t.url, d.maxFileBytes(), func(body io.Reader, limit int64) (int64, error) {
+			return root.Write(t.dir, t.name, body, limit)
 		})
-		return nil
+	}, func(t target, size int64) api.FileResult {
+		return api.FileResult{FullPath: t.fullPath(), Size: size}
 	})
-	return resp, err
 }
 
 // ExportFiles implements api.Backend: PUTs files of the session's disk to their URLs,
@@ -192,21 +198,16 @@ func (d *Daemon) ExportFiles(ctx context.Context, user string, files []api.FileE
 	if err != nil {
 		return nil, err
 	}
-	var resp *api.FilesResponse
-	err = d.withSandbox(ctx, user, false, func(root *sandboxfs.Root) error {
-		resp = d.each(ctx, "out", ts, func(t target) (int64, error) {
-			f, st, err := root.OpenFile(t.dir, t.name)
-			if err != nil {
-				return 0, err
-			}
-			defer f.Close()
-			return st.Size(), d.xfer.Upload(ctx, t.url, f, st.Size(), contentType(t.name))
-		}, func(t target, size int64) api.FileResult {
-			return api.FileResult{Path: t.apiPath, Name: t.name, Size: size}
-		})
-		return nil
+	return d.batch(ctx, user, false, "out", ts, func(root *sandboxfs.Root, t target) (int64, error) {
+		f, st, err := root.OpenFile(t.dir, t.name)
+		if err != nil {
+			return 0, err
+		}
+		defer f.Close()
+		return st.Size(), d.xfer.Upload(ctx, t.url, f, st.Size(), contentType(t.name))
+	}, func(t target, size int64) api.FileResult {
+		return api.FileResult{Path: t.apiPath, Name: t.name, Size: size}
 	})
-	return resp, err
 }
 
 // DeleteFiles implements api.Backend.
@@ -217,16 +218,11 @@ func (d *Daemon) DeleteFiles(ctx context.Context, user string, files []api.FileR
 	if err != nil {
 		return nil, err
 	}
-	var resp *api.FilesResponse
-	err = d.withSandbox(ctx, user, false, func(root *sandboxfs.Root) error {
-		resp = d.each(ctx, "out", ts, func(t target) (int64, error) {
-			return 0, root.Remove(t.dir, t.name)
-		}, func(t target, _ int64) api.FileResult {
-			return api.FileResult{Path: t.apiPath, Name: t.name}
-		})
-		return nil
+	return d.batch(ctx, user, false, "out", ts, func(root *sandboxfs.Root, t target) (int64, error) {
+		return 0, root.Remove(t.dir, t.name)
+	}, func(t target, _ int64) api.FileResult {
+		return api.FileResult{Path: t.apiPath, Name: t.name}
 	})
-	return resp, err
 }
 
 // PutFile implements api.Backend: a direct upload, creating the session if needed.
