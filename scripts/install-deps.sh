@@ -2,7 +2,7 @@
 # Installs the host packages codebox needs, when any is missing (Debian 12).
 set -eu
 pkgs="containerd runc containernetworking-plugins iptables iproute2 mmdebstrap e2fsprogs docker-registry systemd
-python3 python3-ipython python3-tornado python3-matplotlib-inline python3-matplotlib"
+python3 python3-ipython python3-websockets python3-tornado python3-matplotlib-inline python3-matplotlib"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

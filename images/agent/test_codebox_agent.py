@@ -261,5 +261,55 @@ class AuthTest(unittest.TestCase):
             agent.stop()
 
 
+def raw_handshake(port, path="/api/kernel/channels"):
+    """Opens a websocket by hand, for what a high-level client will not send."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  f"Sec-WebSocket-Version: 13\r\nAuthorization: token {TOKEN}\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return sock, head.split(b"\r\n", 1)[0].decode()
+
+
+class ConnectionTest(AgentTest):
+    def test_unknown_path_is_404(self):
+        sock, status = raw_handshake(self.agent.port, "/elsewhere")
+        sock.close()
+        self.assertIn(" 404 ", status)
+
+    def test_fragmented_message_is_reassembled(self):
+        from websockets.frames import OP_CONT, OP_TEXT, Frame
+
+        sock, status = raw_handshake(self.agent.port)
+        self.assertIn(" 101 ", status)
+        body = json.dumps({"header": {"msg_id": "frag", "msg_type": "execute_request"},
+                           "parent_header": {}, "content": {"code": "print('joined')"}}).encode()
+        half = len(body) // 2
+        sock.sendall(Frame(OP_TEXT, body[:half], fin=False).serialize(mask=True, extensions=[]) +
+                     Frame(OP_CONT, body[half:], fin=True).serialize(mask=True, extensions=[]))
+        got = b""
+        deadline = time.time() + 10
+        while b"joined" not in got and time.time() < deadline:
+            got += sock.recv(65536)
+        sock.close()
+        self.assertIn(b"joined", got)
+
+    def test_client_gone_mid_execute_leaves_agent_serving(self):
+        from websockets.frames import OP_TEXT, Frame
+
+        sock, status = raw_handshake(self.agent.port)
+        self.assertIn(" 101 ", status)
+        body = json.dumps({"header": {"msg_id": "gone", "msg_type": "execute_request"}, "parent_header": {},
+                           "content": {"code": "import time\nfor i in range(30):\n print(i); time.sleep(0.01)"}})
+        sock.sendall(Frame(OP_TEXT, body.encode()).serialize(mask=True, extensions=[]))
+        sock.close()  # gone without a closing handshake, while its output streams
+        self.assertEqual(stdout(self.session.execute("print('still here')")), "still here\n")
+
+
 if __name__ == "__main__":
     unittest.main()
