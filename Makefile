@@ -10,14 +10,17 @@ RUN_FLAGS  ?= --min-idle-workers 2 --max-total-workers 10 --worker-cpu 1 --worke
 TOOLS      := $(CACHE_DIR)/tools
 STATICCHECK_VERSION := v0.8.2
 
-IMAGE_HASH     = $(shell images/hash.sh slim)
-IMAGE_REF      = codebox.local/worker:slim-$(IMAGE_HASH)
-IMAGE_ARCHIVE  = $(CACHE_DIR)/worker-slim-$(IMAGE_HASH).oci.tar
+# The worker image variant (SPEC §4): slim for tests and CI, full for the seed's toolbox
+# (`make run VARIANT=full`).
+VARIANT        ?= slim
+IMAGE_HASH     = $(shell images/hash.sh $(VARIANT))
+IMAGE_REF      = codebox.local/worker:$(VARIANT)-$(IMAGE_HASH)
+IMAGE_ARCHIVE  = $(CACHE_DIR)/worker-$(VARIANT)-$(IMAGE_HASH).oci.tar
 
 PREFIX     ?= /usr/local
 DESTDIR    ?=
 
-.PHONY: all build deps image run bench test test-unit test-agent test-e2e test-systemd test-install lint install uninstall clean
+.PHONY: all build deps image image-full run bench test test-unit test-agent test-e2e test-image-full test-full-image test-systemd test-install lint install uninstall clean
 
 all: build
 
@@ -30,7 +33,11 @@ deps:
 	@scripts/install-deps.sh
 
 image: deps
-	@images/build.sh slim "$(IMAGE_ARCHIVE)" "$(IMAGE_REF)"
+	@images/build.sh $(VARIANT) "$(IMAGE_ARCHIVE)" "$(IMAGE_REF)"
+
+# The full image is not part of `make test` (its first build takes long); see test-image-full.
+image-full:
+	@$(MAKE) --no-print-directory image VARIANT=full
 
 run: deps image build
 	addr=$$(scripts/ensure-containerd.sh); \
@@ -59,7 +66,19 @@ test-e2e: build
 	addr=$$(scripts/ensure-containerd.sh); \
 	CODEBOX_E2E=1 CODEBOX_E2E_CONTAINERD="$$addr" CODEBOX_E2E_IMAGE="$(IMAGE_REF)" \
 	CODEBOX_E2E_ARCHIVE="$(IMAGE_ARCHIVE)" CODEBOX_E2E_BIN="$(CURDIR)/bin/codeboxd" \
-		$(GO) test -count=1 -timeout 30m -v ./e2e/
+		$(GO) test -count=1 -timeout 30m -v -skip TestFullImage ./e2e/
+
+# One real task per capability family in a full worker, through the API; writes
+# docs/CAPABILITIES.md from what the image holds.
+test-image-full:
+	@$(MAKE) --no-print-directory test-full-image VARIANT=full
+
+test-full-image: deps image build
+	addr=$$(scripts/ensure-containerd.sh); \
+	CODEBOX_E2E=1 CODEBOX_E2E_CONTAINERD="$$addr" CODEBOX_E2E_IMAGE="$(IMAGE_REF)" \
+	CODEBOX_E2E_ARCHIVE="$(IMAGE_ARCHIVE)" CODEBOX_E2E_BIN="$(CURDIR)/bin/codeboxd" \
+	CODEBOX_E2E_FULL=1 CODEBOX_CAPABILITIES_OUT="$(CURDIR)/docs/CAPABILITIES.md" \
+		$(GO) test -count=1 -timeout 30m -v -run TestFullImage ./e2e/
 
 # The unit must pass systemd-analyze verify without a warning (its exit status alone
 # ignores parse errors).
@@ -74,7 +93,7 @@ test-install: build image
 	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(MAKE) -s install DESTDIR="$$tmp" >/dev/null; \
 	for f in $(PREFIX)/bin/codeboxd $(PREFIX)/bin/codebox /etc/systemd/system/codeboxd.service \
-	         /etc/default/codeboxd /var/lib/codeboxd/images/worker-slim.oci.tar $(PREFIX)/share/doc/codebox/README.md; do \
+	         /etc/default/codeboxd /var/lib/codeboxd/images/worker-$(VARIANT).oci.tar $(PREFIX)/share/doc/codebox/README.md; do \
 		[ -s "$$tmp$$f" ] || { echo "install: $$f missing"; exit 1; }; done; \
 	grep -q '^CODEBOX_WORKER_IMAGE=$(IMAGE_REF)$$' "$$tmp/etc/default/codeboxd" || { echo "install: image not configured"; exit 1; }; \
 	$(MAKE) -s uninstall DESTDIR="$$tmp" >/dev/null; \
@@ -88,10 +107,10 @@ install: build image
 	install -D -m 0755 bin/codebox $(DESTDIR)$(PREFIX)/bin/codebox
 	install -D -m 0644 systemd/codeboxd.service $(DESTDIR)/etc/systemd/system/codeboxd.service
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/codebox/README.md
-	install -D -m 0600 "$(IMAGE_ARCHIVE)" $(DESTDIR)/var/lib/codeboxd/images/worker-slim.oci.tar
+	install -D -m 0600 "$(IMAGE_ARCHIVE)" $(DESTDIR)/var/lib/codeboxd/images/worker-$(VARIANT).oci.tar
 	[ -e $(DESTDIR)/etc/default/codeboxd ] || install -D -m 0644 systemd/codeboxd.default $(DESTDIR)/etc/default/codeboxd
 	sed -i '/^CODEBOX_WORKER_IMAGE=/d; /^CODEBOX_WORKER_IMAGE_ARCHIVE=/d' $(DESTDIR)/etc/default/codeboxd
-	printf 'CODEBOX_WORKER_IMAGE=%s\nCODEBOX_WORKER_IMAGE_ARCHIVE=%s\n' "$(IMAGE_REF)" /var/lib/codeboxd/images/worker-slim.oci.tar >> $(DESTDIR)/etc/default/codeboxd
+	printf 'CODEBOX_WORKER_IMAGE=%s\nCODEBOX_WORKER_IMAGE_ARCHIVE=%s\n' "$(IMAGE_REF)" /var/lib/codeboxd/images/worker-$(VARIANT).oci.tar >> $(DESTDIR)/etc/default/codeboxd
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; echo "now: systemctl enable --now codeboxd"; fi
 
 # uninstall: stops the service, removes every worker and what install put; keeps
@@ -101,7 +120,7 @@ uninstall:
 	if [ -z "$(DESTDIR)" ] && [ -x $(PREFIX)/bin/codeboxd ]; then \
 		(set -a; [ -r /etc/default/codeboxd ] && . /etc/default/codeboxd; set +a; $(PREFIX)/bin/codeboxd cleanup --all) || true; fi
 	rm -f $(DESTDIR)$(PREFIX)/bin/codeboxd $(DESTDIR)$(PREFIX)/bin/codebox $(DESTDIR)/etc/systemd/system/codeboxd.service
-	rm -f $(DESTDIR)$(PREFIX)/share/doc/codebox/README.md $(DESTDIR)/var/lib/codeboxd/images/worker-slim.oci.tar
+	rm -f $(DESTDIR)$(PREFIX)/share/doc/codebox/README.md $(DESTDIR)/var/lib/codeboxd/images/worker-$(VARIANT).oci.tar
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 lint: $(TOOLS)/staticcheck

@@ -1,10 +1,10 @@
 #!/bin/sh
 # Builds the base root filesystem of a worker image as a tar, from Debian packages, with
 # mmdebstrap and the host's own apt sources (no mirror host is named in this project).
-# usage: build-rootfs.sh PACKAGES_FILE OUT.tar
+# usage: build-rootfs.sh OUT.tar PACKAGES_FILE...
 set -eu
-packages_file=$1
-out=$2
+out=$1
+shift
 suite=bookworm
 
 # The host's active Debian source files for $suite. mmdebstrap pastes a MIRROR argument that
@@ -18,7 +18,7 @@ for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.l
 done
 [ -n "$sources" ] || { echo "build-rootfs: no apt source for $suite on this host" >&2; exit 1; }
 
-include=$(grep -v '^#' "$packages_file" | grep -v '^[[:space:]]*$' | paste -sd, -)
+include=$(cat "$@" | grep -v '^#' | grep -v '^[[:space:]]*$' | sort -u | paste -sd, -)
 
 tmp="$out.partial"
 rm -f "$tmp"

@@ -1,0 +1,42 @@
+#!/bin/sh
+# Layer 3 of the full image, run by build-stage.sh in a chroot: Debian's Python libraries,
+# then the PyPI-only ones when a package index answers. What happened to each PyPI library
+# goes to /opt/codebox/build-notes.txt, which CAPABILITIES.md quotes.
+# usage: stage-python.sh RECIPE_DIR
+set -eu
+recipe=$1
+# The first column of a list file: package names.
+list() { awk '!/^[[:space:]]*#/ && NF { print $1 }' "$1"; }
+
+apt-get update -q
+# shellcheck disable=SC2046 # a list of package names
+apt-get install -y -q --no-install-recommends $(list "$recipe/python-packages")
+apt-get clean
+
+# The lists go into the image, for images/capabilities.py.
+mkdir -p /opt/codebox/recipe
+cp "$recipe/python-packages" "$recipe/pypi-packages" "$recipe/npm-packages" /opt/codebox/recipe/
+notes=/opt/codebox/build-notes.txt
+index=${PIP_INDEX_URL:-https://pypi.org/simple}
+if python3 - "$index" <<'PY'
+import sys
+import urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1].rstrip("/") + "/pip/", timeout=15)
+except Exception as exc:
+    print(f"stage-python: package index {sys.argv[1]} unreachable: {exc}", file=sys.stderr)
+    sys.exit(1)
+PY
+then
+	for p in $(list "$recipe/pypi-packages"); do
+		if pip install --break-system-packages --no-cache-dir --index-url "$index" "$p"; then
+			echo "pypi $p: installed from $index" >>"$notes"
+		else
+			echo "pypi $p: pip install failed at build time" >>"$notes"
+		fi
+	done
+else
+	for p in $(list "$recipe/pypi-packages"); do
+		echo "pypi $p: not packaged by Debian 12, and the package index ($index) did not answer at build time" >>"$notes"
+	done
+fi
