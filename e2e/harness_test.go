@@ -101,6 +101,9 @@ func removeTestNetwork() error {
 			return fmt.Errorf("%s still has the test chains after cleanup", tool)
 		}
 	}
+	if left := runtime.CgroupParents(namespace); len(left) > 0 {
+		return fmt.Errorf("cgroups of namespace %s left after cleanup: %v", namespace, left)
+	}
 	return nil
 }
 

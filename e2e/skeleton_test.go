@@ -215,9 +215,17 @@ func deleteNamespace(t *testing.T, ns string) {
 	var lastErr error
 	for i := 0; i < 50; i++ {
 		if lastErr = c.NamespaceService().Delete(ctx, ns); lastErr == nil {
-			return
+			break
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	t.Errorf("delete namespace %s: %v", ns, lastErr)
+	if lastErr != nil {
+		t.Errorf("delete namespace %s: %v", ns, lastErr)
+	}
+	if err := runtime.RemoveCgroupParents(ns); err != nil {
+		t.Errorf("cleanup of %s: %v", ns, err)
+	}
+	if left := runtime.CgroupParents(ns); len(left) > 0 {
+		t.Errorf("cgroups of namespace %s left: %v", ns, left)
+	}
 }

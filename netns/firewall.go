@@ -102,23 +102,32 @@ func (f *Firewall) Install() error {
 	return nil
 }
 
-// Remove unhooks and deletes the chains, tolerating their absence.
+// Remove unhooks and deletes the chains, tolerating their absence: a second Remove, or one
+// after a half-done Install, succeeds.
 func (f *Firewall) Remove() error {
 	var errs []error
 	in, fwd := Chains(f.bridge)
 	for _, t := range f.tables {
+		present := map[string]bool{}
+		for _, c := range []string{in, fwd} {
+			ok, err := t.ChainExists("filter", c)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			present[c] = ok
+		}
 		for _, h := range f.hooks() {
+			// No rule can jump to a chain that does not exist, and iptables fails the
+			// check of such a rule rather than saying it is absent.
+			if !present[jumpTarget(h)] {
+				continue
+			}
 			if err := t.DeleteIfExists("filter", h[0], h[1:]...); err != nil {
 				errs = append(errs, fmt.Errorf("unhook %s: %w", h[0], err))
 			}
 		}
 		for _, c := range []string{in, fwd} {
-			ok, err := t.ChainExists("filter", c)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if !ok {
+			if !present[c] {
 				continue
 			}
 			if err := t.ClearChain("filter", c); err != nil {
@@ -129,6 +138,16 @@ func (f *Firewall) Remove() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// jumpTarget is the chain a rule jumps to ("-j CHAIN"), or "".
+func jumpTarget(rule []string) string {
+	for i := 0; i+1 < len(rule); i++ {
+		if rule[i] == "-j" {
+			return rule[i+1]
+		}
+	}
+	return ""
 }
 
 // enableBridgeNetfilter makes bridged (worker-to-worker) traffic pass through iptables;

@@ -31,7 +31,20 @@ func (f *fakeTables) DeleteChain(table, chain string) error {
 	delete(f.chains, key(table, chain))
 	return nil
 }
+// checkTarget fails like iptables does when a rule jumps to a chain that does not exist.
+func (f *fakeTables) checkTarget(table string, spec []string) error {
+	if i := slices.Index(spec, "-j"); i >= 0 && i+1 < len(spec) && strings.HasPrefix(spec[i+1], "CODEBOX-") {
+		if _, ok := f.chains[key(table, spec[i+1])]; !ok {
+			return fmt.Errorf("chain '%s' does not exist", spec[i+1])
+		}
+	}
+	return nil
+}
+
 func (f *fakeTables) Exists(table, chain string, spec ...string) (bool, error) {
+	if err := f.checkTarget(table, spec); err != nil {
+		return false, err
+	}
 	return slices.Contains(f.chains[key(table, chain)], strings.Join(spec, " ")), nil
 }
 func (f *fakeTables) Insert(table, chain string, pos int, spec ...string) error {
@@ -51,6 +64,9 @@ func (f *fakeTables) Append(table, chain string, spec ...string) error {
 	return nil
 }
 func (f *fakeTables) DeleteIfExists(table, chain string, spec ...string) error {
+	if err := f.checkTarget(table, spec); err != nil {
+		return err
+	}
 	c := f.chains[key(table, chain)]
 	if i := slices.Index(c, strings.Join(spec, " ")); i >= 0 {
 		f.chains[key(table, chain)] = slices.Delete(c, i, i+1)

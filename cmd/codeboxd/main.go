@@ -116,6 +116,9 @@ func cleanupHost(cfg daemon.Config, all bool) error {
 	if err := fw.Remove(); err != nil {
 		return fmt.Errorf("remove firewall: %w", err)
 	}
+	if err := runtime.RemoveCgroupParents(cfg.Namespace); err != nil {
+		return err
+	}
 	log.Info("cleanup done")
 	return nil
 }
