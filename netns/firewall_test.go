@@ -31,6 +31,7 @@ func (f *fakeTables) DeleteChain(table, chain string) error {
 	delete(f.chains, key(table, chain))
 	return nil
 }
+
 // checkTarget fails like iptables does when a rule jumps to a chain that does not exist.
 func (f *fakeTables) checkTarget(table string, spec []string) error {
 	if i := slices.Index(spec, "-j"); i >= 0 && i+1 < len(spec) && strings.HasPrefix(spec[i+1], "CODEBOX-") {
