@@ -77,6 +77,13 @@ data = open("/sandbox/bar.png", "rb").read()
 assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, len(data)
 print("png bytes", len(data))
 `},
+		{"wordcloud PNG", `
+from wordcloud import WordCloud
+wc = WordCloud(width=200, height=100).generate("codebox codebox sandbox python worker image worker")
+wc.to_file("/sandbox/wc.png")
+assert "codebox" in wc.words_ and open("/sandbox/wc.png", "rb").read(4) == b"\x89PNG"
+print("words", sorted(wc.words_))
+`},
 		{"OpenCV", `
 import cv2, numpy as np
 img = np.zeros((120, 160, 3), np.uint8)

@@ -9,6 +9,27 @@ recipe=$1
 list() { awk '!/^[[:space:]]*#/ && NF { print $1 }' "$1"; }
 
 apt-get update -q
+
+# python3-wordcloud depends on texlive-fonts-extra (1.5 GB of TeX) for one font, Droid
+# Sans Mono, which it links to by path. A stand-in package provides that dependency and
+# that path, pointing it at DejaVu Sans Mono, so wordcloud works without the TeX.
+standin=$(mktemp -d)
+font=usr/share/texlive/texmf-dist/fonts/truetype/ascender/droid/droidsansmono
+mkdir -p "$standin/DEBIAN" "$standin/$font"
+ln -s /usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf "$standin/$font/DroidSansMono.ttf"
+cat >"$standin/DEBIAN/control" <<'CONTROL'
+Package: codebox-wordcloud-font
+Version: 1.0
+Architecture: all
+Maintainer: codebox <codebox@localhost>
+Depends: fonts-dejavu-core
+Provides: texlive-fonts-extra
+Description: stand-in for texlive-fonts-extra in the codebox worker image
+ Gives python3-wordcloud its default font path (DejaVu Sans Mono) without TeX.
+CONTROL
+dpkg-deb --root-owner-group --build "$standin" /tmp/codebox-wordcloud-font.deb
+dpkg -i /tmp/codebox-wordcloud-font.deb
+rm -rf "$standin" /tmp/codebox-wordcloud-font.deb
 # shellcheck disable=SC2046 # a list of package names
 apt-get install -y -q --no-install-recommends $(list "$recipe/python-packages")
 apt-get clean
