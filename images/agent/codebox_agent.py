@@ -147,8 +147,11 @@ class Agent:
             self.flush_wanted.clear()
             with self.lock:
                 self.flush_armed = False
-            self.flush()
-            self.deliver()
+            try:
+                self.flush()
+                self.deliver()
+            except Exception as exc:  # keep streaming for the next cell; the execute's end delivers
+                print(f"codebox-agent: timed flush failed: {exc!r}", file=sys.__stderr__)
 
     # ---- output of user code -------------------------------------------------------
 
