@@ -39,6 +39,10 @@ import threading
 import time
 import uuid
 
+from websockets.frames import OP_BINARY, OP_CONT, OP_TEXT
+from websockets import http11
+from websockets.server import ServerConnection
+
 PROTOCOL_VERSION = "5.3"
 AGENT_VERSION = "0.1.0"
 # Flushing stream output on a timer lets a chatty loop send a few frames instead of one
@@ -458,8 +462,6 @@ class Connection:
     protocol replies, on the main thread between executes."""
 
     def __init__(self, sock, expected):
-        from websockets.server import ServerConnection
-
         self.sock = sock
         self.expected = expected
         self.ws = ServerConnection(max_size=MAX_MESSAGE_BYTES)
@@ -493,9 +495,6 @@ class Connection:
 
     def receive(self, data):
         """Feeds bytes read from the socket; returns the complete messages they finish."""
-        from websockets.frames import OP_BINARY, OP_CONT, OP_TEXT
-        from websockets.http11 import Request
-
         if data:
             self.ws.receive_data(data)
         else:
@@ -503,7 +502,7 @@ class Connection:
             self.closed = True
         messages = []
         for event in self.ws.events_received():
-            if isinstance(event, Request):
+            if isinstance(event, http11.Request):  # the handshake
                 self.handshake(event)
             elif event.opcode in (OP_TEXT, OP_BINARY, OP_CONT):
                 self.parts.append(event.data)
