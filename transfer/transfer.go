@@ -27,23 +27,27 @@ var ErrBlocked = errors.New("address not allowed")
 var blocked = func() []netip.Prefix {
 	var ps []netip.Prefix
 	for _, s := range []string{
-		"0.0.0.0/8",         // "this network"
-		"10.0.0.0/8",        // private
-		"100.64.0.0/10",     // CGNAT
-		"127.0.0.0/8",       // loopback
-		"169.254.0.0/16",    // link-local, cloud metadata (169.254.169.254)
-		"172.16.0.0/12",     // private
-		"192.0.0.0/24",      // IETF protocol assignments
-		"192.168.0.0/16",    // private
-		"198.18.0.0/15",     // benchmarking
-		"224.0.0.0/4",       // multicast
-		"240.0.0.0/4",       // reserved, broadcast
-		"::/128", "::1/128", // unspecified, loopback
-		"64:ff9b::/96",  // NAT64: would reach IPv4 behind it
-		"fc00::/7",      // unique local, AWS metadata fd00:ec2::254
-		"fe80::/10",     // link-local
-		"ff00::/8",      // multicast
-		"2001:db8::/32", // documentation
+		"0.0.0.0/8",      // "this network"
+		"10.0.0.0/8",     // private
+		"100.64.0.0/10",  // CGNAT
+		"127.0.0.0/8",    // loopback
+		"169.254.0.0/16", // link-local, cloud metadata (169.254.169.254)
+		"172.16.0.0/12",  // private
+		"192.0.0.0/24",   // IETF protocol assignments
+		"192.168.0.0/16", // private
+		"198.18.0.0/15",  // benchmarking
+		"224.0.0.0/4",    // multicast
+		"240.0.0.0/4",    // reserved, broadcast
+		"::/96",          // unspecified, loopback, IPv4-compatible (::a.b.c.d)
+		"64:ff9b::/96",   // NAT64: would reach IPv4 behind it
+		"64:ff9b:1::/48", // local-use NAT64
+		"2001::/32",      // Teredo: carries an IPv4 address
+		"2002::/16",      // 6to4: likewise
+		"fc00::/7",       // unique local, AWS metadata fd00:ec2::254
+		"fec0::/10",      // site-local (deprecated, still routed by some)
+		"fe80::/10",      // link-local
+		"ff00::/8",       // multicast
+		"2001:db8::/32",  // documentation
 	} {
 		ps = append(ps, netip.MustParsePrefix(s))
 	}
@@ -54,11 +58,14 @@ var blocked = func() []netip.Prefix {
 type Guard struct {
 	allowNets  []netip.Prefix
 	allowHosts map[string]bool
+	// local lists the host's own addresses: a public address of the host reaches its
+	// services as surely as loopback does.
+	local func() ([]net.Addr, error)
 }
 
 // NewGuard builds a guard with an allowlist of CIDRs, IPs or host names.
 func NewGuard(allow []string) (*Guard, error) {
-	g := &Guard{allowHosts: map[string]bool{}}
+	g := &Guard{allowHosts: map[string]bool{}, local: net.InterfaceAddrs}
 	for _, a := range allow {
 		a = strings.TrimSpace(a)
 		switch {
@@ -97,7 +104,24 @@ func (g *Guard) Allowed(ip netip.Addr) bool {
 			return false
 		}
 	}
-	return true
+	return !g.isLocal(ip)
+}
+
+// isLocal reports whether ip is one of the host's own addresses. They are listed at each
+// check (interfaces come and go); when they cannot be listed, every address counts as local.
+func (g *Guard) isLocal(ip netip.Addr) bool {
+	addrs, err := g.local()
+	if err != nil {
+		return true
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if own, ok := netip.AddrFromSlice(n.IP); ok && own.Unmap() == ip {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Client is an HTTP client for transfers.
@@ -139,12 +163,8 @@ func (g *Guard) dial(ctx context.Context, network, addr string) (net.Conn, error
 		Timeout: 10 * time.Second,
 		Control: func(network, address string, _ syscall.RawConn) error {
 			ap, err := netip.ParseAddrPort(address)
-			if err != nil {
-				return fmt.Errorf("%w: %s", ErrBlocked, address)
-			}
-			if !hostAllowed && !g.Allowed(ap.Addr()) {
-				return fmt.Errorf("%w: %s resolves to %s (loopback, private, link-local, CGNAT, multicast or metadata)",
-					ErrBlocked, host, ap.Addr())
+			if err != nil || !hostAllowed && !g.Allowed(ap.Addr()) {
+				return blockedError{host}
 			}
 			return nil
 		},
@@ -233,19 +253,34 @@ func (c *Client) Upload(ctx context.Context, rawURL string, body io.Reader, size
 	return nil
 }
 
-// describe makes transport errors readable without internals (no addresses of ours).
+// blockedError refuses a connection. It names the host as the caller gave it and never
+// the address it resolved to: that would map the host's network for the caller.
+type blockedError struct{ host string }
+
+func (e blockedError) Error() string {
+	return fmt.Sprintf("%v: %s is, or resolves to, an address of this host or of a loopback, private, link-local, CGNAT, multicast or metadata range", ErrBlocked, e.host)
+}
+
+func (e blockedError) Is(target error) bool { return target == ErrBlocked }
+
+// describe makes transport errors readable without internals: no addresses (the dialler's
+// errors carry the resolved one).
 func describe(err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		err = ue.Err
 	}
+	var blocked blockedError
+	var op *net.OpError
 	switch {
-	case errors.Is(err, ErrBlocked):
-		return err
+	case errors.As(err, &blocked):
+		return blocked
 	case errors.Is(err, context.DeadlineExceeded):
 		return errors.New("the transfer took longer than the file timeout")
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return errors.New("the server sent fewer bytes than it announced")
+	case errors.As(err, &op):
+		return fmt.Errorf("connection failed (%s): %v", op.Op, op.Err)
 	}
 	return err
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -16,7 +17,11 @@ import (
 func TestGuardRanges(t *testing.T) {
 	g, _ := NewGuard(nil)
 	for _, s := range []string{"127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-		"224.0.0.1", "0.0.0.0", "255.255.255.255", "::1", "::", "fe80::1", "fd00:ec2::254", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1"} {
+		"224.0.0.1", "0.0.0.0", "255.255.255.255", "::1", "::", "fe80::1", "fd00:ec2::254", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+		"::7f00:1", "::a00:1", // IPv4-compatible
+		"64:ff9b::7f00:1", "64:ff9b:1::a00:1", // NAT64, global and local-use
+		"2002:7f00:1::1", "2001:0:4136:e378:8000:63bf:3fff:fdd2", // 6to4, Teredo
+		"fec0::1"} {
 		if g.Allowed(netip.MustParseAddr(s)) {
 			t.Errorf("%s allowed", s)
 		}
@@ -39,6 +44,25 @@ func TestGuardRanges(t *testing.T) {
 	}
 	if _, err := NewGuard([]string{"10.0.0.0/99"}); err == nil {
 		t.Error("bad CIDR accepted")
+	}
+}
+
+// A public address of the host's own reaches its services like loopback does.
+func TestGuardRefusesTheHostsOwnAddresses(t *testing.T) {
+	g, _ := NewGuard(nil)
+	own := netip.MustParseAddr("203.0.113.7") // documentation range, standing in for a public IP
+	g.local = func() ([]net.Addr, error) {
+		return []net.Addr{&net.IPNet{IP: net.ParseIP("203.0.113.7"), Mask: net.CIDRMask(24, 32)}}, nil
+	}
+	if g.Allowed(own) {
+		t.Error("the host's own address is allowed")
+	}
+	if !g.Allowed(netip.MustParseAddr("203.0.113.8")) {
+		t.Error("a neighbour of the host's address is refused")
+	}
+	g.local = func() ([]net.Addr, error) { return nil, errors.New("no netlink") }
+	if g.Allowed(netip.MustParseAddr("8.8.8.8")) {
+		t.Error("with the host's addresses unknown, an address was allowed")
 	}
 }
 
@@ -103,8 +127,12 @@ func TestDownloadRules(t *testing.T) {
 		t.Fatalf("loopback without allowlist: %v", err)
 	}
 	localhostURL := strings.Replace(srv.URL, "127.0.0.1", "localhost", 1)
-	if _, err := NewClient(closed, 5*time.Second).Download(ctx, localhostURL+"/ok", 100, store(&buf)); !errors.Is(err, ErrBlocked) {
+	_, err := NewClient(closed, 5*time.Second).Download(ctx, localhostURL+"/ok", 100, store(&buf))
+	if !errors.Is(err, ErrBlocked) {
 		t.Fatalf("a name resolving to loopback: %v", err)
+	}
+	if msg := err.Error(); strings.Contains(msg, "127.0.0.1") || strings.Contains(msg, "::1") || !strings.Contains(msg, "localhost") {
+		t.Fatalf("the refusal %q must name the host, not what it resolves to", msg)
 	}
 
 	open, _ := NewGuard([]string{"127.0.0.0/8"})
