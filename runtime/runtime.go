@@ -10,6 +10,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -31,6 +34,29 @@ const (
 type Runtime struct {
 	client    *client.Client
 	namespace string
+	// logSink is the absolute path of codebox-log-sink, which keeps a task's stdout and
+	// stderr within logMaxBytes (see LogTo).
+	logSink     string
+	logMaxBytes int64
+}
+
+// LogSinkName is the log sink's command, installed next to codeboxd.
+const LogSinkName = "codebox-log-sink"
+
+// LogTo makes every task started from now send its stdout and stderr through sink (the
+// path of codebox-log-sink), which keeps at most maxBytes of them in the task's log file.
+// A plain log file would let user code fill the host's disk: it can reopen the worker's
+// init's stdout.
+func (r *Runtime) LogTo(sink string, maxBytes int64) error {
+	st, err := os.Stat(sink)
+	if err != nil {
+		return fmt.Errorf("log sink: %w", err)
+	}
+	if !filepath.IsAbs(sink) || !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("log sink %s is not an executable file given by an absolute path", sink)
+	}
+	r.logSink, r.logMaxBytes = sink, maxBytes
+	return nil
 }
 
 // Connect dials containerd at address and checks that it serves. namespace is where
@@ -129,13 +155,19 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 	return nil
 }
 
-// logIO sends the task's stdout and stderr to a file on the host (for operators; the
-// agent sends user code's output over the websocket, not there).
-func logIO(path string) cio.Creator {
+// logIO sends the task's stdout and stderr to the log file path on the host, through the
+// log sink (for operators: the agent sends user code's output over the websocket, not
+// there). Without a path they are discarded.
+func (r *Runtime) logIO(path string) (cio.Creator, error) {
 	if path == "" {
-		return cio.NullIO
+		return cio.NullIO, nil
 	}
-	return cio.LogFile(path)
+	if r.logSink == "" {
+		return nil, errors.New("no log sink configured (Runtime.LogTo)")
+	}
+	return cio.BinaryIO(r.logSink, map[string]string{
+		"--path": path, "--max-bytes": strconv.FormatInt(r.logMaxBytes, 10),
+	}), nil
 }
 
 // Running reports whether container id has a running task.

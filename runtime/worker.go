@@ -50,7 +50,7 @@ func (r *Runtime) Start(ctx context.Context, s WorkerSpec) (_ *Task, err error) 
 			}
 		}
 	}()
-	return startTask(ctx, c, s.ID, s.LogPath, r.namespace)
+	return r.startTask(ctx, c, s.ID, s.LogPath)
 }
 
 // Restart replaces the container's task with a new one in the same container: same
@@ -68,17 +68,21 @@ func (r *Runtime) Restart(ctx context.Context, id, logPath string) (*Task, error
 	} else if !errdefs.IsNotFound(err) {
 		return nil, fmt.Errorf("task of %s: %w", id, err)
 	}
-	return startTask(ctx, c, id, logPath, r.namespace)
+	return r.startTask(ctx, c, id, logPath)
 }
 
-func startTask(ctx context.Context, c client.Container, id, logPath, namespace string) (*Task, error) {
-	t, err := c.NewTask(ctx, logIO(logPath))
+func (r *Runtime) startTask(ctx context.Context, c client.Container, id, logPath string) (*Task, error) {
+	logs, err := r.logIO(logPath)
+	if err != nil {
+		return nil, err
+	}
+	t, err := c.NewTask(ctx, logs)
 	if err != nil {
 		return nil, fmt.Errorf("create task %s: %w", id, err)
 	}
 	// Wait before Start, or a task that exits at once is missed. Its context outlives
 	// this call: the channel reports the exit whenever it comes.
-	exited, err := t.Wait(namespaces.WithNamespace(context.Background(), namespace))
+	exited, err := t.Wait(namespaces.WithNamespace(context.Background(), r.namespace))
 	if err != nil {
 		t.Delete(context.WithoutCancel(ctx), client.WithProcessKill)
 		return nil, fmt.Errorf("wait task %s: %w", id, err)
