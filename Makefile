@@ -26,6 +26,7 @@ all: build
 
 build:
 	$(GO) build -o bin/codeboxd ./cmd/codeboxd
+	$(GO) build -o bin/codebox-log-sink ./cmd/codebox-log-sink
 	$(GO) build -o bin/codebox ./cmd/codebox
 	$(GO) build -o bin/codebox-bench ./cmd/codebox-bench
 
@@ -92,7 +93,7 @@ test-systemd: build
 test-install: build image
 	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(MAKE) -s install DESTDIR="$$tmp" >/dev/null; \
-	for f in $(PREFIX)/bin/codeboxd $(PREFIX)/bin/codebox /etc/systemd/system/codeboxd.service \
+	for f in $(PREFIX)/bin/codeboxd $(PREFIX)/bin/codebox-log-sink $(PREFIX)/bin/codebox /etc/systemd/system/codeboxd.service \
 	         /etc/default/codeboxd /var/lib/codeboxd/images/worker-$(VARIANT).oci.tar $(PREFIX)/share/doc/codebox/README.md; do \
 		[ -s "$$tmp$$f" ] || { echo "install: $$f missing"; exit 1; }; done; \
 	grep -q '^CODEBOX_WORKER_IMAGE=$(IMAGE_REF)$$' "$$tmp/etc/default/codeboxd" || { echo "install: image not configured"; exit 1; }; \
@@ -104,6 +105,7 @@ test-install: build image
 # its first start. Settings already in /etc/default/codeboxd are kept, but for the image.
 install: build image
 	install -D -m 0755 bin/codeboxd $(DESTDIR)$(PREFIX)/bin/codeboxd
+	install -D -m 0755 bin/codebox-log-sink $(DESTDIR)$(PREFIX)/bin/codebox-log-sink
 	install -D -m 0755 bin/codebox $(DESTDIR)$(PREFIX)/bin/codebox
 	install -D -m 0644 systemd/codeboxd.service $(DESTDIR)/etc/systemd/system/codeboxd.service
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/codebox/README.md
@@ -119,7 +121,7 @@ uninstall:
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable --now codeboxd 2>/dev/null || true; fi
 	if [ -z "$(DESTDIR)" ] && [ -x $(PREFIX)/bin/codeboxd ]; then \
 		(set -a; [ -r /etc/default/codeboxd ] && . /etc/default/codeboxd; set +a; $(PREFIX)/bin/codeboxd cleanup --all) || true; fi
-	rm -f $(DESTDIR)$(PREFIX)/bin/codeboxd $(DESTDIR)$(PREFIX)/bin/codebox $(DESTDIR)/etc/systemd/system/codeboxd.service
+	rm -f $(DESTDIR)$(PREFIX)/bin/codeboxd $(DESTDIR)$(PREFIX)/bin/codebox-log-sink $(DESTDIR)$(PREFIX)/bin/codebox $(DESTDIR)/etc/systemd/system/codeboxd.service
 	rm -f $(DESTDIR)$(PREFIX)/share/doc/codebox/README.md $(DESTDIR)/var/lib/codeboxd/images/worker-$(VARIANT).oci.tar
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 

@@ -33,7 +33,11 @@ func NewClient(base, token string) *Client {
 // Execute runs code in userUUID's session. Code that raised is not an error: the response
 // has Error set. Any other failure is an *Error with the daemon's status and detail.
 func (c *Client) Execute(ctx context.Context, userUUID, code string, timeout time.Duration) (*ExecuteResponse, error) {
-	req := ExecuteRequest{Code: code, Timeout: timeout.Seconds()}
+	req := ExecuteRequest{Code: code}
+	if timeout > 0 {
+		secs := timeout.Seconds()
+		req.Timeout = &secs
+	}
 	var resp ExecuteResponse
 	err := c.do(ctx, http.MethodPost, "/api/v1/execute", userQuery(userUUID), req, &resp, http.StatusOK, http.StatusBadRequest)
 	if err != nil {
@@ -124,10 +128,19 @@ func (c *Client) DeleteFiles(ctx context.Context, userUUID string, files []FileR
 	return &resp, err
 }
 
-// ListFiles lists a directory of userUUID's session.
-func (c *Client) ListFiles(ctx context.Context, userUUID, path string) (*ListResponse, error) {
+// ListFiles lists a directory of userUUID's session: the page of at most limit entries
+// (0: the most a page holds) after offset; Truncated and NextOffset say whether more
+// follow.
+func (c *Client) ListFiles(ctx context.Context, userUUID, path string, offset, limit int) (*ListResponse, error) {
+	q := url.Values{"user_uuid": {userUUID}, "path": {path}}
+	if offset > 0 {
+		q.Set("offset", strconv.Itoa(offset))
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
 	var resp ListResponse
-	err := c.do(ctx, http.MethodGet, "/api/v1/files/list", url.Values{"user_uuid": {userUUID}, "path": {path}}, nil, &resp, http.StatusOK)
+	err := c.do(ctx, http.MethodGet, "/api/v1/files/list", q, nil, &resp, http.StatusOK)
 	return &resp, err
 }
 

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 )
 
@@ -57,6 +58,7 @@ func batch[T any](s *server, run func(ctx context.Context, user string, files []
 		if err != nil {
 			return err
 		}
+		s.longCall(w, s.cfg.FileTimeout+defaultWriteTimeout)
 		resp, err := run(r.Context(), user, files)
 		if err != nil {
 			return err
@@ -66,12 +68,27 @@ func batch[T any](s *server, run func(ctx context.Context, user string, files []
 	}
 }
 
+// requestBody is a request's body whose reads a backend can cut off (SetReadDeadline): a
+// file call that must end early (its session released, its time up) does not wait for a
+// slow client.
+type requestBody struct {
+	io.Reader
+	rc *http.ResponseController
+}
+
+func (b requestBody) SetReadDeadline(t time.Time) error { return b.rc.SetReadDeadline(t) }
+
 func (s *server) putFile(w http.ResponseWriter, r *http.Request) error {
 	user, err := userOf(r)
 	if err != nil {
 		return err
 	}
-	res, err := s.b.PutFile(r.Context(), user, r.URL.Query().Get("path"), r.Body)
+	if s.cfg.MaxFileBytes > 0 && r.ContentLength > s.cfg.MaxFileBytes {
+		return Errorf(http.StatusRequestEntityTooLarge, "the body (%d bytes) is larger than the file size limit (%d bytes)", r.ContentLength, s.cfg.MaxFileBytes)
+	}
+	rc := http.NewResponseController(w)
+	s.fileDeadline(rc)
+	res, err := s.b.PutFile(r.Context(), user, r.URL.Query().Get("path"), requestBody{r.Body, rc})
 	if err != nil {
 		return err
 	}
@@ -79,19 +96,48 @@ func (s *server) putFile(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// fileDeadline lets the body and the answer of a file call take up to the file timeout,
+// instead of the server's short defaults for JSON calls.
+func (s *server) fileDeadline(rc *http.ResponseController) {
+	if s.cfg.FileTimeout > 0 {
+		deadline := time.Now().Add(s.cfg.FileTimeout)
+		rc.SetReadDeadline(deadline)
+		rc.SetWriteDeadline(deadline)
+	}
+}
+
 func (s *server) getFile(w http.ResponseWriter, r *http.Request) error {
 	user, err := userOf(r)
 	if err != nil {
 		return err
 	}
+	rc := http.NewResponseController(w)
+	s.fileDeadline(rc)
 	return s.b.GetFile(r.Context(), user, r.URL.Query().Get("path"),
-		func(name string, modTime time.Time, content io.ReadSeeker) error {
+		func(ctx context.Context, name string, modTime time.Time, content io.ReadSeeker) error {
+			// When the call must end (released, or out of time), a write blocked on a slow
+			// reader fails at once.
+			stop := context.AfterFunc(ctx, func() { rc.SetWriteDeadline(time.Now()) })
+			defer stop()
 			w.Header().Set("Content-Disposition", "attachment; filename*=UTF-8''"+url.PathEscape(name))
 			// ServeContent sets Content-Length and Content-Type (from the name, else sniffed)
 			// and answers Range requests.
 			http.ServeContent(w, r, name, modTime, content)
 			return nil
 		})
+}
+
+// intParam reads an optional non-negative integer query parameter, at most maxValue.
+func intParam(r *http.Request, name string, def, maxValue int) (int, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n > maxValue {
+		return 0, Errorf(http.StatusUnprocessableEntity, "%s must be an integer from 0 to %d, not %q", name, maxValue, v)
+	}
+	return n, nil
 }
 
 func (s *server) listFiles(w http.ResponseWriter, r *http.Request) error {
@@ -103,7 +149,19 @@ func (s *server) listFiles(w http.ResponseWriter, r *http.Request) error {
 	if p == "" {
 		p = "/sandbox/"
 	}
-	resp, err := s.b.ListFiles(r.Context(), user, p)
+	offset, err := intParam(r, "offset", 0, 1<<31-1)
+	if err != nil {
+		return err
+	}
+	limit, err := intParam(r, "limit", MaxListEntries, MaxListEntries)
+	if err != nil {
+		return err
+	}
+	if limit == 0 {
+		return Errorf(http.StatusUnprocessableEntity, "limit must be from 1 to %d", MaxListEntries)
+	}
+	s.longCall(w, s.cfg.FileTimeout+defaultWriteTimeout)
+	resp, err := s.b.ListFiles(r.Context(), user, p, offset, limit)
 	if err != nil {
 		return err
 	}

@@ -44,9 +44,11 @@ type Backend interface {
 	DeleteFiles(ctx context.Context, userUUID string, files []FileRef) (*FilesResponse, error)
 	// PutFile stores body as the file at path (e.g. /sandbox/a.csv).
 	PutFile(ctx context.Context, userUUID, path string, body io.Reader) (*FileResult, error)
-	// GetFile hands the file at path to send while the session is held.
-	GetFile(ctx context.Context, userUUID, path string, send func(name string, modTime time.Time, content io.ReadSeeker) error) error
-	ListFiles(ctx context.Context, userUUID, path string) (*ListResponse, error)
+	// GetFile hands the file at path to send while the session is held; send's context
+	// ends when the call must (released session, file timeout).
+	GetFile(ctx context.Context, userUUID, path string, send func(ctx context.Context, name string, modTime time.Time, content io.ReadSeeker) error) error
+	// ListFiles returns one page: at most limit entries after offset.
+	ListFiles(ctx context.Context, userUUID, path string, offset, limit int) (*ListResponse, error)
 }
 
 // MaxJSONBody bounds a JSON request body; larger ones get 413.
@@ -57,6 +59,18 @@ type ServerConfig struct {
 	Token       string
 	CORSOrigins []string // "*" allows any origin
 	Log         *slog.Logger
+	// MaxFileBytes refuses a direct upload whose Content-Length is larger, before its body
+	// is read; 0: no such check (the backend still counts).
+	MaxFileBytes int64
+	// FileTimeout is how long a file call's body and answer may take; 0: the server's
+	// defaults.
+	FileTimeout time.Duration
+	// MaxExecTimeout is the longest execute a caller may ask for: its answer may take that
+	// long (plus the interrupt grace) before the server's write deadline cuts it.
+	MaxExecTimeout time.Duration
+	// BodyReadTimeout bounds reading a request's body (a client trickling it holds a
+	// goroutine and a connection); 0: a minute.
+	BodyReadTimeout time.Duration
 }
 
 type server struct {
@@ -64,7 +78,13 @@ type server struct {
 	cfg   ServerConfig
 	token []byte
 	log   *slog.Logger
+	// failures logs answers of 500 and over, one line each up to a few per interval and
+	// a count for the rest: under overload every request would otherwise write a line.
+	failures *sampler
 }
+
+// defaultWriteTimeout bounds writing an answer to a caller that reads slowly.
+const defaultWriteTimeout = time.Minute
 
 // Route is one route of the API, for the router and for checking the OpenAPI document.
 type Route struct {
@@ -92,7 +112,11 @@ func NewHandler(b Backend, cfg ServerConfig) http.Handler {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	s := &server{b: b, cfg: cfg, token: []byte(cfg.Token), log: cfg.Log}
+	if cfg.BodyReadTimeout <= 0 {
+		cfg.BodyReadTimeout = time.Minute
+	}
+	s := &server{b: b, cfg: cfg, token: []byte(cfg.Token), log: cfg.Log,
+		failures: newSampler(cfg.Log, failureLogInterval, failureLogBurst)}
 	handlers := map[string]handlerFunc{
 		"GET /healthz":         s.healthz,
 		"GET /openapi.json":    serveOpenAPI,
@@ -148,6 +172,9 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// Unwrap lets http.ResponseController reach the connection (deadlines, flushing).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
@@ -161,6 +188,15 @@ func (s *server) wrap(h handlerFunc, auth bool) http.Handler {
 		start := time.Now()
 		w := &statusWriter{ResponseWriter: rw}
 		s.cors(w, r)
+		rc := http.NewResponseController(w)
+		if r.Body != http.NoBody {
+			// Only while there is a body to read: once it is read, the server clears the
+			// deadline for its background read, which sees a caller go away; a request
+			// without a body starts that read at once, and a deadline here would cancel a
+			// long call when it passed.
+			rc.SetReadDeadline(start.Add(s.cfg.BodyReadTimeout))
+		}
+		rc.SetWriteDeadline(start.Add(defaultWriteTimeout))
 		var err error
 		if auth && !s.authorized(r) {
 			err = Errorf(http.StatusUnauthorized, "missing or invalid token")
@@ -170,12 +206,13 @@ func (s *server) wrap(h handlerFunc, auth bool) http.Handler {
 		if err != nil {
 			s.writeError(w, r, err)
 		}
-		level := slog.LevelDebug
+		took := float64(time.Since(start).Microseconds()) / 1000
 		if w.status >= 500 {
-			level = slog.LevelWarn
+			s.failures.record(r.Context(), w.status, "request", "method", r.Method, "path", r.URL.Path,
+				"status", w.status, "duration_ms", took)
+		} else {
+			s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", w.status, "duration_ms", took)
 		}
-		s.log.Log(r.Context(), level, "request", "method", r.Method, "path", r.URL.Path,
-			"status", w.status, "duration_ms", float64(time.Since(start).Microseconds())/1000)
 	})
 }
 
@@ -212,7 +249,7 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if !errors.As(err, &e) {
 		e = &Error{Status: http.StatusInternalServerError, Cause: err}
 	}
-	if e.Status >= 500 && e.Cause != nil {
+	if e.Status >= 500 && e.Cause != nil && e.RetryAfter == 0 {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", e.Status, "err", e.Cause)
 	}
 	detail := e.Detail
@@ -280,8 +317,11 @@ func (s *server) execute(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	user := r.URL.Query().Get("user_uuid")
-	if user == "" {
+	switch {
+	case user == "":
 		user = req.UserUUID
+	case req.UserUUID != "" && req.UserUUID != user:
+		return Errorf(http.StatusUnprocessableEntity, "user_uuid in the query and in the body differ")
 	}
 	if err := ValidateUserUUID(user); err != nil {
 		return err
@@ -289,9 +329,10 @@ func (s *server) execute(w http.ResponseWriter, r *http.Request) error {
 	if strings.TrimSpace(req.Code) == "" {
 		return Errorf(http.StatusUnprocessableEntity, "code must not be empty")
 	}
-	if req.Timeout < 0 {
-		return Errorf(http.StatusUnprocessableEntity, "timeout must be positive")
+	if req.Timeout != nil && !(*req.Timeout > 0) {
+		return Errorf(http.StatusUnprocessableEntity, "timeout must be a positive number of seconds")
 	}
+	s.longCall(w, s.cfg.MaxExecTimeout+2*time.Minute)
 	resp, err := s.b.Execute(r.Context(), user, req)
 	if err != nil {
 		return err
@@ -304,11 +345,17 @@ func (s *server) execute(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// longCall lets the answer of a call that may take up to d be written within d from now.
+func (s *server) longCall(w http.ResponseWriter, d time.Duration) {
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(d))
+}
+
 func (s *server) release(w http.ResponseWriter, r *http.Request) error {
 	user := r.URL.Query().Get("user_uuid")
 	if err := ValidateUserUUID(user); err != nil {
 		return err
 	}
+	s.longCall(w, defaultWriteTimeout)
 	if err := s.b.Release(r.Context(), user); err != nil {
 		return err
 	}

@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -55,13 +58,13 @@ func (f *fakeBackend) PutFile(ctx context.Context, user, path string, body io.Re
 	b, _ := io.ReadAll(body)
 	return &FileResult{FullPath: path, Size: int64(len(b))}, nil
 }
-func (f *fakeBackend) GetFile(ctx context.Context, user, path string, send func(string, time.Time, io.ReadSeeker) error) error {
+func (f *fakeBackend) GetFile(ctx context.Context, user, path string, send func(context.Context, string, time.Time, io.ReadSeeker) error) error {
 	if path != "/sandbox/a.csv" {
 		return &Error{Status: 404, Detail: "not found"}
 	}
-	return send("a.csv", time.Unix(0, 0), strings.NewReader("x,y\n1,2\n"))
+	return send(ctx, "a.csv", time.Unix(0, 0), strings.NewReader("x,y\n1,2\n"))
 }
-func (f *fakeBackend) ListFiles(ctx context.Context, user, path string) (*ListResponse, error) {
+func (f *fakeBackend) ListFiles(ctx context.Context, user, path string, offset, limit int) (*ListResponse, error) {
 	return &ListResponse{Path: path, Entries: []FileEntry{{Name: "a.csv", Size: 8, Type: "file"}}}, nil
 }
 func (f *fakeBackend) Status() Status {
@@ -123,7 +126,6 @@ func TestExecuteValidation(t *testing.T) {
 		status     int
 	}{
 		{"/api/v1/execute?user_uuid=u1", `{"code":"1"}`, 200},
-		{"/api/v1/execute", `{"code":"1","user_uuid":"old-style"}`, 200},
 		{"/api/v1/execute", `{"code":"1"}`, 422},
 		{"/api/v1/execute?user_uuid=bad/uuid", `{"code":"1"}`, 422},
 		{"/api/v1/execute?user_uuid=" + strings.Repeat("a", 129), `{"code":"1"}`, 422},
@@ -131,6 +133,13 @@ func TestExecuteValidation(t *testing.T) {
 		{"/api/v1/execute?user_uuid=u1", `{"code":5}`, 422},
 		{"/api/v1/execute?user_uuid=u1", `{"code":"1","timeout":"x"}`, 422},
 		{"/api/v1/execute?user_uuid=u1", `{"code":"1","timeout":-1}`, 422},
+		{"/api/v1/execute?user_uuid=u1", `{"code":"1","timeout":0}`, 422},
+		{"/api/v1/execute?user_uuid=u1", `{"code":"1","timeout":1e400}`, 422},
+		{"/api/v1/execute?user_uuid=u1", `{"code":"1","timeout":null}`, 200},
+		{"/api/v1/execute?user_uuid=u1", `{"code":"1","user_uuid":"u2"}`, 422},
+		{"/api/v1/execute?user_uuid=u1", `{"code":"1","user_uuid":"u1"}`, 200},
+		{"/api/v1/execute?user_uuid=u1", `[1]`, 422},
+		{"/api/v1/execute", `{"code":"1","user_uuid":"old-style"}`, 200},
 		{"/api/v1/execute?user_uuid=u1", `{"code":`, 400},
 		{"/api/v1/execute?user_uuid=u1", ``, 400},
 		{"/api/v1/execute?user_uuid=u1", `{"code":"1"} {}`, 400},
@@ -200,7 +209,7 @@ func TestClientAgainstHandler(t *testing.T) {
 	srv := serve(t, b)
 	c := NewClient(srv.URL, tok)
 	resp, err := c.Execute(context.Background(), "u", "print('hi')", 2*time.Second)
-	if err != nil || resp.Stdout != "hi\n" || b.lastReq.Timeout != 2 {
+	if err != nil || resp.Stdout != "hi\n" || b.lastReq.Timeout == nil || *b.lastReq.Timeout != 2 {
 		t.Fatalf("execute: %+v %v %+v", resp, err, b.lastReq)
 	}
 	b.execErr = &Error{Status: 504, Detail: "too slow", Fields: map[string]any{"state_preserved": true}}
@@ -259,3 +268,90 @@ func TestFileHandlers(t *testing.T) {
 		t.Fatalf("list: %d %v", resp.StatusCode, body)
 	}
 }
+
+// slowBackend's Execute and ListFiles take their time, as a long cell or a big directory
+// does.
+type slowBackend struct {
+	fakeBackend
+	took time.Duration
+}
+
+func (s *slowBackend) ListFiles(ctx context.Context, user, path string, offset, limit int) (*ListResponse, error) {
+	select {
+	case <-time.After(s.took):
+		return &ListResponse{Path: path, Entries: []FileEntry{}}, nil
+	case <-ctx.Done():
+		return nil, &Error{Status: 503, Detail: "cancelled", Cause: ctx.Err()}
+	}
+}
+
+func (s *slowBackend) Execute(ctx context.Context, user string, req ExecuteRequest) (*ExecuteResponse, error) {
+	select {
+	case <-time.After(s.took):
+		return &ExecuteResponse{WorkerID: "w"}, nil
+	case <-ctx.Done():
+		return nil, &Error{Status: 503, Detail: "cancelled", Cause: ctx.Err()}
+	}
+}
+
+// The server bounds how long a body may take, but a call that runs long after its body was
+// read is not cut by that bound: the server's background read of the connection must not
+// time out and cancel it.
+func TestBodyDeadlineDoesNotCutLongCalls(t *testing.T) {
+	b := &slowBackend{took: 1500 * time.Millisecond}
+	srv := httptest.NewServer(NewHandler(b, ServerConfig{Token: tok, BodyReadTimeout: 300 * time.Millisecond}))
+	t.Cleanup(srv.Close)
+	resp, body := call(t, srv, "POST", "/api/v1/execute?user_uuid=u", `{"code":"1"}`, auth)
+	if resp.StatusCode != 200 {
+		t.Fatalf("a call longer than the body deadline: %d %v", resp.StatusCode, body)
+	}
+	resp, body = call(t, srv, "GET", "/api/v1/files/list?user_uuid=u", "", auth)
+	if resp.StatusCode != 200 {
+		t.Fatalf("a call without a body, longer than the body deadline: %d %v", resp.StatusCode, body)
+	}
+
+	// A body that trickles is cut off at the deadline.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /api/v1/execute?user_uuid=u HTTP/1.1\r\nHost: x\r\nX-Auth-Token: %s\r\nContent-Length: 100\r\n\r\n{\"co", tok)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	answer, _ := io.ReadAll(conn)
+	if took := time.Since(start); took > 3*time.Second || !strings.HasPrefix(string(answer), "HTTP/1.1 400") {
+		t.Fatalf("a trickling body: %q after %s, want 400 at the deadline", answer, took)
+	}
+}
+
+// Under overload every request fails; the log gets a few lines and a count.
+func TestFailedRequestsAreSampled(t *testing.T) {
+	var logs strings.Builder
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return logs.Write(p)
+	}), nil))
+	b := &fakeBackend{execErr: &Error{Status: 503, Detail: "busy", RetryAfter: time.Second}}
+	s := &server{b: b, cfg: ServerConfig{Token: tok, BodyReadTimeout: time.Minute}, token: []byte(tok), log: log,
+		failures: newSampler(log, 300*time.Millisecond, 3)}
+	h := s.wrap(s.execute, true)
+	for i := 0; i < 200; i++ {
+		req := httptest.NewRequest("POST", "/api/v1/execute?user_uuid=u", strings.NewReader(`{"code":"1"}`))
+		req.Header.Set("X-Auth-Token", tok)
+		h.ServeHTTP(httptest.NewRecorder(), req)
+	}
+	time.Sleep(600 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	out := logs.String()
+	if n := strings.Count(out, "\n"); n != 4 || !strings.Contains(out, "requests=197") || !strings.Contains(out, "status_503=197") {
+		t.Fatalf("200 failed requests logged as %d lines:\n%s", n, out)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

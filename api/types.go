@@ -13,8 +13,9 @@ import (
 // ExecuteRequest is the body of POST /api/v1/execute.
 type ExecuteRequest struct {
 	Code string `json:"code"`
-	// Timeout in seconds; 0 or absent means the daemon's --exec-timeout.
-	Timeout float64 `json:"timeout,omitempty"`
+	// Timeout in seconds, more than 0 and at most the daemon's --max-exec-timeout; absent
+	// means its --exec-timeout.
+	Timeout *float64 `json:"timeout,omitempty"`
 	// UserUUID may come in the body for clients of the older form.
 	UserUUID string `json:"user_uuid,omitempty"`
 }
@@ -30,9 +31,12 @@ type ExecuteResponse struct {
 	Results        []map[string]json.RawMessage `json:"results"`
 	ExecutionCount int                          `json:"execution_count"`
 	DurationMS     float64                      `json:"duration_ms"`
-	Truncated      bool                         `json:"truncated,omitempty"`
-	Detail         string                       `json:"detail,omitempty"`
-	Error          *ExecError                   `json:"error,omitempty"`
+	// NewSession is set when this call created the session: its first call, or the first
+	// after the session was released, recycled or lost.
+	NewSession bool       `json:"new_session"`
+	Truncated  bool       `json:"truncated,omitempty"`
+	Detail     string     `json:"detail,omitempty"`
+	Error      *ExecError `json:"error,omitempty"`
 }
 
 // ExecError is the exception user code raised.
@@ -153,11 +157,17 @@ type FileEntry struct {
 	Mtime time.Time `json:"mtime"`
 }
 
-// ListResponse is the body of GET /api/v1/files/list.
+// ListResponse is the body of GET /api/v1/files/list: one page of a directory.
 type ListResponse struct {
 	Path    string      `json:"path"`
 	Entries []FileEntry `json:"entries"`
+	// Truncated says there are more entries; NextOffset is the offset of the next page.
+	Truncated  bool `json:"truncated"`
+	NextOffset int  `json:"next_offset,omitempty"`
 }
+
+// MaxListEntries bounds the entries of one page of GET /api/v1/files/list.
+const MaxListEntries = 10_000
 
 // MaxFilesPerCall bounds the files of one batch call.
 const MaxFilesPerCall = 100

@@ -50,6 +50,7 @@ type Daemon struct {
 	mu            sync.Mutex
 	sessions      map[string]*session
 	workers       map[string]*worker // every live worker, idle or in a session
+	graveyard     map[string]*worker // retired workers whose destruction failed, retried
 	idle          []*worker          // healthy workers no session has
 	waiters       []*waiter          // new sessions waiting for a worker being created
 	creating      int                // workers being created (counted against the cap)
@@ -95,6 +96,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, deps Deps) (*Daemon,
 		bg: bg, stop: stop,
 		sessions:     map[string]*session{},
 		workers:      map[string]*worker{},
+		graveyard:    map[string]*worker{},
 		initializing: true,
 	}
 	d.create, d.destroy = d.createWorker, d.destroyWorker

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"mime"
 	"net/http"
+	"os"
 	"path"
 	"sync"
 	"time"
@@ -22,58 +23,48 @@ import (
 const maxParallelTransfers = 8
 
 // withSandbox runs fn on the session's disk while holding the session, so its worker is
-// neither released nor replaced meanwhile. Without create, a user_uuid with no worker is a
-// 404.
-func (d *Daemon) withSandbox(ctx context.Context, user string, create bool, fn func(root *sandboxfs.Root) error) error {
-	for {
-		var s *session
-		if create {
-			s = d.lookup(user)
-		} else {
-			d.mu.Lock()
-			s = d.sessions[user]
-			d.mu.Unlock()
-			if s == nil {
+// neither released nor replaced meanwhile. fn's context ends --file-timeout after the turn
+// was taken, or when the session is released: no file call holds a session longer.
+// Without create, a user_uuid with no worker is a 404.
+func (d *Daemon) withSandbox(ctx context.Context, user string, create bool, fn func(ctx context.Context, root *sandboxfs.Root) error) error {
+	return d.withSession(ctx, user, create, func(ctx context.Context, s *session) error {
+		if s.worker == nil {
+			if !create {
 				return api.Errorf(http.StatusNotFound, "no session for this user_uuid")
 			}
+			if err := d.assign(ctx, s); err != nil {
+				return err
+			}
 		}
-		if err := s.acquire(ctx); err != nil {
-			return &api.Error{Status: http.StatusServiceUnavailable, Detail: "request cancelled while waiting for the session", Cause: err}
-		}
-		if s.gone {
-			s.release()
-			continue
-		}
-		err := d.sandboxIn(ctx, s, create, fn)
-		s.lastUsed.Store(time.Now().UnixNano())
-		s.release()
-		return err
-	}
-}
-
-func (d *Daemon) sandboxIn(ctx context.Context, s *session, create bool, fn func(root *sandboxfs.Root) error) error {
-	if s.worker == nil {
-		if !create {
-			return api.Errorf(http.StatusNotFound, "no session for this user_uuid")
-		}
-		if err := d.assign(ctx, s); err != nil {
+		ctx, cancel := context.WithTimeout(ctx, d.cfg.FileTimeout)
+		defer cancel()
+		root, err := sandboxfs.Open(d.disks.MountPoint(s.worker.id), runtime.SandboxUID, runtime.SandboxUID)
+		if err != nil {
 			return err
 		}
-	}
-	root, err := sandboxfs.Open(d.disks.MountPoint(s.worker.id), runtime.SandboxUID, runtime.SandboxUID)
-	if err != nil {
-		return err
-	}
-	defer root.Close()
-	return fn(root)
+		defer root.Close()
+		return fileError(ctx, fn(ctx, root))
+	})
 }
 
-// fileError maps a file operation's error to its status and a message for the caller.
-func fileError(err error) *api.Error {
+// fileError maps a file operation's error to its status and a message for the caller; ctx
+// is the call's, which says whether the session was released or time ran out.
+func fileError(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
 	var ae *api.Error
+	cut := ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, os.ErrDeadlineExceeded))
 	switch {
 	case errors.As(err, &ae):
 		return ae
+	case cut && errors.Is(context.Cause(ctx), errReleased):
+		return &api.Error{Status: http.StatusServiceUnavailable, Detail: "the session was released during the call", Cause: err}
+	case cut:
+		return &api.Error{Status: http.StatusGatewayTimeout, Detail: "the file call took longer than the file timeout", Cause: err}
+	case errors.Is(err, sandboxfs.ErrNotRegular), errors.Is(err, sandboxfs.ErrBusy):
+		return &api.Error{Status: http.StatusConflict, Detail: err.Error()}
 	case errors.Is(err, sandboxfs.ErrBadPath):
 		return &api.Error{Status: http.StatusBadRequest, Detail: err.Error()}
 	case errors.Is(err, sandboxfs.ErrTooLarge), errors.Is(err, transfer.ErrTooLarge):
@@ -84,6 +75,15 @@ func fileError(err error) *api.Error {
 		return &api.Error{Status: http.StatusForbidden, Detail: err.Error()}
 	}
 	return &api.Error{Status: http.StatusBadGateway, Detail: err.Error()}
+}
+
+// detail is what a caller is told of one failed file of a batch.
+func detail(ctx context.Context, err error) string {
+	var ae *api.Error
+	if errors.As(fileError(ctx, err), &ae) {
+		return ae.Detail
+	}
+	return err.Error()
 }
 
 func (d *Daemon) maxFileBytes() int64 { return int64(d.cfg.MaxFileMB) << 20 }
@@ -126,46 +126,45 @@ func checkTargets(n int, item func(i int) (p, name, url string), needURL bool) (
 	return out, nil
 }
 
-// each runs op on every target, in parallel within the shared transfer bound, and
-// gathers the answer.
-func (d *Daemon) each(ctx context.Context, direction string, ts []target, op func(t target) (int64, error), result func(t target, size int64) api.FileResult) *api.FilesResponse {
-	sizes := make([]int64, len(ts))
-	errs := make([]error, len(ts))
-	var wg sync.WaitGroup
-	for i, t := range ts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case d.transfers <- struct{}{}:
-			case <-ctx.Done():
-				errs[i] = ctx.Err()
-				return
-			}
-			defer func() { <-d.transfers }()
-			sizes[i], errs[i] = op(t)
-		}()
+// transferSlot takes one of the transfer slots shared by all requests; the caller frees it.
+func (d *Daemon) transferSlot(ctx context.Context) (func(), error) {
+	select {
+	case d.transfers <- struct{}{}:
+		return func() { <-d.transfers }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	wg.Wait()
-	resp := &api.FilesResponse{Success: true, Results: []api.FileResult{}}
-	for i, t := range ts {
-		d.metrics.fileBytes.WithLabelValues(direction).Add(float64(sizes[i]))
-		if errs[i] != nil {
-			resp.Success = false
-			resp.Errors = append(resp.Errors, api.FileFailure{Path: t.apiPath, Name: t.name, Detail: fileError(errs[i]).Detail})
-			continue
-		}
-		resp.Results = append(resp.Results, result(t, sizes[i]))
-	}
-	return resp
 }
 
-// batch runs op on every file of a validated batch in the session's disk (see each).
+// batch runs op on every file of a validated batch in the session's disk, in parallel, and
+// gathers the answer. op takes a transfer slot (slot) only once it has what it moves ready,
+// so a file that cannot be opened never holds one.
 func (d *Daemon) batch(ctx context.Context, user string, create bool, direction string, ts []target,
-	op func(root *sandboxfs.Root, t target) (int64, error), result func(t target, size int64) api.FileResult) (*api.FilesResponse, error) {
+	op func(ctx context.Context, root *sandboxfs.Root, t target, slot func() (func(), error)) (int64, error),
+	result func(t target, size int64) api.FileResult) (*api.FilesResponse, error) {
 	var resp *api.FilesResponse
-	err := d.withSandbox(ctx, user, create, func(root *sandboxfs.Root) error {
-		resp = d.each(ctx, direction, ts, func(t target) (int64, error) { return op(root, t) }, result)
+	err := d.withSandbox(ctx, user, create, func(ctx context.Context, root *sandboxfs.Root) error {
+		sizes := make([]int64, len(ts))
+		errs := make([]error, len(ts))
+		var wg sync.WaitGroup
+		for i, t := range ts {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sizes[i], errs[i] = op(ctx, root, t, func() (func(), error) { return d.transferSlot(ctx) })
+			}()
+		}
+		wg.Wait()
+		resp = &api.FilesResponse{Success: true, Results: []api.FileResult{}}
+		for i, t := range ts {
+			d.metrics.fileBytes.WithLabelValues(direction).Add(float64(sizes[i]))
+			if errs[i] != nil {
+				resp.Success = false
+				resp.Errors = append(resp.Errors, api.FileFailure{Path: t.apiPath, Name: t.name, Detail: detail(ctx, errs[i])})
+				continue
+			}
+			resp.Results = append(resp.Results, result(t, sizes[i]))
+		}
 		return nil
 	})
 	return resp, err
@@ -180,7 +179,12 @@ func (d *Daemon) ImportFiles(ctx context.Context, user string, files []api.FileI
 	if err != nil {
 		return nil, err
 	}
-	return d.batch(ctx, user, true, "in", ts, func(root *sandboxfs.Root, t target) (int64, error) {
+	return d.batch(ctx, user, true, "in", ts, func(ctx context.Context, root *sandboxfs.Root, t target, slot func() (func(), error)) (int64, error) {
+		free, err := slot()
+		if err != nil {
+			return 0, err
+		}
+		defer free()
 		return d.xfer.Download(ctx, t.url, d.maxFileBytes(), func(body io.Reader, limit int64) (int64, error) {
 			return root.Write(t.dir, t.name, body, limit)
 		})
@@ -190,7 +194,8 @@ func (d *Daemon) ImportFiles(ctx context.Context, user string, files []api.FileI
 }
 
 // ExportFiles implements api.Backend: PUTs files of the session's disk to their URLs,
-// streaming from the disk.
+// streaming from the disk. A file is opened (and refused if it is no regular file or over
+// --max-file-mb) before it takes a transfer slot.
 func (d *Daemon) ExportFiles(ctx context.Context, user string, files []api.FileExport) (*api.FilesResponse, error) {
 	ts, err := checkTargets(len(files), func(i int) (string, string, string) {
 		return files[i].Path, files[i].Name, files[i].UploadURL
@@ -198,13 +203,19 @@ func (d *Daemon) ExportFiles(ctx context.Context, user string, files []api.FileE
 	if err != nil {
 		return nil, err
 	}
-	return d.batch(ctx, user, false, "out", ts, func(root *sandboxfs.Root, t target) (int64, error) {
-		f, st, err := root.OpenFile(t.dir, t.name)
+	return d.batch(ctx, user, false, "out", ts, func(ctx context.Context, root *sandboxfs.Root, t target, slot func() (func(), error)) (int64, error) {
+		f, st, err := root.OpenFile(t.dir, t.name, d.maxFileBytes())
 		if err != nil {
 			return 0, err
 		}
 		defer f.Close()
-		return st.Size(), d.xfer.Upload(ctx, t.url, f, st.Size(), contentType(t.name))
+		free, err := slot()
+		if err != nil {
+			return 0, err
+		}
+		defer free()
+		// The size at the check, and no more: a file user code grows meanwhile is cut there.
+		return st.Size(), d.xfer.Upload(ctx, t.url, io.NewSectionReader(f, 0, st.Size()), st.Size(), contentType(t.name))
 	}, func(t target, size int64) api.FileResult {
 		return api.FileResult{Path: t.apiPath, Name: t.name, Size: size}
 	})
@@ -218,25 +229,31 @@ func (d *Daemon) DeleteFiles(ctx context.Context, user string, files []api.FileR
 	if err != nil {
 		return nil, err
 	}
-	return d.batch(ctx, user, false, "out", ts, func(root *sandboxfs.Root, t target) (int64, error) {
+	return d.batch(ctx, user, false, "out", ts, func(_ context.Context, root *sandboxfs.Root, t target, _ func() (func(), error)) (int64, error) {
 		return 0, root.Remove(t.dir, t.name)
 	}, func(t target, _ int64) api.FileResult {
 		return api.FileResult{Path: t.apiPath, Name: t.name}
 	})
 }
 
-// PutFile implements api.Backend: a direct upload, creating the session if needed.
+// PutFile implements api.Backend: a direct upload, creating the session if needed. The
+// body is read within the call's deadline: when it ends (or the session is released), a
+// body with SetReadDeadline (the API's request body) is cut off at once.
 func (d *Daemon) PutFile(ctx context.Context, user, p string, body io.Reader) (*api.FileResult, error) {
 	dir, name, err := sandboxfs.SplitFile(p)
 	if err != nil {
-		return nil, fileError(err)
+		return nil, fileError(ctx, err)
 	}
 	var res *api.FileResult
-	err = d.withSandbox(ctx, user, true, func(root *sandboxfs.Root) error {
+	err = d.withSandbox(ctx, user, true, func(ctx context.Context, root *sandboxfs.Root) error {
+		if dl, ok := body.(interface{ SetReadDeadline(time.Time) error }); ok {
+			stop := context.AfterFunc(ctx, func() { dl.SetReadDeadline(time.Now()) })
+			defer stop()
+		}
 		n, err := root.Write(dir, name, body, d.maxFileBytes())
 		d.metrics.fileBytes.WithLabelValues("in").Add(float64(n))
 		if err != nil {
-			return fileError(err)
+			return err
 		}
 		res = &api.FileResult{FullPath: path.Join(sandboxfs.Prefix, dir, name), Size: n}
 		return nil
@@ -244,19 +261,21 @@ func (d *Daemon) PutFile(ctx context.Context, user, p string, body io.Reader) (*
 	return res, err
 }
 
-// GetFile implements api.Backend.
-func (d *Daemon) GetFile(ctx context.Context, user, p string, send func(string, time.Time, io.ReadSeeker) error) error {
+// GetFile implements api.Backend. The file is refused before a byte moves if it is no
+// regular file or over --max-file-mb; send gets the call's context, which ends at the
+// file timeout or when the session is released.
+func (d *Daemon) GetFile(ctx context.Context, user, p string, send func(ctx context.Context, name string, modTime time.Time, content io.ReadSeeker) error) error {
 	dir, name, err := sandboxfs.SplitFile(p)
 	if err != nil {
-		return fileError(err)
+		return fileError(ctx, err)
 	}
-	return d.withSandbox(ctx, user, false, func(root *sandboxfs.Root) error {
-		f, st, err := root.OpenFile(dir, name)
+	return d.withSandbox(ctx, user, false, func(ctx context.Context, root *sandboxfs.Root) error {
+		f, st, err := root.OpenFile(dir, name, d.maxFileBytes())
 		if err != nil {
-			return fileError(err)
+			return err
 		}
 		defer f.Close()
-		err = send(name, st.ModTime(), f)
+		err = send(ctx, name, st.ModTime(), io.NewSectionReader(f, 0, st.Size()))
 		if err == nil {
 			d.metrics.fileBytes.WithLabelValues("out").Add(float64(st.Size()))
 		}
@@ -264,20 +283,24 @@ func (d *Daemon) GetFile(ctx context.Context, user, p string, send func(string, 
 	})
 }
 
-// ListFiles implements api.Backend.
-func (d *Daemon) ListFiles(ctx context.Context, user, p string) (*api.ListResponse, error) {
+// ListFiles implements api.Backend: one page of at most sandboxfs.MaxListEntries entries.
+func (d *Daemon) ListFiles(ctx context.Context, user, p string, offset, limit int) (*api.ListResponse, error) {
 	dir, err := sandboxfs.CleanDir(p)
 	if err != nil {
-		return nil, fileError(err)
+		return nil, fileError(ctx, err)
 	}
 	var resp *api.ListResponse
-	err = d.withSandbox(ctx, user, false, func(root *sandboxfs.Root) error {
-		entries, err := root.List(dir)
+	err = d.withSandbox(ctx, user, false, func(ctx context.Context, root *sandboxfs.Root) error {
+		page, err := root.List(dir, offset, limit)
 		if err != nil {
-			return fileError(err)
+			return err
 		}
-		resp = &api.ListResponse{Path: path.Join(sandboxfs.Prefix, dir) + "/", Entries: make([]api.FileEntry, 0, len(entries))}
-		for _, e := range entries {
+		resp = &api.ListResponse{Path: path.Join(sandboxfs.Prefix, dir) + "/", Entries: make([]api.FileEntry, 0, len(page.Entries)),
+			Truncated: page.Truncated}
+		if page.Truncated {
+			resp.NextOffset = page.Next
+		}
+		for _, e := range page.Entries {
 			resp.Entries = append(resp.Entries, api.FileEntry{Name: e.Name, Size: e.Size, Type: e.Type, Mtime: e.Mtime})
 		}
 		return nil

@@ -136,6 +136,14 @@ func (d *Daemon) createForPool() {
 	ctx, cancel := context.WithTimeout(d.bg, createTimeout)
 	w, err := d.create(ctx)
 	cancel()
+	if err == nil {
+		// Recorded before it can serve anyone: a worker without a record is destroyed by
+		// the next codeboxd.
+		if rerr := d.assigned.set(w.id, record{State: stateIdle}); rerr != nil {
+			d.destroy(context.WithoutCancel(ctx), w)
+			w, err = nil, fmt.Errorf("record worker %s: %w", w.id, rerr)
+		}
+	}
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -186,7 +194,7 @@ func (d *Daemon) removeLocked(w *worker) bool {
 	return true
 }
 
-// retire unregisters and destroys w in the background.
+// retireLocked unregisters w and destroys it in the background (see retire).
 func (d *Daemon) retireLocked(w *worker, why string) {
 	if !d.removeLocked(w) {
 		return
@@ -195,8 +203,54 @@ func (d *Daemon) retireLocked(w *worker, why string) {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		d.destroy(context.Background(), w)
+		d.bury(context.Background(), w)
 	}()
+}
+
+// retire unregisters w and destroys it (see bury).
+func (d *Daemon) retire(ctx context.Context, w *worker, why string) {
+	d.mu.Lock()
+	d.removeLocked(w)
+	d.mu.Unlock()
+	d.log.Info("worker retired", "worker", w.id, "reason", why)
+	d.bury(ctx, w)
+}
+
+// bury destroys a worker that must never serve again: it is recorded retired first, so
+// that if the destruction fails, no later codeboxd adopts it (another session's variables
+// and files are in it); a failed destruction is retried by the maintenance loop.
+func (d *Daemon) bury(ctx context.Context, w *worker) {
+	if err := d.assigned.set(w.id, record{State: stateRetired}); err != nil {
+		d.log.Error("could not record a worker retired", "worker", w.id, "err", err)
+	}
+	if err := d.destroy(ctx, w); err != nil {
+		d.mu.Lock()
+		d.graveyard[w.id] = w
+		d.mu.Unlock()
+		return
+	}
+	d.mu.Lock()
+	delete(d.graveyard, w.id)
+	d.mu.Unlock()
+	if err := d.assigned.forget(w.id); err != nil {
+		d.log.Warn("session record", "err", err)
+	}
+}
+
+// rebury retries the destruction of workers whose destruction failed.
+func (d *Daemon) rebury() {
+	d.mu.Lock()
+	ws := make([]*worker, 0, len(d.graveyard))
+	for _, w := range d.graveyard {
+		ws = append(ws, w)
+	}
+	d.mu.Unlock()
+	for _, w := range ws {
+		if d.bg.Err() != nil {
+			return
+		}
+		d.bury(d.bg, w)
+	}
 }
 
 // onExit is called when a worker's task ends. An idle worker is replaced at once; a
@@ -224,6 +278,7 @@ func (d *Daemon) maintain() {
 			return
 		case <-health.C:
 			d.checkIdle()
+			d.rebury()
 		case <-recycle.C:
 			d.recycleSessions()
 		}

@@ -22,6 +22,8 @@ type fakeFactory struct {
 	destroyed int
 	gate      chan struct{} // when set, each creation waits for a value
 	fail      atomic.Bool
+	// failDestroy makes destructions fail (containerd unreachable, say).
+	failDestroy atomic.Bool
 }
 
 func (f *fakeFactory) create(ctx context.Context) (*worker, error) {
@@ -42,6 +44,9 @@ func (f *fakeFactory) create(ctx context.Context) (*worker, error) {
 }
 
 func (f *fakeFactory) destroy(ctx context.Context, w *worker) error {
+	if f.failDestroy.Load() {
+		return errors.New("containerd unreachable")
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.destroyed++
@@ -55,9 +60,9 @@ func testDaemon(t *testing.T, minIdle, maxTotal int, f *fakeFactory) *Daemon {
 		cfg: Config{MinIdleWorkers: minIdle, MaxTotalWorkers: maxTotal, RecycleInterval: time.Hour, IdleTimeout: time.Hour},
 		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		bg:  bg, stop: stop,
-		sessions: map[string]*session{}, workers: map[string]*worker{}, initializing: true,
+		sessions: map[string]*session{}, workers: map[string]*worker{}, graveyard: map[string]*worker{}, initializing: true,
 		create: f.create, destroy: f.destroy, metrics: newMetrics(),
-		assigned: &assignments{path: t.TempDir() + "/sessions.json", m: map[string]string{}},
+		assigned: &assignments{path: t.TempDir() + "/sessions.json", m: map[string]record{}},
 	}
 	t.Cleanup(func() { d.Close(context.Background()) })
 	return d
@@ -232,8 +237,9 @@ func TestCloseDestroysEverything(t *testing.T) {
 }
 
 func TestSessionsSerialiseInArrivalOrder(t *testing.T) {
-	s := &session{turn: make(chan struct{}, 1)}
-	if err := s.acquire(context.Background()); err != nil {
+	s := newSession("u")
+	_, done, err := s.acquire(context.Background())
+	if err != nil {
 		t.Fatal(err)
 	}
 	var order []int
@@ -243,15 +249,23 @@ func TestSessionsSerialiseInArrivalOrder(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.acquire(context.Background())
+			_, done, err := s.acquire(context.Background())
+			if err != nil {
+				t.Error(err)
+				return
+			}
 			mu.Lock()
 			order = append(order, i)
 			mu.Unlock()
-			s.release()
+			done()
 		}()
-		time.Sleep(2 * time.Millisecond) // each blocks before the next arrives
+		waitFor(t, "the caller to queue", func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return len(s.queue) == i+1
+		})
 	}
-	s.release()
+	done()
 	wg.Wait()
 	for i, v := range order {
 		if v != i {

@@ -29,26 +29,44 @@ func (d *Daemon) Recover(ctx context.Context) error {
 	alive := map[string]string{}
 	var errs []error
 	for id, labels := range managed {
-		w, err := d.adopt(ctx, id, labels)
+		rec, known := d.assigned.get(id)
+		var w *worker
+		switch {
+		case !known:
+			err = errors.New("no record of it: it may have served a session")
+		case rec.State == stateRetired:
+			err = errors.New("it was retired")
+		case rec.State != stateIdle && rec.State != stateSession:
+			err = fmt.Errorf("unknown recorded state %q", rec.State)
+		default:
+			w, err = d.adopt(ctx, id, labels)
+		}
 		if err != nil {
 			d.log.Warn("worker not adopted; destroying it", "worker", id, "err", err)
 			if derr := d.destroyResources(ctx, id, labels[labelNetNS], d.logPath(id)); derr != nil {
-				errs = append(errs, derr)
+				// Retried by the maintenance loop, and by the next start: its record says
+				// retired, and its resources are not swept from under it meanwhile.
+				d.log.Error("worker destroy failed", "worker", id, "err", derr)
+				d.assigned.set(id, record{State: stateRetired})
+				alive[id] = labels[labelNetNS]
+				d.mu.Lock()
+				d.graveyard[id] = &worker{id: id, nsPath: labels[labelNetNS], logPath: d.logPath(id)}
+				d.mu.Unlock()
 			}
 			continue
 		}
 		alive[id] = w.nsPath
 		d.mu.Lock()
 		d.workers[id] = w
-		if user := d.assigned.get(id); user != "" {
-			s := &session{user: user, turn: make(chan struct{}, 1), worker: w}
-			s.lastUsed.Store(time.Now().UnixNano())
-			d.sessions[user] = s
+		if rec.State == stateSession {
+			s := newSession(rec.User)
+			s.worker = w
+			d.sessions[rec.User] = s
 		} else {
 			d.idle = append(d.idle, w)
 		}
 		d.mu.Unlock()
-		d.log.Info("worker adopted", "worker", id, "session", d.assigned.get(id) != "")
+		d.log.Info("worker adopted", "worker", id, "state", rec.State)
 	}
 	errs = append(errs, d.assigned.keep(alive))
 	return errors.Join(append(errs, d.sweep(ctx, alive))...)
@@ -135,9 +153,10 @@ func (d *Daemon) sweep(ctx context.Context, alive map[string]string) error {
 		d.log.Info("leftover network state removed", "what", what)
 	}
 	errs = append(errs, err)
-	logs, _ := filepath.Glob(filepath.Join(d.cfg.StateDir, "logs", "*.log"))
+	logs, _ := filepath.Glob(filepath.Join(d.cfg.StateDir, "logs", "*.log*"))
 	for _, l := range logs {
-		if _, ok := alive[strings.TrimSuffix(filepath.Base(l), ".log")]; !ok {
+		id, _, _ := strings.Cut(filepath.Base(l), ".log")
+		if _, ok := alive[id]; !ok {
 			if err := os.Remove(l); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, err)
 			}
@@ -152,7 +171,7 @@ func (d *Daemon) assign(ctx context.Context, s *session) error {
 	if err != nil {
 		return err
 	}
-	if err := d.assigned.set(w.id, s.user); err != nil {
+	if err := d.assigned.set(w.id, record{State: stateSession, User: s.user}); err != nil {
 		d.mu.Lock()
 		d.retireLocked(w, "could not record its session")
 		d.mu.Unlock()

@@ -2,11 +2,15 @@ package daemon
 
 import (
 	"encoding/json"
+	"strings"
 	"time"
 
 	"github.com/codebox/codebox/api"
 	"github.com/codebox/codebox/kernel"
 )
+
+// maxDetail bounds the detail of an error answer.
+const maxDetail = 4096
 
 // toResponse maps a kernel result to the SPEC §3.1 answer.
 func toResponse(workerID string, r *kernel.Result, took time.Duration) *api.ExecuteResponse {
@@ -40,6 +44,10 @@ func toResponse(workerID string, r *kernel.Result, took time.Duration) *api.Exec
 		resp.Detail = r.Error.Ename
 		if r.Error.Evalue != "" {
 			resp.Detail += ": " + r.Error.Evalue
+		}
+		// The summary a person reads; the whole value is in error.evalue.
+		if len(resp.Detail) > maxDetail {
+			resp.Detail = strings.ToValidUTF8(resp.Detail[:maxDetail], "") + "…"
 		}
 	} else if r.Status == "error" {
 		resp.Error = &api.ExecError{Ename: "Error", Traceback: []string{}}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -22,41 +25,123 @@ const (
 	exitGrace = 3 * time.Second
 	// retryAfter is what a caller turned away is told to wait.
 	retryAfter = 2 * time.Second
+	// releaseWait bounds how long Release waits for the call it cancelled to give the
+	// session back. Every call ends promptly once cancelled; this is a backstop.
+	releaseWait = 30 * time.Second
 )
 
+// errReleased ends the call in flight when its session is released.
+var errReleased = errors.New("the session was released")
+
+// errGone is returned to a caller that waited for a session which ended meanwhile: it
+// looks the user_uuid up again and gets a new session.
+var errGone = errors.New("session ended while waiting")
+
 // session is one user_uuid's claim on a worker.
+//
+// Calls of a session run one at a time in arrival order: the turn is handed from one
+// caller to the next through a queue, explicitly, rather than relying on the order in
+// which the runtime wakes blocked goroutines.
 type session struct {
 	user string
-	// turn is held (a value in it) by the call using the session. Goroutines blocked
-	// sending on a channel are woken in the order they blocked, so calls run in arrival
-	// order.
-	turn chan struct{}
-	// Guarded by turn:
+	// ended is cancelled (cause errReleased) when the session is released or recycled:
+	// the call holding the turn stops at once, and callers waiting for it look again.
+	ended  context.Context
+	endNow context.CancelCauseFunc
+
+	mu    sync.Mutex
+	held  bool
+	queue []chan struct{} // callers waiting for the turn, oldest first
+
+	// Guarded by the turn:
 	worker *worker
-	gone   bool // released: a call that gets the turn must look the session up again
+	gone   bool // released: a caller that gets the turn must look the session up again
 
 	lastUsed atomic.Int64 // unix nanoseconds of the end of the last call
 }
 
-func (s *session) acquire(ctx context.Context) error {
+func newSession(user string) *session {
+	s := &session{user: user}
+	s.ended, s.endNow = context.WithCancelCause(context.Background())
+	s.lastUsed.Store(time.Now().UnixNano())
+	return s
+}
+
+// acquire waits for the session's turn in arrival order. It returns the call's context:
+// ctx, also ended when the session is released. The caller calls done when finished.
+// errGone: the session ended while the caller waited.
+func (s *session) acquire(ctx context.Context) (callCtx context.Context, done func(), err error) {
+	if err := s.wait(ctx, s.ended); err != nil {
+		return nil, nil, err
+	}
+	if s.gone || s.ended.Err() != nil {
+		s.release()
+		return nil, nil, errGone
+	}
+	callCtx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(s.ended, func() { cancel(context.Cause(s.ended)) })
+	return callCtx, func() {
+		stop()
+		cancel(nil)
+		s.lastUsed.Store(time.Now().UnixNano())
+		s.release()
+	}, nil
+}
+
+// wait takes the turn, in arrival order, unless ctx or abandon ends first.
+func (s *session) wait(ctx context.Context, abandon context.Context) error {
+	s.mu.Lock()
+	if !s.held {
+		s.held = true
+		s.mu.Unlock()
+		return nil
+	}
+	ch := make(chan struct{})
+	s.queue = append(s.queue, ch)
+	s.mu.Unlock()
+
+	var err error
 	select {
-	case s.turn <- struct{}{}:
+	case <-ch:
 		return nil
 	case <-ctx.Done():
-		return ctx.Err()
+		err = &api.Error{Status: http.StatusServiceUnavailable, Detail: "request cancelled while waiting for the session", Cause: ctx.Err()}
+	case <-abandon.Done():
+		err = errGone
 	}
+	s.mu.Lock()
+	if i := slices.Index(s.queue, ch); i >= 0 {
+		s.queue = slices.Delete(s.queue, i, i+1)
+		s.mu.Unlock()
+		return err
+	}
+	s.mu.Unlock()
+	s.release() // handed the turn just as it gave up: pass it on
+	return err
 }
 
 func (s *session) tryAcquire() bool {
-	select {
-	case s.turn <- struct{}{}:
-		return true
-	default:
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held {
 		return false
 	}
+	s.held = true
+	return true
 }
 
-func (s *session) release() { <-s.turn }
+// release hands the turn to the oldest waiter, if any.
+func (s *session) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) == 0 {
+		s.held = false
+		return
+	}
+	next := s.queue[0]
+	s.queue = s.queue[1:]
+	close(next)
+}
 
 // lookup returns user's session, making it if there is none.
 func (d *Daemon) lookup(user string) *session {
@@ -64,38 +149,72 @@ func (d *Daemon) lookup(user string) *session {
 	defer d.mu.Unlock()
 	s := d.sessions[user]
 	if s == nil {
-		s = &session{user: user, turn: make(chan struct{}, 1)}
-		s.lastUsed.Store(time.Now().UnixNano())
+		s = newSession(user)
 		d.sessions[user] = s
 	}
 	return s
 }
 
-// Execute implements api.Backend.
-func (d *Daemon) Execute(ctx context.Context, user string, req api.ExecuteRequest) (*api.ExecuteResponse, error) {
-	timeout := d.cfg.ExecTimeout
-	if req.Timeout > 0 {
-		timeout = time.Duration(req.Timeout * float64(time.Second))
-		if timeout > d.cfg.MaxExecTimeout {
-			return nil, api.Errorf(http.StatusUnprocessableEntity, "timeout must be at most %g seconds", d.cfg.MaxExecTimeout.Seconds())
-		}
-	}
+// withSession runs fn holding user's session, so its worker is neither released nor
+// replaced meanwhile; fn's context ends when the session is released. Without create, a
+// user_uuid with no session is a 404.
+func (d *Daemon) withSession(ctx context.Context, user string, create bool, fn func(ctx context.Context, s *session) error) error {
 	for {
-		s := d.lookup(user)
-		if err := s.acquire(ctx); err != nil {
-			return nil, &api.Error{Status: http.StatusServiceUnavailable, Detail: "request cancelled while waiting for the session", Cause: err}
+		var s *session
+		if create {
+			s = d.lookup(user)
+		} else {
+			d.mu.Lock()
+			s = d.sessions[user]
+			d.mu.Unlock()
+			if s == nil {
+				return api.Errorf(http.StatusNotFound, "no session for this user_uuid")
+			}
 		}
-		if s.gone {
-			s.release()
+		callCtx, done, err := s.acquire(ctx)
+		if errors.Is(err, errGone) {
 			continue
 		}
-		start := time.Now()
-		resp, err := d.executeIn(ctx, s, req.Code, timeout)
-		s.lastUsed.Store(time.Now().UnixNano())
-		s.release()
-		d.metrics.observeExecute(outcome(resp, err), start)
-		return resp, err
+		if err != nil {
+			return err
+		}
+		err = fn(callCtx, s)
+		done()
+		return err
 	}
+}
+
+// execTimeout is the limit of a call that asked for seconds (nil: the default). It refuses
+// what no duration can express rather than letting the conversion overflow.
+func (d *Daemon) execTimeout(seconds *float64) (time.Duration, error) {
+	if seconds == nil {
+		return d.cfg.ExecTimeout, nil
+	}
+	t := *seconds
+	if math.IsNaN(t) || math.IsInf(t, 0) || t <= 0 {
+		return 0, api.Errorf(http.StatusUnprocessableEntity, "timeout must be a positive number of seconds")
+	}
+	if t > d.cfg.MaxExecTimeout.Seconds() {
+		return 0, api.Errorf(http.StatusUnprocessableEntity, "timeout must be at most %g seconds", d.cfg.MaxExecTimeout.Seconds())
+	}
+	return max(time.Duration(t*float64(time.Second)), time.Microsecond), nil
+}
+
+// Execute implements api.Backend.
+func (d *Daemon) Execute(ctx context.Context, user string, req api.ExecuteRequest) (*api.ExecuteResponse, error) {
+	timeout, err := d.execTimeout(req.Timeout)
+	if err != nil {
+		return nil, err
+	}
+	var resp *api.ExecuteResponse
+	start := time.Now()
+	err = d.withSession(ctx, user, true, func(ctx context.Context, s *session) error {
+		var err error
+		resp, err = d.executeIn(ctx, s, req.Code, timeout)
+		return err
+	})
+	d.metrics.observeExecute(outcome(resp, err), start)
+	return resp, err
 }
 
 // outcome classifies an execute's answer for the metrics.
@@ -118,47 +237,58 @@ func outcome(resp *api.ExecuteResponse, err error) string {
 
 // executeIn runs code in s, which the caller holds.
 func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout time.Duration) (*api.ExecuteResponse, error) {
+	newSession := false
 	if s.worker == nil {
 		if err := d.assign(ctx, s); err != nil {
 			return nil, err
 		}
+		newSession = true
 	}
 	w := s.worker
 	l := w.life // only the holder of the turn replaces it
 	if l.hasExited() {
-		d.dropWorker(ctx, s)
+		d.dropWorker(ctx, s, "task exited between calls")
 		return nil, &api.Error{Status: http.StatusServiceUnavailable,
 			Detail: fmt.Sprintf("this session's worker stopped (exit status %d) since its last call; its state is lost and the next call starts afresh", l.exitCode),
 			Fields: map[string]any{"worker_id": w.id, "files_kept": false}}
 	}
 
 	start := time.Now()
-	execCtx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	call, err := l.kernel.Start(execCtx, code)
+	call, err := l.kernel.Start(code)
 	if err != nil {
 		return nil, d.kernelGone(ctx, s, l, nil)
 	}
 	defer call.Finish()
+	execCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	res, err := call.Wait(execCtx)
 	switch {
 	case err == nil:
-		return toResponse(w.id, res, time.Since(start)), nil
+		resp := toResponse(w.id, res, time.Since(start))
+		resp.NewSession = newSession
+		return resp, nil
 	case errors.Is(err, kernel.ErrClosed):
 		return nil, d.kernelGone(ctx, s, l, res)
+	case errors.Is(context.Cause(ctx), errReleased):
+		// Release destroys the worker as soon as this call gives the session back.
+		return nil, &api.Error{Status: http.StatusServiceUnavailable,
+			Detail: "the session was released during the call; its worker was destroyed",
+			Fields: partialFields(w.id, res, map[string]any{"state_preserved": false, "files_kept": false})}
 	}
 
 	// Out of time (or the caller went away): interrupt, and keep the session if the
-	// kernel comes back.
+	// kernel comes back. A release meanwhile cuts the grace short.
 	if serr := d.rt.Signal(context.WithoutCancel(ctx), w.id, syscall.SIGINT); serr != nil {
 		d.log.Warn("interrupt failed", "worker", w.id, "err", serr)
 	}
 	graceCtx, cancelGrace := context.WithTimeout(context.WithoutCancel(ctx), interruptGrace)
 	defer cancelGrace()
+	stop := context.AfterFunc(s.ended, cancelGrace)
+	defer stop()
 	res, werr := call.Wait(graceCtx)
 	preserved := werr == nil
-	if !preserved {
-		d.dropWorker(ctx, s)
+	if !preserved && s.ended.Err() == nil {
+		d.dropWorker(ctx, s, "kernel ignored the interrupt")
 	}
 	d.log.Info("execute timed out", "worker", w.id, "timeout", timeout, "state_preserved", preserved)
 	detail := fmt.Sprintf("execution exceeded %g seconds and was interrupted", timeout.Seconds())
@@ -183,12 +313,19 @@ func (d *Daemon) kernelGone(ctx context.Context, s *session, l *life, res *kerne
 			Detail: "codeboxd is restarting; the session and its worker are kept, retry shortly",
 			Fields: partialFields(w.id, res, map[string]any{"files_kept": true})}
 	}
-	select {
-	case <-l.exited:
-	case <-time.After(exitGrace):
+	misbehaved := errors.Is(l.kernel.Err(), kernel.ErrMisbehaved)
+	if !misbehaved { // the client closed it: nothing died
+		select {
+		case <-l.exited:
+		case <-time.After(exitGrace):
+		}
 	}
 	if !l.hasExited() {
-		d.dropWorker(ctx, s)
+		why := "kernel connection lost"
+		if misbehaved {
+			why = "the worker sent frames outside a call"
+		}
+		d.dropWorker(ctx, s, why)
 		return &api.Error{Status: http.StatusServiceUnavailable,
 			Detail: "the worker became unreachable during the call; it was replaced and the session's state is lost",
 			Fields: partialFields(w.id, res, map[string]any{"files_kept": false})}
@@ -201,7 +338,7 @@ func (d *Daemon) kernelGone(ctx context.Context, s *session, l *life, res *kerne
 	defer cancel()
 	if err := d.restartKernel(restartCtx, w); err != nil {
 		d.log.Error("kernel restart failed", "worker", w.id, "err", err)
-		d.dropWorker(ctx, s)
+		d.dropWorker(ctx, s, "kernel restart failed")
 		return &api.Error{Status: http.StatusServiceUnavailable,
 			Detail: fmt.Sprintf("the kernel died during the call (%s) and could not be restarted; the session was reset and its files are lost", why),
 			Fields: partialFields(w.id, res, map[string]any{"files_kept": false, "kernel_restarted": false})}
@@ -211,23 +348,20 @@ func (d *Daemon) kernelGone(ctx context.Context, s *session, l *life, res *kerne
 		Fields: partialFields(w.id, res, map[string]any{"files_kept": true, "kernel_restarted": true})}
 }
 
-// dropWorker destroys the session's worker; the session's next call gets a new one.
-func (d *Daemon) dropWorker(ctx context.Context, s *session) {
+// dropWorker destroys the session's worker (see retire); the session's next call gets a
+// new one. The caller holds the turn.
+func (d *Daemon) dropWorker(ctx context.Context, s *session, why string) {
 	w := s.worker
 	if w == nil {
 		return
 	}
 	s.worker = nil
-	d.mu.Lock()
-	d.removeLocked(w)
-	d.mu.Unlock()
-	if err := d.assigned.set(w.id, ""); err != nil {
-		d.log.Warn("session record", "err", err)
-	}
-	d.destroy(context.WithoutCancel(ctx), w)
+	d.retire(context.WithoutCancel(ctx), w, why)
 }
 
-// Release implements api.Backend.
+// Release implements api.Backend. It never waits behind a call: the call in flight is
+// cancelled (its kernel is not waited for), callers queued behind it get a new session,
+// and the worker is destroyed as soon as the cancelled call has let go.
 func (d *Daemon) Release(ctx context.Context, user string) error {
 	d.mu.Lock()
 	s := d.sessions[user]
@@ -236,13 +370,26 @@ func (d *Daemon) Release(ctx context.Context, user string) error {
 	if s == nil {
 		return nil
 	}
-	if err := s.acquire(ctx); err != nil {
-		return &api.Error{Status: http.StatusServiceUnavailable, Detail: "request cancelled while waiting for the session", Cause: err}
+	s.endNow(errReleased)
+	ctx, cancel := context.WithTimeout(ctx, releaseWait)
+	defer cancel()
+	if err := s.wait(ctx, context.Background()); err != nil {
+		d.log.Error("release: the call in flight did not end", "session_worker", s.workerID(), "err", err)
+		return &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: retryAfter,
+			Detail: "the session's call in flight did not end; retry the release", Cause: err}
 	}
 	s.gone = true
-	d.dropWorker(ctx, s)
+	d.dropWorker(ctx, s, "released")
 	s.release()
 	return nil
+}
+
+// workerID names the session's worker for a log line; it reads without the turn.
+func (s *session) workerID() string {
+	if w := s.worker; w != nil {
+		return w.id
+	}
+	return ""
 }
 
 // recycleSessions releases sessions unused for --idle-timeout. A session in a call is
@@ -267,11 +414,12 @@ func (d *Daemon) recycleSessions() {
 				delete(d.sessions, s.user)
 			}
 			d.mu.Unlock()
+			s.endNow(errReleased)
 			s.gone = true
 			if s.worker != nil {
 				d.log.Info("idle session recycled", "worker", s.worker.id)
 			}
-			d.dropWorker(d.bg, s)
+			d.dropWorker(d.bg, s, "idle session recycled")
 		}
 		s.release()
 	}

@@ -126,6 +126,7 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 		Env: []string{
 			"CODEBOX_AGENT_TOKEN=" + w.token,
 			"CODEBOX_AGENT_PORT=" + strconv.Itoa(agentPort),
+			"CODEBOX_MAX_OUTPUT_BYTES=" + strconv.Itoa(kernel.AgentMaxOutputBytes),
 		},
 		Labels:         map[string]string{labelNetNS: w.nsPath, labelIP: w.ip.String()},
 		LogPath:        w.logPath,
@@ -235,8 +236,10 @@ func (d *Daemon) destroyResources(ctx context.Context, id, nsPath, logPath strin
 		errs = append(errs, err)
 	}
 	if logPath != "" {
-		if err := os.Remove(logPath); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
+		for _, p := range []string{logPath, logPath + ".1"} { // .1: the log sink's previous file
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if len(errs) > 0 {

@@ -135,7 +135,7 @@ print(hashlib.sha256(b).hexdigest(), st.st_uid, st.st_gid)`)
 		if sha(store.get("out.bin")) != sha(reversed) || string(store.get("small.csv")) != "a,b\n1,2\n3,4\n" {
 			t.Fatalf("exported bytes differ")
 		}
-		list, err := d.client.ListFiles(ctx, user, "/sandbox/")
+		list, err := d.client.ListFiles(ctx, user, "/sandbox/", 0, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -209,7 +209,7 @@ print(hashlib.sha256(b).hexdigest(), st.st_uid, st.st_gid)`)
 		if err != nil || resp.Success || len(resp.Errors) != 2 {
 			t.Errorf("delete through symlinks: %+v %v", resp, err)
 		}
-		if _, err := d.client.ListFiles(ctx, user, "/sandbox/d/"); statusOf(err) != 403 {
+		if _, err := d.client.ListFiles(ctx, user, "/sandbox/d/", 0, 0); statusOf(err) != 403 {
 			t.Errorf("list through a symlinked directory: %v", err)
 		}
 		imp, err := d.client.ImportFiles(ctx, user, []api.FileImport{{DownloadURL: store.put("s", []byte("x")), Path: "/sandbox/d/", Name: "evil"}})
@@ -243,7 +243,7 @@ print(hashlib.sha256(b).hexdigest(), st.st_uid, st.st_gid)`)
 				t.Errorf("%s: detail %q, want %q", e.Name, e.Detail, cases[e.Name])
 			}
 		}
-		list, _ := d.client.ListFiles(ctx, user, "/sandbox/bad/")
+		list, _ := d.client.ListFiles(ctx, user, "/sandbox/bad/", 0, 0)
 		if len(list.Entries) != 1 || list.Entries[0].Name != "good" {
 			t.Errorf("left in /sandbox/bad: %+v", list.Entries)
 		}
@@ -269,7 +269,7 @@ print(hashlib.sha256(b).hexdigest(), st.st_uid, st.st_gid)`)
 	})
 
 	t.Run("files of a session that does not exist", func(t *testing.T) {
-		if _, err := d.client.ListFiles(ctx, "e2e-nobody", "/sandbox/"); statusOf(err) != 404 {
+		if _, err := d.client.ListFiles(ctx, "e2e-nobody", "/sandbox/", 0, 0); statusOf(err) != 404 {
 			t.Errorf("list without a session: %v", err)
 		}
 	})
@@ -290,6 +290,11 @@ func TestFilesSSRFWithoutAllowlist(t *testing.T) {
 		resp, err := d.client.ImportFiles(context.Background(), user, []api.FileImport{{DownloadURL: u, Name: "x"}})
 		if err != nil || resp.Success || len(resp.Errors) != 1 || !strings.Contains(resp.Errors[0].Detail, "not allowed") {
 			t.Errorf("%s: %+v %v", u, resp, err)
+			continue
+		}
+		// A refusal must not tell the caller what a name resolves to.
+		if msg := resp.Errors[0].Detail; strings.Contains(u, "localhost") && (strings.Contains(msg, "127.0.0.1") || strings.Contains(msg, "::1")) {
+			t.Errorf("%s: the refusal %q reveals the address", u, msg)
 		}
 	}
 	d.client.Release(context.Background(), user)

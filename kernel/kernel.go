@@ -1,10 +1,13 @@
 // Package kernel is the daemon's client of a worker's kernel agent: Jupyter kernel-channel
 // messages as JSON over one websocket (SPEC §4).
 //
-// The agent runs in the same process as user code, so every frame it sends is untrusted:
-// frames are size-bounded, the output kept per call is capped, fields are validated and
-// messages of unknown types or for other requests are ignored. The client never waits
-// without a deadline the caller controls.
+// The agent runs in the same process as user code, so every frame it sends is untrusted.
+// Memory: a frame is at most the output cap plus a small envelope; the output kept for one
+// call (stream text, MIME items at a fixed overhead each, the error) is at most the cap, in
+// at most MaxOutputItems items; stream text grows in builders, never by copying. A frame
+// that arrives while no call is in flight closes the connection (ErrMisbehaved): a
+// well-behaved agent never sends one. Messages of unknown types or for other requests are
+// ignored. The client never waits without a deadline the caller controls.
 package kernel
 
 import (
@@ -14,7 +17,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,28 +31,51 @@ const ChannelsPath = "/api/kernel/channels"
 
 const (
 	protocolVersion = "5.3"
-	// maxFrameBytes bounds one frame from the agent; the agent caps a call's output well
-	// below this, so a larger frame means a misbehaving worker.
-	maxFrameBytes = 64 << 20
-	writeTimeout  = 10 * time.Second
+	// frameSlack is what a frame may hold beyond the output cap: its envelope (header,
+	// parent header, field names). The agent sends no item larger than its own budget
+	// (AgentMaxOutputBytes, half of the client's cap) and splits stream text into small
+	// frames, so a larger frame means a misbehaving worker.
+	frameSlack   = 1 << 20
+	writeTimeout = 10 * time.Second
+	// itemOverhead is what one kept output item costs beyond its bytes (the map, slice
+	// headers): charged against the output cap, so a flood of tiny items holds no more
+	// memory than the cap says.
+	itemOverhead = 512
+	// keyOverhead is charged for each MIME key of an item, likewise.
+	keyOverhead = 64
+	// maxTracebackLines bounds an error's traceback.
+	maxTracebackLines = 1000
 )
 
 // DefaultMaxOutputBytes is the output of one call the client keeps when Options leave it 0.
 const DefaultMaxOutputBytes = 8 << 20
 
+// AgentMaxOutputBytes is the output budget the daemon gives each worker's agent
+// (CODEBOX_MAX_OUTPUT_BYTES): half the client's default cap, so whatever a well-behaved
+// agent sends fits the cap with the client's per-item overhead.
+const AgentMaxOutputBytes = DefaultMaxOutputBytes / 2
+
+// MaxOutputItems bounds the display_data and execute_result items kept for one call.
+const MaxOutputItems = 1000
+
 // ErrClosed is returned for calls on a connection that has gone away (the worker died, the
 // agent closed it, or Close was called).
 var ErrClosed = errors.New("kernel connection closed")
 
+// ErrMisbehaved is wrapped in the ErrClosed error of a connection the client closed itself
+// because the worker sent a frame while no call was in flight.
+var ErrMisbehaved = errors.New("the worker sent a frame outside a call")
+
 // Client is one websocket connection to one agent. Calls are serialised: a kernel executes
-// one request at a time, and the session layer above orders them.
+// one request at a time. One rule of ownership: a call holds callMu from Start (or Check)
+// until Finish, and only the holder of callMu writes to the connection; the reader
+// goroutine only reads.
 type Client struct {
 	conn      *websocket.Conn
 	session   string
 	maxOutput int
 
-	callMu  sync.Mutex // held for the whole of one call
-	writeMu sync.Mutex
+	callMu sync.Mutex // held for the whole of one call
 
 	mu      sync.Mutex
 	current *pending // the call awaiting frames, if any
@@ -76,10 +104,10 @@ func Dial(ctx context.Context, url, token string, opts Options) (*Client, error)
 		}
 		return nil, fmt.Errorf("dial kernel agent: %w", err)
 	}
-	conn.SetReadLimit(maxFrameBytes)
 	if opts.MaxOutputBytes <= 0 {
 		opts.MaxOutputBytes = DefaultMaxOutputBytes
 	}
+	conn.SetReadLimit(int64(opts.MaxOutputBytes) + frameSlack)
 	c := &Client{conn: conn, session: newID(), maxOutput: opts.MaxOutputBytes, done: make(chan struct{})}
 	go c.readLoop()
 	return c, nil
@@ -91,9 +119,6 @@ func (c *Client) Close() error {
 	<-c.done
 	return err
 }
-
-// Done is closed when the connection has gone away.
-func (c *Client) Done() <-chan struct{} { return c.done }
 
 // Result is what one execute_request produced.
 type Result struct {
@@ -141,25 +166,33 @@ type Call struct {
 }
 
 // Execute runs code and waits for the kernel to finish it (execute_reply and status idle).
-// When ctx ends first it returns the partial Result together with ctx's error; use Start
-// and Call.Wait to keep waiting after that (e.g. after interrupting the kernel).
+// When ctx ends first it returns the partial Result together with ctx's error and closes
+// the client: the kernel may still be running the code, and frames it sends later would
+// arrive outside any call. To interrupt the kernel and keep waiting, use Start, Call.Wait
+// and Finish.
 func (c *Client) Execute(ctx context.Context, code string) (*Result, error) {
-	call, err := c.Start(ctx, code)
+	call, err := c.Start(code)
 	if err != nil {
 		return nil, err
 	}
 	defer call.Finish()
-	return call.Wait(ctx)
+	res, err := call.Wait(ctx)
+	if err != nil && ctx.Err() != nil {
+		c.conn.Close()
+	}
+	return res, err
 }
 
-// Start sends an execute_request. The caller must call Finish when done with the call.
-func (c *Client) Start(ctx context.Context, code string) (*Call, error) {
-	return c.start(ctx, code, false)
+// Start sends an execute_request. The caller must call Finish when done with the call. The
+// send has its own deadline, not the call's: a call whose time is up before the request
+// left is a timeout of the call, never a broken connection.
+func (c *Client) Start(code string) (*Call, error) {
+	return c.start(code, false)
 }
 
-func (c *Client) start(ctx context.Context, code string, silent bool) (*Call, error) {
+func (c *Client) start(code string, silent bool) (*Call, error) {
 	c.callMu.Lock()
-	p, err := c.send(ctx, "execute_request", map[string]any{
+	p, err := c.send("execute_request", map[string]any{
 		"code": code, "silent": silent, "store_history": !silent,
 		"user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true,
 	})
@@ -198,7 +231,7 @@ func (call *Call) Finish() {
 // Check proves the kernel executes code: a silent execute (no history, no execution
 // count) that must come back ok.
 func (c *Client) Check(ctx context.Context) error {
-	call, err := c.start(ctx, "pass", true)
+	call, err := c.start("pass", true)
 	if err != nil {
 		return err
 	}
@@ -211,27 +244,6 @@ func (c *Client) Check(ctx context.Context) error {
 		return fmt.Errorf("health check execute: status %q", res.Status)
 	}
 	return nil
-}
-
-// KernelInfo asks the kernel for kernel_info and returns its language version. An agent
-// that answers is alive and its main loop is free.
-func (c *Client) KernelInfo(ctx context.Context) (string, error) {
-	c.callMu.Lock()
-	defer c.callMu.Unlock()
-	p, err := c.send(ctx, "kernel_info_request", map[string]any{})
-	if err != nil {
-		return "", err
-	}
-	defer c.clearCurrent(p)
-	select {
-	case <-p.done:
-	case <-ctx.Done():
-		return "", ctx.Err()
-	}
-	if p.err != nil {
-		return "", p.err
-	}
-	return p.info, nil
 }
 
 func (c *Client) clearCurrent(p *pending) {
@@ -248,21 +260,22 @@ type pending struct {
 	id   string
 	done chan struct{} // closed when the request is complete or the connection failed
 
-	mu       sync.Mutex
-	res      Result
-	info     string // kernel_info_reply: language version
-	err      error  // set before done is closed, when the request failed
-	limit    int
-	used     int
-	gotReply bool
-	gotIdle  bool
-	finished bool
+	mu             sync.Mutex
+	res            Result // Stdout and Stderr are kept in the builders until snapshot
+	stdout, stderr strings.Builder
+	err            error // set before done is closed, when the request failed
+	limit          int
+	used           int
+	gotReply       bool
+	gotIdle        bool
+	finished       bool
 }
 
 func (p *pending) snapshot() *Result {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	r := p.res
+	r.Stdout, r.Stderr = p.stdout.String(), p.stderr.String()
 	r.Outputs = append([]Output(nil), p.res.Outputs...)
 	return &r
 }
@@ -276,67 +289,84 @@ func (p *pending) finish(err error) {
 	close(p.done)
 }
 
-func (p *pending) apply(m message) {
+// The content of the message types the client reads. Fields of other types, and unknown
+// fields, are never decoded.
+type (
+	statusContent struct {
+		State string `json:"execution_state"`
+	}
+	streamContent struct {
+		Name string `json:"name"`
+		Text string `json:"text"`
+	}
+	dataContent struct {
+		Data map[string]json.RawMessage `json:"data"`
+	}
+	replyContent struct {
+		Status         string `json:"status"`
+		ExecutionCount int    `json:"execution_count"`
+		// The agent's own output cap dropped this much.
+		TruncatedBytes int64 `json:"codebox_truncated_bytes"`
+		Error
+	}
+)
+
+// decodeContent decodes the content of frame into v. The frame is decoded again, rather
+// than its content kept as a copy when the envelope was read: a frame read for nothing
+// then costs no more than its own bytes.
+func decodeContent(frame []byte, v any) bool {
+	return json.Unmarshal(frame, &struct {
+		Content any `json:"content"`
+	}{v}) == nil
+}
+
+func (p *pending) apply(msgType string, frame []byte) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.finished {
 		return
 	}
 	r := &p.res
-	switch m.Header.MsgType {
+	switch msgType {
 	case "status":
-		var c struct {
-			State string `json:"execution_state"`
-		}
-		if json.Unmarshal(m.Content, &c) == nil && c.State == "idle" {
+		var c statusContent
+		if decodeContent(frame, &c) && c.State == "idle" {
 			p.gotIdle = true
 		}
 	case "stream":
-		var c struct {
-			Name string `json:"name"`
-			Text string `json:"text"`
-		}
-		if json.Unmarshal(m.Content, &c) != nil {
+		var c streamContent
+		if !decodeContent(frame, &c) {
 			return
 		}
 		switch c.Name {
 		case "stdout":
-			r.Stdout += p.take(c.Text)
+			p.stdout.WriteString(p.take(c.Text))
 		case "stderr":
-			r.Stderr += p.take(c.Text)
+			p.stderr.WriteString(p.take(c.Text))
 		}
 	case "display_data", "execute_result":
-		var c struct {
-			Data map[string]json.RawMessage `json:"data"`
-		}
-		if json.Unmarshal(m.Content, &c) != nil || len(c.Data) == 0 {
+		var c dataContent
+		if !decodeContent(frame, &c) || len(c.Data) == 0 {
 			return
 		}
-		size := 0
+		size := itemOverhead
 		for k, v := range c.Data {
-			size += len(k) + len(v)
+			size += keyOverhead + len(k) + len(v)
 		}
-		if p.used+size > p.limit {
+		if p.used+size > p.limit || len(r.Outputs) >= MaxOutputItems {
 			r.Truncated = true
 			return
 		}
 		p.used += size
-		r.Outputs = append(r.Outputs, Output{Type: m.Header.MsgType, Data: c.Data})
+		r.Outputs = append(r.Outputs, Output{Type: msgType, Data: c.Data})
 	case "error":
 		var e Error
-		if json.Unmarshal(m.Content, &e) != nil {
-			return
+		if decodeContent(frame, &e) && r.Error == nil {
+			r.Error = p.capError(e)
 		}
-		r.Error = p.capError(e)
 	case "execute_reply":
-		var c struct {
-			Status         string `json:"status"`
-			ExecutionCount int    `json:"execution_count"`
-			// The agent's own output cap dropped this much.
-			TruncatedBytes int64 `json:"codebox_truncated_bytes"`
-			Error
-		}
-		if json.Unmarshal(m.Content, &c) != nil {
+		var c replyContent
+		if !decodeContent(frame, &c) {
 			return
 		}
 		p.gotReply = true
@@ -349,24 +379,6 @@ func (p *pending) apply(m message) {
 				r.Error = p.capError(c.Error)
 			}
 		}
-	case "kernel_info_reply":
-		var info struct {
-			Status       string `json:"status"`
-			LanguageInfo struct {
-				Version string `json:"version"`
-			} `json:"language_info"`
-		}
-		if err := json.Unmarshal(m.Content, &info); err != nil {
-			p.finish(fmt.Errorf("kernel_info_reply: %w", err))
-			return
-		}
-		if info.Status != "ok" {
-			p.finish(fmt.Errorf("kernel_info_reply: status %q", info.Status))
-			return
-		}
-		p.info = info.LanguageInfo.Version
-		p.finish(nil)
-		return
 	}
 	if p.gotReply && p.gotIdle {
 		p.finish(nil)
@@ -384,11 +396,17 @@ func (p *pending) take(text string) string {
 	return text
 }
 
+// capError keeps what of e fits the budget, each traceback line charged like an item.
 func (p *pending) capError(e Error) *Error {
 	e.Ename = p.take(e.Ename)
 	e.Evalue = p.take(e.Evalue)
 	var tb []string
 	for _, line := range e.Traceback {
+		if len(tb) >= maxTracebackLines || p.used+keyOverhead > p.limit {
+			p.res.Truncated = true
+			break
+		}
+		p.used += keyOverhead
 		if line = p.take(line); line != "" {
 			tb = append(tb, line)
 		}
@@ -408,10 +426,15 @@ type header struct {
 	Version  string `json:"version,omitempty"`
 }
 
-type message struct {
-	Header       header          `json:"header"`
-	ParentHeader header          `json:"parent_header"`
-	Content      json.RawMessage `json:"content"`
+// envelope is what the reader decodes of every frame: which request it answers and its
+// type. The content is decoded only for frames of the call in flight.
+type envelope struct {
+	Header struct {
+		MsgType string `json:"msg_type"`
+	} `json:"header"`
+	ParentHeader struct {
+		MsgID string `json:"msg_id"`
+	} `json:"parent_header"`
 }
 
 type outgoing struct {
@@ -422,7 +445,8 @@ type outgoing struct {
 	Channel      string         `json:"channel"`
 }
 
-func (c *Client) send(ctx context.Context, msgType string, content map[string]any) (*pending, error) {
+// send writes a request; the caller holds callMu.
+func (c *Client) send(msgType string, content map[string]any) (*pending, error) {
 	p := &pending{id: newID(), done: make(chan struct{}), limit: c.maxOutput}
 	c.mu.Lock()
 	if c.readErr != nil {
@@ -440,55 +464,108 @@ func (c *Client) send(ctx context.Context, msgType string, content map[string]an
 		Content: content,
 		Channel: "shell",
 	}
-	deadline := time.Now().Add(writeTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	c.writeMu.Lock()
-	c.conn.SetWriteDeadline(deadline)
-	err := c.conn.WriteJSON(out)
-	c.writeMu.Unlock()
-	if err != nil {
-		c.mu.Lock()
-		c.current = nil
-		c.mu.Unlock()
-		return nil, fmt.Errorf("send %s: %w", msgType, err)
+	c.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if err := c.conn.WriteJSON(out); err != nil {
+		c.clearCurrent(p)
+		// A failed write leaves the websocket unusable: close it so the reader stops too.
+		c.conn.Close()
+		return nil, fmt.Errorf("%w: send %s: %v", ErrClosed, msgType, err)
 	}
 	return p, nil
 }
 
+// keepBuffer is the largest read buffer kept between frames: small frames, the common
+// case, then cost no allocation; a large one's buffer goes back to the garbage collector.
+const keepBuffer = 256 << 10
+
 func (c *Client) readLoop() {
 	defer close(c.done)
+	buf := make([]byte, 0, 16<<10)
 	for {
-		_, data, err := c.conn.ReadMessage()
+		_, r, err := c.conn.NextReader()
+		var frame []byte
+		if err == nil {
+			frame, err = readFrame(r, buf)
+		}
 		if err != nil {
-			c.mu.Lock()
-			c.readErr = err
-			p := c.current
-			c.mu.Unlock()
-			if p != nil {
-				p.mu.Lock()
-				p.finish(fmt.Errorf("%w: %v", ErrClosed, err))
-				p.mu.Unlock()
-			}
+			c.fail(err)
 			return
 		}
-		var m message
-		if json.Unmarshal(data, &m) != nil {
-			continue
+		if cap(frame) <= keepBuffer {
+			buf = frame[:0]
+		}
+		var env envelope
+		if json.Unmarshal(frame, &env) != nil {
+			continue // garbage is dropped like an unknown type
 		}
 		c.mu.Lock()
 		p := c.current
 		c.mu.Unlock()
-		if p != nil && m.ParentHeader.MsgID == p.id {
-			p.apply(m)
+		if p == nil {
+			c.fail(ErrMisbehaved)
+			c.conn.Close()
+			return
+		}
+		if env.ParentHeader.MsgID == p.id {
+			p.apply(env.Header.MsgType, frame)
 		}
 	}
+}
+
+// readFrame reads one message into buf, doubling it as needed: what a frame costs is at
+// most about twice its size, where io.ReadAll's smaller steps cost several times.
+func readFrame(r io.Reader, buf []byte) ([]byte, error) {
+	for {
+		if len(buf) == cap(buf) {
+			grown := make([]byte, len(buf), max(2*cap(buf), 4096))
+			copy(grown, buf)
+			buf = grown
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// fail ends the connection's reading with err and fails the call in flight.
+func (c *Client) fail(err error) {
+	c.mu.Lock()
+	if c.readErr == nil {
+		c.readErr = err
+	}
+	p := c.current
+	c.mu.Unlock()
+	if p != nil {
+		cerr := c.closedErr()
+		p.mu.Lock()
+		p.finish(cerr)
+		p.mu.Unlock()
+	}
+}
+
+// Err is nil while the connection is usable; after, why it is not (wrapping ErrClosed, and
+// ErrMisbehaved when the client closed it for the worker's frames).
+func (c *Client) Err() error {
+	c.mu.Lock()
+	failed := c.readErr != nil
+	c.mu.Unlock()
+	if !failed {
+		return nil
+	}
+	return c.closedErr()
 }
 
 func (c *Client) closedErr() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if errors.Is(c.readErr, ErrMisbehaved) {
+		return fmt.Errorf("%w: %w", ErrClosed, ErrMisbehaved)
+	}
 	if c.readErr != nil {
 		return fmt.Errorf("%w: %v", ErrClosed, c.readErr)
 	}

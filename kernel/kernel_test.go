@@ -160,7 +160,7 @@ func TestWaitAfterDeadlineKeepsCollecting(t *testing.T) {
 		send("status", map[string]any{"execution_state": "idle"}, id)
 	}}
 	c := start(t, f, Options{})
-	call, err := c.Start(context.Background(), "while True: pass")
+	call, err := c.Start("while True: pass")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,22 +203,10 @@ func TestConnectionLossFailsTheCall(t *testing.T) {
 	}
 }
 
-func TestKernelInfoAndBadToken(t *testing.T) {
-	f := &fakeAgent{token: "right", script: func(req map[string]any, send func(string, any, string)) {
-		if req["header"].(map[string]any)["msg_type"] != "kernel_info_request" {
-			return
-		}
-		send("kernel_info_reply", map[string]any{"status": "ok", "language_info": map[string]any{"version": "3.11.2"}}, msgID(req))
-	}}
-	c := start(t, f, Options{})
-	v, err := c.KernelInfo(context.Background())
-	if err != nil || v != "3.11.2" {
-		t.Fatalf("kernel info = %q, %v", v, err)
-	}
-
-	srv := httptest.NewServer(f)
+func TestBadToken(t *testing.T) {
+	srv := httptest.NewServer(&fakeAgent{token: "right"})
 	defer srv.Close()
-	_, err = Dial(context.Background(), "ws"+strings.TrimPrefix(srv.URL, "http")+ChannelsPath, "wrong", Options{})
+	_, err := Dial(context.Background(), "ws"+strings.TrimPrefix(srv.URL, "http")+ChannelsPath, "wrong", Options{})
 	if err == nil || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("dial with a wrong token: %v", err)
 	}

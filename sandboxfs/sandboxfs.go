@@ -5,6 +5,11 @@
 // symlinked directory, a bind of another file system) leads the daemon outside the disk.
 // Writes go to a temporary file in the same directory, are fsynced and renamed into place,
 // and belong to the sandbox user.
+//
+// User code owns the disk, so nothing on it is trusted to behave: a file is first opened
+// with O_PATH (which opens nothing: no FIFO waits for a writer, no lease is broken), checked
+// to be a regular file within the size limit, and only then reopened for reading, without
+// blocking; listings are read a bounded page at a time.
 package sandboxfs
 
 import (
@@ -33,8 +38,19 @@ const tmpPrefix = ".codebox-tmp-"
 // ErrBadPath is wrapped by every path the checks refuse.
 var ErrBadPath = errors.New("bad path")
 
-// ErrTooLarge is returned by Write when the content exceeds its limit.
+// ErrTooLarge is returned when a file is larger than the limit of the call.
 var ErrTooLarge = errors.New("file larger than the limit")
+
+// ErrNotRegular is wrapped by refusals of something that is not a regular file (a FIFO, a
+// socket, a device, a directory) where a file is wanted.
+var ErrNotRegular = errors.New("not a regular file")
+
+// ErrBusy is returned when a process in the worker holds a lease on the file, which an open
+// would have to wait for.
+var ErrBusy = errors.New("the file is leased by a process in the worker")
+
+// MaxListEntries is the most entries one page of a listing holds.
+const MaxListEntries = 10_000
 
 // CleanDir turns an API directory path ("/sandbox", "/sandbox/", "/sandbox/data/x/") into
 // a path relative to the disk's root ("." or "data/x").
@@ -225,25 +241,61 @@ func (r *Root) Write(dir, name string, src io.Reader, limit int64) (int64, error
 	return n, nil
 }
 
-// OpenFile opens the regular file dir/name for reading.
-func (r *Root) OpenFile(dir, name string) (*os.File, os.FileInfo, error) {
+// OpenFile opens the regular file dir/name for reading, refusing anything else and any
+// file over maxSize before a byte is read. It never blocks on what user code planted: the
+// file is opened with O_PATH and checked first, then reopened non-blocking through
+// /proc/self/fd, which reaches the same inode. The file's size at the check is returned;
+// callers read no more than that.
+func (r *Root) OpenFile(dir, name string, maxSize int64) (*os.File, os.FileInfo, error) {
 	if err := CheckName(name); err != nil {
 		return nil, nil, err
 	}
-	f, err := r.openat(path.Join(dir, name), unix.O_RDONLY|unix.O_NOFOLLOW, 0)
+	rel := path.Join(dir, name)
+	p, err := r.openat(rel, unix.O_PATH|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, nil, err
 	}
-	st, err := f.Stat()
+	defer p.Close()
+	st, err := p.Stat()
 	if err != nil {
-		f.Close()
 		return nil, nil, err
+	}
+	if st.Mode()&fs.ModeSymlink != 0 { // O_PATH|O_NOFOLLOW opens the link itself
+		return nil, nil, fmt.Errorf("%s: is a symbolic link, which is not followed: %w", path.Join(Prefix, rel), fs.ErrPermission)
 	}
 	if !st.Mode().IsRegular() {
-		f.Close()
-		return nil, nil, fmt.Errorf("%s: not a regular file", path.Join(Prefix, dir, name))
+		return nil, nil, fmt.Errorf("%s: %w: it is %s", path.Join(Prefix, rel), ErrNotRegular, kind(st.Mode()))
 	}
-	return f, st, nil
+	if st.Size() > maxSize {
+		return nil, nil, fmt.Errorf("%s: %w (%d bytes, limit %d)", path.Join(Prefix, rel), ErrTooLarge, st.Size(), maxSize)
+	}
+	fd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", p.Fd()), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		return nil, nil, fmt.Errorf("%s: %w", path.Join(Prefix, rel), ErrBusy)
+	}
+	if err != nil {
+		return nil, nil, explain(rel, err)
+	}
+	return os.NewFile(uintptr(fd), path.Join(Prefix, rel)), st, nil
+}
+
+// kind names a file mode's type for messages.
+func kind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	}
+	return "not a regular file"
 }
 
 // Remove deletes the regular file dir/name. Symlinks and directories are refused.
@@ -265,7 +317,7 @@ func (r *Root) Remove(dir, name string) error {
 	case unix.S_IFLNK:
 		return fmt.Errorf("%s: is a symbolic link, which is not touched: %w", path.Join(Prefix, dir, name), fs.ErrPermission)
 	default:
-		return fmt.Errorf("%s: not a regular file", path.Join(Prefix, dir, name))
+		return fmt.Errorf("%s: %w", path.Join(Prefix, dir, name), ErrNotRegular)
 	}
 	if err := unix.Unlinkat(int(d.Fd()), name, 0); err != nil {
 		return explain(path.Join(dir, name), err)
@@ -281,38 +333,74 @@ type Entry struct {
 	Mtime time.Time `json:"mtime"`
 }
 
-// List lists directory dir without following anything in it.
-func (r *Root) List(dir string) ([]Entry, error) {
+// Page is one page of a directory listing.
+type Page struct {
+	Entries []Entry
+	// Next is the offset of the next page when the directory has more entries.
+	Next      int
+	Truncated bool
+}
+
+// List lists at most limit entries of directory dir (MaxListEntries when limit is 0 or
+// more), after skipping offset of them, without following anything in it. Memory is
+// bounded by the page, not the directory: names are read in batches and those outside the
+// page dropped. Pages follow the directory's own order; entries added or removed between
+// two pages may be missed or repeated.
+func (r *Root) List(dir string, offset, limit int) (*Page, error) {
+	if limit <= 0 || limit > MaxListEntries {
+		limit = MaxListEntries
+	}
 	d, err := r.openat(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer d.Close()
-	names, err := d.Readdirnames(-1)
-	if err != nil {
-		return nil, err
+	page := &Page{Entries: []Entry{}}
+	seen := 0 // visible entries before the current batch
+	for {
+		names, err := d.Readdirnames(1024)
+		if errors.Is(err, io.EOF) {
+			return page, nil
+		}
+		if err != nil {
+			return nil, explain(dir, err)
+		}
+		for _, n := range names {
+			if strings.HasPrefix(n, tmpPrefix) {
+				continue
+			}
+			seen++
+			if seen <= offset {
+				continue
+			}
+			if len(page.Entries) == limit {
+				page.Truncated, page.Next = true, offset+limit
+				return page, nil
+			}
+			if e, ok := r.entry(d, n); ok {
+				page.Entries = append(page.Entries, e)
+			} else {
+				seen-- // gone since it was read: it takes no place in the count
+			}
+		}
 	}
-	out := make([]Entry, 0, len(names))
-	for _, n := range names {
-		if strings.HasPrefix(n, tmpPrefix) {
-			continue
-		}
-		var st unix.Stat_t
-		if err := unix.Fstatat(int(d.Fd()), n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			continue // gone since Readdirnames
-		}
-		e := Entry{Name: n, Size: st.Size, Mtime: time.Unix(st.Mtim.Unix()).UTC()}
-		switch st.Mode & unix.S_IFMT {
-		case unix.S_IFREG:
-			e.Type = "file"
-		case unix.S_IFDIR:
-			e.Type, e.Size = "directory", 0
-		case unix.S_IFLNK:
-			e.Type = "symlink"
-		default:
-			e.Type = "other"
-		}
-		out = append(out, e)
+}
+
+func (r *Root) entry(d *os.File, n string) (Entry, bool) {
+	var st unix.Stat_t
+	if err := unix.Fstatat(int(d.Fd()), n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return Entry{}, false
 	}
-	return out, nil
+	e := Entry{Name: n, Size: st.Size, Mtime: time.Unix(st.Mtim.Unix()).UTC()}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		e.Type = "file"
+	case unix.S_IFDIR:
+		e.Type, e.Size = "directory", 0
+	case unix.S_IFLNK:
+		e.Type = "symlink"
+	default:
+		e.Type = "other"
+	}
+	return e, true
 }

@@ -85,7 +85,7 @@ func sandbox(t *testing.T) (*Root, string) {
 func TestSymlinksAreNeverFollowed(t *testing.T) {
 	r, secret := sandbox(t)
 	for _, c := range []struct{ dir, name string }{{".", "link"}, {"dirlink", "secret"}, {"magic", "passwd"}} {
-		if f, _, err := r.OpenFile(c.dir, c.name); err == nil {
+		if f, _, err := r.OpenFile(c.dir, c.name, 1<<20); err == nil {
 			b, _ := io.ReadAll(f)
 			f.Close()
 			t.Errorf("read %s/%s through a link: %q", c.dir, c.name, b)
@@ -100,7 +100,7 @@ func TestSymlinksAreNeverFollowed(t *testing.T) {
 	if err := r.Remove("dirlink", "secret"); err == nil {
 		t.Errorf("removed through a directory symlink")
 	}
-	if _, err := r.List("dirlink"); err == nil {
+	if _, err := r.List("dirlink", 0, 0); err == nil {
 		t.Errorf("listed through a directory symlink")
 	}
 	// Writing to the name of a symlink is refused; the link and its target stay.
@@ -121,7 +121,7 @@ func TestWriteIsAtomicAndLimited(t *testing.T) {
 	if err != nil || n != 5 {
 		t.Fatalf("write: %d %v", n, err)
 	}
-	f, st, err := r.OpenFile("new/sub", "a.txt")
+	f, st, err := r.OpenFile("new/sub", "a.txt", 10)
 	if err != nil || st.Size() != 5 {
 		t.Fatalf("open: %v %v", st, err)
 	}
@@ -129,17 +129,21 @@ func TestWriteIsAtomicAndLimited(t *testing.T) {
 	if _, err := r.Write("data", "real.txt", strings.NewReader(strings.Repeat("x", 11)), 10); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("oversize: %v", err)
 	}
-	entries, err := r.List("data")
-	if err != nil || len(entries) != 1 || entries[0].Name != "real.txt" || entries[0].Size != 4 {
+	page, err := r.List("data", 0, 0)
+	if err != nil || page.Truncated {
+		t.Fatal(page, err)
+	}
+	entries := page.Entries
+	if len(entries) != 1 || entries[0].Name != "real.txt" || entries[0].Size != 4 {
 		t.Fatalf("after a failed write: %+v %v (the old file must stay, no temporary left)", entries, err)
 	}
 	all, _ := os.ReadDir(filepath.Join(r.fd.Name(), "data"))
 	if len(all) != 1 {
 		t.Fatalf("temporary files left: %v", all)
 	}
-	root, _ := r.List(".")
+	root, _ := r.List(".", 0, 0)
 	types := map[string]string{}
-	for _, e := range root {
+	for _, e := range root.Entries {
 		types[e.Name] = e.Type
 	}
 	if types["link"] != "symlink" || types["dirlink"] != "symlink" || types["data"] != "directory" || types["new"] != "directory" {
@@ -148,7 +152,7 @@ func TestWriteIsAtomicAndLimited(t *testing.T) {
 	if err := r.Remove("new/sub", "a.txt"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := r.OpenFile("new/sub", "a.txt"); !errors.Is(err, fs.ErrNotExist) {
+	if _, _, err := r.OpenFile("new/sub", "a.txt", 10); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("after remove: %v", err)
 	}
 }

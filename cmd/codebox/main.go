@@ -197,14 +197,20 @@ func filesCmd(ctx context.Context, c *api.Client, args []string, stdout io.Write
 		if len(a) == 1 {
 			dir = a[0]
 		}
-		list, err := c.ListFiles(ctx, *user, dir)
-		if err != nil {
-			return err
+		// Every page, one after the other: a directory may hold more than a page.
+		for offset := 0; ; {
+			list, err := c.ListFiles(ctx, *user, dir, offset, 0)
+			if err != nil {
+				return err
+			}
+			for _, e := range list.Entries {
+				fmt.Fprintf(stdout, "%-9s %12d  %s  %s\n", e.Type, e.Size, e.Mtime.Format(time.RFC3339), e.Name)
+			}
+			if !list.Truncated {
+				return nil
+			}
+			offset = list.NextOffset
 		}
-		for _, e := range list.Entries {
-			fmt.Fprintf(stdout, "%-9s %12d  %s  %s\n", e.Type, e.Size, e.Mtime.Format(time.RFC3339), e.Name)
-		}
-		return nil
 	}
 	return errors.New("usage: files put -u USER LOCAL REMOTE | files get -u USER REMOTE [LOCAL] | files ls -u USER [DIR]")
 }

@@ -17,6 +17,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -30,6 +31,10 @@ import (
 	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/runtime"
 )
+
+// workerLogBytes is what a worker's log file may hold (the agent's own lines, and whatever
+// user code writes to the worker's init); past it, output is dropped.
+const workerLogBytes = 1 << 20
 
 func main() {
 	args := os.Args[1:]
@@ -140,6 +145,13 @@ func serve(cfg daemon.Config) error {
 		return err
 	}
 	defer rt.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if err := rt.LogTo(filepath.Join(filepath.Dir(exe), runtime.LogSinkName), workerLogBytes); err != nil {
+		return fmt.Errorf("%w (it is installed next to codeboxd)", err)
+	}
 	image, err := rt.EnsureImage(ctx, cfg.WorkerImage, cfg.WorkerImageArchive, log)
 	if err != nil {
 		return err
@@ -166,8 +178,13 @@ func serve(cfg daemon.Config) error {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
 	srv := &http.Server{
-		Handler:           api.NewHandler(d, api.ServerConfig{Token: token, CORSOrigins: cfg.CORSOriginList(), Log: log}),
+		Handler: api.NewHandler(d, api.ServerConfig{Token: token, CORSOrigins: cfg.CORSOriginList(), Log: log,
+			MaxFileBytes: int64(cfg.MaxFileMB) << 20, FileTimeout: cfg.FileTimeout, MaxExecTimeout: cfg.MaxExecTimeout}),
+		// The handlers set the body and answer deadlines of each call (api.ServerConfig); the
+		// server bounds what comes before and between calls.
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
 	}
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()

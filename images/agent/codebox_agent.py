@@ -52,6 +52,56 @@ CHANNELS_PATH = "/api/kernel/channels"
 MAX_MESSAGE_BYTES = 64 << 20
 SEND_TIMEOUT_SECONDS = 30
 TRUNCATION_MARKER = "\n[codebox: output truncated, {} bytes dropped]\n"
+# Stream text leaves in frames of at most this many characters: escaped as JSON, a frame
+# stays far below the daemon's frame limit whatever the text holds.
+STREAM_CHUNK_CHARS = 64 << 10
+# The agent's own diagnostics: at most this many lines a minute reach the container log.
+LOG_LINES_PER_MINUTE = 20
+
+
+def encode(obj):
+    """JSON as the daemon reads it: UTF-8, no ASCII escapes (smaller, and its size is what
+    the budget counts); a lone surrogate from user code becomes U+FFFD."""
+    return json.dumps(obj, ensure_ascii=False, default=str).encode("utf-8", "replace")
+
+
+class Log:
+    """The agent's diagnostics, to the container's log (the fd 2 the agent started with),
+    rate-limited: user code can provoke them, and the log is on the host."""
+
+    def __init__(self):
+        self.file = None
+        self.window = 0
+        self.count = 0
+        self.suppressed = 0
+        self.lock = threading.Lock()
+
+    def open(self):
+        """Keeps the original fd 2 before it is redirected to the output capture."""
+        fd = os.dup(2)
+        os.set_inheritable(fd, False)
+        self.file = os.fdopen(fd, "w", buffering=1, errors="replace")
+
+    def __call__(self, text):
+        with self.lock:
+            minute = int(time.monotonic() // 60)
+            if minute != self.window:
+                if self.suppressed and self.file is not None:
+                    self.file.write(f"codebox-agent: {self.suppressed} messages suppressed\n")
+                self.window, self.count, self.suppressed = minute, 0, 0
+            if self.count >= LOG_LINES_PER_MINUTE:
+                self.suppressed += 1
+                return
+            self.count += 1
+            out = self.file if self.file is not None else sys.__stderr__
+            try:
+                out.write("codebox-agent: " + text[:2000] + "\n")
+                out.flush()
+            except (OSError, ValueError):
+                pass
+
+
+log = Log()
 
 
 def now_iso():
@@ -59,7 +109,7 @@ def now_iso():
 
 
 class Budget:
-    """Counts the bytes of output one execute may still send."""
+    """Counts the bytes of output one execute may still send. Guarded by Agent.lock."""
 
     def __init__(self, limit):
         self.limit = limit
@@ -104,7 +154,7 @@ class Agent:
     # ---- sending -------------------------------------------------------------------
 
     def frame(self, msg_type, content, parent, channel):
-        return json.dumps({
+        return encode({
             "header": {
                 "msg_id": f"{self.session}_{next(self.counter)}",
                 "msg_type": msg_type,
@@ -117,7 +167,7 @@ class Agent:
             "metadata": {},
             "content": content,
             "channel": channel,
-        }, default=str).encode()
+        })
 
     def send(self, req, msg_type, content, channel="iopub"):
         """Queues a frame; it is written by deliver() or by the flusher."""
@@ -155,7 +205,7 @@ class Agent:
                 self.flush()
                 self.deliver()
             except Exception as exc:  # keep streaming for the next cell; the execute's end delivers
-                print(f"codebox-agent: timed flush failed: {exc!r}", file=sys.__stderr__)
+                log(f"timed flush failed: {exc!r}")
 
     # ---- output of user code -------------------------------------------------------
 
@@ -188,8 +238,10 @@ class Agent:
             if req is None:
                 return
             for name, text in chunks:
-                data = self.frame("stream", {"name": name, "text": text}, req.header, "iopub")
-                self.outbox.append((req.conn, data))
+                for i in range(0, len(text), STREAM_CHUNK_CHARS):
+                    data = self.frame("stream", {"name": name, "text": text[i:i + STREAM_CHUNK_CHARS]},
+                                      req.header, "iopub")
+                    self.outbox.append((req.conn, data))
 
     def publish(self, msg_type, content):
         """Sends display_data / execute_result / error after the output before it."""
@@ -197,23 +249,51 @@ class Agent:
         req = self.current
         if req is None:
             return
-        data = json.dumps(content, default=str)
-        if req.budget.take(len(data)) < len(data):
+        size = len(encode(content))
+        with self.lock:
+            fits = req.budget.take(size) == size
+        if not fits:
             content = dict(content)
             content["data"] = {"text/plain": "[codebox: output dropped, over the output limit]"}
             content["metadata"] = {}
         self.send(req, msg_type, content)
 
+    def fit(self, req, text):
+        """The longest start of text whose JSON fits the budget, which it is charged. Under
+        self.lock."""
+        room = max(0, req.budget.limit - req.budget.used)
+        cut = text[:room]
+        size = len(encode(cut)) - 2  # without the quotes
+        while size > room:
+            cut = cut[:len(cut) * room // size]
+            size = len(encode(cut)) - 2
+        req.budget.used += size
+        if len(cut) < len(text):
+            req.budget.dropped += len(text) - len(cut)
+        return cut
+
     def show_error(self, etype, evalue, stb):
+        """The exception of the current execute, within its output budget: it is sent twice
+        (the error message and the execute_reply), so an unbounded one could exceed the
+        daemon's frame limit and cost the worker."""
         self.flush()
         req = self.current
         if req is None:
             return
-        self.error = {
-            "ename": getattr(etype, "__name__", str(etype)),
-            "evalue": str(evalue),
-            "traceback": list(stb)[:200],
-        }
+        try:
+            value = str(evalue)
+        except Exception as exc:  # a __str__ of user code's own that raises
+            value = f"<unprintable {type(evalue).__name__}: {type(exc).__name__}>"
+        lines = list(itertools.islice(stb, 200))
+        with self.lock:
+            error = {"ename": self.fit(req, str(getattr(etype, "__name__", etype))[:256]),
+                     "evalue": self.fit(req, value), "traceback": []}
+            for line in lines:
+                line = self.fit(req, str(line))
+                if not line:
+                    break
+                error["traceback"].append(line)
+        self.error = error
         self.send(req, "error", self.error)
 
     # ---- requests ------------------------------------------------------------------
@@ -303,9 +383,11 @@ class Agent:
         if interrupted_outside:
             self.show_error(KeyboardInterrupt, "", ["KeyboardInterrupt"])
         self.settle_fds()
-        if req.budget.dropped:
+        with self.lock:
             dropped = req.budget.dropped
-            req.budget.limit += len(TRUNCATION_MARKER) + 32
+            if dropped:  # room for the marker itself
+                req.budget.limit += len(TRUNCATION_MARKER) + 32
+        if dropped:
             self.write_stream("stderr", TRUNCATION_MARKER.format(dropped))
         self.flush()
         with self.lock:
@@ -316,8 +398,8 @@ class Agent:
         else:
             reply = {"status": "ok", "execution_count": count}
         reply.update(user_expressions={}, payload=[])
-        if req.budget.dropped:
-            reply["codebox_truncated_bytes"] = req.budget.dropped  # beyond Jupyter's fields
+        if dropped:
+            reply["codebox_truncated_bytes"] = dropped  # beyond Jupyter's fields
         self.send(req, "execute_reply", reply, channel="shell")
         self.send(req, "status", {"execution_state": "idle"})
 
@@ -426,7 +508,7 @@ def prepare_matplotlib():
             if name.startswith("fontlist") and not os.path.exists(os.path.join(cache, name)):
                 shutil.copy(os.path.join(seed, name), cache)
     except OSError as exc:
-        print(f"codebox-agent: matplotlib cache not seeded: {exc}", file=sys.__stderr__)
+        log(f"matplotlib cache not seeded: {exc}")
 
 
 def capture_fds(agent):
@@ -474,7 +556,8 @@ class Connection:
         try:
             for data in frames:
                 self.ws.send_text(data)
-        except Exception:  # the websocket is closing; the frames have nowhere to go
+        except Exception as exc:  # the websocket is closing; the frames have nowhere to go
+            log(f"frames dropped, the connection is closing: {exc!r}")
             return
         self.write_pending()
 
@@ -571,7 +654,8 @@ class Server:
                     data = b""
                 try:
                     messages = conn.receive(data)
-                except Exception:  # a request line or header the protocol layer refuses
+                except Exception as exc:  # a request line or header the protocol layer refuses
+                    log(f"connection dropped: {exc!r}")
                     messages = []
                     conn.closed = True
                 with agent.write_lock:
@@ -602,7 +686,8 @@ def main():
 
     server = Server(agent, token, port)
     threading.Thread(target=agent.flusher, daemon=True, name="flusher").start()
-    print(f"codebox-agent: listening on port {port}", file=sys.__stderr__, flush=True)
+    log.open()
+    log(f"listening on port {port}")
     capture_fds(agent)
     server.serve_forever()
     return 0

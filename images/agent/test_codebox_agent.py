@@ -248,6 +248,51 @@ class OutputCapTest(AgentTest):
         self.assertEqual(stdout(self.session.execute("print('again')")), "again\n")
 
 
+class HostileOutputTest(AgentTest):
+    """User code is hostile: whatever it prints or raises stays within the execute's
+    budget, in frames far below the daemon's frame limit."""
+
+    max_output = 1 << 20
+
+    def frames_raw(self, code):
+        frames = self.session.execute(code)
+        return frames, [len(json.dumps(f["content"], ensure_ascii=False).encode()) for f in frames]
+
+    def test_huge_exception_is_within_budget(self):
+        frames, sizes = self.frames_raw("raise ValueError('v' * 50_000_000)")
+        err = of_type(frames, "error")[0]["content"]
+        reply = of_type(frames, "execute_reply")[0]["content"]
+        self.assertEqual(err["ename"], "ValueError")
+        self.assertEqual(reply["evalue"], err["evalue"])
+        self.assertLessEqual(len(err["evalue"]), self.max_output)
+        self.assertGreater(len(err["evalue"]), self.max_output // 2)
+        self.assertGreater(reply["codebox_truncated_bytes"], 40_000_000)
+        self.assertLessEqual(max(sizes), self.max_output + 4096)
+
+    def test_escaped_exception_text_counts_its_escaped_size(self):
+        frames, sizes = self.frames_raw("raise ValueError('\\x00' * 5_000_000)")
+        err = of_type(frames, "error")[0]["content"]
+        self.assertTrue(err["evalue"].startswith("\x00"))
+        self.assertLessEqual(max(sizes), self.max_output + 4096)
+
+    def test_unprintable_exception(self):
+        frames = self.session.execute("class E(Exception):\n  def __str__(self): raise RuntimeError('no')\nraise E()")
+        err = of_type(frames, "error")[0]["content"]
+        self.assertEqual(err["ename"], "E")
+        self.assertIn("unprintable", err["evalue"])
+
+    def test_stream_text_leaves_in_small_frames(self):
+        frames, sizes = self.frames_raw("print('\\x01' * 600_000)")
+        streams = of_type(frames, "stream")
+        self.assertGreater(len(streams), 1)
+        self.assertEqual(sum(len(f["content"]["text"]) for f in streams), 600_001)
+        self.assertLessEqual(max(sizes), 6 * (64 << 10) + 4096)
+
+    def test_the_session_works_after(self):
+        self.session.execute("raise ValueError('x' * 10_000_000)")
+        self.assertEqual(stdout(self.session.execute("print('fine')")), "fine\n")
+
+
 class AuthTest(unittest.TestCase):
     def test_wrong_token_is_refused(self):
         agent = AgentProcess()

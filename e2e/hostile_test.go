@@ -1,0 +1,425 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/codebox/codebox/api"
+)
+
+// TestHostileSessions attacks the daemon as a tenant would, through the public API: with
+// what user code can plant on its disk, write to its agent's websocket or its worker's log,
+// and with bad requests. Each attack must come back at once with a clear answer, bound the
+// daemon's memory, and leave other sessions alone: a victim session executes throughout, and
+// none of its calls may wait on the attacker's.
+func TestHostileSessions(t *testing.T) {
+	store := newObjectStore(t)
+	d := startDaemon(t, "--min-idle-workers", "2", "--max-file-mb", "16", "--file-timeout", "20s",
+		"--file-allowlist", "127.0.0.1/32")
+	ctx := context.Background()
+	attacker := "e2e-hostile-" + randomHex(3)
+	victim := "e2e-victim-" + randomHex(3)
+	d.exec(t, attacker, "1")
+	d.exec(t, victim, "n = 0")
+	startRSS := rss(t, d.cmd.Process.Pid)
+
+	// The victim counts for as long as the attacks run; every call must succeed and come
+	// back promptly, whatever the attacker's calls are doing.
+	var victimCalls atomic.Int64
+	var victimSlowest atomic.Int64
+	victimErr := make(chan error, 1)
+	stopVictim := make(chan struct{})
+	var victimDone sync.WaitGroup
+	victimDone.Add(1)
+	go func() {
+		defer victimDone.Done()
+		for i := 1; ; i++ {
+			select {
+			case <-stopVictim:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			cctx, cancel := context.WithTimeout(ctx, time.Minute)
+			start := time.Now()
+			r, err := d.client.Execute(cctx, victim, "n += 1\nn", 0)
+			cancel()
+			took := time.Since(start)
+			if took.Nanoseconds() > victimSlowest.Load() {
+				victimSlowest.Store(took.Nanoseconds())
+			}
+			if err == nil && (r.ResultText == nil || *r.ResultText != fmt.Sprint(i)) {
+				err = fmt.Errorf("victim call %d: state lost: %+v", i, r)
+			}
+			if err != nil {
+				victimErr <- err
+				return
+			}
+			victimCalls.Add(1)
+		}
+	}()
+
+	// quickly fails unless f returns within the given time: before the fixes, several of
+	// these attacks blocked for ever.
+	quickly := func(t *testing.T, within time.Duration, what string, f func()) time.Duration {
+		t.Helper()
+		done := make(chan struct{})
+		start := time.Now()
+		go func() { defer close(done); f() }()
+		select {
+		case <-done:
+		case <-time.After(within):
+			t.Fatalf("%s did not return within %s", what, within)
+		}
+		took := time.Since(start)
+		t.Logf("%s: %s", what, took.Round(time.Millisecond))
+		return took
+	}
+	// step runs one attack and reports the daemon's memory after it.
+	step := func(name string, f func(t *testing.T)) {
+		t.Run(name, f)
+		t.Logf("after %q: daemon RSS %d MiB", name, rss(t, d.cmd.Process.Pid)>>20)
+	}
+	ok := func(t *testing.T, code string) string {
+		t.Helper()
+		r := d.exec(t, attacker, code)
+		if r.Error != nil {
+			t.Fatalf("%q raised %s: %s", code, r.Error.Ename, r.Error.Evalue)
+		}
+		return r.Stdout
+	}
+
+	step("a FIFO neither wedges the session nor holds a transfer slot", func(t *testing.T) {
+		ok(t, "import os\nfor i in range(10): os.mkfifo(f'/sandbox/out{i}.csv')\nos.mkfifo('/sandbox/out.csv')")
+		quickly(t, 5*time.Second, "GET of a FIFO", func() {
+			_, err := d.client.GetFile(ctx, attacker, "/sandbox/out.csv", io.Discard)
+			if statusOf(err) != 409 || !strings.Contains(err.Error(), "a FIFO") {
+				t.Errorf("GET: %v, want 409 naming a FIFO", err)
+			}
+		})
+		// More FIFOs than transfer slots, exported at once, while another session imports.
+		var exports []api.FileExport
+		for i := 0; i < 10; i++ {
+			exports = append(exports, api.FileExport{Path: "/sandbox/", Name: fmt.Sprintf("out%d.csv", i), UploadURL: store.URL + "/blob/x"})
+		}
+		quickly(t, 10*time.Second, "export of 10 FIFOs and an import by another session", func() {
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, err := d.client.ExportFiles(ctx, attacker, exports)
+				if err != nil || resp.Success || len(resp.Errors) != 10 || !strings.Contains(resp.Errors[0].Detail, "FIFO") {
+					t.Errorf("export: %+v %v", resp, err)
+				}
+			}()
+			resp, err := d.client.ImportFiles(ctx, victim, []api.FileImport{{DownloadURL: store.put("v", []byte("v")), Name: "v.txt"}})
+			if err != nil || !resp.Success {
+				t.Errorf("the victim's import: %+v %v", resp, err)
+			}
+			wg.Wait()
+		})
+		quickly(t, 5*time.Second, "the next execute", func() { ok(t, "'still here'") })
+	})
+
+	step("a sparse terabyte is refused before a byte moves", func(t *testing.T) {
+		ok(t, "open('/sandbox/huge', 'wb').truncate(1 << 40)")
+		quickly(t, 5*time.Second, "GET of a 1 TiB sparse file", func() {
+			n, err := d.client.GetFile(ctx, attacker, "/sandbox/huge", io.Discard)
+			if statusOf(err) != 413 || n != 0 {
+				t.Errorf("GET: %d bytes, %v; want 413 and nothing sent", n, err)
+			}
+		})
+		quickly(t, 5*time.Second, "export of it", func() {
+			resp, err := d.client.ExportFiles(ctx, attacker, []api.FileExport{{Path: "/sandbox/", Name: "huge", UploadURL: store.URL + "/blob/huge"}})
+			if err != nil || resp.Success || !strings.Contains(resp.Errors[0].Detail, "larger than") {
+				t.Errorf("export: %+v %v", resp, err)
+			}
+		})
+		if b := store.get("huge"); len(b) != 0 {
+			t.Errorf("%d bytes of it reached the object store", len(b))
+		}
+		ok(t, "import os; os.remove('/sandbox/huge')")
+	})
+
+	step("a huge directory is listed a bounded page at a time", func(t *testing.T) {
+		const n = 25_000
+		ok(t, fmt.Sprintf("import os\nos.mkdir('/sandbox/many')\nopen('/sandbox/many/t', 'w').close()\nfor i in range(%d): os.link('/sandbox/many/t', '/sandbox/many/' + 'n' * 150 + str(i))", n))
+		seen := 0
+		pages := 0
+		for offset := 0; ; pages++ {
+			page, err := d.client.ListFiles(ctx, attacker, "/sandbox/many/", offset, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page.Entries) > api.MaxListEntries {
+				t.Fatalf("a page of %d entries", len(page.Entries))
+			}
+			seen += len(page.Entries)
+			if !page.Truncated {
+				break
+			}
+			offset = page.NextOffset
+		}
+		if seen != n+1 || pages != 2 {
+			t.Fatalf("%d entries in %d pages, want %d in 3", seen, pages+1, n+1)
+		}
+		ok(t, "import shutil; shutil.rmtree('/sandbox/many')")
+	})
+
+	step("forged frames from user code cost only their cap", func(t *testing.T) {
+		// User code reaches the agent's own objects and writes frames answering the current
+		// request: 200,000 tiny display items.
+		r := d.exec(t, attacker, `
+import gc
+agent = next(o for o in gc.get_objects() if type(o).__name__ == 'Agent')
+conn = agent.current.conn
+item = agent.frame('display_data', {'data': {'': 0}, 'metadata': {}}, agent.current.header, 'iopub')
+for _ in range(20):
+    conn.write_texts([item] * 10_000)
+print('sent')`)
+		if len(r.Results) > 1000 || !r.Truncated || r.Stdout != "sent\n" {
+			t.Fatalf("kept %d items (truncated %v), stdout %q", len(r.Results), r.Truncated, r.Stdout)
+		}
+		// A frame written after the call ended: the daemon closes the connection and
+		// replaces the worker at the session's next call, which says so.
+		ok(t, `
+import gc, threading, time
+agent = next(o for o in gc.get_objects() if type(o).__name__ == 'Agent')
+conn, hdr = agent.current.conn, agent.current.header
+def later():
+    time.sleep(0.5)
+    conn.write_texts([agent.frame('stream', {'name': 'stdout', 'text': 'forged'}, hdr, 'iopub')])
+threading.Thread(target=later).start()`)
+		time.Sleep(time.Second)
+		_, err := d.client.Execute(ctx, attacker, "1", 0)
+		if statusOf(err) != 503 {
+			t.Fatalf("the call after a frame outside a call: %v, want 503 (worker replaced)", err)
+		}
+		r = d.exec(t, attacker, "'fresh'")
+		if !r.NewSession || r.ResultText == nil || *r.ResultText != "'fresh'" {
+			t.Fatalf("the next call: %+v, want a new session", r)
+		}
+	})
+
+	step("a huge exception is capped and the session lives", func(t *testing.T) {
+		ok(t, "keep = 42")
+		r := d.exec(t, attacker, "raise ValueError('v' * 10_000_000)")
+		if r.Error == nil || r.Error.Ename != "ValueError" || len(r.Error.Evalue) > 4<<20 || !r.Truncated {
+			t.Fatalf("error %+v, detail of %d bytes, truncated %v", r.Error != nil, len(r.Detail), r.Truncated)
+		}
+		if r := d.exec(t, attacker, "keep"); r.ResultText == nil || *r.ResultText != "42" {
+			t.Fatalf("the session lost its state: %+v", r)
+		}
+	})
+
+	step("the worker's init's stdout does not fill the host's disk", func(t *testing.T) {
+		r := d.exec(t, attacker, `
+with open('/proc/1/fd/1', 'wb') as out, open('/proc/1/fd/2', 'wb') as err:
+    for i in range(10):
+        out.write(b'o' * (1 << 20)); out.flush()
+        err.write(b'e' * (1 << 20)); err.flush()
+print('written')`)
+		if r.Stdout != "written\n" {
+			t.Fatalf("the writes failed or blocked: %+v", r)
+		}
+		logs, _ := filepath.Glob(filepath.Join(d.stateDir, "logs", r.WorkerID+".log*"))
+		var total int64
+		for _, l := range logs {
+			st, err := os.Stat(l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			total += st.Size()
+		}
+		if len(logs) == 0 || total > 2<<20+4096 {
+			t.Fatalf("20 MiB written to the init's stdout and stderr: %d bytes in %v on the host, want at most 2 MiB", total, logs)
+		}
+		t.Logf("20 MiB written to /proc/1/fd/1 and 2: %d bytes on the host", total)
+	})
+
+	step("release never waits behind a wedged call", func(t *testing.T) {
+		wedged := make(chan error, 1)
+		go func() {
+			_, err := d.client.Execute(ctx, attacker, "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: time.sleep(0.01)", 120*time.Second)
+			wedged <- err
+		}()
+		time.Sleep(time.Second)
+		quickly(t, 10*time.Second, "release during a call that ignores SIGINT", func() {
+			if err := d.client.Release(ctx, attacker); err != nil {
+				t.Errorf("release: %v", err)
+			}
+		})
+		select {
+		case err := <-wedged:
+			if statusOf(err) != 503 || !strings.Contains(err.Error(), "released") {
+				t.Errorf("the wedged call: %v, want 503 saying the session was released", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the wedged call did not end with the release")
+		}
+		if r := d.exec(t, attacker, "1"); !r.NewSession {
+			t.Fatalf("after the release: %+v, want a new session", r)
+		}
+	})
+
+	step("release never waits behind a download nobody reads", func(t *testing.T) {
+		ok(t, "open('/sandbox/big.bin', 'wb').write(b'x' * (15 << 20))")
+		conn, err := net.Dial("tcp", strings.TrimPrefix(d.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		// Ask for the file and never read the answer: the daemon's writes block.
+		fmt.Fprintf(conn, "GET /api/v1/files/content?user_uuid=%s&path=/sandbox/big.bin HTTP/1.1\r\nHost: x\r\nX-Auth-Token: %s\r\n\r\n", attacker, d.token)
+		time.Sleep(time.Second)
+		quickly(t, 10*time.Second, "release during a stalled download", func() {
+			if err := d.client.Release(ctx, attacker); err != nil {
+				t.Errorf("release: %v", err)
+			}
+		})
+		// The daemon gave up on the download: the answer ends short.
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, _ := io.Copy(io.Discard, bufio.NewReader(conn))
+		if n >= 15<<20 {
+			t.Fatalf("the whole file was sent after the release: %d bytes", n)
+		}
+	})
+
+	step("bad requests are a clear 4xx and the session stays", func(t *testing.T) {
+		r := d.exec(t, attacker, "state = 'kept'")
+		worker := r.WorkerID
+		h := map[string]string{"X-Auth-Token": d.token}
+		q := "?user_uuid=" + attacker
+		for _, c := range []struct {
+			method, path, body string
+			status             int
+		}{
+			{"POST", "/api/v1/execute" + q, `{"code": "1", "timeout": 1e-400}`, 422}, // rounds to 0
+			{"POST", "/api/v1/execute" + q, `{"code": "1", "timeout": 1e10}`, 422},
+			{"POST", "/api/v1/execute" + q, `{"code": "1", "timeout": 1e300}`, 422},
+			{"POST", "/api/v1/execute" + q, `{"code": "1", "timeout": 0}`, 422},
+			{"POST", "/api/v1/execute" + q, `{"code": "1", "timeout": -5}`, 422},
+			{"POST", "/api/v1/execute" + q, `{"code": "1", "timeout": "10"}`, 422},
+			{"POST", "/api/v1/execute" + q, `{"code": "1", "timeout": 1e999}`, 422},
+			{"POST", "/api/v1/execute" + q, `{"code": ""}`, 422},
+			{"POST", "/api/v1/execute" + q, `{"code": ["1"]}`, 422},
+			{"POST", "/api/v1/execute" + q, `{"code": "1", "user_uuid": "someone-else"}`, 422},
+			{"POST", "/api/v1/execute" + q, `not json`, 400},
+			{"POST", "/api/v1/execute" + q, `{"code": "1"}{"code": "2"}`, 400},
+			{"POST", "/api/v1/execute?user_uuid=a/b", `{"code": "1"}`, 422},
+			{"POST", "/api/v1/execute?user_uuid=" + strings.Repeat("u", 129), `{"code": "1"}`, 422},
+			{"GET", "/api/v1/files/list" + q + "&offset=-1", "", 422},
+			{"GET", "/api/v1/files/list" + q + "&offset=x", "", 422},
+			{"GET", "/api/v1/files/list" + q + "&limit=0", "", 422},
+			{"GET", "/api/v1/files/list" + q + "&limit=10001", "", 422},
+			{"GET", "/api/v1/files/list" + q + "&limit=99999999999999999999", "", 422},
+			{"GET", "/api/v1/files/list" + q + "&path=/etc", "", 400},
+			{"GET", "/api/v1/files/content" + q + "&path=/sandbox/../etc/passwd", "", 400},
+			{"GET", "/api/v1/files/content" + q + "&path=/sandbox/a%00b", "", 400},
+			{"PUT", "/api/v1/files/content" + q + "&path=/sandbox/", "x", 400},
+			{"POST", "/api/v1/files" + q, `{"files": []}`, 422},
+			{"POST", "/api/v1/files" + q, `{"files": [{"download_url": "ftp://x/y", "name": "y"}]}`, 400},
+			{"POST", "/api/v1/files" + q, `{"files": [{"download_url": "http://127.0.0.1/y", "name": ".."}]}`, 400},
+			{"DELETE", "/api/v1/files" + q, `{"files": [{"path": "/sandbox/", "name": "a/b"}]}`, 400},
+		} {
+			code, _, body := d.request(t, c.method, c.path, c.body, h)
+			if code != c.status || !strings.Contains(body, `"detail"`) {
+				t.Errorf("%s %s %.60s: %d %s, want %d with a detail", c.method, c.path, c.body, code, body, c.status)
+			}
+		}
+		// A tiny timeout is a timeout of the call, never a lost worker.
+		for _, timeout := range []string{"1e-9", "0.000001"} {
+			code, _, body := d.request(t, "POST", "/api/v1/execute"+q, `{"code": "import time; time.sleep(1)", "timeout": `+timeout+`}`, h)
+			if code != 504 || !strings.Contains(body, `"state_preserved":true`) {
+				t.Errorf("timeout %s: %d %s, want 504 with the state preserved", timeout, code, body)
+			}
+		}
+		r = d.exec(t, attacker, "state")
+		if r.WorkerID != worker || r.ResultText == nil || *r.ResultText != "'kept'" {
+			t.Fatalf("after the bad requests: %+v, want the same worker and its state", r)
+		}
+	})
+
+	close(stopVictim)
+	victimDone.Wait()
+	select {
+	case err := <-victimErr:
+		t.Fatalf("the victim's calls failed during the attacks: %v", err)
+	default:
+	}
+	slowest := time.Duration(victimSlowest.Load())
+	t.Logf("victim: %d calls during the attacks, slowest %s", victimCalls.Load(), slowest.Round(time.Millisecond))
+	if slowest > 5*time.Second {
+		t.Errorf("a victim call took %s: it waited on the attacker's", slowest)
+	}
+	endRSS := rss(t, d.cmd.Process.Pid)
+	t.Logf("daemon RSS: %d MiB before the attacks, %d MiB after", startRSS>>20, endRSS>>20)
+	if endRSS-startRSS > 64<<20 {
+		t.Errorf("the daemon's RSS grew by %d MiB over the attacks, want at most 64 MiB", (endRSS-startRSS)>>20)
+	}
+	d.client.Release(ctx, attacker)
+	d.client.Release(ctx, victim)
+}
+
+// TestOverloadIsSummarised fills the pool and sends requests that must be refused: the
+// log gets a few lines and a count, not a line per request.
+func TestOverloadIsSummarised(t *testing.T) {
+	d := startDaemon(t, "--max-total-workers", "1", "--log-level", "info")
+	ctx := context.Background()
+	holder := "e2e-overload-" + randomHex(3)
+	d.exec(t, holder, "1")
+	before := strings.Count(d.logs.String(), "\n")
+	var wg sync.WaitGroup
+	var refused atomic.Int32
+	for i := 0; i < 300; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := d.client.Execute(ctx, fmt.Sprintf("e2e-overload-%d", i), "1", 0)
+			var ae *api.Error
+			if errors.As(err, &ae) && ae.Status == 503 {
+				refused.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if refused.Load() != 300 {
+		t.Fatalf("%d of 300 refused, want all", refused.Load())
+	}
+	deadline := time.Now().Add(15 * time.Second) // the summary comes at the end of its interval
+	for !strings.Contains(d.logs.String(), "failed requests not logged one by one") && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	lines := strings.Count(d.logs.String(), "\n") - before
+	if !strings.Contains(d.logs.String(), "status_503=") || lines > 20 {
+		t.Fatalf("300 refused requests wrote %d log lines (want at most 20, with a summary):\n%s", lines, d.logs.String())
+	}
+	t.Logf("300 refused requests: %d log lines", lines)
+	d.client.Release(ctx, holder)
+}
+
+func rss(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		var kb int64
+		if _, err := fmt.Sscanf(line, "VmRSS: %d kB", &kb); err == nil {
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
