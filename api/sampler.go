@@ -70,4 +70,3 @@ func (s *sampler) flush() {
 	}
 	s.out.Warn("failed requests not logged one by one", append([]any{"requests", total, "interval", s.interval.String()}, args...)...)
 }
-

@@ -305,7 +305,8 @@ func (s *server) healthz(w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 	defer cancel()
 	if err := s.b.Ping(ctx); err != nil {
-		return &Error{Status: http.StatusServiceUnavailable, Detail: "containerd unreachable", Cause: err}
+		return &Error{Status: http.StatusServiceUnavailable, RetryAfter: 2 * time.Second, Cause: err,
+			Detail: "containerd is unreachable: sessions with a worker keep running, new sessions are refused until it is back"}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	return nil

@@ -49,6 +49,13 @@ func (d *Daemon) acquire(ctx context.Context) (*worker, error) {
 		d.mu.Unlock()
 		return nil, &api.Error{Status: http.StatusServiceUnavailable, Detail: "codeboxd is shutting down", RetryAfter: retryAfter}
 	}
+	if !d.containerdUp() {
+		// A worker handed out now could be neither released nor replaced until containerd is
+		// back: sessions that have one keep running, new ones wait.
+		d.mu.Unlock()
+		return nil, &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: retryAfter,
+			Detail: "containerd is unreachable; new sessions can start once it is back (sessions with a worker keep running)"}
+	}
 	if len(d.idle) > 0 {
 		w := d.idle[0] // the longest idle: the most often health-checked
 		d.idle = d.idle[1:]
@@ -89,6 +96,19 @@ func (d *Daemon) refillLocked() {
 	if d.closing {
 		return
 	}
+	if !d.containerdUp() {
+		// Creations would fail: look again in a moment instead of backing off on errors.
+		if !d.refillPending {
+			d.refillPending = true
+			time.AfterFunc(time.Second, func() {
+				d.mu.Lock()
+				d.refillPending = false
+				d.refillLocked()
+				d.mu.Unlock()
+			})
+		}
+		return
+	}
 	want := d.cfg.MinIdleWorkers + len(d.waiters) - len(d.idle) - d.creating
 	if len(d.waiters) == 0 && time.Now().Before(d.backoffUntil) {
 		return // creations keep failing: the pool waits; a waiting session still tries
@@ -121,6 +141,15 @@ func (d *Daemon) refill() {
 	d.mu.Lock()
 	d.refillLocked()
 	d.mu.Unlock()
+}
+
+// containerdUp reports whether containerd serves, as far as the runtime knows.
+func (d *Daemon) containerdUp() bool {
+	if d.rt == nil { // pool tests without containerd
+		return true
+	}
+	up, _ := d.rt.Available()
+	return up
 }
 
 // updateInitializing clears is_initializing once the pre-warm has reached min idle.

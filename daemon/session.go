@@ -56,6 +56,9 @@ type session struct {
 	// Guarded by the turn:
 	worker *worker
 	gone   bool // released: a caller that gets the turn must look the session up again
+	// fresh: the session's kernel has run none of its code yet although the session had a
+	// worker (its kernel was restarted): the next call says new_session.
+	fresh bool
 
 	lastUsed atomic.Int64 // unix nanoseconds of the end of the last call
 }
@@ -237,7 +240,7 @@ func outcome(resp *api.ExecuteResponse, err error) string {
 
 // executeIn runs code in s, which the caller holds.
 func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout time.Duration) (*api.ExecuteResponse, error) {
-	newSession := false
+	newSession := s.fresh
 	if s.worker == nil {
 		if err := d.assign(ctx, s); err != nil {
 			return nil, err
@@ -259,6 +262,7 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout
 		return nil, d.kernelGone(ctx, s, l, nil)
 	}
 	defer call.Finish()
+	s.fresh = false
 	execCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	res, err := call.Wait(execCtx)
@@ -278,7 +282,7 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout
 
 	// Out of time (or the caller went away): interrupt, and keep the session if the
 	// kernel comes back. A release meanwhile cuts the grace short.
-	if serr := d.rt.Signal(context.WithoutCancel(ctx), w.id, syscall.SIGINT); serr != nil {
+	if serr := l.task.Signal(syscall.SIGINT); serr != nil {
 		d.log.Warn("interrupt failed", "worker", w.id, "err", serr)
 	}
 	graceCtx, cancelGrace := context.WithTimeout(context.WithoutCancel(ctx), interruptGrace)
@@ -343,6 +347,7 @@ func (d *Daemon) kernelGone(ctx context.Context, s *session, l *life, res *kerne
 			Detail: fmt.Sprintf("the kernel died during the call (%s) and could not be restarted; the session was reset and its files are lost", why),
 			Fields: partialFields(w.id, res, map[string]any{"files_kept": false, "kernel_restarted": false})}
 	}
+	s.fresh = true
 	return &api.Error{Status: http.StatusServiceUnavailable,
 		Detail: fmt.Sprintf("the kernel died during the call (%s); it was restarted in the same worker: variables are lost, files under /sandbox were kept", why),
 		Fields: partialFields(w.id, res, map[string]any{"files_kept": true, "kernel_restarted": true})}

@@ -152,8 +152,11 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 func (d *Daemon) connect(ctx context.Context, w *worker, task *runtime.Task) (*life, error) {
 	l := &life{task: task, exited: make(chan struct{})}
 	go func() {
-		st := <-task.Exited
-		l.exitCode = st.ExitCode()
+		e, ok := <-task.Exited
+		if !ok {
+			return // the task is being deleted or replaced
+		}
+		l.exitCode = e.Code
 		close(l.exited)
 		d.onExit(w, l)
 	}()

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -184,7 +185,14 @@ func randomHex(n int) string {
 // it answers /healthz. It is stopped (SIGTERM by pid) when the test ends.
 func startDaemon(t *testing.T, flags ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, token: randomHex(16), logs: &syncBuffer{}, done: make(chan struct{})}
+	return startDaemonAs(t, randomHex(16), flags...)
+}
+
+// startDaemonAs is startDaemon with the API token given: a daemon that takes over another's
+// state, for the same clients.
+func startDaemonAs(t *testing.T, token string, flags ...string) *daemon {
+	t.Helper()
+	d := &daemon{t: t, token: token, logs: &syncBuffer{}, done: make(chan struct{})}
 	d.stateDir = t.TempDir()
 	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	for i, f := range flags { // the test's own address and state dir win
@@ -359,7 +367,7 @@ func checkNoLeftovers() error {
 // pruneImages deletes images of earlier recipes from the tests' namespace (the current one
 // stays, so the next run need not import it again).
 func pruneImages() error {
-	rt, err := runtime.Connect(context.Background(), env.containerd, namespace)
+	rt, err := runtime.Connect(context.Background(), env.containerd, namespace, slog.Default())
 	if err != nil {
 		return err
 	}

@@ -152,7 +152,7 @@ func TestPullFromLoopbackRegistry(t *testing.T) {
 	waitForPort(t, fmt.Sprintf("127.0.0.1:%d", port))
 
 	// Push the built image, from the tests' namespace, to the registry.
-	rt, err := runtime.Connect(ctx, env.containerd, namespace)
+	rt, err := runtime.Connect(ctx, env.containerd, namespace, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}

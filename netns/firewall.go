@@ -17,15 +17,33 @@ func Chains(bridge string) (input, forward string) {
 	return "CODEBOX-IN-" + bridge, "CODEBOX-FWD-" + bridge
 }
 
-// iptablesAPI is the part of go-iptables the firewall uses; tests substitute a fake.
+// iptablesAPI is the part of go-iptables the firewall uses, and iptables-restore; tests
+// substitute a fake.
 type iptablesAPI interface {
 	ChainExists(table, chain string) (bool, error)
 	ClearChain(table, chain string) error
 	DeleteChain(table, chain string) error
 	Exists(table, chain string, rulespec ...string) (bool, error)
-	Insert(table, chain string, pos int, rulespec ...string) error
-	Append(table, chain string, rulespec ...string) error
 	DeleteIfExists(table, chain string, rulespec ...string) error
+	// Restore applies rules (iptables-restore's format, one table) in one transaction,
+	// leaving chains it does not name alone.
+	Restore(rules string) error
+}
+
+// table is one address family's iptables: go-iptables for single rules, and its restore
+// command for changes that must land at once.
+type table struct {
+	*iptables.IPTables
+	restore string // iptables-restore or ip6tables-restore
+}
+
+func (t table) Restore(rules string) error {
+	cmd := exec.Command(t.restore, "--wait", "--noflush")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %v: %s", t.restore, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // Firewall isolates the workers' bridge (SPEC §5): nothing is forwarded from or to it (no
@@ -49,7 +67,8 @@ func NewFirewall(bridge string) (*Firewall, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ip6tables: %w", err)
 	}
-	return &Firewall{bridge: bridge, tables: []iptablesAPI{v4, v6}, netfilter: enableBridgeNetfilter}, nil
+	return &Firewall{bridge: bridge, netfilter: enableBridgeNetfilter,
+		tables: []iptablesAPI{table{v4, "iptables-restore"}, table{v6, "ip6tables-restore"}}}, nil
 }
 
 // hooks jump from the built-in chains to ours, first in each, ahead of rules other software
@@ -63,43 +82,50 @@ func (f *Firewall) hooks() [][]string {
 	}
 }
 
-// Install (re)writes the chains and hooks them in. It is idempotent: run at every start.
+// Install (re)writes the chains and hooks them in. It is idempotent: run at every start,
+// while workers of an earlier codeboxd may be running. So the rules change in one
+// iptables-restore transaction per address family: each chain is emptied and filled again
+// (a rule set changed between versions is replaced, never appended to) and missing hooks
+// are added, all at once, and no packet ever meets an empty chain.
 func (f *Firewall) Install() error {
 	if err := f.netfilter(); err != nil {
 		return err
 	}
 	in, fwd := Chains(f.bridge)
 	for _, t := range f.tables {
-		// ClearChain creates a missing chain and empties an existing one, so a rule set
-		// changed between versions is replaced, never appended to.
+		var b strings.Builder
+		b.WriteString("*filter\n")
 		for _, c := range []string{in, fwd} {
-			if err := t.ClearChain("filter", c); err != nil {
-				return fmt.Errorf("chain %s: %w", c, err)
-			}
+			fmt.Fprintf(&b, ":%s - [0:0]\n", c) // created, or emptied if it exists
 		}
-		rules := [][]string{
-			{in, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
-			{in, "-j", "REJECT"},
-			{fwd, "-j", "DROP"},
-		}
-		for _, r := range rules {
-			if err := t.Append("filter", r[0], r[1:]...); err != nil {
-				return fmt.Errorf("rule in %s: %w", r[0], err)
-			}
-		}
+		fmt.Fprintf(&b, "-A %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n", in)
+		fmt.Fprintf(&b, "-A %s -j REJECT\n", in)
+		fmt.Fprintf(&b, "-A %s -j DROP\n", fwd)
 		for _, h := range f.hooks() {
-			ok, err := t.Exists("filter", h[0], h[1:]...)
+			ok, err := f.hooked(t, h)
 			if err != nil {
 				return fmt.Errorf("hook in %s: %w", h[0], err)
 			}
 			if !ok {
-				if err := t.Insert("filter", h[0], 1, h[1:]...); err != nil {
-					return fmt.Errorf("hook in %s: %w", h[0], err)
-				}
+				fmt.Fprintf(&b, "-I %s 1 %s\n", h[0], strings.Join(h[1:], " "))
 			}
+		}
+		b.WriteString("COMMIT\n")
+		if err := t.Restore(b.String()); err != nil {
+			return fmt.Errorf("install chains: %w", err)
 		}
 	}
 	return nil
+}
+
+// hooked reports whether hook h is in place. A rule that jumps to a missing chain cannot
+// be, and iptables fails the check of one rather than saying it is absent.
+func (f *Firewall) hooked(t iptablesAPI, h []string) (bool, error) {
+	ok, err := t.ChainExists("filter", jumpTarget(h))
+	if err != nil || !ok {
+		return false, err
+	}
+	return t.Exists("filter", h[0], h[1:]...)
 }
 
 // Remove unhooks and deletes the chains, tolerating their absence: a second Remove, or one

@@ -7,8 +7,20 @@ import (
 	"testing"
 )
 
-// fakeTables keeps chains as lists of rule strings.
-type fakeTables struct{ chains map[string][]string }
+// fakeTables keeps chains as lists of rule strings, and every state a packet could meet
+// (one per operation: a restore is one transaction).
+type fakeTables struct {
+	chains  map[string][]string
+	history []map[string][]string
+}
+
+func (f *fakeTables) record() {
+	snap := map[string][]string{}
+	for k, v := range f.chains {
+		snap[k] = slices.Clone(v)
+	}
+	f.history = append(f.history, snap)
+}
 
 func newFake() *fakeTables {
 	return &fakeTables{chains: map[string][]string{"filter/INPUT": {"-j ACCEPT-OTHER"}, "filter/FORWARD": {}}}
@@ -22,6 +34,7 @@ func (f *fakeTables) ChainExists(table, chain string) (bool, error) {
 }
 func (f *fakeTables) ClearChain(table, chain string) error {
 	f.chains[key(table, chain)] = []string{}
+	f.record()
 	return nil
 }
 func (f *fakeTables) DeleteChain(table, chain string) error {
@@ -29,6 +42,7 @@ func (f *fakeTables) DeleteChain(table, chain string) error {
 		return fmt.Errorf("chain %s not empty", chain)
 	}
 	delete(f.chains, key(table, chain))
+	f.record()
 	return nil
 }
 
@@ -48,20 +62,37 @@ func (f *fakeTables) Exists(table, chain string, spec ...string) (bool, error) {
 	}
 	return slices.Contains(f.chains[key(table, chain)], strings.Join(spec, " ")), nil
 }
-func (f *fakeTables) Insert(table, chain string, pos int, spec ...string) error {
-	c, ok := f.chains[key(table, chain)]
-	if !ok {
-		return fmt.Errorf("no chain %s", chain)
+
+// Restore applies iptables-restore --noflush input to the filter table in one step.
+func (f *fakeTables) Restore(rules string) error {
+	next := map[string][]string{}
+	for k, v := range f.chains {
+		next[k] = slices.Clone(v)
 	}
-	f.chains[key(table, chain)] = slices.Insert(c, pos-1, strings.Join(spec, " "))
-	return nil
-}
-func (f *fakeTables) Append(table, chain string, spec ...string) error {
-	c, ok := f.chains[key(table, chain)]
-	if !ok {
-		return fmt.Errorf("no chain %s", chain)
+	for _, line := range strings.Split(strings.TrimSpace(rules), "\n") {
+		fields := strings.Fields(line)
+		switch {
+		case line == "*filter" || line == "COMMIT":
+		case strings.HasPrefix(line, ":"):
+			next[key("filter", strings.TrimPrefix(fields[0], ":"))] = []string{}
+		case fields[0] == "-A":
+			c, ok := next[key("filter", fields[1])]
+			if !ok {
+				return fmt.Errorf("no chain %s", fields[1])
+			}
+			next[key("filter", fields[1])] = append(c, strings.Join(fields[2:], " "))
+		case fields[0] == "-I" && fields[2] == "1":
+			c, ok := next[key("filter", fields[1])]
+			if !ok {
+				return fmt.Errorf("no chain %s", fields[1])
+			}
+			next[key("filter", fields[1])] = slices.Insert(c, 0, strings.Join(fields[3:], " "))
+		default:
+			return fmt.Errorf("fake restore: cannot read %q", line)
+		}
 	}
-	f.chains[key(table, chain)] = append(c, strings.Join(spec, " "))
+	f.chains = next
+	f.record()
 	return nil
 }
 func (f *fakeTables) DeleteIfExists(table, chain string, spec ...string) error {
@@ -72,7 +103,37 @@ func (f *fakeTables) DeleteIfExists(table, chain string, spec ...string) error {
 	if i := slices.Index(c, strings.Join(spec, " ")); i >= 0 {
 		f.chains[key(table, chain)] = slices.Delete(c, i, i+1)
 	}
+	f.record()
 	return nil
+}
+
+// TestReinstallNeverOpensTheFirewall: codeboxd installs the firewall at every start, with
+// workers of the earlier codeboxd running. Before, it emptied the chains and then refilled
+// them rule by rule: in between, a hooked chain was empty and the workers' packets fell
+// through to the host's own rules.
+func TestReinstallNeverOpensTheFirewall(t *testing.T) {
+	v4, v6 := newFake(), newFake()
+	fw := &Firewall{bridge: "codebox0", tables: []iptablesAPI{v4, v6}, netfilter: func() error { return nil }}
+	if err := fw.Install(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range []*fakeTables{v4, v6} {
+		tb.history = nil
+	}
+	if err := fw.Install(); err != nil { // the restart
+		t.Fatal(err)
+	}
+	for _, tb := range []*fakeTables{v4, v6} {
+		if len(tb.history) == 0 {
+			t.Fatal("the reinstall changed nothing")
+		}
+		for i, state := range tb.history {
+			in, fwd := state["filter/CODEBOX-IN-codebox0"], state["filter/CODEBOX-FWD-codebox0"]
+			if len(in) == 0 || in[len(in)-1] != "-j REJECT" || len(fwd) == 0 || fwd[len(fwd)-1] != "-j DROP" {
+				t.Fatalf("state %d of the reinstall: input chain %q, forward chain %q: the firewall was open", i, in, fwd)
+			}
+		}
+	}
 }
 
 func TestFirewallInstallIsIdempotentAndRemovable(t *testing.T) {

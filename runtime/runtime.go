@@ -10,10 +10,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
-	"syscall"
+	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
@@ -34,10 +35,15 @@ const (
 type Runtime struct {
 	client    *client.Client
 	namespace string
+	log       *slog.Logger
 	// logSink is the absolute path of codebox-log-sink, which keeps a task's stdout and
 	// stderr within logMaxBytes (see LogTo).
 	logSink     string
 	logMaxBytes int64
+
+	mu       sync.Mutex
+	watching map[string]watched // container id → its task's watcher
+	health   health
 }
 
 // LogSinkName is the log sink's command, installed next to codeboxd.
@@ -60,13 +66,18 @@ func (r *Runtime) LogTo(sink string, maxBytes int64) error {
 }
 
 // Connect dials containerd at address and checks that it serves. namespace is where
-// codeboxd keeps its images and containers ("codebox").
-func Connect(ctx context.Context, address, namespace string) (*Runtime, error) {
+// codeboxd keeps its images and containers ("codebox"); log gets a line when containerd
+// goes away and when it is back.
+func Connect(ctx context.Context, address, namespace string, log *slog.Logger) (*Runtime, error) {
 	c, err := client.New(address, client.WithDefaultNamespace(namespace), client.WithTimeout(5*time.Second))
 	if err != nil {
 		return nil, fmt.Errorf("connect to containerd at %s: %w", address, err)
 	}
-	ok, err := c.IsServing(ctx)
+	// IsServing waits for containerd to come up: bound it, so a daemon (or a cleanup)
+	// started while containerd is down fails and says so.
+	serveCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ok, err := c.IsServing(serveCtx)
 	if err != nil || !ok {
 		c.Close()
 		if err == nil {
@@ -74,23 +85,40 @@ func Connect(ctx context.Context, address, namespace string) (*Runtime, error) {
 		}
 		return nil, fmt.Errorf("containerd at %s: %w", address, err)
 	}
-	return &Runtime{client: c, namespace: namespace}, nil
+	return &Runtime{client: c, namespace: namespace, log: log, watching: map[string]watched{}}, nil
 }
 
-// Close closes the connection.
-func (r *Runtime) Close() error { return r.client.Close() }
+// Close stops watching tasks and closes the connection.
+func (r *Runtime) Close() error {
+	r.mu.Lock()
+	for id, w := range r.watching {
+		w.stop()
+		w.task.release()
+		delete(r.watching, id)
+	}
+	r.mu.Unlock()
+	r.health.mu.Lock()
+	r.health.closed = true
+	r.health.mu.Unlock()
+	return r.client.Close()
+}
 
 // Namespace is the containerd namespace in use.
 func (r *Runtime) Namespace() string { return r.namespace }
 
-// Ping reports whether containerd answers.
+// Ping reports whether containerd answers. A failure also tells the runtime containerd is
+// down (Available), until it answers again.
 func (r *Runtime) Ping(ctx context.Context) error {
-	ok, err := r.client.IsServing(ctx)
-	if err != nil {
-		return err
+	if up, err := r.Available(); !up {
+		return fmt.Errorf("containerd is down: %w", err) // being polled: no need to wait here
 	}
-	if !ok {
-		return errors.New("containerd is not serving")
+	ok, err := r.client.IsServing(ctx)
+	if err == nil && !ok {
+		err = errors.New("containerd is not serving")
+	}
+	if err != nil {
+		r.markDown(err)
+		return err
 	}
 	return nil
 }
@@ -115,26 +143,11 @@ func (r *Runtime) Managed(ctx context.Context) (map[string]map[string]string, er
 	return out, nil
 }
 
-// Signal sends sig to the task's init process (tini, which passes it on to the agent).
-func (r *Runtime) Signal(ctx context.Context, id string, sig syscall.Signal) error {
-	c, err := r.client.LoadContainer(ctx, id)
-	if err != nil {
-		return fmt.Errorf("load container %s: %w", id, err)
-	}
-	t, err := c.Task(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("task of %s: %w", id, err)
-	}
-	if err := t.Kill(ctx, sig); err != nil {
-		return fmt.Errorf("signal %s: %w", id, err)
-	}
-	return nil
-}
-
 // Destroy kills the container's task and deletes the task, the container and its
 // snapshot. Parts already gone are not an error, so Destroy finishes what an interrupted
 // Destroy or a crash left.
 func (r *Runtime) Destroy(ctx context.Context, id string) error {
+	r.unwatch(id)
 	c, err := r.client.LoadContainer(ctx, id)
 	if errdefs.IsNotFound(err) {
 		return nil

@@ -10,14 +10,6 @@ import (
 	"github.com/containerd/errdefs"
 )
 
-// Task is a worker's running task.
-type Task struct {
-	ID  string
-	Pid uint32
-	// Exited delivers the task's exit status once, when it ends.
-	Exited <-chan client.ExitStatus
-}
-
 // Start creates the worker container and starts its task. On failure nothing it made is
 // left behind.
 func (r *Runtime) Start(ctx context.Context, s WorkerSpec) (_ *Task, err error) {
@@ -57,6 +49,7 @@ func (r *Runtime) Start(ctx context.Context, s WorkerSpec) (_ *Task, err error) 
 // snapshot, network namespace and mounts, so the kernel starts afresh while the files on
 // the worker's disk stay.
 func (r *Runtime) Restart(ctx context.Context, id, logPath string) (*Task, error) {
+	r.unwatch(id)
 	c, err := r.client.LoadContainer(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("load container %s: %w", id, err)
@@ -81,17 +74,20 @@ func (r *Runtime) startTask(ctx context.Context, c client.Container, id, logPath
 		return nil, fmt.Errorf("create task %s: %w", id, err)
 	}
 	// Wait before Start, or a task that exits at once is missed. Its context outlives
-	// this call: the channel reports the exit whenever it comes.
-	exited, err := t.Wait(namespaces.WithNamespace(context.Background(), r.namespace))
+	// this call: the watcher reports the exit whenever it comes.
+	waitCtx, cancelWait := context.WithCancel(namespaces.WithNamespace(context.Background(), r.namespace))
+	exited, err := t.Wait(waitCtx)
 	if err != nil {
+		cancelWait()
 		t.Delete(context.WithoutCancel(ctx), client.WithProcessKill)
 		return nil, fmt.Errorf("wait task %s: %w", id, err)
 	}
 	if err := t.Start(ctx); err != nil {
+		cancelWait()
 		t.Delete(context.WithoutCancel(ctx), client.WithProcessKill)
 		return nil, fmt.Errorf("start task %s: %w", id, err)
 	}
-	return &Task{ID: id, Pid: t.Pid(), Exited: exited}, nil
+	return r.watch(t, exited, cancelWait), nil
 }
 
 // Adopted is a worker container found running, with what a new codeboxd needs to take it
@@ -130,11 +126,13 @@ func (r *Runtime) Adopt(ctx context.Context, id string) (*Adopted, error) {
 	if st.Status != client.Running {
 		return nil, fmt.Errorf("task of %s is %s, not running", id, st.Status)
 	}
-	exited, err := t.Wait(namespaces.WithNamespace(context.Background(), r.namespace))
+	waitCtx, cancelWait := context.WithCancel(namespaces.WithNamespace(context.Background(), r.namespace))
+	exited, err := t.Wait(waitCtx)
 	if err != nil {
+		cancelWait()
 		return nil, fmt.Errorf("wait task %s: %w", id, err)
 	}
-	a := &Adopted{ID: id, Labels: info.Labels, Created: info.CreatedAt, Task: &Task{ID: id, Pid: t.Pid(), Exited: exited}}
+	a := &Adopted{ID: id, Labels: info.Labels, Created: info.CreatedAt, Task: r.watch(t, exited, cancelWait)}
 	if spec.Process != nil {
 		a.Env = spec.Process.Env
 	}

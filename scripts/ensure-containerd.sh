@@ -17,18 +17,7 @@ for a in "$system" "$own"; do
 done
 
 mkdir -p "$own_dir" /var/lib/codebox/containerd /var/log/codebox
-cat >"$own_dir/config.toml" <<TOML
-version = 2
-root = "/var/lib/codebox/containerd"
-state = "$own_dir/state"
-[grpc]
-  address = "$own"
-[ttrpc]
-  address = "$own.ttrpc"
-[plugins."io.containerd.grpc.v1.cri"]
-  disable_tcp_service = true
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-TOML
+"$(dirname "$0")/containerd-config.sh" /var/lib/codebox/containerd "$own_dir/state" "$own" >"$own_dir/config.toml"
 echo "containerd: none answers; starting one at $own (log /var/log/codebox/containerd.log)" >&2
 setsid containerd --config "$own_dir/config.toml" >>/var/log/codebox/containerd.log 2>&1 </dev/null &
 echo $! >"$own_dir/containerd.pid"

@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"net/http"
 	"os"
@@ -259,7 +260,7 @@ func (d *daemonProc) stop() error {
 // cleanup removes the bench's workers, firewall chains and bridge, and images of earlier
 // recipes.
 func cleanup(o options, state string) {
-	if rt, err := crt.Connect(context.Background(), o.containerd, namespace); err == nil {
+	if rt, err := crt.Connect(context.Background(), o.containerd, namespace, slog.Default()); err == nil {
 		rt.PruneOthers(context.Background(), o.image)
 		rt.Close()
 	}
@@ -272,7 +273,7 @@ func cleanup(o options, state string) {
 // agentConns opens a kernel connection to each seed session's worker, reading its address
 // and token from containerd as the daemon would after a restart.
 func agentConns(ctx context.Context, o options, c *api.Client, prefix string, users int) ([]*kernel.Client, error) {
-	rt, err := crt.Connect(ctx, o.containerd, namespace)
+	rt, err := crt.Connect(ctx, o.containerd, namespace, slog.Default())
 	if err != nil {
 		return nil, err
 	}
@@ -304,7 +305,7 @@ func agentConns(ctx context.Context, o options, c *api.Client, prefix string, us
 
 // density reads idle workers' memory from their cgroups.
 func density(ctx context.Context, o options, rep *bench.Report) error {
-	rt, err := crt.Connect(ctx, o.containerd, namespace)
+	rt, err := crt.Connect(ctx, o.containerd, namespace, slog.Default())
 	if err != nil {
 		return err
 	}

@@ -97,7 +97,7 @@ func cleanupHost(cfg daemon.Config, all bool) error {
 		return err
 	}
 	ctx := context.Background()
-	rt, err := runtime.Connect(ctx, cfg.ContainerdAddress, cfg.Namespace)
+	rt, err := runtime.Connect(ctx, cfg.ContainerdAddress, cfg.Namespace, log)
 	if err != nil {
 		return err
 	}
@@ -140,7 +140,7 @@ func serve(cfg daemon.Config) error {
 	if err != nil {
 		return err
 	}
-	rt, err := runtime.Connect(ctx, cfg.ContainerdAddress, cfg.Namespace)
+	rt, err := runtime.Connect(ctx, cfg.ContainerdAddress, cfg.Namespace, log)
 	if err != nil {
 		return err
 	}
