@@ -375,3 +375,15 @@ func pruneImages() error {
 	_, err = rt.PruneOthers(context.Background(), env.image)
 	return err
 }
+
+// cleanupAll removes every worker of the tests' namespace and what they left in stateDir
+// (`codeboxd cleanup --all`), for tests whose daemons leave their workers running.
+func cleanupAll(t *testing.T, stateDir string) {
+	t.Helper()
+	out, err := exec.Command(env.bin, "cleanup", "--all", "--containerd-address", env.containerd,
+		"--containerd-namespace", namespace, "--worker-bridge", bridge, "--worker-subnet", subnet,
+		"--state-dir", stateDir).CombinedOutput()
+	if err != nil {
+		t.Errorf("codeboxd cleanup --all: %v: %s", err, out)
+	}
+}
