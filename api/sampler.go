@@ -34,7 +34,7 @@ func newSampler(log *slog.Logger, interval time.Duration, burst int) *sampler {
 	return &sampler{out: log, interval: interval, burst: burst, suppressed: map[int]int{}}
 }
 
-func (s *sampler) record(ctx context.Context, status int, msg string, args ...any) {
+func (s *sampler) record(ctx context.Context, level slog.Level, status int, msg string, args ...any) {
 	s.mu.Lock()
 	now := time.Now()
 	if now.Sub(s.start) >= s.interval && !s.flushing {
@@ -43,7 +43,7 @@ func (s *sampler) record(ctx context.Context, status int, msg string, args ...an
 	if s.logged < s.burst {
 		s.logged++
 		s.mu.Unlock()
-		s.out.Log(ctx, slog.LevelWarn, msg, args...)
+		s.out.Log(ctx, level, msg, args...)
 		return
 	}
 	s.suppressed[status]++

@@ -29,9 +29,12 @@ func serveOpenAPI(w http.ResponseWriter, r *http.Request) error {
 
 // Backend is what the handlers serve: the daemon, or a fake in tests.
 type Backend interface {
-	// Execute runs req.Code in userUUID's session. A *ExecuteResponse with Error set is a
-	// 400 (the code raised); an *Error is any other non-200 answer.
-	Execute(ctx context.Context, userUUID string, req ExecuteRequest) (*ExecuteResponse, error)
+	// Execute runs req.Code in userUUID's session and hands the outcome to out.Reply while
+	// the session is still held, so a caller that reads its answer slowly holds up its own
+	// session, never the daemon's memory: a session has at most one answer in flight. A
+	// *ExecuteResponse with Error set is a 400 (the code raised); an *Error is any other
+	// non-200 answer. Execute returns Reply's error (the caller went away).
+	Execute(ctx context.Context, userUUID string, req ExecuteRequest, out Output) error
 	// Release destroys the session's worker; no session is not an error.
 	Release(ctx context.Context, userUUID string) error
 	Status() Status
@@ -49,6 +52,35 @@ type Backend interface {
 	GetFile(ctx context.Context, userUUID, path string, send func(ctx context.Context, name string, modTime time.Time, content io.ReadSeeker) error) error
 	// ListFiles returns one page: at most limit entries after offset.
 	ListFiles(ctx context.Context, userUUID, path string, offset, limit int) (*ListResponse, error)
+}
+
+// Output receives what an execute produces.
+type Output interface {
+	// Reply is the call's answer: resp, or an error (an *Error for a non-200 answer). It is
+	// called once, with the session held; ctx ends when the session is released.
+	Reply(ctx context.Context, resp *ExecuteResponse, err error) error
+}
+
+// ReplyFunc is an Output that only takes the answer.
+type ReplyFunc func(ctx context.Context, resp *ExecuteResponse, err error) error
+
+// Reply implements Output.
+func (f ReplyFunc) Reply(ctx context.Context, resp *ExecuteResponse, err error) error {
+	return f(ctx, resp, err)
+}
+
+// Collect runs an execute on b and returns its answer: for callers in the same process.
+func Collect(ctx context.Context, b Backend, userUUID string, req ExecuteRequest) (*ExecuteResponse, error) {
+	var resp *ExecuteResponse
+	var rerr error
+	err := b.Execute(ctx, userUUID, req, ReplyFunc(func(_ context.Context, r *ExecuteResponse, err error) error {
+		resp, rerr = r, err
+		return nil
+	}))
+	if rerr != nil {
+		return nil, rerr
+	}
+	return resp, err
 }
 
 // MaxJSONBody bounds a JSON request body; larger ones get 413.
@@ -208,7 +240,7 @@ func (s *server) wrap(h handlerFunc, auth bool) http.Handler {
 		}
 		took := float64(time.Since(start).Microseconds()) / 1000
 		if w.status >= 500 {
-			s.failures.record(r.Context(), w.status, "request", "method", r.Method, "path", r.URL.Path,
+			s.failures.record(r.Context(), slog.LevelWarn, w.status, "request", "method", r.Method, "path", r.URL.Path,
 				"status", w.status, "duration_ms", took)
 		} else {
 			s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", w.status, "duration_ms", took)
@@ -249,8 +281,10 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if !errors.As(err, &e) {
 		e = &Error{Status: http.StatusInternalServerError, Cause: err}
 	}
-	if e.Status >= 500 && e.Cause != nil && e.RetryAfter == 0 {
-		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", e.Status, "err", e.Cause)
+	// The cause of a failure the daemon did not mean (not an overload, not a caller gone
+	// away), sampled like the access lines: a flood of them is one more way to flood the log.
+	if e.Status >= 500 && e.Cause != nil && e.RetryAfter == 0 && !errors.Is(e.Cause, context.Canceled) {
+		s.failures.record(r.Context(), slog.LevelError, e.Status, "request failed", "method", r.Method, "path", r.URL.Path, "status", e.Status, "err", e.Cause)
 	}
 	detail := e.Detail
 	if detail == "" {
@@ -267,12 +301,13 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	writeJSON(w, e.Status, body)
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
+// writeJSON answers v; an error means the caller went away or read too slowly.
+func writeJSON(w http.ResponseWriter, status int, v any) error {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)
-	_ = enc.Encode(v) // the client went away; nothing to do
+	return enc.Encode(v)
 }
 
 // decodeJSON reads a bounded JSON body into v: 413 when too large, 400 when malformed,
@@ -334,15 +369,28 @@ func (s *server) execute(w http.ResponseWriter, r *http.Request) error {
 		return Errorf(http.StatusUnprocessableEntity, "timeout must be a positive number of seconds")
 	}
 	s.longCall(w, s.cfg.MaxExecTimeout+2*time.Minute)
-	resp, err := s.b.Execute(r.Context(), user, req)
-	if err != nil {
+	answered := false
+	err := s.b.Execute(r.Context(), user, req, ReplyFunc(func(ctx context.Context, resp *ExecuteResponse, err error) error {
+		answered = true
+		// The session waits while the answer is written: for a minute at most, and a
+		// released session cuts it off.
+		rc := http.NewResponseController(w)
+		rc.SetWriteDeadline(time.Now().Add(defaultWriteTimeout))
+		stop := context.AfterFunc(ctx, func() { rc.SetWriteDeadline(time.Now()) })
+		defer stop()
+		if err != nil {
+			s.writeError(w, r, err)
+			return nil
+		}
+		status := http.StatusOK
+		if resp.Error != nil {
+			status = http.StatusBadRequest
+		}
+		return writeJSON(w, status, resp)
+	}))
+	if !answered {
 		return err
 	}
-	status := http.StatusOK
-	if resp.Error != nil {
-		status = http.StatusBadRequest
-	}
-	writeJSON(w, status, resp)
 	return nil
 }
 

@@ -24,12 +24,12 @@ type fakeBackend struct {
 	pingErr  error
 }
 
-func (f *fakeBackend) Execute(ctx context.Context, user string, req ExecuteRequest) (*ExecuteResponse, error) {
+func (f *fakeBackend) Execute(ctx context.Context, user string, req ExecuteRequest, out Output) error {
 	f.lastUser, f.lastReq = user, req
 	if f.execErr != nil {
-		return nil, f.execErr
+		return out.Reply(ctx, nil, f.execErr)
 	}
-	return f.resp, nil
+	return out.Reply(ctx, f.resp, nil)
 }
 func (f *fakeBackend) Release(ctx context.Context, user string) error {
 	f.released = append(f.released, user)
@@ -285,12 +285,12 @@ func (s *slowBackend) ListFiles(ctx context.Context, user, path string, offset, 
 	}
 }
 
-func (s *slowBackend) Execute(ctx context.Context, user string, req ExecuteRequest) (*ExecuteResponse, error) {
+func (s *slowBackend) Execute(ctx context.Context, user string, req ExecuteRequest, out Output) error {
 	select {
 	case <-time.After(s.took):
-		return &ExecuteResponse{WorkerID: "w"}, nil
+		return out.Reply(ctx, &ExecuteResponse{WorkerID: "w"}, nil)
 	case <-ctx.Done():
-		return nil, &Error{Status: 503, Detail: "cancelled", Cause: ctx.Err()}
+		return out.Reply(ctx, nil, &Error{Status: 503, Detail: "cancelled", Cause: ctx.Err()})
 	}
 }
 

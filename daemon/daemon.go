@@ -47,6 +47,10 @@ type Daemon struct {
 	wg      sync.WaitGroup // background work: creations, destroys, maintenance
 	started time.Time
 
+	pingMu  sync.Mutex
+	pingAt  time.Time
+	pingErr error
+
 	mu            sync.Mutex
 	sessions      map[string]*session
 	workers       map[string]*worker // every live worker, idle or in a session
@@ -171,8 +175,18 @@ func (d *Daemon) Warm() bool {
 	return !d.initializing
 }
 
-// Ping implements api.Backend.
-func (d *Daemon) Ping(ctx context.Context) error { return d.rt.Ping(ctx) }
+// Ping implements api.Backend. /healthz needs no token, so its answer is kept a second:
+// a flood of health checks costs containerd one call a second.
+func (d *Daemon) Ping(ctx context.Context) error {
+	d.pingMu.Lock()
+	defer d.pingMu.Unlock()
+	if time.Since(d.pingAt) < time.Second {
+		return d.pingErr
+	}
+	d.pingErr = d.rt.Ping(ctx)
+	d.pingAt = time.Now()
+	return d.pingErr
+}
 
 // Status implements api.Backend.
 func (d *Daemon) Status() api.Status {

@@ -19,14 +19,23 @@ import (
 	"github.com/codebox/codebox/transfer"
 )
 
-// maxParallelTransfers bounds downloads and uploads in flight across all requests.
-const maxParallelTransfers = 8
+// maxParallelTransfers bounds downloads and uploads in flight across all requests, and
+// maxSessionTransfers those of one session, so one session's slow files cannot take every
+// slot.
+const (
+	maxParallelTransfers = 8
+	maxSessionTransfers  = 2
+)
 
 // withSandbox runs fn on the session's disk while holding the session, so its worker is
 // neither released nor replaced meanwhile. fn's context ends --file-timeout after the turn
 // was taken, or when the session is released: no file call holds a session longer.
 // Without create, a user_uuid with no worker is a 404.
 func (d *Daemon) withSandbox(ctx context.Context, user string, create bool, fn func(ctx context.Context, root *sandboxfs.Root) error) error {
+	return d.withSandboxOf(ctx, user, create, func(ctx context.Context, _ *session, root *sandboxfs.Root) error { return fn(ctx, root) })
+}
+
+func (d *Daemon) withSandboxOf(ctx context.Context, user string, create bool, fn func(ctx context.Context, s *session, root *sandboxfs.Root) error) error {
 	return d.withSession(ctx, user, create, func(ctx context.Context, s *session) error {
 		if s.worker == nil {
 			if !create {
@@ -43,7 +52,7 @@ func (d *Daemon) withSandbox(ctx context.Context, user string, create bool, fn f
 			return err
 		}
 		defer root.Close()
-		return fileError(ctx, fn(ctx, root))
+		return fileError(ctx, fn(ctx, s, root))
 	})
 }
 
@@ -126,12 +135,19 @@ func checkTargets(n int, item func(i int) (p, name, url string), needURL bool) (
 	return out, nil
 }
 
-// transferSlot takes one of the transfer slots shared by all requests; the caller frees it.
-func (d *Daemon) transferSlot(ctx context.Context) (func(), error) {
+// transferSlot takes one of s's transfer slots, then one of those shared by all sessions;
+// the caller frees them.
+func (d *Daemon) transferSlot(ctx context.Context, s *session) (func(), error) {
+	select {
+	case s.transfers <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	select {
 	case d.transfers <- struct{}{}:
-		return func() { <-d.transfers }, nil
+		return func() { <-d.transfers; <-s.transfers }, nil
 	case <-ctx.Done():
+		<-s.transfers
 		return nil, ctx.Err()
 	}
 }
@@ -143,7 +159,7 @@ func (d *Daemon) batch(ctx context.Context, user string, create bool, direction 
 	op func(ctx context.Context, root *sandboxfs.Root, t target, slot func() (func(), error)) (int64, error),
 	result func(t target, size int64) api.FileResult) (*api.FilesResponse, error) {
 	var resp *api.FilesResponse
-	err := d.withSandbox(ctx, user, create, func(ctx context.Context, root *sandboxfs.Root) error {
+	err := d.withSandboxOf(ctx, user, create, func(ctx context.Context, s *session, root *sandboxfs.Root) error {
 		sizes := make([]int64, len(ts))
 		errs := make([]error, len(ts))
 		var wg sync.WaitGroup
@@ -151,7 +167,7 @@ func (d *Daemon) batch(ctx context.Context, user string, create bool, direction 
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				sizes[i], errs[i] = op(ctx, root, t, func() (func(), error) { return d.transferSlot(ctx) })
+				sizes[i], errs[i] = op(ctx, root, t, func() (func(), error) { return d.transferSlot(ctx, s) })
 			}()
 		}
 		wg.Wait()
@@ -291,7 +307,7 @@ func (d *Daemon) ListFiles(ctx context.Context, user, p string, offset, limit in
 	}
 	var resp *api.ListResponse
 	err = d.withSandbox(ctx, user, false, func(ctx context.Context, root *sandboxfs.Root) error {
-		page, err := root.List(dir, offset, limit)
+		page, err := root.List(ctx, dir, offset, limit)
 		if err != nil {
 			return err
 		}

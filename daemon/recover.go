@@ -9,13 +9,24 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/codebox/codebox/api"
 )
 
-// adoptTimeout bounds how long an adopted worker's kernel may take to answer.
-const adoptTimeout = 10 * time.Second
+const (
+	// adoptTimeout bounds how long an adopted worker's kernel may take to answer, and
+	// busyAfter how long it has before it is taken to be busy with a call the earlier
+	// codeboxd left (its main thread runs user code, so it does not answer): it is
+	// interrupted, and has the rest of adoptTimeout.
+	adoptTimeout = 10 * time.Second
+	busyAfter    = 2 * time.Second
+	// parallelAdoptions bounds the workers taken over at once: they are independent, and
+	// one after the other a restart would take as long as all their answers.
+	parallelAdoptions = 8
+)
 
 // Recover takes over the workers an earlier codeboxd left running: healthy ones rejoin
 // their session (with its kernel state and files) or the idle pool; broken ones are
@@ -28,19 +39,38 @@ func (d *Daemon) Recover(ctx context.Context) error {
 	}
 	alive := map[string]string{}
 	var errs []error
+	type adoption struct {
+		w   *worker
+		err error
+	}
+	results := make(map[string]*adoption, len(managed))
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, parallelAdoptions)
 	for id, labels := range managed {
+		a := &adoption{}
+		results[id] = a
 		rec, known := d.assigned.get(id)
-		var w *worker
 		switch {
 		case !known:
-			err = errors.New("no record of it: it may have served a session")
+			a.err = errors.New("no record of it: it may have served a session")
 		case rec.State == stateRetired:
-			err = errors.New("it was retired")
+			a.err = errors.New("it was retired")
 		case rec.State != stateIdle && rec.State != stateSession:
-			err = fmt.Errorf("unknown recorded state %q", rec.State)
+			a.err = fmt.Errorf("unknown recorded state %q", rec.State)
 		default:
-			w, err = d.adopt(ctx, id, labels)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				slots <- struct{}{}
+				defer func() { <-slots }()
+				a.w, a.err = d.adopt(ctx, id, labels)
+			}()
 		}
+	}
+	wg.Wait()
+	for id, labels := range managed {
+		rec, _ := d.assigned.get(id)
+		w, err := results[id].w, results[id].err
 		if err != nil {
 			d.log.Warn("worker not adopted; destroying it", "worker", id, "err", err)
 			if derr := d.destroyResources(ctx, id, labels[labelNetNS], d.logPath(id)); derr != nil {
@@ -91,11 +121,26 @@ func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string)
 	case !d.disks.Mounted(id):
 		return nil, errors.New("its disk is not mounted")
 	}
-	ctx, cancel := context.WithTimeout(ctx, adoptTimeout)
-	defer cancel()
-	if w.life, err = d.connect(ctx, w, a.Task); err != nil {
+	deadline := time.Now().Add(adoptTimeout)
+	l := d.watch(w, a.Task)
+	first, cancel := context.WithTimeout(ctx, busyAfter)
+	err = d.dial(first, w, l)
+	cancel()
+	if err != nil && !errors.Is(err, errAgentExited) {
+		// A call the earlier codeboxd left may still run: interrupt it, as its timeout
+		// would have, and ask again.
+		d.log.Info("adopted worker does not answer; interrupting what it runs", "worker", id)
+		if serr := a.Task.Signal(syscall.SIGINT); serr != nil {
+			return nil, errors.Join(err, serr)
+		}
+		rest, cancel := context.WithDeadline(ctx, deadline)
+		defer cancel()
+		err = d.dial(rest, w, l)
+	}
+	if err != nil {
 		return nil, err
 	}
+	w.life = l
 	return w, nil
 }
 

@@ -61,10 +61,12 @@ type session struct {
 	fresh bool
 
 	lastUsed atomic.Int64 // unix nanoseconds of the end of the last call
+
+	transfers chan struct{} // the session's share of the transfer slots
 }
 
 func newSession(user string) *session {
-	s := &session{user: user}
+	s := &session{user: user, transfers: make(chan struct{}, maxSessionTransfers)}
 	s.ended, s.endNow = context.WithCancelCause(context.Background())
 	s.lastUsed.Store(time.Now().UnixNano())
 	return s
@@ -183,8 +185,25 @@ func (d *Daemon) withSession(ctx context.Context, user string, create bool, fn f
 		}
 		err = fn(callCtx, s)
 		done()
+		d.forgetIfEmpty(s)
 		return err
 	}
+}
+
+// forgetIfEmpty drops s from the sessions when it has no worker (its call was refused, at
+// the cap, say) and nobody waits for it: otherwise every user_uuid ever refused would stay
+// until --idle-timeout.
+func (d *Daemon) forgetIfEmpty(s *session) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.sessions[s.user] != s || !s.tryAcquire() {
+		return
+	}
+	if s.worker == nil && !s.gone {
+		delete(d.sessions, s.user)
+		s.gone = true
+	}
+	s.release()
 }
 
 // execTimeout is the limit of a call that asked for seconds (nil: the default). It refuses
@@ -203,21 +222,25 @@ func (d *Daemon) execTimeout(seconds *float64) (time.Duration, error) {
 	return max(time.Duration(t*float64(time.Second)), time.Microsecond), nil
 }
 
-// Execute implements api.Backend.
-func (d *Daemon) Execute(ctx context.Context, user string, req api.ExecuteRequest) (*api.ExecuteResponse, error) {
+// Execute implements api.Backend: the answer goes to out while the session is held.
+func (d *Daemon) Execute(ctx context.Context, user string, req api.ExecuteRequest, out api.Output) error {
 	timeout, err := d.execTimeout(req.Timeout)
 	if err != nil {
-		return nil, err
+		return out.Reply(ctx, nil, err)
 	}
-	var resp *api.ExecuteResponse
 	start := time.Now()
+	replied := false
 	err = d.withSession(ctx, user, true, func(ctx context.Context, s *session) error {
-		var err error
-		resp, err = d.executeIn(ctx, s, req.Code, timeout)
-		return err
+		resp, err := d.executeIn(ctx, s, req.Code, timeout)
+		d.metrics.observeExecute(outcome(resp, err), start)
+		replied = true
+		return out.Reply(ctx, resp, err)
 	})
-	d.metrics.observeExecute(outcome(resp, err), start)
-	return resp, err
+	if !replied { // no session could be had
+		d.metrics.observeExecute(outcome(nil, err), start)
+		return out.Reply(ctx, nil, err)
+	}
+	return err
 }
 
 // outcome classifies an execute's answer for the metrics.

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net/http"
 	"os"
@@ -172,5 +173,29 @@ func TestExecTimeoutRefusesWhatNoDurationExpresses(t *testing.T) {
 		if got, err := d.execTimeout(in); err != nil || got != want {
 			t.Errorf("timeout %v: %v %v, want %v", in, got, err, want)
 		}
+	}
+}
+
+// A user_uuid whose call was refused leaves nothing behind: before, each stayed in the
+// sessions until --idle-timeout (100k refused calls held 130 MB).
+func TestRefusedSessionsAreNotKept(t *testing.T) {
+	f := &fakeFactory{}
+	d := testDaemon(t, 0, 1, f)
+	d.Start()
+	sessionWithWorker(t, d, "holder") // the only worker
+	for i := 0; i < 100; i++ {
+		err := d.withSession(context.Background(), fmt.Sprintf("refused-%d", i), true, func(ctx context.Context, s *session) error {
+			return d.assign(ctx, s)
+		})
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable {
+			t.Fatalf("call %d: %v, want 503 at the cap", i, err)
+		}
+	}
+	d.mu.Lock()
+	n := len(d.sessions)
+	d.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d sessions kept, want only the holder's", n)
 	}
 }

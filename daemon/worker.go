@@ -147,9 +147,21 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 	return w, nil
 }
 
+// errAgentExited: the agent's task ended before it answered.
+var errAgentExited = errors.New("agent exited")
+
 // connect watches task and dials its agent until the kernel executes code, the task exits,
 // or the start timeout passes. The agent needs a moment to import IPython before it listens.
 func (d *Daemon) connect(ctx context.Context, w *worker, task *runtime.Task) (*life, error) {
+	l := d.watch(w, task)
+	if err := d.dial(ctx, w, l); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// watch makes the life of task: its exit closes l.exited and reaches onExit.
+func (d *Daemon) watch(w *worker, task *runtime.Task) *life {
 	l := &life{task: task, exited: make(chan struct{})}
 	go func() {
 		e, ok := <-task.Exited
@@ -160,6 +172,12 @@ func (d *Daemon) connect(ctx context.Context, w *worker, task *runtime.Task) (*l
 		close(l.exited)
 		d.onExit(w, l)
 	}()
+	return l
+}
+
+// dial connects l's kernel: it dials the agent until the kernel executes code, the task
+// exits, or ctx (at most the start timeout) ends.
+func (d *Daemon) dial(ctx context.Context, w *worker, l *life) error {
 	ctx, cancel := context.WithTimeout(ctx, agentStartTimeout)
 	defer cancel()
 	url := fmt.Sprintf("ws://%s%s", net.JoinHostPort(w.ip.String(), strconv.Itoa(agentPort)), kernel.ChannelsPath)
@@ -169,16 +187,16 @@ func (d *Daemon) connect(ctx context.Context, w *worker, task *runtime.Task) (*l
 		if err == nil {
 			if err = kc.Check(ctx); err == nil {
 				l.kernel = kc
-				return l, nil
+				return nil
 			}
 			kc.Close()
 		}
 		lastErr = err
 		select {
 		case <-l.exited:
-			return nil, fmt.Errorf("agent exited with status %d before answering: %s", l.exitCode, tail(w.logPath, 2048))
+			return fmt.Errorf("%w with status %d before answering: %s", errAgentExited, l.exitCode, tail(w.logPath, 2048))
 		case <-ctx.Done():
-			return nil, fmt.Errorf("agent did not answer: %w (last error: %v)", ctx.Err(), lastErr)
+			return fmt.Errorf("agent did not answer: %w (last error: %v)", ctx.Err(), lastErr)
 		case <-time.After(25 * time.Millisecond):
 		}
 	}

@@ -178,17 +178,27 @@ func TestHostileSessions(t *testing.T) {
 
 	step("forged frames from user code cost only their cap", func(t *testing.T) {
 		// User code reaches the agent's own objects and writes frames answering the current
-		// request: 200,000 tiny display items.
-		r := d.exec(t, attacker, `
+		// request: 60,000 tiny display items, within what a call may read.
+		flood := func(n int) string {
+			return fmt.Sprintf(`
 import gc
 agent = next(o for o in gc.get_objects() if type(o).__name__ == 'Agent')
 conn = agent.current.conn
 item = agent.frame('display_data', {'data': {'': 0}, 'metadata': {}}, agent.current.header, 'iopub')
-for _ in range(20):
+for _ in range(%d):
     conn.write_texts([item] * 10_000)
-print('sent')`)
+print('sent')`, n/10_000)
+		}
+		r := d.exec(t, attacker, flood(60_000))
 		if len(r.Results) > 1000 || !r.Truncated || r.Stdout != "sent\n" {
 			t.Fatalf("kept %d items (truncated %v), stdout %q", len(r.Results), r.Truncated, r.Stdout)
+		}
+		// More frames than a call may read: the worker is misbehaving and is replaced.
+		if _, err := d.client.Execute(ctx, attacker, flood(200_000), 0); statusOf(err) != 503 {
+			t.Fatalf("a flood past the frames a call may read: %v, want 503 (worker replaced)", err)
+		}
+		if r := d.exec(t, attacker, "1"); !r.NewSession {
+			t.Fatalf("after the flood: %+v, want a new session", r)
 		}
 		// A frame written after the call ended: the daemon closes the connection and
 		// replaces the worker at the session's next call, which says so.
@@ -293,6 +303,41 @@ print('written')`)
 		if n >= 15<<20 {
 			t.Fatalf("the whole file was sent after the release: %d bytes", n)
 		}
+	})
+
+	step("answers nobody reads hold their session, not the daemon's memory", func(t *testing.T) {
+		// Each answer escapes a control character to six bytes, and result_text repeats
+		// stdout: before, 4 MiB of them made a 50 MB answer, and a caller that never read
+		// its answers could stack one a second until the daemon ran out of memory.
+		code := `{"code": "import sys; sys.stdout.write('\\x01' * ((4 << 20) - 200))"}`
+		before := rss(t, d.cmd.Process.Pid)
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for i := 0; i < 6; i++ {
+			c, err := net.Dial("tcp", strings.TrimPrefix(d.url, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.(*net.TCPConn).SetReadBuffer(4096)
+			conns = append(conns, c)
+			fmt.Fprintf(c, "POST /api/v1/execute?user_uuid=%s HTTP/1.1\r\nHost: x\r\nX-Auth-Token: %s\r\nContent-Length: %d\r\n\r\n%s",
+				attacker, d.token, len(code), code)
+		}
+		time.Sleep(5 * time.Second)
+		grew := rss(t, d.cmd.Process.Pid) - before
+		t.Logf("6 answers unread: daemon RSS +%d MiB", grew>>20)
+		if grew > 96<<20 {
+			t.Fatalf("6 unread answers cost the daemon %d MiB", grew>>20)
+		}
+		quickly(t, 10*time.Second, "release with answers unread", func() {
+			if err := d.client.Release(ctx, attacker); err != nil {
+				t.Errorf("release: %v", err)
+			}
+		})
 	})
 
 	step("bad requests are a clear 4xx and the session stays", func(t *testing.T) {

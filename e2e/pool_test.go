@@ -326,3 +326,40 @@ func loadContainer(t *testing.T, id string) client.Container {
 	}
 	return ctr
 }
+
+// TestRestartDuringALongCall: codeboxd dies while a session's cell runs. The agent's main
+// thread is busy with the cell and cannot answer the new codeboxd, which interrupts the
+// orphaned cell, as its timeout would have, and takes the worker over with its state.
+func TestRestartDuringALongCall(t *testing.T) {
+	stateDir := t.TempDir()
+	t.Cleanup(func() { cleanupAll(t, stateDir) })
+	d := startDaemon(t, "--state-dir", stateDir, "--destroy-on-stop=false")
+	users := []string{"e2e-long-a-" + randomHex(3), "e2e-long-b-" + randomHex(3)}
+	for _, u := range users {
+		d.exec(t, u, "kept = 'yes'")
+	}
+	for _, u := range users {
+		go d.client.Execute(context.Background(), u, "import time\nwhile True: time.sleep(0.01)", 120*time.Second)
+	}
+	time.Sleep(time.Second)
+	d.cmd.Process.Signal(syscall.SIGKILL)
+	<-d.done
+	start := time.Now()
+	d2 := startDaemonAs(t, d.token, "--state-dir", stateDir, "--destroy-on-stop=false")
+	t.Logf("the new codeboxd answered %s after its start", time.Since(start).Round(time.Millisecond))
+	for _, u := range users {
+		r := d2.exec(t, u, "kept")
+		if r.ResultText == nil || *r.ResultText != "'yes'" || r.NewSession {
+			t.Fatalf("%s after the restart: %+v, want its state", u, r)
+		}
+	}
+	if n := strings.Count(d2.logs.String(), "interrupting what it runs"); n != 2 {
+		t.Fatalf("%d busy workers interrupted, want 2:\n%s", n, d2.logs.String())
+	}
+	for _, u := range users {
+		d2.client.Release(context.Background(), u)
+	}
+	d2.cmd.Process.Signal(syscall.SIGTERM)
+	<-d2.done
+	cleanupAll(t, stateDir)
+}

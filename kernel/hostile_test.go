@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 )
@@ -109,7 +111,7 @@ func execute(t *testing.T, c *Client) (*Result, error) {
 // Before: each {"":0} item was charged 1 byte and kept at ~456 bytes, so the 8 MiB cap let
 // ~8 M of them (GiBs) pile up in one call.
 func TestTinyItemFloodIsBounded(t *testing.T) {
-	const n = 100_000
+	const n = maxFramesPerCall - 100 // within the frames a call may read
 	c := startRaw(t, &rawAgent{script: func(id string, write func(string)) {
 		item := frame(id, "display_data", `{"data":{"":0}}`)
 		for i := 0; i < n; i++ {
@@ -283,5 +285,110 @@ func TestExpiredDeadlineDoesNotBreakTheConnection(t *testing.T) {
 	call.Finish()
 	if _, err := execute(t, c); err != nil {
 		t.Fatalf("next call: %v", err)
+	}
+}
+
+// Output is charged what it costs in the daemon's JSON answer: a control character takes six
+// bytes there. Before, the cap counted one, and 4 MiB of them made a 50 MB answer.
+func TestOutputIsChargedItsJSONSize(t *testing.T) {
+	const capBytes = 600
+	c := startRaw(t, &rawAgent{script: func(id string, write func(string)) {
+		write(frame(id, "stream", `{"name":"stdout","text":"`+strings.Repeat(`\u0001`, 1000)+`"}`))
+		write(frame(id, "stream", `{"name":"stderr","text":"ä€😀 fits?"}`))
+		finish(id, write)
+	}}, Options{MaxOutputBytes: capBytes})
+	res, err := execute(t, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Stdout) != capBytes/6 || !res.Truncated || res.Stderr != "" {
+		t.Fatalf("kept %d control characters and stderr %q, want %d and nothing", len(res.Stdout), res.Stderr, capBytes/6)
+	}
+	b, _ := json.Marshal(res.Stdout)
+	if len(b)-2 > capBytes {
+		t.Fatalf("the kept output encodes to %d bytes, over the cap", len(b)-2)
+	}
+}
+
+func TestFitCutsAtACharacterAndCountsEscapes(t *testing.T) {
+	for _, c := range []struct {
+		s          string
+		room, n, z int
+	}{
+		{"abc", 10, 3, 3},
+		{"abc", 2, 2, 2},
+		{"a\"b", 3, 2, 3},
+		{"\x01x", 6, 1, 6},
+		{"\x01x", 5, 0, 0},
+		{"€x", 2, 0, 0}, // a three-byte character is not cut
+		{"€x", 4, 4, 4},
+		{"\u2028", 5, 0, 0},
+		{"\xffa", 7, 2, 7},
+	} {
+		n, size := fit(c.s, c.room)
+		if n != c.n || size != c.z {
+			t.Errorf("fit(%q, %d) = %d, %d; want %d, %d", c.s, c.room, n, size, c.n, c.z)
+		}
+		if !utf8.ValidString(c.s[:n]) && utf8.ValidString(c.s) {
+			t.Errorf("fit(%q, %d) cut a character", c.s, c.room)
+		}
+	}
+}
+
+// Frames cost the daemon CPU whatever they are for: a call reads a bounded number and
+// amount, after which the worker is misbehaving. Before, a tenant's flood of frames for
+// another request cost the daemon 14 times the CPU it cost the worker, without end.
+func TestFloodInOneCallClosesTheConnection(t *testing.T) {
+	for name, send := range map[string]func(id string, write func(string)){
+		"frames for another request": func(id string, write func(string)) {
+			f := frame("other", "stream", `{"name":"stdout","text":"`+strings.Repeat("x", 1<<20)+`"}`)
+			for i := 0; i < 40; i++ {
+				write(f)
+			}
+		},
+		"tiny frames past the cap": func(id string, write func(string)) {
+			f := frame(id, "stream", `{"name":"stdout","text":"x"}`)
+			for i := 0; i < maxFramesPerCall+10; i++ {
+				write(f)
+			}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := startRaw(t, &rawAgent{script: func(id string, write func(string)) {
+				send(id, write)
+				finish(id, write)
+			}}, Options{MaxOutputBytes: 4 << 20})
+			_, err := execute(t, c)
+			if !errors.Is(err, ErrClosed) || !errors.Is(err, ErrMisbehaved) {
+				t.Fatalf("err = %v, want ErrClosed and ErrMisbehaved", err)
+			}
+		})
+	}
+}
+
+func TestPingFromTheWorkerClosesTheConnection(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		var req map[string]any
+		conn.ReadJSON(&req)
+		for i := 0; i < 1000; i++ {
+			if conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(time.Second)) != nil {
+				return
+			}
+		}
+		time.Sleep(time.Second)
+	}))
+	defer srv.Close()
+	c, err := Dial(context.Background(), "ws"+strings.TrimPrefix(srv.URL, "http")+ChannelsPath, "t", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := execute(t, c); !errors.Is(err, ErrMisbehaved) {
+		t.Fatalf("err = %v, want ErrMisbehaved", err)
 	}
 }

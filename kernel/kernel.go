@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 )
@@ -57,6 +58,14 @@ const AgentMaxOutputBytes = DefaultMaxOutputBytes / 2
 
 // MaxOutputItems bounds the display_data and execute_result items kept for one call.
 const MaxOutputItems = 1000
+
+// A call reads at most maxFramesPerCall frames and wireFactor times its output cap in bytes,
+// whatever they are for: a well-behaved agent sends a few thousand frames and about its
+// budget, and reading frames costs the daemon CPU the worker's quota does not pay for.
+const (
+	maxFramesPerCall = 100_000
+	wireFactor       = 4
+)
 
 // ErrClosed is returned for calls on a connection that has gone away (the worker died, the
 // agent closed it, or Close was called).
@@ -108,6 +117,12 @@ func Dial(ctx context.Context, url, token string, opts Options) (*Client, error)
 		opts.MaxOutputBytes = DefaultMaxOutputBytes
 	}
 	conn.SetReadLimit(int64(opts.MaxOutputBytes) + frameSlack)
+	// The daemon never pings, so the agent has nothing to answer; it never pings either, so
+	// a ping or pong from the worker is user code at work, and each would cost a write or a
+	// wake-up of the daemon's.
+	control := func(string) error { return fmt.Errorf("%w: a websocket ping or pong", ErrMisbehaved) }
+	conn.SetPingHandler(control)
+	conn.SetPongHandler(control)
 	c := &Client{conn: conn, session: newID(), maxOutput: opts.MaxOutputBytes, done: make(chan struct{})}
 	go c.readLoop()
 	return c, nil
@@ -269,6 +284,9 @@ type pending struct {
 	gotReply       bool
 	gotIdle        bool
 	finished       bool
+	// What the call has read, answering it or not (see maxFramesPerCall); only the
+	// reader goroutine touches these.
+	frames, wire int
 }
 
 func (p *pending) snapshot() *Result {
@@ -385,15 +403,51 @@ func (p *pending) apply(msgType string, frame []byte) {
 	}
 }
 
-// take returns the part of text that still fits in the request's output budget.
+// take returns the part of text that still fits in the request's output budget, cut at a
+// character. Text is charged what it costs in the daemon's JSON answer, where a control
+// character takes six bytes: the budget bounds the answer, not just the text.
 func (p *pending) take(text string) string {
 	room := p.limit - p.used
-	if len(text) > room {
+	n, size := fit(text, max(room, 0))
+	if n < len(text) {
 		p.res.Truncated = true
-		text = text[:max(room, 0)]
+		text = text[:n]
 	}
-	p.used += len(text)
+	p.used += size
 	return text
+}
+
+// fit returns the length of the longest start of s, cut at a character, whose JSON encoding
+// (encoding/json, HTML not escaped, quotes not counted) takes at most room bytes, and that
+// size.
+func fit(s string, room int) (n, size int) {
+	for n < len(s) {
+		c := s[n]
+		w, cost := 1, 1
+		switch {
+		case c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t':
+			cost = 2
+		case c < 0x20:
+			cost = 6
+		case c >= utf8.RuneSelf:
+			var r rune
+			r, w = utf8.DecodeRuneInString(s[n:])
+			switch {
+			case r == utf8.RuneError && w == 1:
+				cost = 6 // an invalid byte becomes \ufffd
+			case r == '\u2028' || r == '\u2029':
+				cost = 6
+			default:
+				cost = w
+			}
+		}
+		if size+cost > room {
+			break
+		}
+		n += w
+		size += cost
+	}
+	return n, size
 }
 
 // capError keeps what of e fits the budget, each traceback line charged like an item.
@@ -494,10 +548,6 @@ func (c *Client) readLoop() {
 		if cap(frame) <= keepBuffer {
 			buf = frame[:0]
 		}
-		var env envelope
-		if json.Unmarshal(frame, &env) != nil {
-			continue // garbage is dropped like an unknown type
-		}
 		c.mu.Lock()
 		p := c.current
 		c.mu.Unlock()
@@ -505,6 +555,17 @@ func (c *Client) readLoop() {
 			c.fail(ErrMisbehaved)
 			c.conn.Close()
 			return
+		}
+		p.frames++
+		p.wire += len(frame)
+		if p.frames > maxFramesPerCall || p.wire > wireFactor*p.limit+frameSlack {
+			c.fail(fmt.Errorf("%w: %d frames, %d bytes in one call", ErrMisbehaved, p.frames, p.wire))
+			c.conn.Close()
+			return
+		}
+		var env envelope
+		if json.Unmarshal(frame, &env) != nil {
+			continue // garbage is dropped like an unknown type
 		}
 		if env.ParentHeader.MsgID == p.id {
 			p.apply(env.Header.MsgType, frame)

@@ -167,6 +167,9 @@ func (n *Network) Detach(ctx context.Context, id, nsPath string) error {
 // interface: "<network>-<id>-eth0".
 const cniResults = "/var/lib/cni/results"
 
+// cniNetworks is where host-local keeps the address allocations of each network.
+const cniNetworks = "/var/lib/cni/networks"
+
 // Sweep removes network state that belongs to no live worker: CNI allocations (found in
 // libcni's result cache) of workers not in alive, and network namespaces under the netns
 // dir that no live worker uses. alive maps worker id to its netns path. It returns what it
@@ -210,6 +213,16 @@ func (n *Network) Sweep(ctx context.Context, alive map[string]string) ([]string,
 			continue
 		}
 		removed = append(removed, "netns "+p)
+	}
+	if len(alive) == 0 && len(errs) == 0 {
+		// No worker left: the directories of the bridge's namespaces and of its address
+		// allocations go too (host-local keeps a lock file and the last reserved address
+		// there, which a new allocation does not need).
+		for _, dir := range []string{n.nsDir, filepath.Join(cniNetworks, n.cfg.Bridge)} {
+			if err := os.RemoveAll(dir); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
 	return removed, errors.Join(errs...)
 }

@@ -1,6 +1,7 @@
 package sandboxfs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -136,7 +137,7 @@ func TestListingIsPagedAndBounded(t *testing.T) {
 	for {
 		var page *Page
 		var err error
-		heap := retainedBy(func() { page, err = r.List("many", offset, 0) })
+		heap := retainedBy(func() { page, err = r.List(context.Background(), "many", offset, 0) })
 		peak = max(peak, heap)
 		if err != nil {
 			t.Fatal(err)
@@ -167,10 +168,10 @@ func TestListingIsPagedAndBounded(t *testing.T) {
 		t.Fatalf("a page held %d MiB", peak>>20)
 	}
 	t.Logf("%d entries in %d pages; a page holds at most %d KiB", len(seen), pages, peak>>10)
-	if p, err := r.List("many", 0, 5); err != nil || len(p.Entries) != 5 || !p.Truncated || p.Next != 5 {
+	if p, err := r.List(context.Background(), "many", 0, 5); err != nil || len(p.Entries) != 5 || !p.Truncated || p.Next != 5 {
 		t.Fatalf("limit 5: %+v %v", p, err)
 	}
-	if p, err := r.List("many", n+10, 0); err != nil || len(p.Entries) != 0 || p.Truncated {
+	if p, err := r.List(context.Background(), "many", n+10, 0); err != nil || len(p.Entries) != 0 || p.Truncated {
 		t.Fatalf("offset past the end: %+v %v", p, err)
 	}
 }

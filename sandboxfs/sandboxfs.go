@@ -13,6 +13,7 @@
 package sandboxfs
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -346,7 +347,8 @@ type Page struct {
 // bounded by the page, not the directory: names are read in batches and those outside the
 // page dropped. Pages follow the directory's own order; entries added or removed between
 // two pages may be missed or repeated.
-func (r *Root) List(dir string, offset, limit int) (*Page, error) {
+// It stops when ctx ends: a deep offset in a huge directory reads many names.
+func (r *Root) List(ctx context.Context, dir string, offset, limit int) (*Page, error) {
 	if limit <= 0 || limit > MaxListEntries {
 		limit = MaxListEntries
 	}
@@ -358,6 +360,9 @@ func (r *Root) List(dir string, offset, limit int) (*Page, error) {
 	page := &Page{Entries: []Entry{}}
 	seen := 0 // visible entries before the current batch
 	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		names, err := d.Readdirnames(1024)
 		if errors.Is(err, io.EOF) {
 			return page, nil

@@ -1,6 +1,7 @@
 package sandboxfs
 
 import (
+	"context"
 	"errors"
 	"io"
 	"io/fs"
@@ -100,7 +101,7 @@ func TestSymlinksAreNeverFollowed(t *testing.T) {
 	if err := r.Remove("dirlink", "secret"); err == nil {
 		t.Errorf("removed through a directory symlink")
 	}
-	if _, err := r.List("dirlink", 0, 0); err == nil {
+	if _, err := r.List(context.Background(), "dirlink", 0, 0); err == nil {
 		t.Errorf("listed through a directory symlink")
 	}
 	// Writing to the name of a symlink is refused; the link and its target stay.
@@ -129,7 +130,7 @@ func TestWriteIsAtomicAndLimited(t *testing.T) {
 	if _, err := r.Write("data", "real.txt", strings.NewReader(strings.Repeat("x", 11)), 10); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("oversize: %v", err)
 	}
-	page, err := r.List("data", 0, 0)
+	page, err := r.List(context.Background(), "data", 0, 0)
 	if err != nil || page.Truncated {
 		t.Fatal(page, err)
 	}
@@ -141,7 +142,7 @@ func TestWriteIsAtomicAndLimited(t *testing.T) {
 	if len(all) != 1 {
 		t.Fatalf("temporary files left: %v", all)
 	}
-	root, _ := r.List(".", 0, 0)
+	root, _ := r.List(context.Background(), ".", 0, 0)
 	types := map[string]string{}
 	for _, e := range root.Entries {
 		types[e.Name] = e.Type

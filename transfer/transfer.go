@@ -129,6 +129,7 @@ type Client struct {
 	guard   *Guard
 	http    *http.Client
 	timeout time.Duration
+	stall   time.Duration // see stallTimeout
 }
 
 // NewClient returns a client whose connections pass g; each transfer is bounded by
@@ -143,7 +144,7 @@ func NewClient(g *Guard, timeout time.Duration) *Client {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 30 * time.Second,
 	}
-	return &Client{guard: g, timeout: timeout, http: &http.Client{
+	return &Client{guard: g, timeout: timeout, stall: stallTimeout, http: &http.Client{
 		Transport: tr,
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse // a redirect could point anywhere
@@ -202,15 +203,18 @@ func (c *Client) Download(ctx context.Context, rawURL string, limit int64, store
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
+	ctx, touch, stop := c.watchdog(ctx)
+	defer stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return 0, err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, describe(err)
+		return 0, describe(ctx, err)
 	}
 	defer resp.Body.Close()
+	resp.Body = progress{resp.Body, touch}
 	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
 		return 0, fmt.Errorf("the server redirected (HTTP %d); redirects are not followed", resp.StatusCode)
 	}
@@ -222,7 +226,7 @@ func (c *Client) Download(ctx context.Context, rawURL string, limit int64, store
 	}
 	n, err := store(resp.Body, limit)
 	if err != nil {
-		return n, describe(err)
+		return n, describe(ctx, err)
 	}
 	return n, nil
 }
@@ -235,7 +239,10 @@ func (c *Client) Upload(ctx context.Context, rawURL string, body io.Reader, size
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u.String(), io.NopCloser(body))
+	ctx, touch, stop := c.watchdog(ctx)
+	defer stop()
+	// The transport reads the body as the server takes it: no read for a while is a stall.
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u.String(), io.NopCloser(progress{body, touch}))
 	if err != nil {
 		return err
 	}
@@ -243,12 +250,52 @@ func (c *Client) Upload(ctx context.Context, rawURL string, body io.Reader, size
 	req.Header.Set("Content-Type", contentType)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return describe(err)
+		return describe(ctx, err)
 	}
 	defer resp.Body.Close()
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
 		return fmt.Errorf("the server answered HTTP %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// stallTimeout is how long a transfer may move no byte before it fails: a server sending or
+// taking a byte a second would otherwise hold a transfer slot for the whole file timeout.
+const stallTimeout = 30 * time.Second
+
+// errStalled is the cause of a transfer cut for moving nothing.
+var errStalled = errors.New("the transfer stalled: no data moved for a while")
+
+// watchdog returns ctx, ended with errStalled once touch has not been called for the stall
+// timeout, when that is shorter than the transfer's; stop ends the watch.
+func (c *Client) watchdog(ctx context.Context) (context.Context, func(), func()) {
+	if c.stall >= c.timeout {
+		return ctx, func() {}, func() {}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	idle := c.stall
+	timer := time.AfterFunc(idle, func() { cancel(errStalled) })
+	return ctx, func() { timer.Reset(idle) }, func() { timer.Stop(); cancel(nil) }
+}
+
+// progress calls touch for every read that moved bytes.
+type progress struct {
+	io.Reader
+	touch func()
+}
+
+func (p progress) Read(b []byte) (int, error) {
+	n, err := p.Reader.Read(b)
+	if n > 0 {
+		p.touch()
+	}
+	return n, err
+}
+
+func (p progress) Close() error {
+	if c, ok := p.Reader.(io.Closer); ok {
+		return c.Close()
 	}
 	return nil
 }
@@ -265,7 +312,10 @@ func (e blockedError) Is(target error) bool { return target == ErrBlocked }
 
 // describe makes transport errors readable without internals: no addresses (the dialler's
 // errors carry the resolved one).
-func describe(err error) error {
+func describe(ctx context.Context, err error) error {
+	if errors.Is(context.Cause(ctx), errStalled) {
+		return errStalled
+	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		err = ue.Err

@@ -168,3 +168,37 @@ func TestDownloadRules(t *testing.T) {
 		t.Fatal("upload to a 404 succeeded")
 	}
 }
+
+// A server that sends a byte and then nothing holds a transfer only for the stall timeout,
+// not the whole file timeout.
+func TestStalledTransferFails(t *testing.T) {
+	quit := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			w.Header().Set("Content-Length", "100")
+			w.Write([]byte("x"))
+			w.(http.Flusher).Flush()
+		} // a PUT: takes nothing of the body
+		select {
+		case <-r.Context().Done():
+		case <-quit:
+		}
+	}))
+	defer srv.Close()
+	defer close(quit)
+	g, _ := NewGuard([]string{"127.0.0.0/8"})
+	c := NewClient(g, time.Minute)
+	c.stall = 300 * time.Millisecond
+	start := time.Now()
+	var buf bytes.Buffer
+	_, err := c.Download(context.Background(), srv.URL+"/x", 1000, store(&buf))
+	if !errors.Is(err, errStalled) || time.Since(start) > 5*time.Second {
+		t.Fatalf("download: %v after %s, want a stall", err, time.Since(start))
+	}
+	start = time.Now()
+	big := bytes.Repeat([]byte("y"), 64<<20) // more than the socket buffers take
+	err = c.Upload(context.Background(), srv.URL+"/x", bytes.NewReader(big), int64(len(big)), "text/plain")
+	if !errors.Is(err, errStalled) || time.Since(start) > 5*time.Second {
+		t.Fatalf("upload: %v after %s, want a stall", err, time.Since(start))
+	}
+}

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/runtime/v2/logging"
+	"golang.org/x/sys/unix"
 )
 
 // drainAfterStop is how long the sink keeps draining after the shim asked it to stop (it
@@ -46,6 +47,10 @@ func main() {
 }
 
 func sink(ctx context.Context, cfg *logging.Config, ready func() error, path string, maxBytes int64) error {
+	// The sink runs outside the worker's CPU quota, and user code decides how much it
+	// writes: at the lowest priority, a worker flooding its stdout waits for the sink
+	// rather than taking CPU from others.
+	unix.Setpriority(unix.PRIO_PROCESS, 0, 19)
 	out := open(path, maxBytes)
 	// Ready whatever happened: a sink that failed must still drain, or the worker blocks.
 	if err := ready(); err != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 
 	"github.com/codebox/codebox/api"
 	"github.com/codebox/codebox/daemon"
@@ -35,6 +36,9 @@ import (
 // workerLogBytes is what a worker's log file may hold (the agent's own lines, and whatever
 // user code writes to the worker's init); past it, output is dropped.
 const workerLogBytes = 1 << 20
+
+// maxAPIConnections bounds the API's open connections.
+const maxAPIConnections = 4096
 
 func main() {
 	args := os.Args[1:]
@@ -177,6 +181,9 @@ func serve(cfg daemon.Config) error {
 		d.Close(context.Background())
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
+	// Connections beyond this wait in the listen queue: thousands of callers trickling
+	// bodies cost a goroutine and a descriptor each.
+	ln = netutil.LimitListener(ln, maxAPIConnections)
 	srv := &http.Server{
 		Handler: api.NewHandler(d, api.ServerConfig{Token: token, CORSOrigins: cfg.CORSOriginList(), Log: log,
 			MaxFileBytes: int64(cfg.MaxFileMB) << 20, FileTimeout: cfg.FileTimeout, MaxExecTimeout: cfg.MaxExecTimeout}),

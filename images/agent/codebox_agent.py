@@ -67,10 +67,13 @@ def encode(obj):
 
 class Log:
     """The agent's diagnostics, to the container's log (the fd 2 the agent started with),
-    rate-limited: user code can provoke them, and the log is on the host."""
+    rate-limited: user code can provoke them, and the log is on the host. Writes never
+    block: the log's pipe is made non-blocking (for tini too, which shares it), so when
+    user code fills it (through /proc/1/fd/2, say) a line is dropped, the agent waits for
+    nothing."""
 
     def __init__(self):
-        self.file = None
+        self.fd = None
         self.window = 0
         self.count = 0
         self.suppressed = 0
@@ -78,27 +81,32 @@ class Log:
 
     def open(self):
         """Keeps the original fd 2 before it is redirected to the output capture."""
-        fd = os.dup(2)
-        os.set_inheritable(fd, False)
-        self.file = os.fdopen(fd, "w", buffering=1, errors="replace")
+        for fd in (1, 2):
+            os.set_blocking(fd, False)
+        self.fd = os.dup(2)
+        os.set_inheritable(self.fd, False)
+
+    def write(self, line):
+        if self.fd is None:
+            print(line, end="", file=sys.__stderr__)
+            return
+        try:
+            os.write(self.fd, line.encode("utf-8", "replace"))
+        except OSError:  # full (EAGAIN) or gone: the line is dropped
+            pass
 
     def __call__(self, text):
         with self.lock:
             minute = int(time.monotonic() // 60)
             if minute != self.window:
-                if self.suppressed and self.file is not None:
-                    self.file.write(f"codebox-agent: {self.suppressed} messages suppressed\n")
+                if self.suppressed:
+                    self.write(f"codebox-agent: {self.suppressed} messages suppressed\n")
                 self.window, self.count, self.suppressed = minute, 0, 0
             if self.count >= LOG_LINES_PER_MINUTE:
                 self.suppressed += 1
                 return
             self.count += 1
-            out = self.file if self.file is not None else sys.__stderr__
-            try:
-                out.write("codebox-agent: " + text[:2000] + "\n")
-                out.flush()
-            except (OSError, ValueError):
-                pass
+            self.write("codebox-agent: " + text[:2000] + "\n")
 
 
 log = Log()
