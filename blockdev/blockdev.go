@@ -36,13 +36,11 @@ type Disk struct {
 // Store creates and removes disks under a state directory.
 type Store struct {
 	disks, mounts string
-	ownerUID      int
 }
 
-// NewStore prepares <stateDir>/disks and <stateDir>/mounts. Files on the disks' root are
-// owned by ownerUID (the sandbox user).
-func NewStore(stateDir string, ownerUID int) (*Store, error) {
-	s := &Store{disks: filepath.Join(stateDir, "disks"), mounts: filepath.Join(stateDir, "mounts"), ownerUID: ownerUID}
+// NewStore prepares <stateDir>/disks and <stateDir>/mounts.
+func NewStore(stateDir string) (*Store, error) {
+	s := &Store{disks: filepath.Join(stateDir, "disks"), mounts: filepath.Join(stateDir, "mounts")}
 	for _, d := range []string{s.disks, s.mounts} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("disk store: %w", err)
@@ -59,9 +57,9 @@ func (s *Store) MountPoint(id string) string { return filepath.Join(s.mounts, id
 
 func (s *Store) file(id string) string { return filepath.Join(s.disks, id+".img") }
 
-// Create makes, formats, attaches and mounts a disk of sizeMB for worker id. On failure
-// nothing is left behind.
-func (s *Store) Create(ctx context.Context, id string, sizeMB int) (_ *Disk, err error) {
+// Create makes, formats, attaches and mounts a disk of sizeMB for worker id, its root owned
+// by owner (uid and gid, as the host sees them). On failure nothing is left behind.
+func (s *Store) Create(ctx context.Context, id string, sizeMB, owner int) (_ *Disk, err error) {
 	if strings.ContainsAny(id, "/\x00") || id == "" || id == "." || id == ".." {
 		return nil, fmt.Errorf("disk id %q is not a plain name", id)
 	}
@@ -88,7 +86,7 @@ func (s *Store) Create(ctx context.Context, id string, sizeMB int) (_ *Disk, err
 	// Lazy table and journal init keep formatting to milliseconds; -m 0 leaves no blocks
 	// reserved for root, who never writes there.
 	mkfs := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-m", "0",
-		"-E", fmt.Sprintf("root_owner=%d:%d,lazy_itable_init=1,lazy_journal_init=1", s.ownerUID, s.ownerUID), d.File)
+		"-E", fmt.Sprintf("root_owner=%d:%d,lazy_itable_init=1,lazy_journal_init=1", owner, owner), d.File)
 	if out, err := mkfs.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("mkfs.ext4: %w: %s", err, strings.TrimSpace(string(out)))
 	}

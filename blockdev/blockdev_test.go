@@ -19,11 +19,11 @@ func needRoot(t *testing.T) {
 
 func TestCreateMountRemove(t *testing.T) {
 	needRoot(t)
-	s, err := NewStore(t.TempDir(), 1000)
+	s, err := NewStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := s.Create(context.Background(), "w-test", 32)
+	d, err := s.Create(context.Background(), "w-test", 32, 1<<30+1000) // a uid of a user namespace's range
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,8 +39,8 @@ func TestCreateMountRemove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Sys().(*syscall.Stat_t).Uid != 1000 {
-		t.Errorf("disk root owned by %d, want 1000", st.Sys().(*syscall.Stat_t).Uid)
+	if st.Sys().(*syscall.Stat_t).Uid != 1<<30+1000 {
+		t.Errorf("disk root owned by %d, want the owner given", st.Sys().(*syscall.Stat_t).Uid)
 	}
 	if entries, _ := os.ReadDir(d.MountPoint); len(entries) != 0 {
 		t.Errorf("a new disk is not empty: %v", entries)
@@ -91,12 +91,12 @@ func TestCreateMountRemove(t *testing.T) {
 
 func TestCreateRejectsBadIDs(t *testing.T) {
 	needRoot(t)
-	s, err := NewStore(t.TempDir(), 1000)
+	s, err := NewStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"", "..", "a/b"} {
-		if _, err := s.Create(context.Background(), id, 16); err == nil {
+		if _, err := s.Create(context.Background(), id, 16, 1000); err == nil {
 			t.Errorf("id %q accepted", id)
 		}
 	}
@@ -134,12 +134,12 @@ func BenchmarkCreateRemove(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("skipped: needs root")
 	}
-	s, err := NewStore(b.TempDir(), 1000)
+	s, err := NewStore(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}
 	for i := 0; i < b.N; i++ {
-		if _, err := s.Create(context.Background(), "w-bench", 500); err != nil {
+		if _, err := s.Create(context.Background(), "w-bench", 500, 1000); err != nil {
 			b.Fatal(err)
 		}
 		if err := s.Remove("w-bench"); err != nil {

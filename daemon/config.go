@@ -18,6 +18,10 @@ import (
 // DefaultWorkerImage is the image reference used when --worker-image is not given.
 const DefaultWorkerImage = "codebox.local/worker:slim"
 
+// MaxWorkers is the most workers a host can have: each gets its own range of host uids
+// (see daemon/worker.go), with some left for workers being destroyed.
+const MaxWorkers = maxUIDRanges - 64
+
 // MinWorkerRAMMB is the least memory a worker's kernel needs to start and run small code.
 const MinWorkerRAMMB = 128
 
@@ -150,6 +154,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--min-idle-workers must be 0 or more, not %d", c.MinIdleWorkers)
 	case c.MaxTotalWorkers < 1:
 		return fmt.Errorf("--max-total-workers must be 1 or more, not %d", c.MaxTotalWorkers)
+	case c.MaxTotalWorkers > MaxWorkers:
+		return fmt.Errorf("--max-total-workers must be at most %d (the host uid ranges workers get), not %d", MaxWorkers, c.MaxTotalWorkers)
 	case c.MinIdleWorkers > c.MaxTotalWorkers:
 		return fmt.Errorf("--min-idle-workers (%d) must not exceed --max-total-workers (%d)", c.MinIdleWorkers, c.MaxTotalWorkers)
 	case !(c.WorkerCPU > 0) || c.WorkerCPU > 1024:

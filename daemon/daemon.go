@@ -55,6 +55,7 @@ type Daemon struct {
 	sessions      map[string]*session
 	workers       map[string]*worker // every live worker, idle or in a session
 	graveyard     map[string]*worker // retired workers whose destruction failed, retried
+	uidRanges     map[uint32]bool    // host uid ranges of workers that exist (see takeUIDRange)
 	idle          []*worker          // healthy workers no session has
 	waiters       []*waiter          // new sessions waiting for a worker being created
 	creating      int                // workers being created (counted against the cap)
@@ -80,7 +81,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, deps Deps) (*Daemon,
 			return nil, fmt.Errorf("state dir: %w", err)
 		}
 	}
-	disks, err := blockdev.NewStore(cfg.StateDir, runtime.SandboxUID)
+	disks, err := blockdev.NewStore(cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
@@ -101,6 +102,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, deps Deps) (*Daemon,
 		sessions:     map[string]*session{},
 		workers:      map[string]*worker{},
 		graveyard:    map[string]*worker{},
+		uidRanges:    map[uint32]bool{},
 		initializing: true,
 	}
 	d.create, d.destroy = d.createWorker, d.destroyWorker

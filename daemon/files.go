@@ -47,7 +47,8 @@ func (d *Daemon) withSandboxOf(ctx context.Context, user string, create bool, fn
 		}
 		ctx, cancel := context.WithTimeout(ctx, d.cfg.FileTimeout)
 		defer cancel()
-		root, err := sandboxfs.Open(d.disks.MountPoint(s.worker.id), runtime.SandboxUID, runtime.SandboxUID)
+		owner := runtime.HostUID(s.worker.uidBase)
+		root, err := sandboxfs.Open(d.disks.MountPoint(s.worker.id), owner, owner)
 		if err != nil {
 			return err
 		}

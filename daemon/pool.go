@@ -260,6 +260,7 @@ func (d *Daemon) bury(ctx context.Context, w *worker) {
 	}
 	d.mu.Lock()
 	delete(d.graveyard, w.id)
+	delete(d.uidRanges, w.uidBase)
 	d.mu.Unlock()
 	if err := d.assigned.forget(w.id); err != nil {
 		d.log.Warn("session record", "err", err)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -80,7 +81,9 @@ func (d *Daemon) Recover(ctx context.Context) error {
 				d.assigned.set(id, record{State: stateRetired})
 				alive[id] = labels[labelNetNS]
 				d.mu.Lock()
-				d.graveyard[id] = &worker{id: id, nsPath: labels[labelNetNS], logPath: d.logPath(id)}
+				base := uidBaseOf(labels)
+				d.graveyard[id] = &worker{id: id, nsPath: labels[labelNetNS], logPath: d.logPath(id), uidBase: base}
+				d.uidRanges[base] = true
 				d.mu.Unlock()
 			}
 			continue
@@ -88,6 +91,7 @@ func (d *Daemon) Recover(ctx context.Context) error {
 		alive[id] = w.nsPath
 		d.mu.Lock()
 		d.workers[id] = w
+		d.uidRanges[w.uidBase] = true
 		if rec.State == stateSession {
 			s := newSession(rec.User)
 			s.worker = w
@@ -107,7 +111,8 @@ func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string)
 	if err != nil {
 		return nil, err
 	}
-	w := &worker{id: id, ip: net.ParseIP(labels[labelIP]), nsPath: labels[labelNetNS], logPath: d.logPath(id), created: a.Created}
+	w := &worker{id: id, ip: net.ParseIP(labels[labelIP]), nsPath: labels[labelNetNS], logPath: d.logPath(id), created: a.Created,
+		uidBase: uidBaseOf(labels)}
 	for _, kv := range a.Env {
 		if v, ok := strings.CutPrefix(kv, "CODEBOX_AGENT_TOKEN="); ok {
 			w.token = v
@@ -142,6 +147,13 @@ func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string)
 	}
 	w.life = l
 	return w, nil
+}
+
+// uidBaseOf reads a worker's host uid range from its labels; 0 for a worker made before
+// user namespaces.
+func uidBaseOf(labels map[string]string) uint32 {
+	base, _ := strconv.ParseUint(labels[labelUIDBase], 10, 32)
+	return uint32(base)
 }
 
 // Cleanup removes what codeboxd left on the host: containers whose task is not running

@@ -23,8 +23,18 @@ const (
 	// agentStartTimeout bounds how long a new worker's agent may take to answer.
 	agentStartTimeout = 60 * time.Second
 	// Labels that let a later codeboxd find a worker's resources from containerd alone.
-	labelNetNS = "io.codebox.netns"
-	labelIP    = "io.codebox.ip"
+	labelNetNS   = "io.codebox.netns"
+	labelIP      = "io.codebox.ip"
+	labelUIDBase = "io.codebox.uidbase"
+)
+
+// Workers' host uid ranges: from firstUIDBase, runtime.IDRange each, maxUIDRanges of them.
+// 0x70000000.. is left unused by systemd's conventions (below it, containers' ranges;
+// above 0x7FFE0000, its own foreign range), and stays below 2^31, where tools that take
+// uids for signed numbers go wrong.
+const (
+	firstUIDBase = 0x70000000
+	maxUIDRanges = (0x7FFE0000 - firstUIDBase) / runtime.IDRange
 )
 
 // worker is one container with its network, disk and kernel connection.
@@ -35,6 +45,9 @@ type worker struct {
 	logPath string
 	token   string
 	created time.Time
+	// uidBase starts the worker's host uid range (0: a worker of a codeboxd before user
+	// namespaces, whose user is host uid 1000).
+	uidBase uint32
 
 	// life is the current task and kernel connection; a kernel restart replaces it.
 	// Written under Daemon.mu by the holder of the worker's session turn.
@@ -77,6 +90,9 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 	start := time.Now()
 	w := &worker{id: newWorkerID(), created: start, token: newToken()}
 	w.logPath = d.logPath(w.id)
+	if w.uidBase, err = d.takeUIDRange(); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err == nil {
 			d.metrics.creates.WithLabelValues("ok").Inc()
@@ -90,6 +106,8 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 			}
 			if derr := d.destroyResources(context.WithoutCancel(ctx), w.id, w.nsPath, w.logPath); derr != nil {
 				err = errors.Join(err, derr)
+			} else {
+				d.freeUIDRange(w.uidBase)
 			}
 		}
 	}()
@@ -104,7 +122,7 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		disk, diskErr = d.disks.Create(ctx, w.id, d.cfg.WorkerDiskMB)
+		disk, diskErr = d.disks.Create(ctx, w.id, d.cfg.WorkerDiskMB, runtime.HostUID(w.uidBase))
 	}()
 	att, err = d.net.Attach(ctx, w.id)
 	wg.Wait()
@@ -120,6 +138,7 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 		ID:        w.id,
 		Image:     d.image,
 		NetNSPath: w.nsPath,
+		UIDBase:   w.uidBase,
 		CPU:       d.cfg.WorkerCPU,
 		MemoryMB:  d.cfg.WorkerRAMMB,
 		Pids:      d.cfg.WorkerPids,
@@ -128,10 +147,12 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 			"CODEBOX_AGENT_PORT=" + strconv.Itoa(agentPort),
 			"CODEBOX_MAX_OUTPUT_BYTES=" + strconv.Itoa(kernel.AgentMaxOutputBytes),
 		},
-		Labels:         map[string]string{labelNetNS: w.nsPath, labelIP: w.ip.String()},
+		Labels: map[string]string{labelNetNS: w.nsPath, labelIP: w.ip.String(),
+			labelUIDBase: strconv.FormatUint(uint64(w.uidBase), 10)},
 		LogPath:        w.logPath,
 		SandboxSource:  disk.MountPoint,
 		SandboxOptions: blockdev.BindOptions,
+		BeforeStart:    runtime.LimitUserNamespace,
 	})
 	if err != nil {
 		return nil, err
@@ -145,6 +166,27 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 		"network_disk_ms", ms(attached.Sub(start)), "container_ms", ms(started.Sub(attached)),
 		"kernel_ms", ms(time.Since(started)), "total_ms", ms(time.Since(start)))
 	return w, nil
+}
+
+// takeUIDRange reserves the lowest free host uid range for a new worker.
+func (d *Daemon) takeUIDRange() (uint32, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i := 0; i < maxUIDRanges; i++ {
+		base := uint32(firstUIDBase + i*runtime.IDRange)
+		if !d.uidRanges[base] {
+			d.uidRanges[base] = true
+			return base, nil
+		}
+	}
+	return 0, errors.New("no free host uid range for a worker")
+}
+
+// freeUIDRange gives back a destroyed worker's range.
+func (d *Daemon) freeUIDRange(base uint32) {
+	d.mu.Lock()
+	delete(d.uidRanges, base)
+	d.mu.Unlock()
 }
 
 // errAgentExited: the agent's task ended before it answered.
@@ -207,7 +249,7 @@ func (d *Daemon) dial(ctx context.Context, w *worker, l *life) error {
 func (d *Daemon) restartKernel(ctx context.Context, w *worker) error {
 	old := w.life
 	old.kernel.Close()
-	task, err := d.rt.Restart(ctx, w.id, w.logPath)
+	task, err := d.rt.Restart(ctx, w.id, w.logPath, runtime.LimitUserNamespace)
 	if err != nil {
 		return err
 	}

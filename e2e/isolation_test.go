@@ -247,6 +247,57 @@ print("processes", sorted(int(p) for p in os.listdir("/proc") if p.isdigit()))
 		checkWitness(t)
 	})
 
+	t.Run("per-user kernel limits are the worker's own", func(t *testing.T) {
+		// Each worker runs as a host uid of its own range, so what the kernel counts per
+		// user is not shared with another worker. Pipe buffers, counted per user: the
+		// attacker takes all a user may have; the witness's pipes keep their size.
+		hostUID := func(worker string) int {
+			task, err := loadContainer(t, worker).Task(context.Background(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", task.Pid()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var uid int
+			for _, line := range strings.Split(string(b), "\n") {
+				if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
+					fmt.Sscan(f[1], &uid)
+				}
+			}
+			return uid
+		}
+		a, w := hostUID(attackerWorker), hostUID(witnessWorker)
+		if a == w || a < 1<<20 || w < 1<<20 {
+			t.Fatalf("host uids: attacker's worker %d, witness's %d; want two of their own, far from host accounts", a, w)
+		}
+		attack(t, d, attacker, `
+import fcntl, os
+F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
+hog = []
+try:  # 1 MiB pipes until the user's pages run out
+    for i in range(200):
+        r, w = os.pipe()
+        hog.append((r, w))
+        fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
+except OSError:
+    pass
+for i in range(200):  # then plain ones, until they come small
+    r, w = os.pipe()
+    hog.append((r, w))
+    size = fcntl.fcntl(w, F_GETPIPE_SZ)
+    if size < 65536:
+        break
+print("BLOCKED" if size < 65536 else "OPEN", "after", len(hog), "pipes a new one holds", size, "bytes")`)
+		r := d.exec(t, witness, "import fcntl, os\nr, w = os.pipe()\nprint(fcntl.fcntl(w, 1032))\nos.close(r); os.close(w)")
+		if r.Stdout != "65536\n" {
+			t.Fatalf("the witness's new pipe holds %q bytes: the attacker's pipes count against it", r.Stdout)
+		}
+		d.exec(t, attacker, "import os\nfor r, w in hog: os.close(r); os.close(w)\ndel hog")
+		checkWitness(t)
+	})
+
 	t.Run("another worker's files", func(t *testing.T) {
 		attack(t, d, attacker, `
 import glob, os

@@ -18,6 +18,7 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/netns"
 	gocni "github.com/containerd/go-cni"
+	cnins "github.com/containernetworking/plugins/pkg/ns"
 )
 
 // Config describes the worker network.
@@ -117,6 +118,13 @@ func (n *Network) Attach(ctx context.Context, id string) (_ *Attachment, err err
 		}
 	}()
 
+	// IPv6 off, set from the host: the worker has no business with the link-local
+	// addresses its veth gets, and in its own user namespace it may not write the
+	// namespace's sysctls itself.
+	if err := ns.Do(func(cnins.NetNS) error { return disableIPv6() }); err != nil {
+		return nil, fmt.Errorf("netns of %s: %w", id, err)
+	}
+
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	res, err := n.cni.Setup(ctx, id, ns.GetPath())
@@ -140,6 +148,16 @@ func (n *Network) Attach(ctx context.Context, id string) (_ *Attachment, err err
 		}
 	}
 	return nil, fmt.Errorf("cni setup for %s: no IPv4 address on eth0", id)
+}
+
+// disableIPv6 turns IPv6 off in the calling thread's network namespace.
+func disableIPv6() error {
+	for _, p := range []string{"/proc/sys/net/ipv6/conf/all/disable_ipv6", "/proc/sys/net/ipv6/conf/default/disable_ipv6"} {
+		if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("disable IPv6: %w", err)
+		}
+	}
+	return nil
 }
 
 // Detach unwires worker id and removes its namespace. What is already gone is not an

@@ -3,6 +3,10 @@ package runtime
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/contrib/seccomp"
@@ -11,8 +15,17 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// SandboxUID is the user (and group) the kernel agent and user code run as.
+// SandboxUID is the user (and group) the kernel agent and user code run as, inside the
+// worker's user namespace.
 const SandboxUID = 1000
+
+// IDRange is the size of each worker's range of host uids and gids: its user namespace maps
+// uids 0..IDRange-1 to UIDBase.. on the host.
+const IDRange = 65536
+
+// HostUID is the host uid of SandboxUID in the worker whose range starts at base: the owner
+// of its disk's root and of the files the daemon writes there.
+func HostUID(base uint32) int { return int(base) + SandboxUID }
 
 // cfsPeriod is the CFS period the CPU quota is expressed in (100 ms, the kernel default).
 const cfsPeriod = 100_000
@@ -33,17 +46,24 @@ const homeDir = "/home/sandbox"
 type WorkerSpec struct {
 	ID        string
 	Image     client.Image
-	NetNSPath string   // the network namespace to join
-	CPU       float64  // cores (CFS quota)
-	MemoryMB  int      // memory limit
-	Pids      int      // pids limit
-	Env       []string // added to the image's environment (the agent's token and port)
+	NetNSPath string // the network namespace to join
+	// UIDBase starts the worker's own range of IDRange host uids and gids: per-user
+	// kernel limits (pipe buffers, processes, message queues) are not shared with other
+	// workers or host accounts.
+	UIDBase  uint32
+	CPU      float64  // cores (CFS quota)
+	MemoryMB int      // memory limit
+	Pids     int      // pids limit
+	Env      []string // added to the image's environment (the agent's token and port)
 	// SandboxSource is the host mount of the worker's virtual disk, bind-mounted at
 	// /sandbox with SandboxOptions (the host mount's flags, which runc does not inherit).
 	SandboxSource  string
 	SandboxOptions []string
 	Labels         map[string]string
 	LogPath        string // the task's stdout/stderr on the host; empty: discarded
+	// BeforeStart, when set, runs once the task exists (its namespaces made, pid given)
+	// and before its process starts: the host's last word on it.
+	BeforeStart func(pid uint32) error
 }
 
 // specOpts composes the worker's OCI spec, one option per concern.
@@ -52,6 +72,7 @@ func specOpts(s WorkerSpec) []oci.SpecOpts {
 		oci.WithImageConfig(s.Image),
 		oci.WithHostname("codebox"),
 		withIdentity(),
+		withUserNamespace(s.UIDBase),
 		withLeastPrivilege(),
 		withResources(s.CPU, s.MemoryMB, s.Pids),
 		withNetwork(s.NetNSPath),
@@ -116,21 +137,78 @@ func withResources(cpu float64, memoryMB, pids int) oci.SpecOpts {
 	)
 }
 
-// withNetwork joins the network namespace the caller prepared (CNI-wired) and turns IPv6
-// off in it: the worker has no business with the link-local addresses its veth gets.
+// withNetwork joins the network namespace the caller prepared (CNI-wired, IPv6 off: the
+// netns package sets that from the host, as the worker's own user namespace may not).
 func withNetwork(path string) oci.SpecOpts {
+	return oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: path})
+}
+
+// withUserNamespace maps the worker's uids and gids 0..IDRange-1 to its own host range
+// from base. The image's files, owned by host root, show as the overflow uid and stay
+// readable; the root filesystem is read-only anyway, so nothing is chowned. Without a
+// network namespace of its own the user namespace may not mount sysfs, so the worker has no
+// /sys: nothing it runs needs it (CPU counts come from /proc), and the host's would show
+// its interfaces and cgroups.
+func withUserNamespace(base uint32) oci.SpecOpts {
+	ids := []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: IDRange}}
 	return oci.Compose(
-		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: path}),
+		oci.WithUserNamespace(ids, ids),
 		func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
-			if s.Linux == nil {
-				s.Linux = &specs.Linux{}
+			mounts := s.Mounts[:0]
+			for _, m := range s.Mounts {
+				if m.Destination != "/sys" {
+					mounts = append(mounts, m)
+				}
 			}
-			if s.Linux.Sysctl == nil {
-				s.Linux.Sysctl = map[string]string{}
-			}
-			s.Linux.Sysctl["net.ipv6.conf.all.disable_ipv6"] = "1"
-			s.Linux.Sysctl["net.ipv6.conf.default.disable_ipv6"] = "1"
+			s.Mounts = mounts
 			return nil
 		},
 	)
+}
+
+// Per user namespace limits. A new user namespace starts with no limit of its own on inotify
+// instances and watches; what its processes create is charged, up the chain, to the
+// namespace's owner (root, as containerd creates it) against the host's per-user limit. So
+// every worker gets its own limit (LimitUserNamespace), and the host's limit for root is
+// raised to hold all of them besides what host services use (EnsureHostLimits).
+const (
+	workerInotifyInstances = 128  // the kernel's default per user
+	workerInotifyWatches   = 8192 // the kernel's default per user, before 5.11
+	// hostHeadroom is what is kept for host services beyond the workers' share.
+	hostHeadroom = 8
+)
+
+// LimitUserNamespace sets the inotify limits of the user namespace of the process pid (a
+// worker's task, created and not yet started). A multithreaded Go program cannot enter a
+// user namespace, so nsenter does it.
+func LimitUserNamespace(pid uint32) error {
+	script := fmt.Sprintf("echo %d > /proc/sys/user/max_inotify_instances && echo %d > /proc/sys/user/max_inotify_watches",
+		workerInotifyInstances, workerInotifyWatches)
+	out, err := exec.Command("nsenter", "--user", "--target", strconv.FormatUint(uint64(pid), 10), "--", "/bin/sh", "-c", script).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("limit the user namespace of pid %d: %v: %s", pid, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// EnsureHostLimits raises the host's per-user inotify limits, if they are lower, to hold
+// maxWorkers workers' limits and some for host services: their use is charged to root.
+func EnsureHostLimits(maxWorkers int) error {
+	for name, per := range map[string]int{"max_user_instances": workerInotifyInstances, "max_user_watches": workerInotifyWatches} {
+		path := "/proc/sys/fs/inotify/" + name
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		have, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if want := per * (maxWorkers + hostHeadroom); have < want {
+			if err := os.WriteFile(path, []byte(strconv.Itoa(want)), 0o644); err != nil {
+				return fmt.Errorf("raise %s to %d: %w", path, want, err)
+			}
+		}
+	}
+	return nil
 }

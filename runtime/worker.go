@@ -42,13 +42,13 @@ func (r *Runtime) Start(ctx context.Context, s WorkerSpec) (_ *Task, err error) 
 			}
 		}
 	}()
-	return r.startTask(ctx, c, s.ID, s.LogPath)
+	return r.startTask(ctx, c, s.ID, s.LogPath, s.BeforeStart)
 }
 
 // Restart replaces the container's task with a new one in the same container: same
 // snapshot, network namespace and mounts, so the kernel starts afresh while the files on
 // the worker's disk stay.
-func (r *Runtime) Restart(ctx context.Context, id, logPath string) (*Task, error) {
+func (r *Runtime) Restart(ctx context.Context, id, logPath string, beforeStart func(pid uint32) error) (*Task, error) {
 	r.unwatch(id)
 	c, err := r.client.LoadContainer(ctx, id)
 	if err != nil {
@@ -61,10 +61,10 @@ func (r *Runtime) Restart(ctx context.Context, id, logPath string) (*Task, error
 	} else if !errdefs.IsNotFound(err) {
 		return nil, fmt.Errorf("task of %s: %w", id, err)
 	}
-	return r.startTask(ctx, c, id, logPath)
+	return r.startTask(ctx, c, id, logPath, beforeStart)
 }
 
-func (r *Runtime) startTask(ctx context.Context, c client.Container, id, logPath string) (*Task, error) {
+func (r *Runtime) startTask(ctx context.Context, c client.Container, id, logPath string, beforeStart func(pid uint32) error) (*Task, error) {
 	logs, err := r.logIO(logPath)
 	if err != nil {
 		return nil, err
@@ -81,6 +81,13 @@ func (r *Runtime) startTask(ctx context.Context, c client.Container, id, logPath
 		cancelWait()
 		t.Delete(context.WithoutCancel(ctx), client.WithProcessKill)
 		return nil, fmt.Errorf("wait task %s: %w", id, err)
+	}
+	if beforeStart != nil {
+		if err := beforeStart(t.Pid()); err != nil {
+			cancelWait()
+			t.Delete(context.WithoutCancel(ctx), client.WithProcessKill)
+			return nil, fmt.Errorf("prepare task %s: %w", id, err)
+		}
 	}
 	if err := t.Start(ctx); err != nil {
 		cancelWait()

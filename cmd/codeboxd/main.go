@@ -164,6 +164,10 @@ func serve(cfg daemon.Config) error {
 	if err != nil {
 		return err
 	}
+	// Workers' inotify use is charged to root (see runtime.EnsureHostLimits).
+	if err := runtime.EnsureHostLimits(cfg.MaxTotalWorkers); err != nil {
+		return err
+	}
 	// The firewall goes up before any worker exists.
 	if err := fw.Install(); err != nil {
 		return fmt.Errorf("install firewall: %w", err)
