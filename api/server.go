@@ -376,8 +376,10 @@ func (s *server) execute(w http.ResponseWriter, r *http.Request) error {
 		// released session cuts it off.
 		rc := http.NewResponseController(w)
 		rc.SetWriteDeadline(time.Now().Add(defaultWriteTimeout))
-		stop := context.AfterFunc(ctx, func() { rc.SetWriteDeadline(time.Now()) })
-		defer stop()
+		if ctx.Err() == nil { // an answer that says the session was released is still sent
+			stop := context.AfterFunc(ctx, func() { rc.SetWriteDeadline(time.Now()) })
+			defer stop()
+		}
 		if err != nil {
 			s.writeError(w, r, err)
 			return nil

@@ -46,8 +46,13 @@ type ownContainerd struct {
 func startOwnContainerd(t *testing.T) *ownContainerd {
 	t.Helper()
 	c := &ownContainerd{t: t, socket: ownRun + "/containerd.sock", config: ownRun + "/config.toml", logs: &syncBuffer{}}
+	// Traversable by others, like containerd's own /run/containerd: a worker's init runs
+	// as a host uid of its user namespace's range and must reach its bundle under the state.
 	for _, d := range []string{ownRoot, ownRun} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(d, 0o711); err != nil {
 			t.Fatal(err)
 		}
 	}
