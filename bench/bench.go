@@ -15,8 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/codebox/codebox/agent"
 	"github.com/codebox/codebox/api"
-	"github.com/codebox/codebox/kernel"
 )
 
 // Result is one scenario's figures.
@@ -146,7 +146,7 @@ func Seed(ctx context.Context, c *api.Client, prefix string, users, requests int
 
 // Direct runs the seed scenario straight against agents, one connection per session, to
 // measure what the daemon adds.
-func Direct(ctx context.Context, conns []*kernel.Client, requests int) *Result {
+func Direct(ctx context.Context, conns []*agent.Client, requests int) *Result {
 	type acc struct {
 		lat      []time.Duration
 		ok, good int

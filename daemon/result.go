@@ -5,15 +5,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/codebox/codebox/agent"
 	"github.com/codebox/codebox/api"
-	"github.com/codebox/codebox/kernel"
 )
 
 // maxDetail bounds the detail of an error answer.
 const maxDetail = 4096
 
 // toResponse maps a kernel result to the SPEC §3.1 answer.
-func toResponse(workerID string, r *kernel.Result, took time.Duration) *api.ExecuteResponse {
+func toResponse(workerID string, r *agent.Result, took time.Duration) *api.ExecuteResponse {
 	resp := &api.ExecuteResponse{
 		WorkerID:       workerID,
 		Stdout:         r.Stdout,
@@ -57,7 +57,7 @@ func toResponse(workerID string, r *kernel.Result, took time.Duration) *api.Exec
 }
 
 // partialFields is the output a call produced before it failed, for the error body.
-func partialFields(workerID string, r *kernel.Result, extra map[string]any) map[string]any {
+func partialFields(workerID string, r *agent.Result, extra map[string]any) map[string]any {
 	f := map[string]any{"worker_id": workerID}
 	if r != nil {
 		f["stdout"] = r.Stdout

@@ -5,15 +5,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/codebox/codebox/kernel"
+	"github.com/codebox/codebox/agent"
 )
 
 func raw(s string) json.RawMessage { b, _ := json.Marshal(s); return b }
 
 func TestToResponse(t *testing.T) {
-	r := &kernel.Result{
+	r := &agent.Result{
 		Status: "ok", ExecutionCount: 4, Stdout: "hello\n",
-		Outputs: []kernel.Output{
+		Outputs: []agent.Output{
 			{Type: "display_data", Data: map[string]json.RawMessage{"image/png": raw("AAA"), "text/plain": raw("<Figure>")}},
 			{Type: "display_data", Data: map[string]json.RawMessage{"image/png": raw("BBB")}},
 			{Type: "execute_result", Data: map[string]json.RawMessage{"text/plain": raw("42")}},
@@ -30,13 +30,13 @@ func TestToResponse(t *testing.T) {
 		t.Fatalf("resp = %+v", resp)
 	}
 
-	empty := toResponse("w-1", &kernel.Result{Status: "ok"}, 0)
+	empty := toResponse("w-1", &agent.Result{Status: "ok"}, 0)
 	if empty.ResultText != nil || empty.ResultBase64 != nil || empty.Results == nil {
 		t.Fatalf("nothing printed: %+v", empty)
 	}
 
-	failed := toResponse("w-1", &kernel.Result{Status: "error", Stdout: "x\n",
-		Error: &kernel.Error{Ename: "ZeroDivisionError", Evalue: "division by zero", Traceback: []string{"tb"}}}, 0)
+	failed := toResponse("w-1", &agent.Result{Status: "error", Stdout: "x\n",
+		Error: &agent.Error{Ename: "ZeroDivisionError", Evalue: "division by zero", Traceback: []string{"tb"}}}, 0)
 	if failed.Error == nil || failed.Detail != "ZeroDivisionError: division by zero" || failed.Stdout != "x\n" {
 		t.Fatalf("error: %+v", failed)
 	}

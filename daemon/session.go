@@ -12,8 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/codebox/codebox/agent"
 	"github.com/codebox/codebox/api"
-	"github.com/codebox/codebox/kernel"
 )
 
 const (
@@ -294,7 +294,7 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout
 		resp := toResponse(w.id, res, time.Since(start))
 		resp.NewSession = newSession
 		return resp, nil
-	case errors.Is(err, kernel.ErrClosed):
+	case errors.Is(err, agent.ErrClosed):
 		return nil, d.kernelGone(ctx, s, l, res)
 	case errors.Is(context.Cause(ctx), errReleased):
 		// Release destroys the worker as soon as this call gives the session back.
@@ -329,7 +329,7 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout
 // kernelGone answers a call whose kernel connection dropped. When the task exited, the
 // kernel died (the memory limit, os._exit): it is restarted in the same worker, so the
 // files on /sandbox stay. Otherwise the worker is unreachable and is replaced.
-func (d *Daemon) kernelGone(ctx context.Context, s *session, l *life, res *kernel.Result) error {
+func (d *Daemon) kernelGone(ctx context.Context, s *session, l *life, res *agent.Result) error {
 	w := s.worker
 	d.mu.Lock()
 	closing := d.closing
@@ -340,7 +340,7 @@ func (d *Daemon) kernelGone(ctx context.Context, s *session, l *life, res *kerne
 			Detail: "codeboxd is restarting; the session and its worker are kept, retry shortly",
 			Fields: partialFields(w.id, res, map[string]any{"files_kept": true})}
 	}
-	misbehaved := errors.Is(l.kernel.Err(), kernel.ErrMisbehaved)
+	misbehaved := errors.Is(l.kernel.Err(), agent.ErrMisbehaved)
 	if !misbehaved { // the client closed it: nothing died
 		select {
 		case <-l.exited:

@@ -12,8 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/codebox/codebox/agent"
 	"github.com/codebox/codebox/blockdev"
-	"github.com/codebox/codebox/kernel"
 	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/runtime"
 )
@@ -57,7 +57,7 @@ type worker struct {
 // life is one task of a worker and the kernel connection to it.
 type life struct {
 	task   *runtime.Task
-	kernel *kernel.Client
+	kernel *agent.Client
 	// exited is closed when the task has ended; exitCode is valid after that.
 	exited   chan struct{}
 	exitCode uint32
@@ -145,7 +145,7 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 		Env: []string{
 			"CODEBOX_AGENT_TOKEN=" + w.token,
 			"CODEBOX_AGENT_PORT=" + strconv.Itoa(agentPort),
-			"CODEBOX_MAX_OUTPUT_BYTES=" + strconv.Itoa(kernel.AgentMaxOutputBytes),
+			"CODEBOX_MAX_OUTPUT_BYTES=" + strconv.Itoa(agent.AgentMaxOutputBytes),
 		},
 		Labels: map[string]string{labelNetNS: w.nsPath, labelIP: w.ip.String(),
 			labelUIDBase: strconv.FormatUint(uint64(w.uidBase), 10)},
@@ -222,10 +222,10 @@ func (d *Daemon) watch(w *worker, task *runtime.Task) *life {
 func (d *Daemon) dial(ctx context.Context, w *worker, l *life) error {
 	ctx, cancel := context.WithTimeout(ctx, agentStartTimeout)
 	defer cancel()
-	url := fmt.Sprintf("ws://%s%s", net.JoinHostPort(w.ip.String(), strconv.Itoa(agentPort)), kernel.ChannelsPath)
+	url := fmt.Sprintf("ws://%s%s", net.JoinHostPort(w.ip.String(), strconv.Itoa(agentPort)), agent.ChannelsPath)
 	var lastErr error
 	for {
-		kc, err := kernel.Dial(ctx, url, w.token, kernel.Options{})
+		kc, err := agent.Dial(ctx, url, w.token, agent.Options{})
 		if err == nil {
 			if err = kc.Check(ctx); err == nil {
 				l.kernel = kc

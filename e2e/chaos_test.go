@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/firewall"
 	"github.com/codebox/codebox/netns"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -416,7 +417,7 @@ func checkOwnResources(socket, stateDir string, workers int) error {
 // checkFirewall checks the tests' bridge is fenced: its chains hold their rules and are
 // hooked in, for IPv4 and IPv6.
 func checkFirewall() error {
-	in, fwd := netns.Chains(bridge)
+	in, fwd := firewall.Chains(bridge)
 	for _, tool := range []string{"iptables", "ip6tables"} {
 		out, err := exec.Command(tool, "-S").Output()
 		if err != nil {

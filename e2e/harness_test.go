@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/firewall"
 	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/runtime"
 	"github.com/containerd/containerd/v2/client"
@@ -95,7 +96,7 @@ func removeTestNetwork() error {
 	if err := os.Remove(netns.NetNSDirFor(bridge)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("netns dir: %w", err)
 	}
-	in, fwd := netns.Chains(bridge)
+	in, fwd := firewall.Chains(bridge)
 	for _, tool := range []string{"iptables", "ip6tables"} {
 		rules, _ := exec.Command(tool, "-S").Output()
 		if strings.Contains(string(rules), in) || strings.Contains(string(rules), fwd) {

@@ -26,9 +26,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/codebox/codebox/agent"
 	"github.com/codebox/codebox/api"
 	"github.com/codebox/codebox/bench"
-	"github.com/codebox/codebox/kernel"
 	crt "github.com/codebox/codebox/runtime"
 )
 
@@ -272,13 +272,13 @@ func cleanup(o options, state string) {
 
 // agentConns opens a kernel connection to each seed session's worker, reading its address
 // and token from containerd as the daemon would after a restart.
-func agentConns(ctx context.Context, o options, c *api.Client, prefix string, users int) ([]*kernel.Client, error) {
+func agentConns(ctx context.Context, o options, c *api.Client, prefix string, users int) ([]*agent.Client, error) {
 	rt, err := crt.Connect(ctx, o.containerd, namespace, slog.Default())
 	if err != nil {
 		return nil, err
 	}
 	defer rt.Close()
-	var conns []*kernel.Client
+	var conns []*agent.Client
 	for u := 0; u < users; u++ {
 		resp, err := c.Execute(ctx, fmt.Sprintf("%s-%d", prefix, u), "1", 0)
 		if err != nil {
@@ -294,7 +294,7 @@ func agentConns(ctx context.Context, o options, c *api.Client, prefix string, us
 				token = v
 			}
 		}
-		kc, err := kernel.Dial(ctx, "ws://"+a.Labels["io.codebox.ip"]+":8888"+kernel.ChannelsPath, token, kernel.Options{})
+		kc, err := agent.Dial(ctx, "ws://"+a.Labels["io.codebox.ip"]+":8888"+agent.ChannelsPath, token, agent.Options{})
 		if err != nil {
 			return nil, err
 		}

@@ -29,6 +29,7 @@ import (
 
 	"github.com/codebox/codebox/api"
 	"github.com/codebox/codebox/daemon"
+	"github.com/codebox/codebox/firewall"
 	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/runtime"
 )
@@ -77,7 +78,7 @@ func logger(cfg daemon.Config) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})), nil
 }
 
-func network(cfg daemon.Config) (*netns.Network, *netns.Firewall, error) {
+func network(cfg daemon.Config) (*netns.Network, *firewall.Firewall, error) {
 	netCfg := netns.DefaultConfig()
 	netCfg.Subnet = cfg.WorkerSubnet
 	netCfg.Bridge = cfg.WorkerBridge
@@ -85,7 +86,7 @@ func network(cfg daemon.Config) (*netns.Network, *netns.Firewall, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	fw, err := netns.NewFirewall(netCfg.Bridge)
+	fw, err := firewall.New(netCfg.Bridge)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,4 +1,9 @@
-package netns
+// Package firewall owns the iptables and ip6tables rules that fence the workers' bridge
+// (its own chains, hooked first into INPUT and FORWARD): no egress, no worker-to-worker
+// traffic, no host port. The chains are rewritten in one iptables-restore transaction, so
+// running workers are never unfenced; go-iptables and the restore command sit behind a
+// small interface with a fake for tests.
+package firewall
 
 import (
 	"errors"
@@ -57,8 +62,8 @@ type Firewall struct {
 	netfilter func() error  // makes bridged traffic pass iptables
 }
 
-// NewFirewall returns the firewall of bridge, backed by iptables and ip6tables.
-func NewFirewall(bridge string) (*Firewall, error) {
+// New returns the firewall of bridge, backed by iptables and ip6tables.
+func New(bridge string) (*Firewall, error) {
 	v4, err := iptables.NewWithProtocol(iptables.ProtocolIPv4)
 	if err != nil {
 		return nil, fmt.Errorf("iptables: %w", err)

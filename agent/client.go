@@ -1,4 +1,4 @@
-// Package kernel is the daemon's client of a worker's kernel agent: Jupyter kernel-channel
+// Package agent is the daemon's client of a worker's kernel agent: Jupyter kernel-channel
 // messages as JSON over one websocket (SPEC §4).
 //
 // The agent runs in the same process as user code, so every frame it sends is untrusted.
@@ -8,7 +8,7 @@
 // that arrives while no call is in flight closes the connection (ErrMisbehaved): a
 // well-behaved agent never sends one. Messages of unknown types or for other requests are
 // ignored. The client never waits without a deadline the caller controls.
-package kernel
+package agent
 
 import (
 	"context"
