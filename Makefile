@@ -136,10 +136,14 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/share/doc/codebox/README.md $(DESTDIR)/var/lib/codeboxd/images/worker-$(VARIANT).oci.tar
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
+# The CLI depends on api alone: it builds for other systems than the daemon's.
 lint: $(TOOLS)/staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(TOOLS)/staticcheck ./...
+	GOOS=darwin GOARCH=arm64 $(GO) build -o /dev/null ./cmd/codebox
+	GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/codebox
+	shellcheck $$(git ls-files '*.sh') scripts/systemd-boot/nspawn-prep .ci/run
 
 $(TOOLS)/staticcheck:
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)

@@ -171,3 +171,6 @@ const MaxListEntries = 10_000
 
 // MaxFilesPerCall bounds the files of one batch call.
 const MaxFilesPerCall = 100
+
+// TokenFile is the name of the API token's file under the daemon's state directory.
+const TokenFile = "auth_token"

@@ -1,238 +1,26 @@
 package daemon
 
-import (
-	"errors"
-	"flag"
-	"fmt"
-	"io"
-	"net"
-	"os"
-	"path/filepath"
-	"strings"
-	"time"
+import "time"
 
-	"github.com/codebox/codebox/netns"
-	"github.com/codebox/codebox/transfer"
-)
-
-// DefaultWorkerImage is the image reference used when --worker-image is not given.
-const DefaultWorkerImage = "codebox.local/worker:slim"
+// Config is what the daemon is told of codeboxd's flags.
+type Config struct {
+	MinIdleWorkers  int
+	MaxTotalWorkers int
+	WorkerCPU       float64
+	WorkerRAMMB     int
+	WorkerDiskMB    int
+	WorkerPids      int
+	ExecTimeout     time.Duration
+	MaxExecTimeout  time.Duration
+	IdleTimeout     time.Duration
+	RecycleInterval time.Duration
+	StateDir        string
+	DestroyOnStop   bool
+	MaxFileMB       int
+	FileTimeout     time.Duration
+	FileAllowlist   []string // CIDRs, IPs or host names transfers may reach although private
+}
 
 // MaxWorkers is the most workers a host can have: each gets its own range of host uids
-// (see daemon/worker.go), with some left for workers being destroyed.
+// (see worker.go), with some left for workers being destroyed.
 const MaxWorkers = maxUIDRanges - 64
-
-// MinWorkerRAMMB is the least memory a worker's kernel needs to start and run small code.
-const MinWorkerRAMMB = 128
-
-// Config is codeboxd's configuration (SPEC §2).
-type Config struct {
-	Listen             string
-	MinIdleWorkers     int
-	MaxTotalWorkers    int
-	WorkerCPU          float64
-	WorkerRAMMB        int
-	WorkerDiskMB       int
-	WorkerPids         int
-	WorkerImage        string
-	WorkerImageArchive string
-	WorkerSubnet       string
-	WorkerBridge       string
-	ExecTimeout        time.Duration
-	MaxExecTimeout     time.Duration
-	IdleTimeout        time.Duration
-	RecycleInterval    time.Duration
-	ContainerdAddress  string
-	Namespace          string
-	StateDir           string
-	CORSOrigins        string
-	LogLevel           string
-	MaxFileMB          int
-	MetricsListen      string
-	DestroyOnStop      bool
-	FileTimeout        time.Duration
-	FileAllowlist      string
-}
-
-// EnvName is the environment variable that sets a flag: --min-idle-workers is
-// CODEBOX_MIN_IDLE_WORKERS. The systemd unit's EnvironmentFile uses these names.
-func EnvName(flagName string) string {
-	return "CODEBOX_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
-
-// ParseFlags parses args (without the program name), taking a flag's value from the
-// environment when the flag is not on the command line. Errors are one line naming the
-// flag.
-func ParseFlags(args []string, getenv func(string) string) (Config, error) {
-	var c Config
-	fs := newFlagSet(&c)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return c, err
-		}
-		return c, oneLine(err)
-	}
-	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] || envErr != nil {
-			return
-		}
-		name := EnvName(f.Name)
-		if v := getenv(name); v != "" {
-			if err := f.Value.Set(v); err != nil {
-				envErr = fmt.Errorf("invalid value %q for %s (--%s): %v", v, name, f.Name, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return c, envErr
-	}
-	return c, c.Validate()
-}
-
-// Usage describes the flags, for --help.
-func Usage() string {
-	var c Config
-	fs := newFlagSet(&c)
-	var b strings.Builder
-	b.WriteString("usage: codeboxd [flags]\n\nEvery flag can also be set in the environment as CODEBOX_<FLAG>,\ne.g. --min-idle-workers as CODEBOX_MIN_IDLE_WORKERS; AUTH_TOKEN sets the API token.\n\n")
-	fs.SetOutput(&b)
-	fs.PrintDefaults()
-	return b.String()
-}
-
-func newFlagSet(c *Config) *flag.FlagSet {
-	fs := flag.NewFlagSet("codeboxd", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.StringVar(&c.Listen, "listen", ":3874", "REST API address")
-	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9474", "Prometheus metrics address; empty: off")
-	fs.IntVar(&c.MinIdleWorkers, "min-idle-workers", 10, "idle, healthy workers kept ready")
-	fs.IntVar(&c.MaxTotalWorkers, "max-total-workers", 50, "hard cap on workers (idle + busy + being created)")
-	fs.Float64Var(&c.WorkerCPU, "worker-cpu", 1.5, "CPU cores per worker (CFS quota)")
-	fs.IntVar(&c.WorkerRAMMB, "worker-ram-mb", 1536, "memory limit per worker, MB")
-	fs.IntVar(&c.WorkerDiskMB, "worker-disk-mb", 500, "size of each worker's virtual disk, MB")
-	fs.IntVar(&c.WorkerPids, "worker-pids", 512, "pids limit per worker")
-	fs.StringVar(&c.WorkerImage, "worker-image", DefaultWorkerImage, "worker image reference; pulled through containerd if absent")
-	fs.StringVar(&c.WorkerImageArchive, "worker-image-archive", "", "OCI archive to import when the image is absent (offline hosts)")
-	fs.StringVar(&c.WorkerSubnet, "worker-subnet", "10.213.0.0/16", "IPv4 subnet of the workers' bridge")
-	fs.StringVar(&c.WorkerBridge, "worker-bridge", "codebox0", "bridge the workers attach to; also names the CNI network and the firewall chains")
-	fs.DurationVar(&c.ExecTimeout, "exec-timeout", 30*time.Second, "default per-call execution limit")
-	fs.DurationVar(&c.MaxExecTimeout, "max-exec-timeout", 300*time.Second, "largest execution limit a call may ask for")
-	fs.DurationVar(&c.IdleTimeout, "idle-timeout", time.Hour, "a session unused this long is released")
-	fs.DurationVar(&c.RecycleInterval, "recycle-interval", 5*time.Minute, "how often idle sessions are looked for")
-	fs.StringVar(&c.ContainerdAddress, "containerd-address", "/run/containerd/containerd.sock", "containerd socket")
-	fs.StringVar(&c.Namespace, "containerd-namespace", "codebox", "containerd namespace of codeboxd's images and containers")
-	fs.StringVar(&c.StateDir, "state-dir", "/var/lib/codeboxd", "token file, virtual disks, mount points, logs")
-	fs.StringVar(&c.CORSOrigins, "cors-origins", "*", "comma-separated origins allowed by CORS; empty: none")
-	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
-	fs.BoolVar(&c.DestroyOnStop, "destroy-on-stop", false, "destroy every worker when stopping, instead of leaving them for the next codeboxd to adopt")
-	fs.IntVar(&c.MaxFileMB, "max-file-mb", 100, "largest file a file call moves, MB")
-	fs.DurationVar(&c.FileTimeout, "file-timeout", 10*time.Minute, "longest one file download or upload may take")
-	fs.StringVar(&c.FileAllowlist, "file-allowlist", "", "comma-separated CIDRs, IPs or host names downloads and uploads may reach although private (e.g. an internal object store)")
-	return fs
-}
-
-// oneLine turns the flag package's errors into one line naming the flag.
-func oneLine(err error) error {
-	msg := err.Error()
-	if i := strings.IndexByte(msg, '\n'); i >= 0 {
-		msg = msg[:i]
-	}
-	msg = strings.Replace(msg, "flag provided but not defined: -", "unknown flag --", 1)
-	return errors.New(msg)
-}
-
-// Validate checks values against each other and the host. The first problem is reported.
-func (c Config) Validate() error {
-	switch {
-	case c.MinIdleWorkers < 0:
-		return fmt.Errorf("--min-idle-workers must be 0 or more, not %d", c.MinIdleWorkers)
-	case c.MaxTotalWorkers < 1:
-		return fmt.Errorf("--max-total-workers must be 1 or more, not %d", c.MaxTotalWorkers)
-	case c.MaxTotalWorkers > MaxWorkers:
-		return fmt.Errorf("--max-total-workers must be at most %d (the host uid ranges workers get), not %d", MaxWorkers, c.MaxTotalWorkers)
-	case c.MinIdleWorkers > c.MaxTotalWorkers:
-		return fmt.Errorf("--min-idle-workers (%d) must not exceed --max-total-workers (%d)", c.MinIdleWorkers, c.MaxTotalWorkers)
-	case !(c.WorkerCPU > 0) || c.WorkerCPU > 1024:
-		return fmt.Errorf("--worker-cpu must be more than 0 cores, not %g", c.WorkerCPU)
-	case c.WorkerRAMMB < MinWorkerRAMMB:
-		return fmt.Errorf("--worker-ram-mb must be at least %d (what a kernel needs), not %d", MinWorkerRAMMB, c.WorkerRAMMB)
-	case c.WorkerDiskMB < 16:
-		return fmt.Errorf("--worker-disk-mb must be at least 16, not %d", c.WorkerDiskMB)
-	case c.WorkerPids < 16:
-		return fmt.Errorf("--worker-pids must be at least 16, not %d", c.WorkerPids)
-	case c.WorkerImage == "":
-		return errors.New("--worker-image must not be empty")
-	case c.ExecTimeout <= 0:
-		return fmt.Errorf("--exec-timeout must be positive, not %s", c.ExecTimeout)
-	case c.MaxExecTimeout < c.ExecTimeout:
-		return fmt.Errorf("--max-exec-timeout (%s) must not be below --exec-timeout (%s)", c.MaxExecTimeout, c.ExecTimeout)
-	case c.IdleTimeout <= 0:
-		return fmt.Errorf("--idle-timeout must be positive, not %s", c.IdleTimeout)
-	case c.RecycleInterval <= 0:
-		return fmt.Errorf("--recycle-interval must be positive, not %s", c.RecycleInterval)
-	case c.ContainerdAddress == "":
-		return errors.New("--containerd-address must not be empty")
-	case c.Namespace == "":
-		return errors.New("--containerd-namespace must not be empty")
-	case !filepath.IsAbs(c.StateDir):
-		return fmt.Errorf("--state-dir must be an absolute path, not %q", c.StateDir)
-	}
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		return fmt.Errorf("--listen %q: %v", c.Listen, err)
-	}
-	if c.MetricsListen != "" {
-		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
-			return fmt.Errorf("--metrics-listen %q: %v", c.MetricsListen, err)
-		}
-	}
-	if ip, ipnet, err := net.ParseCIDR(c.WorkerSubnet); err != nil || ip.To4() == nil {
-		return fmt.Errorf("--worker-subnet %q must be an IPv4 CIDR", c.WorkerSubnet)
-	} else if ones, _ := ipnet.Mask.Size(); ones > 28 {
-		return fmt.Errorf("--worker-subnet %q is too small for a pool (at most /28)", c.WorkerSubnet)
-	}
-	if c.MaxFileMB < 1 {
-		return fmt.Errorf("--max-file-mb must be at least 1, not %d", c.MaxFileMB)
-	}
-	if c.FileTimeout <= 0 {
-		return fmt.Errorf("--file-timeout must be positive, not %s", c.FileTimeout)
-	}
-	if _, err := transfer.NewGuard(c.FileAllowlistEntries()); err != nil {
-		return fmt.Errorf("--file-allowlist: %v", err)
-	}
-	if !netns.ValidBridge(c.WorkerBridge) {
-		return fmt.Errorf("--worker-bridge %q must be 1-15 characters of a-z 0-9 -", c.WorkerBridge)
-	}
-	if c.WorkerImageArchive != "" {
-		if st, err := os.Stat(c.WorkerImageArchive); err != nil || !st.Mode().IsRegular() {
-			return fmt.Errorf("--worker-image-archive %q is not a readable file", c.WorkerImageArchive)
-		}
-	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		return fmt.Errorf("--log-level must be debug, info, warn or error, not %q", c.LogLevel)
-	}
-	return nil
-}
-
-// CORSOriginList splits --cors-origins.
-func (c Config) CORSOriginList() []string { return splitList(c.CORSOrigins) }
-
-// FileAllowlistEntries splits --file-allowlist.
-func (c Config) FileAllowlistEntries() []string { return splitList(c.FileAllowlist) }
-
-func splitList(s string) []string {
-	var out []string
-	for _, o := range strings.Split(s, ",") {
-		if o = strings.TrimSpace(o); o != "" {
-			out = append(out, o)
-		}
-	}
-	return out
-}

@@ -21,7 +21,6 @@ import (
 	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/runtime"
 	"github.com/codebox/codebox/transfer"
-	"github.com/containerd/containerd/v2/client"
 )
 
 // Daemon serves sessions from a pool of workers.
@@ -31,7 +30,7 @@ type Daemon struct {
 	rt       *runtime.Runtime
 	net      *netns.Network
 	disks    *blockdev.Store
-	image    client.Image
+	image    *runtime.Image
 	xfer     *transfer.Client
 	metrics  *metrics
 	assigned *assignments // which session each worker serves, for restarts
@@ -70,12 +69,12 @@ type Daemon struct {
 type Deps struct {
 	Runtime *runtime.Runtime
 	Network *netns.Network
-	Image   client.Image // nil for a daemon that only cleans up
+	Image   *runtime.Image // nil for a daemon that only cleans up
 }
 
 // New returns a daemon serving from deps. Recover takes over what an earlier run left;
 // Start begins the pre-warm.
-func New(ctx context.Context, cfg Config, log *slog.Logger, deps Deps) (*Daemon, error) {
+func New(cfg Config, log *slog.Logger, deps Deps) (*Daemon, error) {
 	for _, dir := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "logs")} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("state dir: %w", err)
@@ -89,7 +88,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, deps Deps) (*Daemon,
 	if err != nil {
 		return nil, err
 	}
-	guard, err := transfer.NewGuard(cfg.FileAllowlistEntries())
+	guard, err := transfer.NewGuard(cfg.FileAllowlist)
 	if err != nil {
 		return nil, err
 	}

@@ -23,6 +23,7 @@ include=$(cat "$@" | grep -v '^#' | grep -v '^[[:space:]]*$' | sort -u | paste -
 tmp="$out.partial"
 rm -f "$tmp"
 # shellcheck disable=SC2086 # $sources is a list of paths without spaces
+# shellcheck disable=SC2016 # the hooks' "$1" is the tree, expanded by mmdebstrap
 mmdebstrap --variant=minbase --mode=root --format=tar \
 	--aptopt='APT::Install-Recommends "false"' \
 	--include="$include" \

@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/bin/bash
 # Builds a worker image archive unless the cache already holds one for this recipe.
 # usage: images/build.sh VARIANT OUT.oci.tar REF
 # The root filesystem (the slow mmdebstrap step) and, for the full image, the npm and Python
@@ -40,14 +40,14 @@ packages="$here/slim/packages"
 [ "$variant" = slim ] || packages="$packages $here/$variant/packages"
 # shellcheck disable=SC2086 # paths without spaces
 rootfs=$(layer "rootfs-$variant" "$("$here/hash.sh" "$variant" base)" "$here/build-rootfs.sh" $packages)
-layers="-layer-tar $rootfs"
+layers=(-layer-tar "$rootfs")
 if [ "$variant" = full ]; then
 	# Layers in the order of how often they change: system tools, npm globals, Python.
 	npm=$(layer "layer-full-npm" "$("$here/hash.sh" full npm)" \
 		"$here/build-stage.sh" "$here/full/stage-npm.sh" "$rootfs")
 	python=$(layer "layer-full-python" "$("$here/hash.sh" full python)" \
 		"$here/build-stage.sh" "$here/full/stage-python.sh" "$rootfs" "$npm")
-	layers="$layers -layer-tar $npm -layer-tar $python"
+	layers+=(-layer-tar "$npm" -layer-tar "$python")
 fi
 
 staging=$(mktemp -d)
@@ -59,6 +59,6 @@ chmod -R u=rwX,go=rX "$staging"
 
 start=$(date +%s)
 (cd "$here/.." && go run ./images/packer -config "$here/$variant/config.json" -ref "$ref" \
-	$layers -layer-dir "$staging" -o "$out")
+	"${layers[@]}" -layer-dir "$staging" -o "$out")
 echo "image: packed $out ($(du -h "$out" | cut -f1)) in $(($(date +%s) - start)) s" >&2
 find "$cache" -maxdepth 1 -name "worker-$variant-*.oci.tar" ! -name "$(basename "$out")" -delete

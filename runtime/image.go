@@ -13,10 +13,16 @@ import (
 	"github.com/containerd/errdefs"
 )
 
+// Image is the worker image, ready to make workers from.
+type Image struct{ img client.Image }
+
+// Name is the image's reference.
+func (i *Image) Name() string { return i.img.Name() }
+
 // EnsureImage makes sure ref is in the namespace and unpacked, and returns it: present, it
 // is used; absent with an archive, the archive is imported (Import + Unpack: the Transfer
 // API does not exist on containerd 1.6); absent otherwise, it is pulled.
-func (r *Runtime) EnsureImage(ctx context.Context, ref, archive string, log *slog.Logger) (client.Image, error) {
+func (r *Runtime) EnsureImage(ctx context.Context, ref, archive string, log *slog.Logger) (*Image, error) {
 	img, err := r.client.GetImage(ctx, ref)
 	switch {
 	case err == nil:
@@ -47,7 +53,7 @@ func (r *Runtime) EnsureImage(ctx context.Context, ref, archive string, log *slo
 		}
 		log.Info("worker image unpacked", "ref", ref, "duration", time.Since(start))
 	}
-	return img, nil
+	return &Image{img}, nil
 }
 
 func (r *Runtime) importArchive(ctx context.Context, ref, archive string) (client.Image, error) {

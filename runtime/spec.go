@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/contrib/seccomp"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/oci"
@@ -45,7 +44,7 @@ const homeDir = "/home/sandbox"
 // WorkerSpec is what a worker container is made from.
 type WorkerSpec struct {
 	ID        string
-	Image     client.Image
+	Image     *Image
 	NetNSPath string // the network namespace to join
 	// UIDBase starts the worker's own range of IDRange host uids and gids: per-user
 	// kernel limits (pipe buffers, processes, message queues) are not shared with other
@@ -69,7 +68,7 @@ type WorkerSpec struct {
 // specOpts composes the worker's OCI spec, one option per concern.
 func specOpts(s WorkerSpec) []oci.SpecOpts {
 	return []oci.SpecOpts{
-		oci.WithImageConfig(s.Image),
+		oci.WithImageConfig(s.Image.img),
 		oci.WithHostname("codebox"),
 		withIdentity(),
 		withUserNamespace(s.UIDBase),

@@ -26,9 +26,9 @@ func (r *Runtime) Start(ctx context.Context, s WorkerSpec) (_ *Task, err error) 
 		labels[k] = v
 	}
 	c, err := r.client.NewContainer(ctx, s.ID,
-		client.WithImage(s.Image),
+		client.WithImage(s.Image.img),
 		client.WithSnapshotter(Snapshotter),
-		client.WithNewSnapshot(s.ID, s.Image),
+		client.WithNewSnapshot(s.ID, s.Image.img),
 		client.WithContainerLabels(labels),
 		client.WithNewSpec(specOpts(s)...),
 	)

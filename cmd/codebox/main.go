@@ -26,7 +26,6 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/api"
-	"github.com/codebox/codebox/daemon"
 )
 
 const usage = `usage: codebox [--url URL] [--state-dir DIR] COMMAND [ARGS]
@@ -219,7 +218,7 @@ func token(stateDir string) (string, error) {
 	if t := os.Getenv("AUTH_TOKEN"); t != "" {
 		return t, nil
 	}
-	b, err := os.ReadFile(stateDir + "/" + daemon.TokenFile)
+	b, err := os.ReadFile(stateDir + "/" + api.TokenFile)
 	if err != nil {
 		return "", fmt.Errorf("no AUTH_TOKEN and cannot read the token file: %w", err)
 	}

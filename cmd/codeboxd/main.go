@@ -51,9 +51,9 @@ func main() {
 			all, args = true, args[1:]
 		}
 	}
-	cfg, err := daemon.ParseFlags(args, os.Getenv)
+	cfg, err := parseFlags(args, os.Getenv)
 	if errors.Is(err, flag.ErrHelp) {
-		fmt.Print(daemon.Usage())
+		fmt.Print(usage())
 		return
 	}
 	if err != nil {
@@ -62,7 +62,7 @@ func main() {
 	}
 	run := serve
 	if cleanup {
-		run = func(cfg daemon.Config) error { return cleanupHost(cfg, all) }
+		run = func(cfg config) error { return cleanupHost(cfg, all) }
 	}
 	if err := run(cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "codeboxd:", err)
@@ -70,7 +70,7 @@ func main() {
 	}
 }
 
-func logger(cfg daemon.Config) (*slog.Logger, error) {
+func logger(cfg config) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
 		return nil, err
@@ -78,7 +78,7 @@ func logger(cfg daemon.Config) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})), nil
 }
 
-func network(cfg daemon.Config) (*netns.Network, *firewall.Firewall, error) {
+func network(cfg config) (*netns.Network, *firewall.Firewall, error) {
 	netCfg := netns.DefaultConfig()
 	netCfg.Subnet = cfg.WorkerSubnet
 	netCfg.Bridge = cfg.WorkerBridge
@@ -96,7 +96,7 @@ func network(cfg daemon.Config) (*netns.Network, *firewall.Firewall, error) {
 // cleanupHost removes what codeboxd left: resources of workers that are gone (all: every
 // worker), and the firewall chains once no worker is left, since running workers must
 // stay fenced in. For ExecStopPost and operators.
-func cleanupHost(cfg daemon.Config, all bool) error {
+func cleanupHost(cfg config, all bool) error {
 	log, err := logger(cfg)
 	if err != nil {
 		return err
@@ -111,7 +111,7 @@ func cleanupHost(cfg daemon.Config, all bool) error {
 	if err != nil {
 		return err
 	}
-	d, err := daemon.New(ctx, cfg, log, daemon.Deps{Runtime: rt, Network: n})
+	d, err := daemon.New(cfg.daemonConfig(), log, daemon.Deps{Runtime: rt, Network: n})
 	if err != nil {
 		return err
 	}
@@ -133,7 +133,7 @@ func cleanupHost(cfg daemon.Config, all bool) error {
 	return nil
 }
 
-func serve(cfg daemon.Config) error {
+func serve(cfg config) error {
 	log, err := logger(cfg)
 	if err != nil {
 		return err
@@ -141,7 +141,7 @@ func serve(cfg daemon.Config) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	token, err := daemon.LoadToken(cfg.StateDir, os.Getenv("AUTH_TOKEN"))
+	token, err := loadToken(cfg.StateDir, os.Getenv("AUTH_TOKEN"))
 	if err != nil {
 		return err
 	}
@@ -173,7 +173,7 @@ func serve(cfg daemon.Config) error {
 	if err := fw.Install(); err != nil {
 		return fmt.Errorf("install firewall: %w", err)
 	}
-	d, err := daemon.New(ctx, cfg, log, daemon.Deps{Runtime: rt, Network: n, Image: image})
+	d, err := daemon.New(cfg.daemonConfig(), log, daemon.Deps{Runtime: rt, Network: n, Image: image})
 	if err != nil {
 		return err
 	}
@@ -190,7 +190,7 @@ func serve(cfg daemon.Config) error {
 	// bodies cost a goroutine and a descriptor each.
 	ln = netutil.LimitListener(ln, maxAPIConnections)
 	srv := &http.Server{
-		Handler: api.NewHandler(d, api.ServerConfig{Token: token, CORSOrigins: cfg.CORSOriginList(), Log: log,
+		Handler: api.NewHandler(d, api.ServerConfig{Token: token, CORSOrigins: cfg.corsOrigins(), Log: log,
 			MaxFileBytes: int64(cfg.MaxFileMB) << 20, FileTimeout: cfg.FileTimeout, MaxExecTimeout: cfg.MaxExecTimeout}),
 		// The handlers set the body and answer deadlines of each call (api.ServerConfig); the
 		// server bounds what comes before and between calls.

@@ -11,7 +11,7 @@ suite=bookworm
 # sysctl is missing. The worker image brings its own Python; the CLI talks to the API.
 packages="systemd systemd-sysv dbus iproute2 containerd runc containernetworking-plugins iptables e2fsprogs kmod"
 include=$(echo "$packages" | tr ' ' '\n' | sort -u | paste -sd, -)
-hash=$(cat "$here/build-tree.sh" | sha256sum | cut -c1-16)
+hash=$(sha256sum <"$here/build-tree.sh" | cut -c1-16)
 tree="$CACHE_DIR/systemd-tree-$hash"
 if [ -d "$tree" ]; then
 	echo "$tree"
@@ -25,7 +25,7 @@ done
 [ -n "$sources" ] || { echo "systemd tree: no apt source for $suite on this host" >&2; exit 1; }
 mkdir -p "$CACHE_DIR"
 rm -rf "$tree.partial"
-# shellcheck disable=SC2086 # paths without spaces
+# shellcheck disable=SC2086,SC2016 # $sources: paths without spaces; the hooks' "$1" is mmdebstrap's
 mmdebstrap --variant=minbase --mode=root --format=directory \
 	--aptopt='APT::Install-Recommends "false"' --include="$include" \
 	--dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \

@@ -1,4 +1,4 @@
-package daemon
+package main
 
 import (
 	"crypto/rand"
@@ -8,18 +8,17 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/codebox/codebox/api"
 )
 
-// TokenFile is the name of the API token's file under the state dir.
-const TokenFile = "auth_token"
-
-// LoadToken returns the API token: envToken when set; otherwise the one in
+// loadToken returns the API token: envToken when set; otherwise the one in
 // <stateDir>/auth_token, generated (mode 0600) on first start.
-func LoadToken(stateDir, envToken string) (string, error) {
+func loadToken(stateDir, envToken string) (string, error) {
 	if t := strings.TrimSpace(envToken); t != "" {
 		return t, nil
 	}
-	path := filepath.Join(stateDir, TokenFile)
+	path := filepath.Join(stateDir, api.TokenFile)
 	b, err := os.ReadFile(path)
 	if err == nil {
 		if t := strings.TrimSpace(string(b)); t != "" {
@@ -42,7 +41,7 @@ func LoadToken(stateDir, envToken string) (string, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		if errors.Is(err, os.ErrExist) {
-			return LoadToken(stateDir, "")
+			return loadToken(stateDir, "")
 		}
 		return "", fmt.Errorf("write token: %w", err)
 	}

@@ -1,4 +1,4 @@
-package daemon
+package main
 
 import (
 	"os"
@@ -6,12 +6,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/codebox/codebox/api"
 )
 
 func noEnv(string) string { return "" }
 
 func TestDefaultsMatchSpec(t *testing.T) {
-	c, err := ParseFlags(nil, noEnv)
+	c, err := parseFlags(nil, noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,7 +27,7 @@ func TestDefaultsMatchSpec(t *testing.T) {
 
 func TestFlagsAndEnvironment(t *testing.T) {
 	env := map[string]string{"CODEBOX_MIN_IDLE_WORKERS": "3", "CODEBOX_WORKER_CPU": "0.5", "CODEBOX_MAX_TOTAL_WORKERS": "7"}
-	c, err := ParseFlags([]string{"--max-total-workers", "9", "--exec-timeout=5s"}, func(k string) string { return env[k] })
+	c, err := parseFlags([]string{"--max-total-workers", "9", "--exec-timeout=5s"}, func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,12 +64,12 @@ func TestBadValuesNameTheFlag(t *testing.T) {
 		"-worker-cpu":            {"--worker-cpu", "lots"},
 	}
 	for want, args := range cases {
-		_, err := ParseFlags(args, noEnv)
+		_, err := parseFlags(args, noEnv)
 		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%v: err = %v, want one line containing %q", args, err, want)
 		}
 	}
-	_, err := ParseFlags(nil, func(k string) string {
+	_, err := parseFlags(nil, func(k string) string {
 		if k == "CODEBOX_WORKER_PIDS" {
 			return "many"
 		}
@@ -80,18 +82,18 @@ func TestBadValuesNameTheFlag(t *testing.T) {
 
 func TestTokenGeneratedOnceWithMode0600(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	t1, err := LoadToken(dir, "")
+	t1, err := loadToken(dir, "")
 	if err != nil || len(t1) != 64 {
 		t.Fatalf("token %q, %v", t1, err)
 	}
-	st, err := os.Stat(filepath.Join(dir, TokenFile))
+	st, err := os.Stat(filepath.Join(dir, api.TokenFile))
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("token file mode: %v %v", st.Mode(), err)
 	}
-	if t2, _ := LoadToken(dir, ""); t2 != t1 {
+	if t2, _ := loadToken(dir, ""); t2 != t1 {
 		t.Fatalf("second load gave a new token")
 	}
-	if t3, _ := LoadToken(dir, " from-env "); t3 != "from-env" {
+	if t3, _ := loadToken(dir, " from-env "); t3 != "from-env" {
 		t.Fatalf("AUTH_TOKEN not preferred: %q", t3)
 	}
 }
