@@ -278,7 +278,15 @@ func (s *server) cors(w http.ResponseWriter, r *http.Request) {
 
 func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var e *Error
-	if !errors.As(err, &e) {
+	var p *Problem
+	switch {
+	case errors.As(err, &p): // the domain's failure: its kind says the status
+		e = p.httpError()
+		if p.Kind == Internal {
+			e.Detail = "" // internals are logged, not sent
+		}
+	case errors.As(err, &e): // the HTTP layer's own (a malformed body, a bad parameter)
+	default:
 		e = &Error{Status: http.StatusInternalServerError, Cause: err}
 	}
 	// The cause of a failure the daemon did not mean (not an overload, not a caller gone

@@ -130,7 +130,7 @@ func (d *Daemon) Close(ctx context.Context) error {
 	d.mu.Lock()
 	d.closing = true
 	for _, wt := range d.waiters {
-		wt.ch <- handout{err: &api.Error{Status: 503, Detail: "codeboxd is shutting down"}}
+		wt.ch <- handout{err: &api.Problem{Kind: api.Busy, Detail: "codeboxd is shutting down", RetryAfter: retryAfter}}
 	}
 	d.waiters = nil
 	d.mu.Unlock()

@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"mime"
-	"net/http"
 	"os"
 	"path"
 	"sync"
@@ -39,7 +38,7 @@ func (d *Daemon) withSandboxOf(ctx context.Context, user string, create bool, fn
 	return d.withSession(ctx, user, create, func(ctx context.Context, s *session) error {
 		if s.worker == nil {
 			if !create {
-				return api.Errorf(http.StatusNotFound, "no session for this user_uuid")
+				return api.Fail(api.NotFound, "no session for this user_uuid")
 			}
 			if err := d.assign(ctx, s); err != nil {
 				return err
@@ -57,41 +56,41 @@ func (d *Daemon) withSandboxOf(ctx context.Context, user string, create bool, fn
 	})
 }
 
-// fileError maps a file operation's error to its status and a message for the caller; ctx
+// fileError says what a file operation's error is for the caller (its kind, a message); ctx
 // is the call's, which says whether the session was released or time ran out.
 func fileError(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
 	}
-	var ae *api.Error
+	var p *api.Problem
 	cut := ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
 		errors.Is(err, os.ErrDeadlineExceeded))
 	switch {
-	case errors.As(err, &ae):
-		return ae
+	case errors.As(err, &p):
+		return p
 	case cut && errors.Is(context.Cause(ctx), errReleased):
-		return &api.Error{Status: http.StatusServiceUnavailable, Detail: "the session was released during the call", Cause: err}
+		return &api.Problem{Kind: api.Lost, Detail: "the session was released during the call", Cause: err}
 	case cut:
-		return &api.Error{Status: http.StatusGatewayTimeout, Detail: "the file call took longer than the file timeout", Cause: err}
+		return &api.Problem{Kind: api.Timeout, Detail: "the file call took longer than the file timeout", Cause: err}
 	case errors.Is(err, sandboxfs.ErrNotRegular), errors.Is(err, sandboxfs.ErrBusy):
-		return &api.Error{Status: http.StatusConflict, Detail: err.Error()}
+		return &api.Problem{Kind: api.Conflict, Detail: err.Error()}
 	case errors.Is(err, sandboxfs.ErrBadPath):
-		return &api.Error{Status: http.StatusBadRequest, Detail: err.Error()}
+		return &api.Problem{Kind: api.BadRequest, Detail: err.Error()}
 	case errors.Is(err, sandboxfs.ErrTooLarge), errors.Is(err, transfer.ErrTooLarge):
-		return &api.Error{Status: http.StatusRequestEntityTooLarge, Detail: err.Error()}
+		return &api.Problem{Kind: api.TooLarge, Detail: err.Error()}
 	case errors.Is(err, fs.ErrNotExist):
-		return &api.Error{Status: http.StatusNotFound, Detail: err.Error()}
+		return &api.Problem{Kind: api.NotFound, Detail: err.Error()}
 	case errors.Is(err, fs.ErrPermission):
-		return &api.Error{Status: http.StatusForbidden, Detail: err.Error()}
+		return &api.Problem{Kind: api.Forbidden, Detail: err.Error()}
 	}
-	return &api.Error{Status: http.StatusBadGateway, Detail: err.Error()}
+	return &api.Problem{Kind: api.Upstream, Detail: err.Error()}
 }
 
 // detail is what a caller is told of one failed file of a batch.
 func detail(ctx context.Context, err error) string {
-	var ae *api.Error
-	if errors.As(fileError(ctx, err), &ae) {
-		return ae.Detail
+	var p *api.Problem
+	if errors.As(fileError(ctx, err), &p) {
+		return p.Detail
 	}
 	return err.Error()
 }
@@ -124,11 +123,11 @@ func checkTargets(n int, item func(i int) (p, name, url string), needURL bool) (
 			_, err = transfer.CheckURL(u)
 		}
 		if err != nil {
-			return nil, api.Errorf(http.StatusBadRequest, "file %d (%q): %v", i+1, name, err)
+			return nil, api.Fail(api.BadRequest, "file %d (%q): %v", i+1, name, err)
 		}
 		t := target{dir: dir, name: name, url: u, apiPath: p}
 		if seen[t.fullPath()] {
-			return nil, api.Errorf(http.StatusBadRequest, "file %d: %s is listed twice", i+1, t.fullPath())
+			return nil, api.Fail(api.BadRequest, "file %d: %s is listed twice", i+1, t.fullPath())
 		}
 		seen[t.fullPath()] = true
 		out[i] = t

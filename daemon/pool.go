@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"slices"
 	"time"
 
@@ -37,7 +36,7 @@ type handout struct {
 }
 
 func errAtCap(max int) error {
-	return &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: retryAfter,
+	return &api.Problem{Kind: api.Busy, RetryAfter: retryAfter,
 		Detail: fmt.Sprintf("all workers are busy (max-total-workers is %d); retry later", max)}
 }
 
@@ -47,13 +46,13 @@ func (d *Daemon) acquire(ctx context.Context) (*worker, error) {
 	d.mu.Lock()
 	if d.closing {
 		d.mu.Unlock()
-		return nil, &api.Error{Status: http.StatusServiceUnavailable, Detail: "codeboxd is shutting down", RetryAfter: retryAfter}
+		return nil, &api.Problem{Kind: api.Busy, Detail: "codeboxd is shutting down", RetryAfter: retryAfter}
 	}
 	if !d.containerdUp() {
 		// A worker handed out now could be neither released nor replaced until containerd is
 		// back: sessions that have one keep running, new ones wait.
 		d.mu.Unlock()
-		return nil, &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: retryAfter,
+		return nil, &api.Problem{Kind: api.Busy, RetryAfter: retryAfter,
 			Detail: "containerd is unreachable; new sessions can start once it is back (sessions with a worker keep running)"}
 	}
 	if len(d.idle) > 0 {
@@ -86,7 +85,7 @@ func (d *Daemon) acquire(ctx context.Context) (*worker, error) {
 		} else if h := <-wt.ch; h.w != nil {
 			d.idle = append(d.idle, h.w) // served just as it gave up: the worker is unused
 		}
-		return nil, &api.Error{Status: http.StatusServiceUnavailable, Detail: "request cancelled while waiting for a worker", Cause: ctx.Err()}
+		return nil, &api.Problem{Kind: api.Busy, Detail: "request cancelled while waiting for a worker", Cause: ctx.Err()}
 	}
 }
 
@@ -188,7 +187,7 @@ func (d *Daemon) createForPool() {
 		if len(d.waiters) > 0 {
 			wt := d.waiters[0]
 			d.waiters = d.waiters[1:]
-			wt.ch <- handout{err: &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: retryAfter,
+			wt.ch <- handout{err: &api.Problem{Kind: api.Busy, RetryAfter: retryAfter,
 				Detail: "could not start a worker", Cause: err}}
 		}
 		return

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -111,8 +110,8 @@ func TestCapIs503WithRetryAfter(t *testing.T) {
 		}
 	}
 	_, err := d.acquire(context.Background())
-	var ae *api.Error
-	if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable || ae.RetryAfter <= 0 {
+	var ae *api.Problem
+	if !errors.As(err, &ae) || ae.Kind != api.Busy || ae.RetryAfter <= 0 {
 		t.Fatalf("at the cap: %v", err)
 	}
 }
@@ -150,8 +149,8 @@ func TestFailedCreationFailsTheWaiter(t *testing.T) {
 	d := testDaemon(t, 0, 3, f)
 	d.Start()
 	_, err := d.acquire(context.Background())
-	var ae *api.Error
-	if !errors.As(err, &ae) || ae.Status != 503 || ae.Detail != "could not start a worker" {
+	var ae *api.Problem
+	if !errors.As(err, &ae) || ae.Kind != api.Busy || ae.Detail != "could not start a worker" {
 		t.Fatalf("err = %v", err)
 	}
 	f.fail.Store(false)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -232,7 +231,7 @@ func (d *Daemon) assign(ctx context.Context, s *session) error {
 		d.mu.Lock()
 		d.retireLocked(w, "could not record its session")
 		d.mu.Unlock()
-		return &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: retryAfter,
+		return &api.Problem{Kind: api.Busy, RetryAfter: retryAfter,
 			Detail: "could not start a worker", Cause: fmt.Errorf("assign worker %s: %w", w.id, err)}
 	}
 	s.worker = w

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -110,7 +109,7 @@ func (s *session) wait(ctx context.Context, abandon context.Context) error {
 	case <-ch:
 		return nil
 	case <-ctx.Done():
-		err = &api.Error{Status: http.StatusServiceUnavailable, Detail: "request cancelled while waiting for the session", Cause: ctx.Err()}
+		err = &api.Problem{Kind: api.Busy, Detail: "request cancelled while waiting for the session", Cause: ctx.Err()}
 	case <-abandon.Done():
 		err = errGone
 	}
@@ -173,7 +172,7 @@ func (d *Daemon) withSession(ctx context.Context, user string, create bool, fn f
 			s = d.sessions[user]
 			d.mu.Unlock()
 			if s == nil {
-				return api.Errorf(http.StatusNotFound, "no session for this user_uuid")
+				return api.Fail(api.NotFound, "no session for this user_uuid")
 			}
 		}
 		callCtx, done, err := s.acquire(ctx)
@@ -214,10 +213,10 @@ func (d *Daemon) execTimeout(seconds *float64) (time.Duration, error) {
 	}
 	t := *seconds
 	if math.IsNaN(t) || math.IsInf(t, 0) || t <= 0 {
-		return 0, api.Errorf(http.StatusUnprocessableEntity, "timeout must be a positive number of seconds")
+		return 0, api.Fail(api.Invalid, "timeout must be a positive number of seconds")
 	}
 	if t > d.cfg.MaxExecTimeout.Seconds() {
-		return 0, api.Errorf(http.StatusUnprocessableEntity, "timeout must be at most %g seconds", d.cfg.MaxExecTimeout.Seconds())
+		return 0, api.Fail(api.Invalid, "timeout must be at most %g seconds", d.cfg.MaxExecTimeout.Seconds())
 	}
 	return max(time.Duration(t*float64(time.Second)), time.Microsecond), nil
 }
@@ -245,15 +244,15 @@ func (d *Daemon) Execute(ctx context.Context, user string, req api.ExecuteReques
 
 // outcome classifies an execute's answer for the metrics.
 func outcome(resp *api.ExecuteResponse, err error) string {
-	var ae *api.Error
+	var p *api.Problem
 	switch {
 	case err == nil && resp.Error != nil:
 		return outcomeError
 	case err == nil:
 		return outcomeOK
-	case errors.As(err, &ae) && ae.Status == http.StatusGatewayTimeout:
+	case errors.As(err, &p) && p.Kind == api.Timeout:
 		return outcomeTimeout
-	case errors.As(err, &ae) && ae.Fields["kernel_restarted"] != nil:
+	case errors.As(err, &p) && p.Fields["kernel_restarted"] != nil:
 		return outcomeKernelDied
 	case errors.Is(err, context.Canceled):
 		return outcomeCancelled
@@ -274,7 +273,7 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout
 	l := w.life // only the holder of the turn replaces it
 	if l.hasExited() {
 		d.dropWorker(ctx, s, "task exited between calls")
-		return nil, &api.Error{Status: http.StatusServiceUnavailable,
+		return nil, &api.Problem{Kind: api.Lost,
 			Detail: fmt.Sprintf("this session's worker stopped (exit status %d) since its last call; its state is lost and the next call starts afresh", l.exitCode),
 			Fields: map[string]any{"worker_id": w.id, "files_kept": false}}
 	}
@@ -298,7 +297,7 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout
 		return nil, d.kernelGone(ctx, s, l, res)
 	case errors.Is(context.Cause(ctx), errReleased):
 		// Release destroys the worker as soon as this call gives the session back.
-		return nil, &api.Error{Status: http.StatusServiceUnavailable,
+		return nil, &api.Problem{Kind: api.Lost,
 			Detail: "the session was released during the call; its worker was destroyed",
 			Fields: partialFields(w.id, res, map[string]any{"state_preserved": false, "files_kept": false})}
 	}
@@ -322,7 +321,7 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout
 	if !preserved {
 		detail += "; the kernel did not stop, so the worker was replaced and the session's state is lost"
 	}
-	return nil, &api.Error{Status: http.StatusGatewayTimeout, Detail: detail,
+	return nil, &api.Problem{Kind: api.Timeout, Detail: detail,
 		Fields: partialFields(w.id, res, map[string]any{"state_preserved": preserved})}
 }
 
@@ -336,7 +335,7 @@ func (d *Daemon) kernelGone(ctx context.Context, s *session, l *life, res *agent
 	d.mu.Unlock()
 	if closing && !l.hasExited() {
 		// Close dropped the connection, not the worker: it stays for the next codeboxd.
-		return &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: retryAfter,
+		return &api.Problem{Kind: api.Busy, RetryAfter: retryAfter,
 			Detail: "codeboxd is restarting; the session and its worker are kept, retry shortly",
 			Fields: partialFields(w.id, res, map[string]any{"files_kept": true})}
 	}
@@ -353,7 +352,7 @@ func (d *Daemon) kernelGone(ctx context.Context, s *session, l *life, res *agent
 			why = "the worker sent frames outside a call"
 		}
 		d.dropWorker(ctx, s, why)
-		return &api.Error{Status: http.StatusServiceUnavailable,
+		return &api.Problem{Kind: api.Lost,
 			Detail: "the worker became unreachable during the call; it was replaced and the session's state is lost",
 			Fields: partialFields(w.id, res, map[string]any{"files_kept": false})}
 	}
@@ -366,12 +365,12 @@ func (d *Daemon) kernelGone(ctx context.Context, s *session, l *life, res *agent
 	if err := d.restartKernel(restartCtx, w); err != nil {
 		d.log.Error("kernel restart failed", "worker", w.id, "err", err)
 		d.dropWorker(ctx, s, "kernel restart failed")
-		return &api.Error{Status: http.StatusServiceUnavailable,
+		return &api.Problem{Kind: api.Lost,
 			Detail: fmt.Sprintf("the kernel died during the call (%s) and could not be restarted; the session was reset and its files are lost", why),
 			Fields: partialFields(w.id, res, map[string]any{"files_kept": false, "kernel_restarted": false})}
 	}
 	s.fresh = true
-	return &api.Error{Status: http.StatusServiceUnavailable,
+	return &api.Problem{Kind: api.Lost,
 		Detail: fmt.Sprintf("the kernel died during the call (%s); it was restarted in the same worker: variables are lost, files under /sandbox were kept", why),
 		Fields: partialFields(w.id, res, map[string]any{"files_kept": true, "kernel_restarted": true})}
 }
@@ -403,7 +402,7 @@ func (d *Daemon) Release(ctx context.Context, user string) error {
 	defer cancel()
 	if err := s.wait(ctx, context.Background()); err != nil {
 		d.log.Error("release: the call in flight did not end", "session_worker", s.workerID(), "err", err)
-		return &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: retryAfter,
+		return &api.Problem{Kind: api.Busy, RetryAfter: retryAfter,
 			Detail: "the session's call in flight did not end; retry the release", Cause: err}
 	}
 	s.gone = true

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -164,8 +163,8 @@ func TestExecTimeoutRefusesWhatNoDurationExpresses(t *testing.T) {
 	f := func(v float64) *float64 { return &v }
 	for _, bad := range []*float64{f(0), f(-1), f(math.NaN()), f(math.Inf(1)), f(1e10), f(1e300), f(300.5)} {
 		_, err := d.execTimeout(bad)
-		var ae *api.Error
-		if !errors.As(err, &ae) || ae.Status != http.StatusUnprocessableEntity {
+		var ae *api.Problem
+		if !errors.As(err, &ae) || ae.Kind != api.Invalid {
 			t.Errorf("timeout %v: %v, want 422", *bad, err)
 		}
 	}
@@ -187,8 +186,8 @@ func TestRefusedSessionsAreNotKept(t *testing.T) {
 		err := d.withSession(context.Background(), fmt.Sprintf("refused-%d", i), true, func(ctx context.Context, s *session) error {
 			return d.assign(ctx, s)
 		})
-		var ae *api.Error
-		if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable {
+		var ae *api.Problem
+		if !errors.As(err, &ae) || ae.Kind != api.Busy {
 			t.Fatalf("call %d: %v, want 503 at the cap", i, err)
 		}
 	}

@@ -1,0 +1,93 @@
+package api
+
+import (
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// Kind is what went wrong in a Backend call, in the domain's words; the API alone decides
+// which HTTP status says it (Kind.Status).
+type Kind int
+
+const (
+	// Internal: a failure of the daemon's own. Its detail is logged, not sent.
+	Internal Kind = iota
+	// Invalid: a value the call may not have (a timeout out of range).
+	Invalid
+	// BadRequest: a request that cannot be carried out as asked (a path outside /sandbox, a
+	// URL that is not http).
+	BadRequest
+	// NotFound: no such session or file.
+	NotFound
+	// Forbidden: refused by a rule (a symbolic link is not followed).
+	Forbidden
+	// Conflict: the target is not what the call needs (not a regular file; leased).
+	Conflict
+	// TooLarge: over a size limit.
+	TooLarge
+	// Busy: nothing can serve the call now (no worker, containerd away, shutting down);
+	// RetryAfter says when to come back.
+	Busy
+	// Lost: what the call relied on went away (the worker died, the session was released);
+	// the fields say what was kept.
+	Lost
+	// Timeout: the call ran past its limit.
+	Timeout
+	// Upstream: another server (an object store) failed a transfer.
+	Upstream
+)
+
+// Status is the HTTP status of a kind.
+func (k Kind) Status() int {
+	switch k {
+	case Invalid:
+		return http.StatusUnprocessableEntity
+	case BadRequest:
+		return http.StatusBadRequest
+	case NotFound:
+		return http.StatusNotFound
+	case Forbidden:
+		return http.StatusForbidden
+	case Conflict:
+		return http.StatusConflict
+	case TooLarge:
+		return http.StatusRequestEntityTooLarge
+	case Busy, Lost:
+		return http.StatusServiceUnavailable
+	case Timeout:
+		return http.StatusGatewayTimeout
+	case Upstream:
+		return http.StatusBadGateway
+	}
+	return http.StatusInternalServerError
+}
+
+// Problem is a Backend's failure: its kind, what the caller is told (Detail, and Fields in
+// the body), when to retry, and the Cause, which is logged and never sent.
+type Problem struct {
+	Kind       Kind
+	Detail     string
+	Fields     map[string]any
+	RetryAfter time.Duration
+	Cause      error
+}
+
+// Fail makes a Problem of kind with a formatted detail.
+func Fail(kind Kind, format string, args ...any) *Problem {
+	return &Problem{Kind: kind, Detail: fmt.Sprintf(format, args...)}
+}
+
+func (p *Problem) Error() string {
+	if p.Cause != nil {
+		return fmt.Sprintf("%s: %v", p.Detail, p.Cause)
+	}
+	return p.Detail
+}
+
+func (p *Problem) Unwrap() error { return p.Cause }
+
+// httpError is the answer that says p.
+func (p *Problem) httpError() *Error {
+	return &Error{Status: p.Kind.Status(), Detail: p.Detail, Fields: p.Fields, RetryAfter: p.RetryAfter, Cause: p.Cause}
+}
