@@ -27,9 +27,10 @@ import (
 type Daemon struct {
 	cfg      Config
 	log      *slog.Logger
-	rt       *runtime.Runtime
-	net      *netns.Network
-	disks    *blockdev.Store
+	rt       containers
+	net      network
+	disks    disks
+	dialer   dialKernel
 	image    *runtime.Image
 	xfer     *transfer.Client
 	metrics  *metrics
@@ -75,14 +76,27 @@ type Deps struct {
 // New returns a daemon serving from deps. Recover takes over what an earlier run left;
 // Start begins the pre-warm.
 func New(cfg Config, log *slog.Logger, deps Deps) (*Daemon, error) {
+	store, err := blockdev.NewStore(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	return build(cfg, log, parts{rt: containerd{deps.Runtime}, net: deps.Network, disks: store, dial: dialAgent, image: deps.Image})
+}
+
+// parts are what a daemon is built from (fakes, in the unit tests).
+type parts struct {
+	rt    containers
+	net   network
+	disks disks
+	dial  dialKernel
+	image *runtime.Image
+}
+
+func build(cfg Config, log *slog.Logger, p parts) (*Daemon, error) {
 	for _, dir := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "logs")} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("state dir: %w", err)
 		}
-	}
-	disks, err := blockdev.NewStore(cfg.StateDir)
-	if err != nil {
-		return nil, err
 	}
 	assigned, err := loadAssignments(cfg.StateDir)
 	if err != nil {
@@ -94,7 +108,7 @@ func New(cfg Config, log *slog.Logger, deps Deps) (*Daemon, error) {
 	}
 	bg, stop := context.WithCancel(context.Background())
 	d := &Daemon{
-		cfg: cfg, log: log, rt: deps.Runtime, net: deps.Network, disks: disks, image: deps.Image,
+		cfg: cfg, log: log, rt: p.rt, net: p.net, disks: p.disks, dialer: p.dial, image: p.image,
 		xfer: transfer.NewClient(guard, cfg.FileTimeout), transfers: make(chan struct{}, maxParallelTransfers),
 		metrics: newMetrics(), assigned: assigned,
 		bg: bg, stop: stop,

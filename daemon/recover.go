@@ -16,13 +16,14 @@ import (
 	"github.com/codebox/codebox/api"
 )
 
+// adoptTimeout bounds how long an adopted worker's kernel may take to answer, and busyAfter
+// how long it has before it is taken to be busy with a call the earlier codeboxd left (its
+// main thread runs user code, so it does not answer): it is interrupted, and has the rest
+// of adoptTimeout. A variable, so the unit tests can shorten it.
+var busyAfter = 2 * time.Second
+
 const (
-	// adoptTimeout bounds how long an adopted worker's kernel may take to answer, and
-	// busyAfter how long it has before it is taken to be busy with a call the earlier
-	// codeboxd left (its main thread runs user code, so it does not answer): it is
-	// interrupted, and has the rest of adoptTimeout.
 	adoptTimeout = 10 * time.Second
-	busyAfter    = 2 * time.Second
 	// parallelAdoptions bounds the workers taken over at once: they are independent, and
 	// one after the other a restart would take as long as all their answers.
 	parallelAdoptions = 8
@@ -110,9 +111,9 @@ func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string)
 	if err != nil {
 		return nil, err
 	}
-	w := &worker{id: id, ip: net.ParseIP(labels[labelIP]), nsPath: labels[labelNetNS], logPath: d.logPath(id), created: a.Created,
+	w := &worker{id: id, ip: net.ParseIP(labels[labelIP]), nsPath: labels[labelNetNS], logPath: d.logPath(id), created: a.created,
 		uidBase: uidBaseOf(labels)}
-	for _, kv := range a.Env {
+	for _, kv := range a.env {
 		if v, ok := strings.CutPrefix(kv, "CODEBOX_AGENT_TOKEN="); ok {
 			w.token = v
 		}
@@ -126,7 +127,7 @@ func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string)
 		return nil, errors.New("its disk is not mounted")
 	}
 	deadline := time.Now().Add(adoptTimeout)
-	l := d.watch(w, a.Task)
+	l := d.watch(w, a.task)
 	first, cancel := context.WithTimeout(ctx, busyAfter)
 	err = d.dial(first, w, l)
 	cancel()
@@ -134,7 +135,7 @@ func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string)
 		// A call the earlier codeboxd left may still run: interrupt it, as its timeout
 		// would have, and ask again.
 		d.log.Info("adopted worker does not answer; interrupting what it runs", "worker", id)
-		if serr := a.Task.Signal(syscall.SIGINT); serr != nil {
+		if serr := a.task.Signal(syscall.SIGINT); serr != nil {
 			return nil, errors.Join(err, serr)
 		}
 		rest, cancel := context.WithDeadline(ctx, deadline)

@@ -15,13 +15,17 @@ import (
 	"github.com/codebox/codebox/api"
 )
 
-const (
+// Graces, variables so the unit tests can shorten them.
+var (
 	// interruptGrace is how long a kernel has, after SIGINT, to become idle again before
 	// its worker is given up.
 	interruptGrace = 3 * time.Second
 	// exitGrace is how long a call whose connection dropped waits to learn whether the task
 	// exited (the kernel died) or not (the worker is unreachable).
 	exitGrace = 3 * time.Second
+)
+
+const (
 	// retryAfter is what a caller turned away is told to wait.
 	retryAfter = 2 * time.Second
 	// releaseWait bounds how long Release waits for the call it cancelled to give the

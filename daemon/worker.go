@@ -56,8 +56,8 @@ type worker struct {
 
 // life is one task of a worker and the kernel connection to it.
 type life struct {
-	task   *runtime.Task
-	kernel *agent.Client
+	task   task
+	kernel kernel
 	// exited is closed when the task has ended; exitCode is valid after that.
 	exited   chan struct{}
 	exitCode uint32
@@ -194,8 +194,8 @@ var errAgentExited = errors.New("agent exited")
 
 // connect watches task and dials its agent until the kernel executes code, the task exits,
 // or the start timeout passes. The agent needs a moment to import IPython before it listens.
-func (d *Daemon) connect(ctx context.Context, w *worker, task *runtime.Task) (*life, error) {
-	l := d.watch(w, task)
+func (d *Daemon) connect(ctx context.Context, w *worker, t task) (*life, error) {
+	l := d.watch(w, t)
 	if err := d.dial(ctx, w, l); err != nil {
 		return nil, err
 	}
@@ -203,10 +203,10 @@ func (d *Daemon) connect(ctx context.Context, w *worker, task *runtime.Task) (*l
 }
 
 // watch makes the life of task: its exit closes l.exited and reaches onExit.
-func (d *Daemon) watch(w *worker, task *runtime.Task) *life {
-	l := &life{task: task, exited: make(chan struct{})}
+func (d *Daemon) watch(w *worker, t task) *life {
+	l := &life{task: t, exited: make(chan struct{})}
 	go func() {
-		e, ok := <-task.Exited
+		e, ok := <-t.Exited()
 		if !ok {
 			return // the task is being deleted or replaced
 		}
@@ -225,7 +225,7 @@ func (d *Daemon) dial(ctx context.Context, w *worker, l *life) error {
 	url := fmt.Sprintf("ws://%s%s", net.JoinHostPort(w.ip.String(), strconv.Itoa(agentPort)), agent.ChannelsPath)
 	var lastErr error
 	for {
-		kc, err := agent.Dial(ctx, url, w.token, agent.Options{})
+		kc, err := d.dialer(ctx, url, w.token)
 		if err == nil {
 			if err = kc.Check(ctx); err == nil {
 				l.kernel = kc

@@ -65,10 +65,15 @@ type WorkerSpec struct {
 	BeforeStart func(pid uint32) error
 }
 
-// specOpts composes the worker's OCI spec, one option per concern.
+// specOpts composes the worker's OCI spec, one option per concern: the image's config,
+// then the worker's.
 func specOpts(s WorkerSpec) []oci.SpecOpts {
+	return append([]oci.SpecOpts{oci.WithImageConfig(s.Image.img)}, workerOpts(s)...)
+}
+
+// workerOpts are what codebox makes of a worker, whatever the image says.
+func workerOpts(s WorkerSpec) []oci.SpecOpts {
 	return []oci.SpecOpts{
-		oci.WithImageConfig(s.Image.img),
 		oci.WithHostname("codebox"),
 		withIdentity(),
 		withUserNamespace(s.UIDBase),

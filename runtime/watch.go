@@ -26,16 +26,17 @@ type Exit struct {
 
 // Task is a worker's running task.
 type Task struct {
-	ID  string
-	Pid uint32
-	// Exited delivers how the task ended, once, and is then closed; it is closed without a
-	// value when the runtime stops watching (the task is being deleted or replaced). Only
-	// a real end is delivered: when containerd restarts, the wait is taken up again once it
-	// serves.
-	Exited <-chan Exit
+	ID     string
+	Pid    uint32
+	exited <-chan Exit
 
 	pidfd int // for signals that need no containerd; -1 if it could not be opened
 }
+
+// Exited delivers how the task ended, once, and is then closed; it is closed without a
+// value when the runtime stops watching (the task is being deleted or replaced). Only a real
+// end is delivered: when containerd restarts, the wait is taken up again once it serves.
+func (t *Task) Exited() <-chan Exit { return t.exited }
 
 // Signal sends sig to the task's init (tini, which passes it on) through a pidfd: it does
 // not need containerd, so a timed-out call can be interrupted while containerd restarts,
@@ -74,7 +75,7 @@ func (r *Runtime) watch(t client.Task, first <-chan client.ExitStatus, cancelFir
 	if err != nil {
 		pidfd = -1
 	}
-	task := &Task{ID: t.ID(), Pid: t.Pid(), Exited: exited, pidfd: pidfd}
+	task := &Task{ID: t.ID(), Pid: t.Pid(), exited: exited, pidfd: pidfd}
 	ctx, cancel := context.WithCancel(namespaces.WithNamespace(context.Background(), r.namespace))
 	stop := func() { cancel(); cancelFirst() }
 	r.mu.Lock()

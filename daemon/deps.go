@@ -1,0 +1,125 @@
+package daemon
+
+import (
+	"context"
+	"syscall"
+	"time"
+
+	"github.com/codebox/codebox/agent"
+	"github.com/codebox/codebox/blockdev"
+	"github.com/codebox/codebox/netns"
+	"github.com/codebox/codebox/runtime"
+)
+
+// What the daemon uses of the packages it combines, as the daemon needs it: the real ones
+// (adapted below where their methods return concrete types) in codeboxd, small fakes in
+// the unit tests.
+
+// containers is containerd: the workers' containers and tasks (runtime.Runtime).
+type containers interface {
+	Start(ctx context.Context, s runtime.WorkerSpec) (task, error)
+	Restart(ctx context.Context, id, logPath string, beforeStart func(pid uint32) error) (task, error)
+	Adopt(ctx context.Context, id string) (*adopted, error)
+	Destroy(ctx context.Context, id string) error
+	Managed(ctx context.Context) (map[string]map[string]string, error)
+	Running(ctx context.Context, id string) (bool, error)
+	Ping(ctx context.Context) error
+	Available() (bool, error)
+}
+
+// task is a worker's running task.
+type task interface {
+	Signal(sig syscall.Signal) error
+	// Exited delivers how the task ended; it is closed without a value when watching
+	// stops (the task is being deleted or replaced).
+	Exited() <-chan runtime.Exit
+}
+
+// adopted is a running worker an earlier codeboxd left, as containerd knows it.
+type adopted struct {
+	env     []string // its process's environment: the agent's token
+	created time.Time
+	task    task
+}
+
+// network wires workers' network namespaces (netns.Network).
+type network interface {
+	Attach(ctx context.Context, id string) (*netns.Attachment, error)
+	Detach(ctx context.Context, id, nsPath string) error
+	Sweep(ctx context.Context, alive map[string]string) ([]string, error)
+}
+
+// disks are the workers' virtual disks (blockdev.Store).
+type disks interface {
+	Create(ctx context.Context, id string, sizeMB, owner int) (*blockdev.Disk, error)
+	Remove(id string) error
+	List() ([]string, error)
+	Mounted(id string) bool
+	MountPoint(id string) string
+}
+
+// kernel is the connection to a worker's kernel agent (agent.Client).
+type kernel interface {
+	// Start sends code; the caller finishes the call.
+	Start(code string) (kernelCall, error)
+	// Check proves the kernel runs code.
+	Check(ctx context.Context) error
+	// Err is nil while the connection is usable.
+	Err() error
+	Close() error
+}
+
+// kernelCall is an execute in flight.
+type kernelCall interface {
+	Wait(ctx context.Context) (*agent.Result, error)
+	Finish()
+}
+
+// dialKernel connects to a worker's agent.
+type dialKernel func(ctx context.Context, url, token string) (kernel, error)
+
+// containerd adapts runtime.Runtime to containers.
+type containerd struct{ *runtime.Runtime }
+
+func (c containerd) Start(ctx context.Context, s runtime.WorkerSpec) (task, error) {
+	t, err := c.Runtime.Start(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func (c containerd) Restart(ctx context.Context, id, logPath string, beforeStart func(pid uint32) error) (task, error) {
+	t, err := c.Runtime.Restart(ctx, id, logPath, beforeStart)
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func (c containerd) Adopt(ctx context.Context, id string) (*adopted, error) {
+	a, err := c.Runtime.Adopt(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return &adopted{env: a.Env, created: a.Created, task: a.Task}, nil
+}
+
+// agentKernel adapts agent.Client to kernel.
+type agentKernel struct{ *agent.Client }
+
+func (k agentKernel) Start(code string) (kernelCall, error) {
+	c, err := k.Client.Start(code)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func dialAgent(ctx context.Context, url, token string) (kernel, error) {
+	c, err := agent.Dial(ctx, url, token, agent.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return agentKernel{c}, nil
+}
