@@ -172,5 +172,9 @@ const MaxListEntries = 10_000
 // MaxFilesPerCall bounds the files of one batch call.
 const MaxFilesPerCall = 100
 
-// TokenFile is the name of the API token's file under the daemon's state directory.
-const TokenFile = "auth_token"
+// TokenFile is the name of the API token's file under the daemon's state directory, and
+// TokenEnv the environment variable that gives the token instead (to codeboxd and clients).
+const (
+	TokenFile = "auth_token"
+	TokenEnv  = "AUTH_TOKEN"
+)

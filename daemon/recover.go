@@ -114,7 +114,7 @@ func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string)
 	w := &worker{id: id, ip: net.ParseIP(labels[labelIP]), nsPath: labels[labelNetNS], logPath: d.logPath(id), created: a.created,
 		uidBase: uidBaseOf(labels)}
 	for _, kv := range a.env {
-		if v, ok := strings.CutPrefix(kv, "CODEBOX_AGENT_TOKEN="); ok {
+		if v, ok := strings.CutPrefix(kv, AgentTokenEnv+"="); ok {
 			w.token = v
 		}
 	}

@@ -18,6 +18,15 @@ import (
 	"github.com/codebox/codebox/runtime"
 )
 
+// AgentTokenEnv carries the agent's token into its worker (its process's environment,
+// where a later codeboxd finds it).
+const AgentTokenEnv = "CODEBOX_AGENT_TOKEN"
+
+// AgentURL is the websocket of the agent of the worker with these labels.
+func AgentURL(labels map[string]string) string {
+	return fmt.Sprintf("ws://%s%s", net.JoinHostPort(labels[labelIP], strconv.Itoa(agentPort)), agent.ChannelsPath)
+}
+
 const (
 	agentPort = 8888
 	// agentStartTimeout bounds how long a new worker's agent may take to answer.
@@ -143,7 +152,7 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 		MemoryMB:  d.cfg.WorkerRAMMB,
 		Pids:      d.cfg.WorkerPids,
 		Env: []string{
-			"CODEBOX_AGENT_TOKEN=" + w.token,
+			AgentTokenEnv + "=" + w.token,
 			"CODEBOX_AGENT_PORT=" + strconv.Itoa(agentPort),
 			"CODEBOX_MAX_OUTPUT_BYTES=" + strconv.Itoa(agent.AgentMaxOutputBytes),
 		},
@@ -222,7 +231,7 @@ func (d *Daemon) watch(w *worker, t task) *life {
 func (d *Daemon) dial(ctx context.Context, w *worker, l *life) error {
 	ctx, cancel := context.WithTimeout(ctx, agentStartTimeout)
 	defer cancel()
-	url := fmt.Sprintf("ws://%s%s", net.JoinHostPort(w.ip.String(), strconv.Itoa(agentPort)), agent.ChannelsPath)
+	url := AgentURL(map[string]string{labelIP: w.ip.String()})
 	var lastErr error
 	for {
 		kc, err := d.dialer(ctx, url, w.token)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
 )
@@ -88,12 +89,15 @@ func (r *Runtime) importArchive(ctx context.Context, ref, archive string) (clien
 	return client.NewImage(r.client, created), nil
 }
 
-func (r *Runtime) pull(ctx context.Context, ref string) (client.Image, error) {
-	// Registries on loopback (tests, a local mirror) speak plain HTTP; every other one TLS.
-	resolver := docker.NewResolver(docker.ResolverOptions{
+// resolver reaches registries: plain HTTP on loopback (tests, a local mirror), TLS elsewhere.
+func resolver() remotes.Resolver {
+	return docker.NewResolver(docker.ResolverOptions{
 		Hosts: docker.ConfigureDefaultRegistries(docker.WithPlainHTTP(docker.MatchLocalhost)),
 	})
-	img, err := r.client.Pull(ctx, ref, client.WithResolver(resolver), client.WithPullUnpack,
+}
+
+func (r *Runtime) pull(ctx context.Context, ref string) (client.Image, error) {
+	img, err := r.client.Pull(ctx, ref, client.WithResolver(resolver()), client.WithPullUnpack,
 		client.WithPullSnapshotter(Snapshotter))
 	if err != nil {
 		return nil, fmt.Errorf("pull %s: %w", ref, err)
@@ -108,10 +112,7 @@ func (r *Runtime) Push(ctx context.Context, ref, target string) error {
 	if err != nil {
 		return fmt.Errorf("look up image %s: %w", ref, err)
 	}
-	resolver := docker.NewResolver(docker.ResolverOptions{
-		Hosts: docker.ConfigureDefaultRegistries(docker.WithPlainHTTP(docker.MatchLocalhost)),
-	})
-	if err := r.client.Push(ctx, target, img.Target(), client.WithResolver(resolver)); err != nil {
+	if err := r.client.Push(ctx, target, img.Target(), client.WithResolver(resolver())); err != nil {
 		return fmt.Errorf("push %s as %s: %w", ref, target, err)
 	}
 	return nil

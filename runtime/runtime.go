@@ -103,9 +103,6 @@ func (r *Runtime) Close() error {
 	return r.client.Close()
 }
 
-// Namespace is the containerd namespace in use.
-func (r *Runtime) Namespace() string { return r.namespace }
-
 // Ping reports whether containerd answers. A failure also tells the runtime containerd is
 // down (Available), until it answers again.
 func (r *Runtime) Ping(ctx context.Context) error {
@@ -155,15 +152,26 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("load container %s: %w", id, err)
 	}
-	if t, err := c.Task(ctx, nil); err == nil {
-		if _, err := t.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
-			return fmt.Errorf("delete task %s: %w", id, err)
-		}
-	} else if !errdefs.IsNotFound(err) {
-		return fmt.Errorf("task of %s: %w", id, err)
+	if err := deleteTask(ctx, c); err != nil {
+		return err
 	}
 	if err := c.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete container %s: %w", id, err)
+	}
+	return nil
+}
+
+// deleteTask kills and deletes the container's task, if it has one.
+func deleteTask(ctx context.Context, c client.Container) error {
+	t, err := c.Task(ctx, nil)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("task of %s: %w", c.ID(), err)
+	}
+	if _, err := t.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete task %s: %w", c.ID(), err)
 	}
 	return nil
 }

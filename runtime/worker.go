@@ -7,7 +7,6 @@ import (
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"github.com/containerd/errdefs"
 )
 
 // Start creates the worker container and starts its task. On failure nothing it made is
@@ -54,12 +53,8 @@ func (r *Runtime) Restart(ctx context.Context, id, logPath string, beforeStart f
 	if err != nil {
 		return nil, fmt.Errorf("load container %s: %w", id, err)
 	}
-	if t, err := c.Task(ctx, nil); err == nil {
-		if _, err := t.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
-			return nil, fmt.Errorf("delete task %s: %w", id, err)
-		}
-	} else if !errdefs.IsNotFound(err) {
-		return nil, fmt.Errorf("task of %s: %w", id, err)
+	if err := deleteTask(ctx, c); err != nil {
+		return nil, err
 	}
 	return r.startTask(ctx, c, id, logPath, beforeStart)
 }

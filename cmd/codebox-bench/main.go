@@ -29,6 +29,8 @@ import (
 	"github.com/codebox/codebox/agent"
 	"github.com/codebox/codebox/api"
 	"github.com/codebox/codebox/bench"
+	"github.com/codebox/codebox/daemon"
+	"github.com/codebox/codebox/netns"
 	crt "github.com/codebox/codebox/runtime"
 )
 
@@ -211,7 +213,7 @@ func start(ctx context.Context, o options, state string, flags []string) (*daemo
 		"--destroy-on-stop", "--log-level", "warn",
 	}, flags...)
 	cmd := exec.Command(o.codeboxd, args...)
-	cmd.Env = append(os.Environ(), "AUTH_TOKEN="+token)
+	cmd.Env = append(os.Environ(), api.TokenEnv+"="+token)
 	logf, err := os.Create(filepath.Join(state, "codeboxd.log"))
 	if err != nil {
 		return nil, err
@@ -267,7 +269,7 @@ func cleanup(o options, state string) {
 	exec.Command(o.codeboxd, "cleanup", "--all", "--containerd-address", o.containerd, "--containerd-namespace", namespace,
 		"--worker-bridge", bridge, "--worker-subnet", subnet, "--state-dir", state).Run()
 	exec.Command("ip", "link", "delete", bridge).Run()
-	os.Remove("/run/codebox/netns/" + bridge)
+	os.Remove(netns.NetNSDirFor(bridge))
 }
 
 // agentConns opens a kernel connection to each seed session's worker, reading its address
@@ -290,11 +292,11 @@ func agentConns(ctx context.Context, o options, c *api.Client, prefix string, us
 		}
 		token := ""
 		for _, kv := range a.Env {
-			if v, ok := strings.CutPrefix(kv, "CODEBOX_AGENT_TOKEN="); ok {
+			if v, ok := strings.CutPrefix(kv, daemon.AgentTokenEnv+"="); ok {
 				token = v
 			}
 		}
-		kc, err := agent.Dial(ctx, "ws://"+a.Labels["io.codebox.ip"]+":8888"+agent.ChannelsPath, token, agent.Options{})
+		kc, err := agent.Dial(ctx, daemon.AgentURL(a.Labels), token, agent.Options{})
 		if err != nil {
 			return nil, err
 		}
@@ -314,11 +316,9 @@ func density(ctx context.Context, o options, rep *bench.Report) error {
 	if err != nil {
 		return err
 	}
+	// Called with the pool idle: every worker is an idle one.
 	var rss, usage []float64
-	for id, labels := range managed {
-		if labels["io.codebox.session"] != "" {
-			continue
-		}
+	for id := range managed {
 		stat, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", namespace, id, "memory.stat"))
 		if err != nil {
 			continue // cgroup v2 hosts: not read here

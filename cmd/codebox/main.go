@@ -215,7 +215,7 @@ func filesCmd(ctx context.Context, c *api.Client, args []string, stdout io.Write
 }
 
 func token(stateDir string) (string, error) {
-	if t := os.Getenv("AUTH_TOKEN"); t != "" {
+	if t := os.Getenv(api.TokenEnv); t != "" {
 		return t, nil
 	}
 	b, err := os.ReadFile(stateDir + "/" + api.TokenFile)

@@ -141,7 +141,7 @@ func serve(cfg config) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	token, err := loadToken(cfg.StateDir, os.Getenv("AUTH_TOKEN"))
+	token, err := loadToken(cfg.StateDir, os.Getenv(api.TokenEnv))
 	if err != nil {
 		return err
 	}
