@@ -1,5 +1,5 @@
 // Package agent is the daemon's client of a worker's kernel agent: Jupyter kernel-channel
-// messages as JSON over one websocket (SPEC §4).
+// messages as JSON over one websocket.
 //
 // The agent runs in the same process as user code, so every frame it sends is untrusted.
 // Memory: a frame is at most the output cap plus a small envelope; the output kept for one

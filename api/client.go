@@ -103,7 +103,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	return nil
 }
 
-// ImportFiles downloads files into userUUID's session (SPEC §3.4). A partial failure is not
+// ImportFiles downloads files into userUUID's session. A partial failure is not
 // an error: the response has Success false and lists Errors.
 func (c *Client) ImportFiles(ctx context.Context, userUUID string, files []FileImport) (*FilesResponse, error) {
 	var resp FilesResponse

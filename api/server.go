@@ -41,7 +41,7 @@ type Backend interface {
 	// Ping reports whether the daemon can reach containerd.
 	Ping(ctx context.Context) error
 
-	// The file calls (SPEC §3.4). Batch calls answer per file (see FilesResponse).
+	// The file calls. Batch calls answer per file (see FilesResponse).
 	ImportFiles(ctx context.Context, userUUID string, files []FileImport) (*FilesResponse, error)
 	ExportFiles(ctx context.Context, userUUID string, files []FileExport) (*FilesResponse, error)
 	DeleteFiles(ctx context.Context, userUUID string, files []FileRef) (*FilesResponse, error)

@@ -1,4 +1,4 @@
-// Package api owns codeboxd's REST API (SPEC §3): the JSON types, the HTTP handlers over a
+// Package api owns codeboxd's REST API (docs/API.md): the JSON types, the HTTP handlers over a
 // Backend, and a Go client for the same API. It knows nothing of containers or kernels.
 package api
 
@@ -46,7 +46,7 @@ type ExecError struct {
 	Traceback []string `json:"traceback"`
 }
 
-// Status is the body of GET /api/v1/status (SPEC §3.3).
+// Status is the body of GET /api/v1/status.
 type Status struct {
 	TotalWorkers      int  `json:"total_workers"`
 	BusyWorkers       int  `json:"busy_workers"`
@@ -82,12 +82,12 @@ func Errorf(status int, format string, args ...any) *Error {
 	return &Error{Status: status, Detail: fmt.Sprintf(format, args...)}
 }
 
-// MaxUserUUIDLength is the longest user_uuid accepted (SPEC §3.5).
+// MaxUserUUIDLength is the longest user_uuid accepted.
 const MaxUserUUIDLength = 128
 
 var userUUIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
 
-// ValidateUserUUID checks a user_uuid against SPEC §3.5.
+// ValidateUserUUID checks a user_uuid: 1..128 characters of A-Z a-z 0-9 . _ -.
 func ValidateUserUUID(u string) error {
 	if u == "" {
 		return Errorf(http.StatusUnprocessableEntity, "user_uuid is required")

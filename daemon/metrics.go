@@ -6,7 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// metrics are the daemon's Prometheus collectors (SPEC §3.5), served by cmd/codeboxd on
+// metrics are the daemon's Prometheus collectors, served by cmd/codeboxd on
 // --metrics-listen.
 type metrics struct {
 	executions      *prometheus.CounterVec

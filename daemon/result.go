@@ -12,7 +12,7 @@ import (
 // maxDetail bounds the detail of an error answer.
 const maxDetail = 4096
 
-// toResponse maps a kernel result to the SPEC §3.1 answer.
+// toResponse maps a kernel result to the answer of an execute (docs/API.md).
 func toResponse(workerID string, r *agent.Result, took time.Duration) *api.ExecuteResponse {
 	resp := &api.ExecuteResponse{
 		WorkerID:       workerID,

@@ -51,7 +51,7 @@ func (t table) Restore(rules string) error {
 	return nil
 }
 
-// Firewall isolates the workers' bridge (SPEC §5): nothing is forwarded from or to it (no
+// Firewall isolates the workers' bridge: nothing is forwarded from or to it (no
 // egress, no worker-to-worker traffic, which crosses FORWARD because
 // bridge-nf-call-iptables is on), and the host accepts from it only replies to connections
 // the host opened (the daemon talking to agents), so a worker reaches no host port. The same

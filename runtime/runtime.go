@@ -25,7 +25,7 @@ import (
 const (
 	// Snapshotter is the snapshotter workers' root filesystems are unpacked into.
 	Snapshotter = "overlayfs"
-	// LabelManagedBy marks every container codeboxd creates (SPEC §1).
+	// LabelManagedBy marks every container codeboxd creates.
 	LabelManagedBy = "managed-by"
 	// ManagedByValue is the value of LabelManagedBy on codeboxd's containers.
 	ManagedByValue = "codeboxd"

@@ -1,5 +1,5 @@
 // Command codeboxd is the codebox daemon: stateful, isolated code-interpreter sessions in
-// containerd workers, served over a REST API (SPEC §1). This file only wires the packages.
+// containerd workers, served over a REST API (docs/API.md). This file only wires the packages.
 //
 //	codeboxd [flags]                  run the daemon
 //	codeboxd cleanup [--all] [flags]  remove leftovers of workers that are gone (with --all:

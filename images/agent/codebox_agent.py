@@ -2,7 +2,7 @@
 
 It drives IPython's InteractiveShell directly -- the core that ipykernel wraps, without ZMQ
 or a Jupyter server -- and speaks Jupyter's kernel-channel messages as JSON over a single
-token-protected websocket (SPEC section 4).
+token-protected websocket.
 
 One thread does the work: the main thread accepts connections, reads requests and runs
 user code, so a short execute costs no thread hand-off (the earlier design, a tornado IOLoop
