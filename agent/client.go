@@ -144,8 +144,10 @@ type Result struct {
 	// Outputs are the MIME bundles of display_data and execute_result, in order.
 	Outputs []Output
 	Error   *Error
-	// Truncated is set when output beyond the limit was dropped.
-	Truncated bool
+	// Truncated is set when output beyond the limit was dropped; DroppedBytes counts it
+	// (what the agent's budget dropped, and the client's cap).
+	Truncated    bool
+	DroppedBytes int64
 }
 
 // Output is one display_data or execute_result message.
@@ -186,7 +188,7 @@ type Call struct {
 // arrive outside any call. To interrupt the kernel and keep waiting, use Start, Call.Wait
 // and Finish.
 func (c *Client) Execute(ctx context.Context, code string) (*Result, error) {
-	call, err := c.Start(code)
+	call, err := c.Start(code, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -200,22 +202,37 @@ func (c *Client) Execute(ctx context.Context, code string) (*Result, error) {
 
 // Start sends an execute_request. The caller must call Finish when done with the call. The
 // send has its own deadline, not the call's: a call whose time is up before the request
-// left is a timeout of the call, never a broken connection.
-func (c *Client) Start(code string) (*Call, error) {
-	return c.start(code, false)
+// left is a timeout of the call, never a broken connection. sink, when not nil, gets each
+// piece of output as its frame arrives (what the output cap keeps of it), in order; it runs
+// on the connection's reader and must not block.
+func (c *Client) Start(code string, sink func(Event)) (*Call, error) {
+	return c.start(code, false, sink)
 }
 
-func (c *Client) start(code string, silent bool) (*Call, error) {
+func (c *Client) start(code string, silent bool, sink func(Event)) (*Call, error) {
 	c.callMu.Lock()
 	p, err := c.send("execute_request", map[string]any{
 		"code": code, "silent": silent, "store_history": !silent,
 		"user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true,
-	})
+		// Our agent's extension: send the first output at once rather than gathering
+		// it for a flush period, for a caller watching it arrive.
+		"codebox_stream": sink != nil,
+	}, sink)
 	if err != nil {
 		c.callMu.Unlock()
 		return nil, err
 	}
 	return &Call{c: c, p: p}, nil
+}
+
+// Event is a piece of a call's output, as it arrives.
+type Event struct {
+	Kind string // "stdout", "stderr", "display" (display_data), "result" (execute_result) or "error"
+	Text string // stdout, stderr
+	// Data is a display's or result's MIME bundle.
+	Data           map[string]json.RawMessage
+	ExecutionCount int    // result
+	Error          *Error // error
 }
 
 // Wait waits until the kernel is idle again after the call, or ctx ends, and returns the
@@ -239,6 +256,11 @@ func (call *Call) Finish() {
 		return
 	}
 	call.c.clearCurrent(call.p)
+	// No output reaches the sink once the call is over: the reader may hold the call
+	// still, with a frame of output that came late.
+	call.p.mu.Lock()
+	call.p.sink = nil
+	call.p.mu.Unlock()
 	call.c.callMu.Unlock()
 	call.c = nil
 }
@@ -246,7 +268,7 @@ func (call *Call) Finish() {
 // Check proves the kernel executes code: a silent execute (no history, no execution
 // count) that must come back ok.
 func (c *Client) Check(ctx context.Context) error {
-	call, err := c.start("pass", true)
+	call, err := c.start("pass", true, nil)
 	if err != nil {
 		return err
 	}
@@ -284,6 +306,7 @@ type pending struct {
 	gotReply       bool
 	gotIdle        bool
 	finished       bool
+	sink           func(Event) // output as it arrives; nil: none
 	// What the call has read, answering it or not (see maxFramesPerCall); only the
 	// reader goroutine touches these.
 	frames, wire int
@@ -318,7 +341,8 @@ type (
 		Text string `json:"text"`
 	}
 	dataContent struct {
-		Data map[string]json.RawMessage `json:"data"`
+		Data           map[string]json.RawMessage `json:"data"`
+		ExecutionCount int                        `json:"execution_count"`
 	}
 	replyContent struct {
 		Status         string `json:"status"`
@@ -356,11 +380,19 @@ func (p *pending) apply(msgType string, frame []byte) {
 		if !decodeContent(frame, &c) {
 			return
 		}
+		var b *strings.Builder
 		switch c.Name {
 		case "stdout":
-			p.stdout.WriteString(p.take(c.Text))
+			b = &p.stdout
 		case "stderr":
-			p.stderr.WriteString(p.take(c.Text))
+			b = &p.stderr
+		default:
+			return
+		}
+		text := p.take(c.Text)
+		b.WriteString(text)
+		if p.sink != nil && text != "" {
+			p.sink(Event{Kind: c.Name, Text: text})
 		}
 	case "display_data", "execute_result":
 		var c dataContent
@@ -373,14 +405,25 @@ func (p *pending) apply(msgType string, frame []byte) {
 		}
 		if p.used+size > p.limit || len(r.Outputs) >= MaxOutputItems {
 			r.Truncated = true
+			r.DroppedBytes += int64(size - itemOverhead)
 			return
 		}
 		p.used += size
 		r.Outputs = append(r.Outputs, Output{Type: msgType, Data: c.Data})
+		if p.sink != nil {
+			if msgType == "execute_result" {
+				p.sink(Event{Kind: "result", Data: c.Data, ExecutionCount: c.ExecutionCount})
+			} else {
+				p.sink(Event{Kind: "display", Data: c.Data})
+			}
+		}
 	case "error":
 		var e Error
 		if decodeContent(frame, &e) && r.Error == nil {
 			r.Error = p.capError(e)
+			if p.sink != nil {
+				p.sink(Event{Kind: "error", Error: r.Error})
+			}
 		}
 	case "execute_reply":
 		var c replyContent
@@ -390,6 +433,7 @@ func (p *pending) apply(msgType string, frame []byte) {
 		p.gotReply = true
 		r.ExecutionCount = c.ExecutionCount
 		r.Truncated = r.Truncated || c.TruncatedBytes > 0
+		r.DroppedBytes += max(c.TruncatedBytes, 0)
 		r.Status = "ok"
 		if c.Status != "ok" {
 			r.Status = "error"
@@ -411,6 +455,7 @@ func (p *pending) take(text string) string {
 	n, size := fit(text, max(room, 0))
 	if n < len(text) {
 		p.res.Truncated = true
+		p.res.DroppedBytes += int64(len(text) - n)
 		text = text[:n]
 	}
 	p.used += size
@@ -500,8 +545,8 @@ type outgoing struct {
 }
 
 // send writes a request; the caller holds callMu.
-func (c *Client) send(msgType string, content map[string]any) (*pending, error) {
-	p := &pending{id: newID(), done: make(chan struct{}), limit: c.maxOutput}
+func (c *Client) send(msgType string, content map[string]any, sink func(Event)) (*pending, error) {
+	p := &pending{id: newID(), done: make(chan struct{}), limit: c.maxOutput, sink: sink}
 	c.mu.Lock()
 	if c.readErr != nil {
 		c.mu.Unlock()

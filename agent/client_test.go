@@ -160,7 +160,7 @@ func TestWaitAfterDeadlineKeepsCollecting(t *testing.T) {
 		send("status", map[string]any{"execution_state": "idle"}, id)
 	}}
 	c := start(t, f, Options{})
-	call, err := c.Start("while True: pass")
+	call, err := c.Start("while True: pass", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,5 +243,49 @@ func TestMalformedFramesAreIgnored(t *testing.T) {
 	}
 	if res.Status != "ok" || res.ExecutionCount != 1 || len(res.Outputs) != 0 {
 		t.Fatalf("result = %+v", res)
+	}
+}
+
+func TestStartStreamsOutputInOrderWithinTheCap(t *testing.T) {
+	f := &fakeAgent{token: "t", script: func(req map[string]any, send func(string, any, string)) {
+		id := msgID(req)
+		send("stream", map[string]any{"name": "stdout", "text": "one\n"}, id)
+		send("stream", map[string]any{"name": "stderr", "text": "two\n"}, id)
+		send("stream", map[string]any{"name": "other", "text": "ignored\n"}, id)
+		send("display_data", map[string]any{"data": map[string]any{"text/plain": "<fig>"}}, id)
+		send("execute_result", map[string]any{"data": map[string]any{"text/plain": "3"}, "execution_count": 7}, id)
+		send("error", map[string]any{"ename": "E", "evalue": "v", "traceback": []string{"t"}}, id)
+		send("stream", map[string]any{"name": "stdout", "text": strings.Repeat("x", 3000)}, id)
+		send("execute_reply", map[string]any{"status": "error", "execution_count": 7, "codebox_truncated_bytes": 5}, id)
+		send("status", map[string]any{"execution_state": "idle"}, id)
+	}}
+	c := start(t, f, Options{MaxOutputBytes: 2000})
+	var got []Event
+	call, err := c.Start("x", func(e Event) { got = append(got, e) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer call.Finish()
+	res, err := call.Wait(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := []string{}
+	for _, e := range got {
+		kinds = append(kinds, e.Kind)
+	}
+	if strings.Join(kinds, " ") != "stdout stderr display result error stdout" {
+		t.Fatalf("events = %v", kinds)
+	}
+	if got[0].Text != "one\n" || got[3].ExecutionCount != 7 || got[4].Error.Ename != "E" {
+		t.Fatalf("events: %q %d %+v", got[0].Text, got[3].ExecutionCount, got[4].Error)
+	}
+	// What the cap kept is what was streamed; the rest is counted, with the agent's own.
+	streamed := len(got[5].Text)
+	if streamed == 0 || streamed >= 3000 || res.Stdout != "one\n"+got[5].Text {
+		t.Fatalf("streamed %d bytes, stdout %q", streamed, res.Stdout)
+	}
+	if res.DroppedBytes != int64(3000-streamed+5) {
+		t.Fatalf("dropped = %d, want %d", res.DroppedBytes, 3000-streamed+5)
 	}
 }

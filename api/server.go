@@ -113,6 +113,7 @@ type server struct {
 	// failures logs answers of 500 and over, one line each up to a few per interval and
 	// a count for the rest: under overload every request would otherwise write a line.
 	failures *sampler
+	streams  streams
 }
 
 // defaultWriteTimeout bounds writing an answer to a caller that reads slowly.
@@ -129,6 +130,8 @@ var Routes = []Route{
 	{http.MethodGet, "/healthz", false},
 	{http.MethodGet, "/openapi.json", false},
 	{http.MethodPost, "/api/v1/execute", true},
+	// The stream authenticates itself: a browser sends the token in its first message.
+	{http.MethodGet, "/api/v1/stream", false},
 	{http.MethodPost, "/api/v1/release", true},
 	{http.MethodGet, "/api/v1/status", true},
 	{http.MethodPost, "/api/v1/files", true},
@@ -139,8 +142,21 @@ var Routes = []Route{
 	{http.MethodGet, "/api/v1/files/list", true},
 }
 
+// Handler is the API's HTTP handler.
+type Handler struct {
+	http.Handler
+	s *server
+}
+
+// Shutdown ends the websocket streams (http.Server.Shutdown does not wait for them): each
+// finishes its running call and is closed; when ctx ends first, the calls still running
+// are interrupted. New streams are refused.
+func (h *Handler) Shutdown(ctx context.Context) {
+	h.s.streams.shutdown(ctx)
+}
+
 // NewHandler returns the API's HTTP handler.
-func NewHandler(b Backend, cfg ServerConfig) http.Handler {
+func NewHandler(b Backend, cfg ServerConfig) *Handler {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -153,6 +169,7 @@ func NewHandler(b Backend, cfg ServerConfig) http.Handler {
 		"GET /healthz":         s.healthz,
 		"GET /openapi.json":    serveOpenAPI,
 		"POST /api/v1/execute": s.execute,
+		"GET /api/v1/stream":   s.stream,
 		"POST /api/v1/release": s.release,
 		"GET /api/v1/status":   s.status,
 
@@ -186,7 +203,7 @@ func NewHandler(b Backend, cfg ServerConfig) http.Handler {
 		s.log.Error("handler panic", "path", r.URL.Path, "panic", v)
 		writeJSON(w, http.StatusInternalServerError, map[string]any{"detail": "internal error"})
 	}
-	return r
+	return &Handler{Handler: r, s: s}
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
@@ -370,11 +387,11 @@ func (s *server) execute(w http.ResponseWriter, r *http.Request) error {
 	if err := ValidateUserUUID(user); err != nil {
 		return err
 	}
-	if strings.TrimSpace(req.Code) == "" {
-		return Errorf(http.StatusUnprocessableEntity, "code must not be empty")
+	if err := req.Validate(s.cfg.MaxExecTimeout); err != nil {
+		return err
 	}
-	if req.Timeout != nil && !(*req.Timeout > 0) {
-		return Errorf(http.StatusUnprocessableEntity, "timeout must be a positive number of seconds")
+	if wantsEvents(r) {
+		return s.executeEvents(w, r, user, req)
 	}
 	s.longCall(w, s.cfg.MaxExecTimeout+2*time.Minute)
 	answered := false

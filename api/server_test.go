@@ -76,7 +76,7 @@ const tok = "s3cret"
 
 func serve(t *testing.T, b Backend) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(NewHandler(b, ServerConfig{Token: tok, CORSOrigins: []string{"https://app.example"}}))
+	srv := httptest.NewServer(NewHandler(b, ServerConfig{Token: tok, CORSOrigins: []string{"https://app.example"}, MaxExecTimeout: 300 * time.Second}))
 	t.Cleanup(srv.Close)
 	return srv
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -16,8 +18,31 @@ type ExecuteRequest struct {
 	// Timeout in seconds, more than 0 and at most the daemon's --max-exec-timeout; absent
 	// means its --exec-timeout.
 	Timeout *float64 `json:"timeout,omitempty"`
+	// Language is the interpreter: python (the default).
+	Language string `json:"language,omitempty"`
 	// UserUUID may come in the body for clients of the older form.
 	UserUUID string `json:"user_uuid,omitempty"`
+}
+
+// Languages are the values ExecuteRequest.Language may have ("" is python).
+var Languages = []string{"python"}
+
+// Validate checks what the API can check of a request before it reaches a session;
+// maxTimeout (when not 0) is the daemon's --max-exec-timeout.
+func (r *ExecuteRequest) Validate(maxTimeout time.Duration) error {
+	if strings.TrimSpace(r.Code) == "" {
+		return Errorf(http.StatusUnprocessableEntity, "code must not be empty")
+	}
+	if r.Timeout != nil && !(*r.Timeout > 0) {
+		return Errorf(http.StatusUnprocessableEntity, "timeout must be a positive number of seconds")
+	}
+	if r.Timeout != nil && maxTimeout > 0 && *r.Timeout > maxTimeout.Seconds() {
+		return Errorf(http.StatusUnprocessableEntity, "timeout must be at most %g seconds", maxTimeout.Seconds())
+	}
+	if r.Language != "" && !slices.Contains(Languages, r.Language) {
+		return Errorf(http.StatusUnprocessableEntity, "language must be one of %s", strings.Join(Languages, ", "))
+	}
+	return nil
 }
 
 // ExecuteResponse is the body of an execute answer: 200 when the code ran to completion,
@@ -37,6 +62,11 @@ type ExecuteResponse struct {
 	Truncated  bool       `json:"truncated,omitempty"`
 	Detail     string     `json:"detail,omitempty"`
 	Error      *ExecError `json:"error,omitempty"`
+
+	// For a streamed call's done event: the caller's interrupt stopped the code (Error is
+	// its KeyboardInterrupt), and what the output cap dropped.
+	Interrupted  bool  `json:"-"`
+	DroppedBytes int64 `json:"-"`
 }
 
 // ExecError is the exception user code raised.

@@ -1,7 +1,8 @@
 // Package bench measures codebox: the seed scenario (users × stateful requests, each result
 // verified) through the REST API and, as a baseline, straight against the workers' kernel
 // agents; single-session latency; a new session's first execute from a warm pool; cold
-// starts; idle worker memory. Every loop is bounded in count and in time.
+// starts; idle worker memory; how soon a streamed print reaches its client. Every loop is
+// bounded in count and in time.
 package bench
 
 import (
@@ -9,11 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	"github.com/codebox/codebox/agent"
 	"github.com/codebox/codebox/api"
@@ -48,17 +52,16 @@ func summarize(name string, lat []time.Duration, total, ok, verified int, took t
 		r.SuccessPct = 100 * float64(ok) / float64(total)
 		r.VerifiedPct = 100 * float64(verified) / float64(total)
 	}
-	r.P50ms, r.P95ms, r.P99ms = pct(lat, 50), pct(lat, 95), pct(lat, 99)
-	if len(lat) > 0 {
-		r.MaxMs = ms(lat[len(lat)-1])
+	if len(lat) == 0 { // JSON has no NaN: the success rate says there is nothing to show
+		r.Note = "no request succeeded"
+		return r
 	}
+	r.P50ms, r.P95ms, r.P99ms = pct(lat, 50), pct(lat, 95), pct(lat, 99)
+	r.MaxMs = ms(lat[len(lat)-1])
 	return r
 }
 
 func pct(sorted []time.Duration, p float64) float64 {
-	if len(sorted) == 0 {
-		return math.NaN()
-	}
 	i := int(math.Ceil(p/100*float64(len(sorted)))) - 1
 	return ms(sorted[max(i, 0)])
 }
@@ -275,4 +278,106 @@ func errKey(err error) string {
 func firstWords(s string) string {
 	f := strings.Fields(s)
 	return strings.Join(f[:min(len(f), 6)], " ")
+}
+
+// firstPrintCell prints the time it printed, then keeps running: the line must reach the
+// client while the cell runs, not with its end.
+const firstPrintCell = "import time\nprint(repr(time.time()), flush=True)\ntime.sleep(0.15)"
+
+// FirstPrint measures, n times, how long a cell's first print takes to reach a streaming
+// client: from the time the cell printed (its clock is the host's) to the event's arrival.
+// via is "websocket" or "sse".
+func FirstPrint(ctx context.Context, c *api.Client, url, token, user, via string, n int) *Result {
+	name := "first print to client, " + via
+	var lat []time.Duration
+	errs := map[string]int{}
+	c.Execute(ctx, user, "1", 0) // the session exists before the timing starts
+	defer c.Release(ctx, user)
+	start := time.Now()
+	var ws *websocket.Conn
+	if via == "websocket" {
+		var err error
+		ws, _, err = websocket.DefaultDialer.DialContext(ctx, "ws"+strings.TrimPrefix(url, "http")+"/api/v1/stream?user_uuid="+user,
+			http.Header{"X-Auth-Token": {token}})
+		if err != nil {
+			errs[errKey(err)]++
+			return summarize(name, nil, n, 0, 0, 0, errs)
+		}
+		defer ws.Close()
+	}
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		var got time.Duration
+		var err error
+		if ws != nil {
+			got, err = firstPrintWS(ws, strconv.Itoa(i))
+		} else {
+			got, err = firstPrintSSE(ctx, c, user)
+		}
+		if err != nil {
+			errs[errKey(err)]++
+			continue
+		}
+		lat = append(lat, got)
+	}
+	return summarize(name, lat, n, len(lat), len(lat), time.Since(start), errs)
+}
+
+// printedAgo is how long before now a line of firstPrintCell was printed.
+func printedAgo(text string) (time.Duration, error) {
+	now := time.Now()
+	secs, err := strconv.ParseFloat(strings.TrimSpace(text), 64)
+	if err != nil {
+		return 0, fmt.Errorf("first line %q: %w", text, err)
+	}
+	return now.Sub(time.Unix(0, int64(secs*1e9))), nil
+}
+
+func firstPrintWS(ws *websocket.Conn, id string) (time.Duration, error) {
+	if err := ws.WriteJSON(map[string]any{"type": "execute", "id": id, "code": firstPrintCell}); err != nil {
+		return 0, err
+	}
+	ws.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var took time.Duration
+	seen := false
+	for {
+		var e api.Event
+		if err := ws.ReadJSON(&e); err != nil {
+			return 0, err
+		}
+		switch {
+		case e.Type == api.EventStdout && !seen:
+			seen = true
+			var err error
+			if took, err = printedAgo(e.Text); err != nil {
+				return 0, err
+			}
+		case e.Type == api.EventDone && e.ID == id:
+			if e.Status != api.DoneOK || !seen {
+				return 0, fmt.Errorf("done %s, first line seen %v", e.Status, seen)
+			}
+			return took, nil
+		}
+	}
+}
+
+func firstPrintSSE(ctx context.Context, c *api.Client, user string) (time.Duration, error) {
+	var took time.Duration
+	seen := false
+	for e, err := range c.Stream(ctx, user, api.ExecuteRequest{Code: firstPrintCell}) {
+		if err != nil {
+			return 0, err
+		}
+		switch {
+		case e.Type == api.EventStdout && !seen:
+			seen = true
+			if took, err = printedAgo(e.Text); err != nil {
+				return 0, err
+			}
+		case e.Type == api.EventDone:
+			if e.Status != api.DoneOK || !seen {
+				return 0, fmt.Errorf("done %s, first line seen %v", e.Status, seen)
+			}
+		}
+	}
+	return took, nil
 }

@@ -36,8 +36,8 @@ func run(t *testing.T, d *Daemon, user, code string, timeout float64) (*api.Exec
 // TestCattle is the cattle table of docs/ARCHITECTURE.md, row by row: what the daemon
 // answers when a call goes wrong, and what becomes of the worker.
 func TestCattle(t *testing.T) {
-	interruptGrace, exitGrace = 300*time.Millisecond, 300*time.Millisecond
-	t.Cleanup(func() { interruptGrace, exitGrace = 3*time.Second, 3*time.Second })
+	interruptGrace, exitGrace, interruptEvery = 300*time.Millisecond, 300*time.Millisecond, 50*time.Millisecond
+	t.Cleanup(func() { interruptGrace, exitGrace, interruptEvery = 3*time.Second, 3*time.Second, 250*time.Millisecond })
 
 	type want struct {
 		kind      api.Kind
@@ -56,6 +56,8 @@ func TestCattle(t *testing.T) {
 		want    want
 	}{
 		{name: "code runs past its limit, stops on SIGINT", code: "stops-on-sigint", timeout: 0.05,
+			want: want{kind: api.Timeout, fields: map[string]any{"state_preserved": true}, same: true}},
+		{name: "code runs past its limit, misses the first SIGINT", code: "misses-a-sigint", timeout: 0.05,
 			want: want{kind: api.Timeout, fields: map[string]any{"state_preserved": true}, same: true}},
 		{name: "code runs past its limit, ignores SIGINT", code: "ignores-sigint", timeout: 0.05,
 			want: want{kind: api.Timeout, fields: map[string]any{"state_preserved": false}, destroyed: true, fresh: true}},

@@ -187,7 +187,9 @@ func (t *fakeTask) exitedAlready() bool {
 //
 //	ok                the call completes
 //	stops-on-sigint   runs until SIGINT, then ends with KeyboardInterrupt
+//	misses-a-sigint   the same, but the first SIGINT is lost (it came as the code was sent)
 //	ignores-sigint    runs until the connection closes
+//	streams           prints two lines as it runs, then completes
 //	dies              the task exits (137) and the connection drops
 //	drops             the connection drops; the task lives on
 type fakeKernel struct {
@@ -236,7 +238,7 @@ func (k *fakeKernel) Check(ctx context.Context) error {
 	return nil
 }
 
-func (k *fakeKernel) Start(code string) (kernelCall, error) {
+func (k *fakeKernel) Start(code string, sink func(agent.Event)) (kernelCall, error) {
 	if err := k.Err(); err != nil {
 		return nil, err
 	}
@@ -256,6 +258,19 @@ func (k *fakeKernel) Start(code string) (kernelCall, error) {
 			c.finish(&agent.Result{Status: "error", ExecutionCount: n, Error: &agent.Error{Ename: "KeyboardInterrupt"}}, nil)
 		}
 		k.task.mu.Unlock()
+	case "misses-a-sigint":
+		k.task.mu.Lock()
+		signals := 0
+		k.task.onSignal = func(syscall.Signal) {
+			if signals++; signals == 2 {
+				c.finish(&agent.Result{Status: "error", ExecutionCount: n, Error: &agent.Error{Ename: "KeyboardInterrupt"}}, nil)
+			}
+		}
+		k.task.mu.Unlock()
+	case "streams":
+		sink(agent.Event{Kind: "stdout", Text: "one\n"})
+		sink(agent.Event{Kind: "stdout", Text: "two\n"})
+		c.finish(&agent.Result{Status: "ok", ExecutionCount: n, Stdout: "one\ntwo\n", DroppedBytes: 3}, nil)
 	case "ignores-sigint":
 	case "dies":
 		go func() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"slices"
 	"sync"
@@ -234,7 +235,8 @@ func (d *Daemon) Execute(ctx context.Context, user string, req api.ExecuteReques
 	start := time.Now()
 	replied := false
 	err = d.withSession(ctx, user, true, func(ctx context.Context, s *session) error {
-		resp, err := d.executeIn(ctx, s, req.Code, timeout)
+		st, _ := out.(api.Streamer)
+		resp, err := d.executeIn(ctx, s, req.Code, timeout, st)
 		d.metrics.observeExecute(outcome(resp, err), start)
 		replied = true
 		return out.Reply(ctx, resp, err)
@@ -264,8 +266,9 @@ func outcome(resp *api.ExecuteResponse, err error) string {
 	return outcomeUnavailable
 }
 
-// executeIn runs code in s, which the caller holds.
-func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout time.Duration) (*api.ExecuteResponse, error) {
+// executeIn runs code in s, which the caller holds. A streaming caller (st not nil) gets
+// the output as it arrives and may interrupt the code.
+func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout time.Duration, st api.Streamer) (*api.ExecuteResponse, error) {
 	newSession := s.fresh
 	if s.worker == nil {
 		if err := d.assign(ctx, s); err != nil {
@@ -282,20 +285,37 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout
 			Fields: map[string]any{"worker_id": w.id, "files_kept": false}}
 	}
 
+	if err := ctx.Err(); err != nil { // the caller left (or interrupted) before the code was sent
+		return nil, &api.Problem{Kind: api.Busy, Detail: "the call was cancelled before its code ran", Cause: context.Cause(ctx)}
+	}
 	start := time.Now()
-	call, err := l.kernel.Start(code)
+	var sink func(agent.Event)
+	if st != nil {
+		sink = func(e agent.Event) { st.Stream(streamEvent(e)) }
+	}
+	call, err := l.kernel.Start(code, sink)
 	if err != nil {
 		return nil, d.kernelGone(ctx, s, l, nil)
 	}
 	defer call.Finish()
 	s.fresh = false
+	var intr *interrupter
+	if st != nil {
+		intr = &interrupter{task: l.task, log: d.log.With("worker", w.id)}
+		st.Started(intr.interrupt)
+	}
 	execCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	res, err := call.Wait(execCtx)
+	// The caller's interrupt ends with the call's first wait: past it the daemon signals
+	// (on a timeout), replaces or restarts the task, never the caller.
+	intr.end()
 	switch {
 	case err == nil:
 		resp := toResponse(w.id, res, time.Since(start))
 		resp.NewSession = newSession
+		resp.DroppedBytes = res.DroppedBytes
+		resp.Interrupted = intr.stopped(resp)
 		return resp, nil
 	case errors.Is(err, agent.ErrClosed):
 		return nil, d.kernelGone(ctx, s, l, res)
@@ -308,14 +328,11 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout
 
 	// Out of time (or the caller went away): interrupt, and keep the session if the
 	// kernel comes back. A release meanwhile cuts the grace short.
-	if serr := l.task.Signal(syscall.SIGINT); serr != nil {
-		d.log.Warn("interrupt failed", "worker", w.id, "err", serr)
-	}
 	graceCtx, cancelGrace := context.WithTimeout(context.WithoutCancel(ctx), interruptGrace)
 	defer cancelGrace()
 	stop := context.AfterFunc(s.ended, cancelGrace)
 	defer stop()
-	res, werr := call.Wait(graceCtx)
+	res, werr := d.interrupt(graceCtx, w.id, l.task, call)
 	preserved := werr == nil
 	if !preserved && s.ended.Err() == nil {
 		d.dropWorker(ctx, s, "kernel ignored the interrupt")
@@ -327,6 +344,80 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout
 	}
 	return nil, &api.Problem{Kind: api.Timeout, Detail: detail,
 		Fields: partialFields(w.id, res, map[string]any{"state_preserved": preserved})}
+}
+
+// interruptEvery is how often a kernel that has not stopped is sent SIGINT again.
+var interruptEvery = 250 * time.Millisecond
+
+// interrupt sends SIGINT until the kernel is idle or ctx ends. Once is not always enough: a
+// signal that lands as the code is sent, before the agent runs it, is ignored (the agent
+// never interrupts itself), and the code would run on.
+func (d *Daemon) interrupt(ctx context.Context, workerID string, t task, call kernelCall) (*agent.Result, error) {
+	for {
+		if err := t.Signal(syscall.SIGINT); err != nil {
+			d.log.Warn("interrupt failed", "worker", workerID, "err", err)
+		}
+		waitCtx, cancel := context.WithTimeout(ctx, interruptEvery)
+		res, err := call.Wait(waitCtx)
+		cancel()
+		if err == nil || ctx.Err() != nil || errors.Is(err, agent.ErrClosed) {
+			return res, err
+		}
+	}
+}
+
+// interrupter is a streamed call's interrupt, asked for by its caller: SIGINT to the
+// kernel while the call runs, nothing once it ended.
+type interrupter struct {
+	task  task
+	log   *slog.Logger
+	mu    sync.Mutex
+	ended bool
+	asked bool
+}
+
+func (i *interrupter) interrupt() {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.ended {
+		return
+	}
+	i.asked = true
+	// The agent ignores a SIGINT that arrives after user code ended: one racing the
+	// call's end does no harm.
+	if err := i.task.Signal(syscall.SIGINT); err != nil {
+		i.log.Warn("interrupt failed", "err", err)
+	}
+}
+
+// end makes later interrupts do nothing; one in progress has finished when it returns.
+func (i *interrupter) end() {
+	if i == nil {
+		return
+	}
+	i.mu.Lock()
+	i.ended = true
+	i.mu.Unlock()
+}
+
+// stopped says whether the caller's interrupt ended the call: it asked, and the code
+// stopped with KeyboardInterrupt.
+func (i *interrupter) stopped(resp *api.ExecuteResponse) bool {
+	if i == nil {
+		return false
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.asked && resp.Error != nil && resp.Error.Ename == "KeyboardInterrupt"
+}
+
+// streamEvent is a piece of output as the API streams it.
+func streamEvent(e agent.Event) api.Event {
+	ev := api.Event{Type: e.Kind, Text: e.Text, Data: e.Data, ExecutionCount: e.ExecutionCount}
+	if e.Error != nil {
+		ev.Ename, ev.Evalue, ev.Traceback = e.Error.Ename, e.Error.Evalue, e.Error.Traceback
+	}
+	return ev
 }
 
 // kernelGone answers a call whose kernel connection dropped. When the task exited, the

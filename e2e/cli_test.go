@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +25,19 @@ func TestCLI(t *testing.T) {
 	}
 	if out, err := run("exec", "-u", user, "y"); err == nil || !strings.Contains(out, "NameError") {
 		t.Fatalf("exec of failing code: %q %v", out, err)
+	}
+	// --stream prints as the code runs; the exit status says how it ended.
+	if out, err := run("exec", "--stream", "-u", user, "import time\nprint('a', flush=True)\ntime.sleep(0.3)\nprint(x)"); err != nil || out != "a\n42\n" {
+		t.Fatalf("exec --stream: %q %v", out, err)
+	}
+	out, err := run("exec", "--stream", "-u", user, "y")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(out, "NameError") {
+		t.Fatalf("exec --stream of failing code: %q %v", out, err)
+	}
+	if out, err := run("exec", "--stream", "--json", "-u", user, "print(1)"); err != nil ||
+		!strings.Contains(out, `{"type":"stdout","text":"1\n"}`) || !strings.Contains(out, `"type":"done","status":"ok"`) {
+		t.Fatalf("exec --stream --json: %q %v", out, err)
 	}
 	local := filepath.Join(t.TempDir(), "in.txt")
 	os.WriteFile(local, []byte("from the cli\n"), 0o644)

@@ -119,6 +119,12 @@ func checkPrerequisites() error {
 			return fmt.Errorf("%s is not set", name)
 		}
 	}
+	// Clients we did not write, driving the API as users' tools do.
+	for _, tool := range []string{"curl"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s is not installed (make deps installs it): %w", tool, err)
+		}
+	}
 	for _, f := range []string{env.archive, env.bin, env.containerd} {
 		if _, err := os.Stat(f); err != nil {
 			return err

@@ -30,7 +30,8 @@ type Task struct {
 	Pid    uint32
 	exited <-chan Exit
 
-	pidfd int // for signals that need no containerd; -1 if it could not be opened
+	mu    sync.Mutex // pidfd: a signal never races its close (and a reuse of the number)
+	pidfd int        // for signals that need no containerd; -1 if it could not be opened
 }
 
 // Exited delivers how the task ended, once, and is then closed; it is closed without a
@@ -42,6 +43,8 @@ func (t *Task) Exited() <-chan Exit { return t.exited }
 // not need containerd, so a timed-out call can be interrupted while containerd restarts,
 // and it cannot reach another process that took over the pid.
 func (t *Task) Signal(sig syscall.Signal) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.pidfd < 0 {
 		return fmt.Errorf("signal task %s: no pidfd", t.ID)
 	}
@@ -53,6 +56,8 @@ func (t *Task) Signal(sig syscall.Signal) error {
 
 // release closes the task's pidfd.
 func (t *Task) release() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.pidfd >= 0 {
 		unix.Close(t.pidfd)
 		t.pidfd = -1

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the host packages codebox needs, when any is missing (Debian 12).
 set -eu
-pkgs="containerd runc containernetworking-plugins iptables iproute2 mmdebstrap e2fsprogs docker-registry systemd systemd-container util-linux shellcheck
+pkgs="containerd runc containernetworking-plugins iptables iproute2 mmdebstrap e2fsprogs docker-registry systemd systemd-container util-linux shellcheck curl
 python3 python3-ipython python3-websockets python3-tornado python3-matplotlib-inline python3-matplotlib"
 missing=""
 for p in $pkgs; do

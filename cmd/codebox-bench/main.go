@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -47,6 +48,7 @@ type options struct {
 	codeboxd, containerd, image, archive, out string
 	profile                                   bool
 	users, requests, single, warm, cold       int
+	firstPrint                                int
 	rounds                                    int
 	budgetMB                                  int
 	workerCPU                                 float64
@@ -64,6 +66,7 @@ func main() {
 	flag.IntVar(&o.requests, "requests", 100, "seed scenario: stateful requests per user")
 	flag.IntVar(&o.rounds, "rounds", 3, "seed scenario: rounds of API then direct; the median round by API req/s is reported")
 	flag.IntVar(&o.single, "single", 1000, "single-session trivial executes")
+	flag.IntVar(&o.firstPrint, "first-print", 100, "streamed cells whose first print is timed, per transport")
 	flag.IntVar(&o.warm, "warm", 30, "new sessions from a warm pool")
 	flag.IntVar(&o.cold, "cold", 10, "new sessions from an empty pool")
 	flag.IntVar(&o.budgetMB, "budget-mb", 16384, "memory budget for the density figure")
@@ -78,7 +81,10 @@ func main() {
 }
 
 func run(o options) error {
-	ctx, cancel := context.WithTimeout(context.Background(), o.deadline)
+	// Interrupted, it still stops its daemons and removes what it made.
+	sigCtx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(sigCtx, o.deadline)
 	defer cancel()
 	state, err := os.MkdirTemp("", "codebox-bench-")
 	if err != nil {
@@ -124,6 +130,11 @@ func run(o options) error {
 		func(s api.Status) bool { return s.IdleWorkers >= 5 && s.CreatingWorkers == 0 }))
 	rep.Results = append(rep.Results, bench.Single(ctx, d.client, "single", o.single))
 	d.client.Release(ctx, "single")
+	for _, via := range []string{"websocket", "sse"} {
+		if o.firstPrint > 0 {
+			rep.Results = append(rep.Results, bench.FirstPrint(ctx, d.client, d.url, d.token, "first-print-"+via, via, o.firstPrint))
+		}
+	}
 	if _, err := bench.WaitIdle(ctx, d.client, 5); err != nil {
 		return err
 	}
@@ -199,6 +210,8 @@ func seedRounds(ctx context.Context, o options, d *daemonProc, rep *bench.Report
 // daemonProc is a codeboxd this command started.
 type daemonProc struct {
 	cmd     *exec.Cmd
+	url     string
+	token   string
 	client  *api.Client
 	startup time.Duration
 	done    chan error
@@ -223,7 +236,8 @@ func start(ctx context.Context, o options, state string, flags []string) (*daemo
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	d := &daemonProc{cmd: cmd, client: api.NewClient("http://127.0.0.1:"+port, token), done: make(chan error, 1)}
+	url := "http://127.0.0.1:" + port
+	d := &daemonProc{cmd: cmd, url: url, token: token, client: api.NewClient(url, token), done: make(chan error, 1)}
 	go func() { d.done <- cmd.Wait(); logf.Close() }()
 	for {
 		if resp, err := http.Get("http://127.0.0.1:" + port + "/healthz"); err == nil {

@@ -1,6 +1,7 @@
 // Command codebox is the command-line client of codeboxd.
 //
 //	codebox exec -u USER 'print(1)'          run code (or '-' for standard input)
+//	codebox exec --stream -u USER CODE       print output as it arrives (Ctrl-C interrupts)
 //	codebox release -u USER                  end a session
 //	codebox status                           pool counts
 //	codebox token                            print the API token from the state dir
@@ -22,6 +23,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strings"
 	"time"
 
@@ -31,7 +33,10 @@ import (
 const usage = `usage: codebox [--url URL] [--state-dir DIR] COMMAND [ARGS]
 
 commands:
-  exec -u USER [--timeout SECONDS] [--json] CODE|-   run code in USER's session
+  exec -u USER [--timeout SECONDS] [--json] [--stream] CODE|-
+                                                      run code in USER's session; --stream
+                                                      prints output as it arrives (with
+                                                      --json: one event per line)
   release -u USER                                     destroy USER's session
   status                                              show the worker pool
   token                                               print the API token
@@ -112,7 +117,8 @@ func execCmd(ctx context.Context, c *api.Client, args []string, stdout io.Writer
 	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
 	user := fs.String("u", "", "user_uuid")
 	timeout := fs.Float64("timeout", 0, "execution limit in seconds (0: the daemon's default)")
-	asJSON := fs.Bool("json", false, "print the whole JSON response")
+	asJSON := fs.Bool("json", false, "print the whole JSON response (with --stream: each event)")
+	stream := fs.Bool("stream", false, "print output as it arrives; Ctrl-C interrupts the code")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -126,6 +132,13 @@ func execCmd(ctx context.Context, c *api.Client, args []string, stdout io.Writer
 			return err
 		}
 		code = string(b)
+	}
+	if *stream {
+		req := api.ExecuteRequest{Code: code}
+		if *timeout > 0 {
+			req.Timeout = timeout
+		}
+		return streamExec(ctx, c, *user, req, *asJSON, stdout)
 	}
 	resp, err := c.Execute(ctx, *user, code, time.Duration(*timeout*float64(time.Second)))
 	if err != nil {
@@ -154,6 +167,62 @@ func execCmd(ctx context.Context, c *api.Client, args []string, stdout io.Writer
 		return &api.Error{Status: 400, Detail: resp.Detail}
 	}
 	return nil
+}
+
+// streamExec prints a call's events as they arrive. Ctrl-C closes the stream, which
+// interrupts the code; the session keeps its state.
+func streamExec(ctx context.Context, c *api.Client, user string, req api.ExecuteRequest, asJSON bool, stdout io.Writer) error {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
+	defer stop()
+	enc := json.NewEncoder(stdout)
+	enc.SetEscapeHTML(false)
+	raised := false
+	for e, err := range c.Stream(ctx, user, req) {
+		if err != nil {
+			if ctx.Err() != nil {
+				return errors.New("interrupted")
+			}
+			return err
+		}
+		if asJSON {
+			if err := enc.Encode(e); err != nil {
+				return err
+			}
+		}
+		switch e.Type {
+		case api.EventStdout:
+			if !asJSON {
+				fmt.Fprint(stdout, e.Text)
+			}
+		case api.EventStderr:
+			if !asJSON {
+				fmt.Fprint(os.Stderr, e.Text)
+			}
+		case api.EventResult, api.EventDisplay:
+			if raw, ok := e.Data["text/plain"]; ok && !asJSON {
+				var s string
+				if json.Unmarshal(raw, &s) == nil {
+					fmt.Fprintln(stdout, s)
+				}
+			}
+		case api.EventError:
+			raised = raised || e.Ename != api.ProtocolError
+			if !asJSON {
+				fmt.Fprintln(os.Stderr, strings.Join(e.Traceback, "\n"))
+			}
+		case api.EventDone:
+			switch e.Status {
+			case api.DoneOK:
+				return nil
+			case api.DoneError:
+				if raised { // the code's own exception: exit status 1, as without --stream
+					return &api.Error{Status: 400, Detail: e.Detail}
+				}
+			}
+			return fmt.Errorf("%s: %s", e.Status, e.Detail)
+		}
+	}
+	return errors.New("stream ended without an answer")
 }
 
 func filesCmd(ctx context.Context, c *api.Client, args []string, stdout io.Writer) error {

@@ -189,9 +189,10 @@ func serve(cfg config) error {
 	// Connections beyond this wait in the listen queue: thousands of callers trickling
 	// bodies cost a goroutine and a descriptor each.
 	ln = netutil.LimitListener(ln, maxAPIConnections)
+	handler := api.NewHandler(d, api.ServerConfig{Token: token, CORSOrigins: cfg.corsOrigins(), Log: log,
+		MaxFileBytes: int64(cfg.MaxFileMB) << 20, FileTimeout: cfg.FileTimeout, MaxExecTimeout: cfg.MaxExecTimeout})
 	srv := &http.Server{
-		Handler: api.NewHandler(d, api.ServerConfig{Token: token, CORSOrigins: cfg.corsOrigins(), Log: log,
-			MaxFileBytes: int64(cfg.MaxFileMB) << 20, FileTimeout: cfg.FileTimeout, MaxExecTimeout: cfg.MaxExecTimeout}),
+		Handler: handler,
 		// The handlers set the body and answer deadlines of each call (api.ServerConfig); the
 		// server bounds what comes before and between calls.
 		ReadHeaderTimeout: 10 * time.Second,
@@ -221,9 +222,13 @@ func serve(cfg config) error {
 	}
 	shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// The websockets finish their running calls meanwhile; Shutdown does not wait for them.
+	streamsDone := make(chan struct{})
+	go func() { handler.Shutdown(shutCtx); close(streamsDone) }()
 	if serr := srv.Shutdown(shutCtx); serr != nil && !errors.Is(serr, http.ErrServerClosed) {
 		log.Warn("API shutdown", "err", serr)
 	}
+	<-streamsDone
 	if cerr := d.Close(shutCtx); cerr != nil {
 		err = errors.Join(err, cerr)
 	}

@@ -140,6 +140,10 @@ class Request:
         self.conn = conn
         self.header = msg["header"]
         self.budget = Budget(max_output)
+        # A client that streams the call to a person (codebox_stream, an extension of
+        # execute_request) wants the first line now, not at the end of a flush period.
+        content = msg.get("content")
+        self.stream = isinstance(content, dict) and content.get("codebox_stream") is True
 
 
 class Agent:
@@ -202,13 +206,24 @@ class Agent:
 
     def flusher(self):
         """Thread: while code runs, sends what gathered within a period, so output streams
-        without a frame per print()."""
+        without a frame per print(). For a streamed call, output after a quiet period
+        leaves at once and only what follows it within the period is gathered; otherwise
+        the period always passes first, so a short execute's frames still leave in one
+        write at its end."""
+        last = 0.0
         while True:
             self.flush_wanted.wait()
-            time.sleep(STREAM_FLUSH_SECONDS)
+            with self.lock:
+                req = self.current
+            wait = STREAM_FLUSH_SECONDS
+            if req is not None and req.stream:
+                wait = last + STREAM_FLUSH_SECONDS - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
             self.flush_wanted.clear()
             with self.lock:
                 self.flush_armed = False
+            last = time.monotonic()
             try:
                 self.flush()
                 self.deliver()

@@ -173,6 +173,17 @@ class ExecuteTest(AgentTest):
         self.assertEqual(stdout(frames), "early\nlate\n")
         self.assertLess(streams[0]["t"], idle_at - 0.5, "first output was held back until the end")
 
+    def test_streamed_call_sends_at_once_then_gathers(self):
+        # codebox_stream: the first line leaves at once, the rest a frame per flush period,
+        # never a frame per print.
+        code = "import time\nprint('first', flush=True)\ntime.sleep(0.5)\nfor i in range(200):\n    print(i)\n    time.sleep(0.001)"
+        frames = self.session.request("execute_request", {"code": code, "codebox_stream": True})
+        streams = of_type(frames, "stream")
+        self.assertEqual(stdout(frames), "first\n" + "".join(f"{i}\n" for i in range(200)))
+        self.assertEqual(streams[0]["content"]["text"], "first\n")
+        self.assertLess(streams[0]["t"], frames[-1]["t"] - 0.5, "first output was held back")
+        self.assertLess(len(streams), 50, "a frame per print")
+
     def test_stderr_and_stdout_are_separate(self):
         frames = self.session.execute("import sys\nprint('o')\nprint('e', file=sys.stderr)")
         names = {f["content"]["name"]: f["content"]["text"] for f in of_type(frames, "stream")}

@@ -1,0 +1,336 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"time"
+)
+
+// Event is one message of a streamed execute: the websocket of GET /api/v1/stream, or the
+// server-sent events of POST /api/v1/execute with Accept: text/event-stream. A call's
+// events come in order, each with its id: stdout and stderr (Text), display (Data), result
+// (Data, ExecutionCount), error (Ename, Evalue, Traceback), then exactly one done. An
+// error event with Ename "ProtocolError" answers a message the stream could not take.
+type Event struct {
+	Type string `json:"type"`
+	ID   string `json:"id,omitempty"`
+
+	Text           string                     `json:"text,omitempty"`
+	Data           map[string]json.RawMessage `json:"data,omitempty"`
+	ExecutionCount int                        `json:"execution_count,omitempty"`
+	Ename          string                     `json:"ename,omitempty"`
+	Evalue         string                     `json:"evalue,omitempty"`
+	Traceback      []string                   `json:"traceback,omitempty"`
+
+	// done: how the call ended (Done*), whether the session kept its state, how much
+	// output did not reach the caller, whether the call created the session; Detail says
+	// more when it did not end well.
+	Status         string  `json:"status,omitempty"`
+	StatePreserved bool    `json:"state_preserved,omitempty"`
+	DurationMS     float64 `json:"duration_ms,omitempty"`
+	DroppedBytes   int64   `json:"dropped_bytes,omitempty"`
+	NewSession     bool    `json:"new_session,omitempty"`
+	WorkerID       string  `json:"worker_id,omitempty"`
+	Detail         string  `json:"detail,omitempty"`
+}
+
+// Event types.
+const (
+	EventStdout  = "stdout"
+	EventStderr  = "stderr"
+	EventDisplay = "display"
+	EventResult  = "result"
+	EventError   = "error"
+	EventDone    = "done"
+)
+
+// Statuses of a done event.
+const (
+	DoneOK          = "ok"
+	DoneError       = "error"
+	DoneTimeout     = "timeout"
+	DoneInterrupted = "interrupted"
+	DoneDied        = "died"
+	DoneBusy        = "busy"
+)
+
+// ProtocolError is the Ename of an error event that answers a message the stream could not
+// take (not JSON, an unknown type, a missing or repeated id).
+const ProtocolError = "ProtocolError"
+
+// MarshalJSON writes a done event with all its fields, and others without empty ones.
+func (e Event) MarshalJSON() ([]byte, error) {
+	type plain Event
+	if e.Type != EventDone {
+		return json.Marshal(plain(e))
+	}
+	return json.Marshal(struct {
+		Type           string  `json:"type"`
+		ID             string  `json:"id,omitempty"`
+		Status         string  `json:"status"`
+		StatePreserved bool    `json:"state_preserved"`
+		ExecutionCount int     `json:"execution_count"`
+		DurationMS     float64 `json:"duration_ms"`
+		DroppedBytes   int64   `json:"dropped_bytes"`
+		NewSession     bool    `json:"new_session"`
+		WorkerID       string  `json:"worker_id,omitempty"`
+		Detail         string  `json:"detail,omitempty"`
+	}{e.Type, e.ID, e.Status, e.StatePreserved, e.ExecutionCount, e.DurationMS, e.DroppedBytes, e.NewSession, e.WorkerID, e.Detail})
+}
+
+// size is what an event holds of the caller's output: what a stream's buffer counts.
+func (e Event) size() int64 {
+	n := len(e.Text) + len(e.Evalue) + len(e.Ename)
+	for k, v := range e.Data {
+		n += len(k) + len(v)
+	}
+	for _, l := range e.Traceback {
+		n += len(l)
+	}
+	return int64(n)
+}
+
+// Streamer is an Output that also takes what a call produces as it happens.
+type Streamer interface {
+	Output
+	// Stream receives the call's output as it arrives, in order. It must not block: a
+	// caller that reads slowly has its output dropped (and counted), never waited for.
+	Stream(Event)
+	// Started hands over the call's interrupt (SIGINT to its kernel) once the code was
+	// sent; the interrupt does nothing after the call ended.
+	Started(interrupt func())
+}
+
+// doneEvent says how a call ended: its answer, or the failure that ended it.
+func doneEvent(id string, resp *ExecuteResponse, err error) Event {
+	e := Event{Type: EventDone, ID: id}
+	var p *Problem
+	var he *Error
+	switch {
+	case err == nil:
+		e.Status, e.StatePreserved = DoneOK, true
+		if resp.Error != nil {
+			e.Status, e.Detail = DoneError, resp.Detail
+		}
+		if resp.Interrupted {
+			e.Status = DoneInterrupted
+		}
+		e.ExecutionCount, e.DurationMS, e.NewSession, e.WorkerID = resp.ExecutionCount, resp.DurationMS, resp.NewSession, resp.WorkerID
+		e.DroppedBytes = resp.DroppedBytes
+	case errors.As(err, &p):
+		e.Detail = p.Detail
+		switch p.Kind {
+		case Timeout:
+			e.Status = DoneTimeout
+			e.StatePreserved, _ = p.Fields["state_preserved"].(bool)
+		case Busy:
+			e.Status, e.StatePreserved = DoneBusy, true
+		case Lost:
+			e.Status = DoneDied
+		case Internal:
+			e.Status, e.StatePreserved, e.Detail = DoneError, true, "internal error"
+		default:
+			e.Status, e.StatePreserved = DoneError, true
+		}
+		e.WorkerID, _ = p.Fields["worker_id"].(string)
+	case errors.As(err, &he):
+		e.Status, e.StatePreserved, e.Detail = DoneError, true, he.Detail
+		if he.Status >= 500 {
+			e.Status = DoneBusy
+		}
+	default:
+		e.Status, e.StatePreserved, e.Detail = DoneError, true, "internal error"
+	}
+	return e
+}
+
+// Bounds of a stream (per websocket or server-sent event stream).
+const (
+	// outputBufferBytes is how much output waits for a slow reader; past it, output is
+	// dropped and counted in its call's done.dropped_bytes. One event is let through
+	// whatever its size when nothing waits, so a reader that keeps up gets a large image.
+	outputBufferBytes = 1 << 20
+	// maxNotes bounds the other events waiting (done, protocol errors): a client that
+	// sends bad messages and does not read the answers is disconnected.
+	maxNotes = 64
+)
+
+// outbox queues a stream's events for its writer, bounded (see outputBufferBytes).
+type outbox struct {
+	mu      sync.Mutex
+	queue   []queued
+	bytes   int64 // output waiting
+	notes   int   // other events waiting
+	dropped map[string]int64
+	wake    chan struct{}
+	closed  bool
+}
+
+type queued struct {
+	e      Event
+	output bool
+}
+
+func newOutbox() *outbox {
+	return &outbox{dropped: map[string]int64{}, wake: make(chan struct{}, 1)}
+}
+
+// output queues a piece of a call's output, or drops and counts it when too much waits.
+func (o *outbox) output(e Event) {
+	n := e.size()
+	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		return
+	}
+	if o.bytes > 0 && o.bytes+n > outputBufferBytes {
+		o.dropped[e.ID] += n
+		o.mu.Unlock()
+		return
+	}
+	o.bytes += n
+	o.queue = append(o.queue, queued{e, true})
+	o.mu.Unlock()
+	o.signal()
+}
+
+// note queues an event that is not output; false when too many wait already (the reader
+// is gone or does not read).
+func (o *outbox) note(e Event) bool {
+	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		return true
+	}
+	if o.notes >= maxNotes && e.Type != closeEvent {
+		o.mu.Unlock()
+		return false
+	}
+	if e.Type == EventDone { // what was dropped of the call, and nothing more is
+		e.DroppedBytes += o.dropped[e.ID]
+		delete(o.dropped, e.ID)
+	}
+	o.notes++
+	o.queue = append(o.queue, queued{e, false})
+	o.mu.Unlock()
+	o.signal()
+	return true
+}
+
+func (o *outbox) signal() {
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+}
+
+// next waits for the next event; false when the outbox is closed and empty, or ctx ended.
+// A tick of idle while nothing waits returns with the third result true (the writer's
+// keep-alive).
+func (o *outbox) next(ctx context.Context, idle <-chan time.Time) (Event, bool, bool) {
+	for {
+		o.mu.Lock()
+		if len(o.queue) > 0 {
+			q := o.queue[0]
+			o.queue[0] = queued{}
+			o.queue = o.queue[1:]
+			if q.output {
+				o.bytes -= q.e.size()
+			} else {
+				o.notes--
+			}
+			o.mu.Unlock()
+			return q.e, true, false
+		}
+		closed := o.closed
+		o.mu.Unlock()
+		if closed {
+			return Event{}, false, false
+		}
+		select {
+		case <-o.wake:
+		case <-idle:
+			return Event{}, true, true
+		case <-ctx.Done():
+			return Event{}, false, false
+		}
+	}
+}
+
+// close lets the writer finish what is queued; nothing more is taken.
+func (o *outbox) close() {
+	o.mu.Lock()
+	o.closed = true
+	o.mu.Unlock()
+	o.signal()
+}
+
+// streamCall is the Output of one streamed call: its output goes to the outbox as it
+// arrives, its answer as the done event.
+type streamCall struct {
+	id  string
+	box *outbox
+	// cancel ends the call's context: an interrupt before the code runs stops the call
+	// waiting for its session or its worker.
+	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	stop   func() // the kernel's interrupt, once the code was sent
+	early  bool   // interrupted before the code was sent
+	closed bool   // done was queued
+}
+
+// errNotReading: a stream's client does not read its answers (see maxNotes).
+var errNotReading = errors.New("the client does not read its answers")
+
+func (c *streamCall) Stream(e Event) {
+	e.ID = c.id
+	c.box.output(e)
+}
+
+func (c *streamCall) Started(interrupt func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stop = interrupt
+}
+
+// interrupt stops the call: SIGINT to its kernel once the code was sent, or, before that,
+// the call's end without running it.
+func (c *streamCall) interrupt() {
+	c.mu.Lock()
+	stop := c.stop
+	if stop == nil && !c.closed {
+		c.early = true
+	}
+	c.mu.Unlock()
+	if stop != nil {
+		stop()
+		return
+	}
+	c.cancel()
+}
+
+func (c *streamCall) Reply(ctx context.Context, resp *ExecuteResponse, err error) error {
+	c.mu.Lock()
+	early := c.early
+	c.closed = true
+	c.mu.Unlock()
+	e := doneEvent(c.id, resp, err)
+	if early && err != nil && e.Status != DoneDied {
+		// Stopped by cancelling the call: while it waited (nothing of the session was
+		// touched), or as its code was sent (the kernel was interrupted as on a timeout).
+		e.Detail = "interrupted before the code ran"
+		if e.Status == DoneTimeout {
+			e.Detail = "interrupted as the code started"
+		} else {
+			e.StatePreserved = true
+		}
+		e.Status = DoneInterrupted
+	}
+	if !c.box.note(e) {
+		return errNotReading
+	}
+	return nil
+}
