@@ -167,16 +167,33 @@ assert p.returncode == 0, p.stderr
 assert docx.Document("/sandbox/node.docx").paragraphs[0].text == "made by node"
 print("node docx ok")
 `},
-		{"TypeScript by ts-node", `
+		{"TypeScript: tsx runs it, tsc finds a type error", `
 import subprocess
 open("/sandbox/t.ts", "w").write('''
 interface Point { x: number; y: number }
 const norm = (p: Point): number => Math.sqrt(p.x * p.x + p.y * p.y);
 console.log("norm", norm({ x: 3, y: 4 }));
 ''')
-p = subprocess.run(["ts-node", "/sandbox/t.ts"], capture_output=True, text=True, timeout=180, cwd="/sandbox")
+p = subprocess.run(["tsx", "/sandbox/t.ts"], capture_output=True, text=True, timeout=180, cwd="/sandbox")
 assert p.returncode == 0 and "norm 5" in p.stdout, p.stdout + p.stderr
-print(p.stdout)
+open("/sandbox/bad.ts", "w").write("const n: number = 'five';\n")
+c = subprocess.run(["tsc", "--noEmit", "/sandbox/bad.ts"], capture_output=True, text=True, timeout=180, cwd="/sandbox")
+assert c.returncode != 0 and "TS2322" in c.stdout, c.stdout + c.stderr
+print(p.stdout, "tsc:", c.stdout.strip())
+`},
+		{"pypinyin, Faker and a MoviePy clip", `
+from pypinyin import lazy_pinyin
+assert lazy_pinyin("中文") == ["zhong", "wen"], lazy_pinyin("中文")
+from faker import Faker
+fake = Faker("zh_CN"); Faker.seed(1)
+assert fake.name()
+from moviepy import ColorClip
+ColorClip(size=(64, 48), color=(255, 0, 0), duration=1).write_videofile("/sandbox/red.mp4", fps=10, logger=None)
+import subprocess
+probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=width,height", "-of", "csv=p=0",
+                        "/sandbox/red.mp4"], capture_output=True, text=True, timeout=60).stdout.strip()
+assert probe == "64,48", probe
+print("pinyin", lazy_pinyin("中文"), "faker", fake.name(), "clip", probe)
 `},
 		{"Chromium screenshot via playwright-core", `
 import subprocess

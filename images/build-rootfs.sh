@@ -1,22 +1,31 @@
 #!/bin/sh
 # Builds the base root filesystem of a worker image as a tar, from Debian packages, with
-# mmdebstrap and the host's own apt sources (no mirror host is named in this project).
+# mmdebstrap, from the mirror in the host's apt sources (no mirror host is named in this project).
 # usage: build-rootfs.sh OUT.tar PACKAGES_FILE...
 set -eu
 out=$1
 shift
-suite=bookworm
+# The images' Debian release is the recipe's choice, not the host's: trixie's Node.js 20 is
+# supported upstream (bookworm's 18 is not) and its Python is 3.13.
+suite=trixie
 
-# The host's active Debian source files for $suite. mmdebstrap pastes a MIRROR argument that
-# is an existing file into the chroot's sources list.
+# The mirror is the host's: its active apt source files, with the host's release names
+# (bookworm, bookworm-updates, bookworm-security) changed to $suite. mmdebstrap pastes a
+# MIRROR argument that is an existing file into the chroot's sources (deb822 when the name
+# ends in .sources).
+host=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+[ -n "$host" ] || { echo "build-rootfs: /etc/os-release names no Debian release" >&2; exit 1; }
+srcdir=$(mktemp -d)
+trap 'rm -rf "$srcdir"' EXIT
 sources=""
 for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
 	[ -s "$f" ] || continue
-	if grep -Eq "(^|[[:space:]])$suite(-updates|-security)?([[:space:]]|\$)" "$f"; then
-		sources="$sources $f"
-	fi
+	grep -Eq "(^|[[:space:]])$host(-updates|-security)?([[:space:]]|\$)" "$f" || continue
+	copy="$srcdir/$(basename "$f")"
+	sed -E "/^(Suites:|deb(-src)?[[:space:]])/ s/\b$host(-updates|-security|-backports)?\b/$suite\1/g" "$f" >"$copy"
+	sources="$sources $copy"
 done
-[ -n "$sources" ] || { echo "build-rootfs: no apt source for $suite on this host" >&2; exit 1; }
+[ -n "$sources" ] || { echo "build-rootfs: no apt source for $host on this host to take the mirror from" >&2; exit 1; }
 
 include=$(cat "$@" | grep -v '^#' | grep -v '^[[:space:]]*$' | sort -u | paste -sd, -)
 

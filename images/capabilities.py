@@ -8,6 +8,7 @@ there, and says plainly what is absent and why. It needs only the standard libra
 import importlib.metadata
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -157,6 +158,12 @@ def main():
         ("Node.js packages (global, NODE_PATH)", npm_rows()),
         ("OCR languages and fonts", data_rows()),
     ]
+    try:
+        with open("/etc/os-release") as f:
+            system = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line).get("PRETTY_NAME", "?").strip('"')
+    except OSError:
+        system = "?"
+    print(f"Built on {system}, Python {platform.python_version()}.\n")
     rows = [r for _, rs in sections for r in rs]
     absent = [r for r in rows if r[2] != "yes"]
     print(f"{len(rows) - len(absent)} of {len(rows)} capabilities present; absent: "

@@ -41,7 +41,10 @@ import uuid
 
 from websockets.frames import OP_BINARY, OP_CONT, OP_TEXT
 from websockets import http11
-from websockets.server import ServerConnection
+try:
+    from websockets.server import ServerProtocol
+except ImportError:  # websockets < 11 (Debian 12, where the agent's unit tests run)
+    from websockets.server import ServerConnection as ServerProtocol
 
 PROTOCOL_VERSION = "5.3"
 AGENT_VERSION = "0.1.0"
@@ -569,7 +572,7 @@ class Connection:
     def __init__(self, sock, expected):
         self.sock = sock
         self.expected = expected
-        self.ws = ServerConnection(max_size=MAX_MESSAGE_BYTES)
+        self.ws = ServerProtocol(max_size=MAX_MESSAGE_BYTES)
         self.parts = []  # fragments of a message split over frames
         self.closed = False
 

@@ -58,6 +58,6 @@ then
 	done
 else
 	for p in $(list "$recipe/pypi-packages"); do
-		echo "pypi $p: not packaged by Debian 12, and the package index ($index) did not answer at build time" >>"$notes"
+		echo "pypi $p: not packaged by Debian $(. /etc/os-release && echo "$VERSION_ID"), and the package index ($index) did not answer at build time" >>"$notes"
 	done
 fi
