@@ -114,6 +114,7 @@ type server struct {
 	// a count for the rest: under overload every request would otherwise write a line.
 	failures *sampler
 	streams  streams
+	limits   streamLimits
 }
 
 // defaultWriteTimeout bounds writing an answer to a caller that reads slowly.
@@ -164,7 +165,7 @@ func NewHandler(b Backend, cfg ServerConfig) *Handler {
 		cfg.BodyReadTimeout = time.Minute
 	}
 	s := &server{b: b, cfg: cfg, token: []byte(cfg.Token), log: cfg.Log,
-		failures: newSampler(cfg.Log, failureLogInterval, failureLogBurst)}
+		failures: newSampler(cfg.Log, failureLogInterval, failureLogBurst), limits: currentStreamLimits()}
 	handlers := map[string]handlerFunc{
 		"GET /healthz":         s.healthz,
 		"GET /openapi.json":    serveOpenAPI,

@@ -55,6 +55,18 @@ var (
 	maxStreams = 1024
 )
 
+// streamLimits are those bounds as a handler took them when it was made: a socket's
+// goroutines outlive its test's server, so they must not read the variables a later test
+// changes.
+type streamLimits struct {
+	auth, ping, idle time.Duration
+	max              int
+}
+
+func currentStreamLimits() streamLimits {
+	return streamLimits{auth: authTimeout, ping: pingInterval, idle: streamIdle, max: maxStreams}
+}
+
 // clientMessage is what a client sends on the socket.
 type clientMessage struct {
 	Type     string   `json:"type"`
@@ -107,9 +119,9 @@ func (s *server) stream(w http.ResponseWriter, r *http.Request) error {
 		}
 		authed = true
 	}
-	if s.streams.count() >= maxStreams {
+	if s.streams.count() >= s.limits.max {
 		return &Error{Status: http.StatusServiceUnavailable, RetryAfter: 5 * time.Second,
-			Detail: fmt.Sprintf("%d streams are open, the most codeboxd keeps", maxStreams)}
+			Detail: fmt.Sprintf("%d streams are open, the most codeboxd keeps", s.limits.max)}
 	}
 	up := websocket.Upgrader{
 		CheckOrigin: s.originAllowed,
@@ -177,7 +189,7 @@ func (st *wsStream) serve(authed bool) {
 
 // authenticate waits for the auth message of a socket whose request had no token.
 func (st *wsStream) authenticate() bool {
-	st.conn.SetReadDeadline(time.Now().Add(authTimeout))
+	st.conn.SetReadDeadline(time.Now().Add(st.s.limits.auth))
 	data, err := st.readMessage(maxAuthMessage)
 	if err != nil {
 		var ne interface{ Timeout() bool }
@@ -479,7 +491,7 @@ func (st *wsStream) writeEvent(e Event) error {
 
 // ping keeps the socket alive and finds clients that went away without closing it.
 func (st *wsStream) ping() {
-	t := time.NewTicker(pingInterval)
+	t := time.NewTicker(st.s.limits.ping)
 	defer t.Stop()
 	for {
 		select {
@@ -487,10 +499,10 @@ func (st *wsStream) ping() {
 			return
 		case <-t.C:
 			st.mu.Lock()
-			idle := len(st.calls) == 0 && time.Since(st.active) > streamIdle
+			idle := len(st.calls) == 0 && time.Since(st.active) > st.s.limits.idle
 			st.mu.Unlock()
 			if idle {
-				st.closeWith(websocket.CloseGoingAway, fmt.Sprintf("no call for %s", streamIdle))
+				st.closeWith(websocket.CloseGoingAway, fmt.Sprintf("no call for %s", st.s.limits.idle))
 				return
 			}
 			if err := st.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(eventWriteTimeout)); err != nil {
