@@ -148,6 +148,10 @@ type Result struct {
 	// (what the agent's budget dropped, and the client's cap).
 	Truncated    bool
 	DroppedBytes int64
+	// StateLost is set when the call's language interpreter (JavaScript, TypeScript or
+	// bash) ended or was killed during the call: its state is gone, the Python kernel's
+	// and the other languages' are not.
+	StateLost bool
 }
 
 // Output is one display_data or execute_result message.
@@ -174,6 +178,8 @@ type Error struct {
 	Ename     string   `json:"ename"`
 	Evalue    string   `json:"evalue"`
 	Traceback []string `json:"traceback"`
+	// ExitCode is a bash call's exit status when it was not 0 (Ename "ExitStatus").
+	ExitCode *int `json:"exit_code,omitempty"`
 }
 
 // Call is an execute request in flight.
@@ -188,7 +194,7 @@ type Call struct {
 // arrive outside any call. To interrupt the kernel and keep waiting, use Start, Call.Wait
 // and Finish.
 func (c *Client) Execute(ctx context.Context, code string) (*Result, error) {
-	call, err := c.Start(code, nil)
+	call, err := c.Start(code, "", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -204,20 +210,25 @@ func (c *Client) Execute(ctx context.Context, code string) (*Result, error) {
 // send has its own deadline, not the call's: a call whose time is up before the request
 // left is a timeout of the call, never a broken connection. sink, when not nil, gets each
 // piece of output as its frame arrives (what the output cap keeps of it), in order; it runs
-// on the connection's reader and must not block.
-func (c *Client) Start(code string, sink func(Event)) (*Call, error) {
-	return c.start(code, false, sink)
+// on the connection's reader and must not block. language is the interpreter ("" is
+// Python's IPython kernel; our agent also runs javascript, typescript and bash).
+func (c *Client) Start(code, language string, sink func(Event)) (*Call, error) {
+	return c.start(code, language, false, sink)
 }
 
-func (c *Client) start(code string, silent bool, sink func(Event)) (*Call, error) {
+func (c *Client) start(code, language string, silent bool, sink func(Event)) (*Call, error) {
 	c.callMu.Lock()
-	p, err := c.send("execute_request", map[string]any{
+	content := map[string]any{
 		"code": code, "silent": silent, "store_history": !silent,
 		"user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true,
 		// Our agent's extension: send the first output at once rather than gathering
 		// it for a flush period, for a caller watching it arrive.
 		"codebox_stream": sink != nil,
-	}, sink)
+	}
+	if language != "" {
+		content["language"] = language // our agent's extension too
+	}
+	p, err := c.send("execute_request", content, sink)
 	if err != nil {
 		c.callMu.Unlock()
 		return nil, err
@@ -268,7 +279,7 @@ func (call *Call) Finish() {
 // Check proves the kernel executes code: a silent execute (no history, no execution
 // count) that must come back ok.
 func (c *Client) Check(ctx context.Context) error {
-	call, err := c.start("pass", true, nil)
+	call, err := c.start("pass", "", true, nil)
 	if err != nil {
 		return err
 	}
@@ -349,6 +360,8 @@ type (
 		ExecutionCount int    `json:"execution_count"`
 		// The agent's own output cap dropped this much.
 		TruncatedBytes int64 `json:"codebox_truncated_bytes"`
+		// The call's language interpreter did not survive it (our agent's extension).
+		StateLost bool `json:"codebox_state_lost"`
 		Error
 	}
 )
@@ -432,6 +445,7 @@ func (p *pending) apply(msgType string, frame []byte) {
 		}
 		p.gotReply = true
 		r.ExecutionCount = c.ExecutionCount
+		r.StateLost = c.StateLost
 		r.Truncated = r.Truncated || c.TruncatedBytes > 0
 		r.DroppedBytes += max(c.TruncatedBytes, 0)
 		r.Status = "ok"

@@ -160,7 +160,7 @@ func TestWaitAfterDeadlineKeepsCollecting(t *testing.T) {
 		send("status", map[string]any{"execution_state": "idle"}, id)
 	}}
 	c := start(t, f, Options{})
-	call, err := c.Start("while True: pass", nil)
+	call, err := c.Start("while True: pass", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,7 +261,7 @@ func TestStartStreamsOutputInOrderWithinTheCap(t *testing.T) {
 	}}
 	c := start(t, f, Options{MaxOutputBytes: 2000})
 	var got []Event
-	call, err := c.Start("x", func(e Event) { got = append(got, e) })
+	call, err := c.Start("x", "", func(e Event) { got = append(got, e) })
 	if err != nil {
 		t.Fatal(err)
 	}

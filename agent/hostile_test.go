@@ -269,7 +269,7 @@ func TestExpiredDeadlineDoesNotBreakTheConnection(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Nanosecond)
 	defer cancel()
 	<-ctx.Done()
-	call, err := c.Start("1", nil)
+	call, err := c.Start("1", "", nil)
 	if err != nil {
 		t.Fatalf("start after the deadline: %v", err)
 	}

@@ -30,18 +30,27 @@ func NewClient(base, token string) *Client {
 	}
 }
 
-// Execute runs code in userUUID's session. Code that raised is not an error: the response
-// has Error set. Any other failure is an *Error with the daemon's status and detail.
+// Execute runs Python code in userUUID's session. Code that raised is not an error: the
+// response has Error set. Any other failure is an *Error with the daemon's status and detail.
 func (c *Client) Execute(ctx context.Context, userUUID, code string, timeout time.Duration) (*ExecuteResponse, error) {
 	req := ExecuteRequest{Code: code}
 	if timeout > 0 {
 		secs := timeout.Seconds()
 		req.Timeout = &secs
 	}
+	return c.Run(ctx, userUUID, req)
+}
+
+// Run is Execute with every field of the request (its language, say).
+func (c *Client) Run(ctx context.Context, userUUID string, req ExecuteRequest) (*ExecuteResponse, error) {
 	var resp ExecuteResponse
 	err := c.do(ctx, http.MethodPost, "/api/v1/execute", userQuery(userUUID), req, &resp, http.StatusOK, http.StatusBadRequest)
 	if err != nil {
 		return nil, err
+	}
+	// A 400 without an error object refused the request (an unknown language) before it ran.
+	if resp.Error == nil && resp.Detail != "" && resp.WorkerID == "" {
+		return nil, &Error{Status: http.StatusBadRequest, Detail: resp.Detail}
 	}
 	return &resp, nil
 }

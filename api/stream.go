@@ -23,6 +23,8 @@ type Event struct {
 	Ename          string                     `json:"ename,omitempty"`
 	Evalue         string                     `json:"evalue,omitempty"`
 	Traceback      []string                   `json:"traceback,omitempty"`
+	// ExitCode is a bash call's exit status when it was not 0 (error, Ename "ExitStatus").
+	ExitCode *int `json:"exit_code,omitempty"`
 
 	// done: how the call ended (Done*), whether the session kept its state, how much
 	// output did not reach the caller, whether the call created the session; Detail says
@@ -110,7 +112,7 @@ func doneEvent(id string, resp *ExecuteResponse, err error) Event {
 	var he *Error
 	switch {
 	case err == nil:
-		e.Status, e.StatePreserved = DoneOK, true
+		e.Status, e.StatePreserved = DoneOK, resp.StatePreserved == nil || *resp.StatePreserved
 		if resp.Error != nil {
 			e.Status, e.Detail = DoneError, resp.Detail
 		}

@@ -18,14 +18,14 @@ type ExecuteRequest struct {
 	// Timeout in seconds, more than 0 and at most the daemon's --max-exec-timeout; absent
 	// means its --exec-timeout.
 	Timeout *float64 `json:"timeout,omitempty"`
-	// Language is the interpreter: python (the default).
+	// Language is the interpreter: python (the default), javascript, typescript or bash.
 	Language string `json:"language,omitempty"`
 	// UserUUID may come in the body for clients of the older form.
 	UserUUID string `json:"user_uuid,omitempty"`
 }
 
 // Languages are the values ExecuteRequest.Language may have ("" is python).
-var Languages = []string{"python"}
+var Languages = []string{"python", "javascript", "typescript", "bash"}
 
 // Validate checks what the API can check of a request before it reaches a session;
 // maxTimeout (when not 0) is the daemon's --max-exec-timeout.
@@ -40,7 +40,7 @@ func (r *ExecuteRequest) Validate(maxTimeout time.Duration) error {
 		return Errorf(http.StatusUnprocessableEntity, "timeout must be at most %g seconds", maxTimeout.Seconds())
 	}
 	if r.Language != "" && !slices.Contains(Languages, r.Language) {
-		return Errorf(http.StatusUnprocessableEntity, "language must be one of %s", strings.Join(Languages, ", "))
+		return Errorf(http.StatusBadRequest, "unknown language %q: it must be one of %s", echo(r.Language), strings.Join(Languages, ", "))
 	}
 	return nil
 }
@@ -62,6 +62,9 @@ type ExecuteResponse struct {
 	Truncated  bool       `json:"truncated,omitempty"`
 	Detail     string     `json:"detail,omitempty"`
 	Error      *ExecError `json:"error,omitempty"`
+	// StatePreserved is false (and only then present) when the call's language
+	// interpreter ended or was killed during it: its state is lost, the others' are not.
+	StatePreserved *bool `json:"state_preserved,omitempty"`
 
 	// For a streamed call's done event: the caller's interrupt stopped the code (Error is
 	// its KeyboardInterrupt), and what the output cap dropped.
@@ -74,6 +77,8 @@ type ExecError struct {
 	Ename     string   `json:"ename"`
 	Evalue    string   `json:"evalue"`
 	Traceback []string `json:"traceback"`
+	// ExitCode is a bash call's exit status when it was not 0 (Ename "ExitStatus").
+	ExitCode *int `json:"exit_code,omitempty"`
 }
 
 // Status is the body of GET /api/v1/status.

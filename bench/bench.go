@@ -200,21 +200,73 @@ func Direct(ctx context.Context, conns []*agent.Client, requests int) *Result {
 	return summarize("seed scenario direct to agents (baseline)", lat, len(conns)*requests, ok, good, took, errs)
 }
 
-// Single measures n trivial executes of one session, one after another.
-func Single(ctx context.Context, c *api.Client, user string, n int) *Result {
+// trivial is, per language, a cell that sets a counter and one that steps it.
+var trivial = map[string][2]string{
+	"python":     {"x = 0", "x += 1; x"},
+	"javascript": {"let x = 0", "x += 1; x"},
+	"typescript": {"let x: number = 0", "x += 1; x"},
+	"bash":       {"x=0", "x=$((x + 1)); echo $x"},
+}
+
+// Single measures n trivial executes in language, one after another in one session.
+func Single(ctx context.Context, c *api.Client, user, language string, n int) *Result {
 	var lat []time.Duration
 	errs := map[string]int{}
-	c.Execute(ctx, user, "x = 0", 0)
+	cells := trivial[language]
+	run := func(code string) error {
+		req := api.ExecuteRequest{Code: code}
+		if language != "python" {
+			req.Language = language
+		}
+		resp, err := c.Run(ctx, user, req)
+		if err == nil && resp.Error != nil {
+			err = fmt.Errorf("%s: %s", resp.Error.Ename, resp.Error.Evalue)
+		}
+		return err
+	}
+	run(cells[0])
 	start := time.Now()
 	for i := 0; i < n && ctx.Err() == nil; i++ {
 		t := time.Now()
-		if _, err := c.Execute(ctx, user, "x += 1; x", 0); err != nil {
+		if err := run(cells[1]); err != nil {
 			errs[errKey(err)]++
 			continue
 		}
 		lat = append(lat, time.Since(t))
 	}
-	return summarize("single session, trivial execute", lat, n, len(lat), len(lat), time.Since(start), errs)
+	name := "single session, trivial execute"
+	if language != "python" {
+		name += ", " + language
+	}
+	return summarize(name, lat, n, len(lat), len(lat), time.Since(start), errs)
+}
+
+// FirstUse measures a language's first call in n new sessions: its interpreter's start
+// and a trivial call. Each session runs Python first (untimed), so the worker is there.
+func FirstUse(ctx context.Context, c *api.Client, prefix, language string, n int) *Result {
+	var lat []time.Duration
+	errs := map[string]int{}
+	start := time.Now()
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		user := fmt.Sprintf("%s-%s-%d", prefix, language, i)
+		if _, err := c.Execute(ctx, user, "1", 0); err != nil {
+			errs[errKey(err)]++
+			continue
+		}
+		t := time.Now()
+		resp, err := c.Run(ctx, user, api.ExecuteRequest{Code: trivial[language][0], Language: language})
+		d := time.Since(t)
+		switch {
+		case err != nil:
+			errs[errKey(err)]++
+		case resp.Error != nil:
+			errs[resp.Error.Ename]++
+		default:
+			lat = append(lat, d)
+		}
+		c.Release(ctx, user)
+	}
+	return summarize("first call in a session, "+language+" (interpreter start)", lat, n, len(lat), len(lat), time.Since(start), errs)
 }
 
 // FirstExecute measures n new sessions' first execute, waiting before each until ready()

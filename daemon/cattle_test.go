@@ -59,6 +59,8 @@ func TestCattle(t *testing.T) {
 			want: want{kind: api.Timeout, fields: map[string]any{"state_preserved": true}, same: true}},
 		{name: "code runs past its limit, misses the first SIGINT", code: "misses-a-sigint", timeout: 0.05,
 			want: want{kind: api.Timeout, fields: map[string]any{"state_preserved": true}, same: true}},
+		{name: "code runs past its limit, its language interpreter is killed", code: "loses-language", timeout: 0.05,
+			want: want{kind: api.Timeout, fields: map[string]any{"state_preserved": false}, same: true}},
 		{name: "code runs past its limit, ignores SIGINT", code: "ignores-sigint", timeout: 0.05,
 			want: want{kind: api.Timeout, fields: map[string]any{"state_preserved": false}, destroyed: true, fresh: true}},
 		{name: "kernel connection drops, task exited (memory limit)", code: "dies",

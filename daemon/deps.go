@@ -60,9 +60,9 @@ type disks interface {
 
 // kernel is the connection to a worker's kernel agent (agent.Client).
 type kernel interface {
-	// Start sends code; the caller finishes the call. sink, when not nil, gets the call's
-	// output as it arrives (it must not block).
-	Start(code string, sink func(agent.Event)) (kernelCall, error)
+	// Start sends code for language's interpreter ("" is Python); the caller finishes the
+	// call. sink, when not nil, gets the call's output as it arrives (it must not block).
+	Start(code, language string, sink func(agent.Event)) (kernelCall, error)
 	// Check proves the kernel runs code.
 	Check(ctx context.Context) error
 	// Err is nil while the connection is usable.
@@ -109,8 +109,8 @@ func (c containerd) Adopt(ctx context.Context, id string) (*adopted, error) {
 // agentKernel adapts agent.Client to kernel.
 type agentKernel struct{ *agent.Client }
 
-func (k agentKernel) Start(code string, sink func(agent.Event)) (kernelCall, error) {
-	c, err := k.Client.Start(code, sink)
+func (k agentKernel) Start(code, language string, sink func(agent.Event)) (kernelCall, error) {
+	c, err := k.Client.Start(code, language, sink)
 	if err != nil {
 		return nil, err
 	}

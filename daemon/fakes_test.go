@@ -188,6 +188,7 @@ func (t *fakeTask) exitedAlready() bool {
 //	ok                the call completes
 //	stops-on-sigint   runs until SIGINT, then ends with KeyboardInterrupt
 //	misses-a-sigint   the same, but the first SIGINT is lost (it came as the code was sent)
+//	loses-language    runs until SIGINT, then its language interpreter is killed (state lost)
 //	ignores-sigint    runs until the connection closes
 //	streams           prints two lines as it runs, then completes
 //	dies              the task exits (137) and the connection drops
@@ -238,7 +239,7 @@ func (k *fakeKernel) Check(ctx context.Context) error {
 	return nil
 }
 
-func (k *fakeKernel) Start(code string, sink func(agent.Event)) (kernelCall, error) {
+func (k *fakeKernel) Start(code, language string, sink func(agent.Event)) (kernelCall, error) {
 	if err := k.Err(); err != nil {
 		return nil, err
 	}
@@ -256,6 +257,13 @@ func (k *fakeKernel) Start(code string, sink func(agent.Event)) (kernelCall, err
 		k.task.mu.Lock()
 		k.task.onSignal = func(syscall.Signal) {
 			c.finish(&agent.Result{Status: "error", ExecutionCount: n, Error: &agent.Error{Ename: "KeyboardInterrupt"}}, nil)
+		}
+		k.task.mu.Unlock()
+	case "loses-language":
+		k.task.mu.Lock()
+		k.task.onSignal = func(syscall.Signal) {
+			c.finish(&agent.Result{Status: "error", ExecutionCount: n, StateLost: true,
+				Error: &agent.Error{Ename: "KeyboardInterrupt", Evalue: "the bash interpreter did not stop when interrupted"}}, nil)
 		}
 		k.task.mu.Unlock()
 	case "misses-a-sigint":

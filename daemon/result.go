@@ -40,7 +40,7 @@ func toResponse(workerID string, r *agent.Result, took time.Duration) *api.Execu
 		resp.ResultText = &text
 	}
 	if r.Error != nil {
-		resp.Error = &api.ExecError{Ename: r.Error.Ename, Evalue: r.Error.Evalue, Traceback: r.Error.Traceback}
+		resp.Error = &api.ExecError{Ename: r.Error.Ename, Evalue: r.Error.Evalue, Traceback: r.Error.Traceback, ExitCode: r.Error.ExitCode}
 		resp.Detail = r.Error.Ename
 		if r.Error.Evalue != "" {
 			resp.Detail += ": " + r.Error.Evalue
@@ -52,6 +52,10 @@ func toResponse(workerID string, r *agent.Result, took time.Duration) *api.Execu
 	} else if r.Status == "error" {
 		resp.Error = &api.ExecError{Ename: "Error", Traceback: []string{}}
 		resp.Detail = "the kernel reported an error"
+	}
+	if r.StateLost {
+		lost := false
+		resp.StatePreserved = &lost
 	}
 	return resp
 }

@@ -236,7 +236,7 @@ func (d *Daemon) Execute(ctx context.Context, user string, req api.ExecuteReques
 	replied := false
 	err = d.withSession(ctx, user, true, func(ctx context.Context, s *session) error {
 		st, _ := out.(api.Streamer)
-		resp, err := d.executeIn(ctx, s, req.Code, timeout, st)
+		resp, err := d.executeIn(ctx, s, req.Code, req.Language, timeout, st)
 		d.metrics.observeExecute(outcome(resp, err), start)
 		replied = true
 		return out.Reply(ctx, resp, err)
@@ -266,9 +266,10 @@ func outcome(resp *api.ExecuteResponse, err error) string {
 	return outcomeUnavailable
 }
 
-// executeIn runs code in s, which the caller holds. A streaming caller (st not nil) gets
-// the output as it arrives and may interrupt the code.
-func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout time.Duration, st api.Streamer) (*api.ExecuteResponse, error) {
+// executeIn runs code in s, which the caller holds, with language's interpreter ("" is
+// Python). A streaming caller (st not nil) gets the output as it arrives and may
+// interrupt the code.
+func (d *Daemon) executeIn(ctx context.Context, s *session, code, language string, timeout time.Duration, st api.Streamer) (*api.ExecuteResponse, error) {
 	newSession := s.fresh
 	if s.worker == nil {
 		if err := d.assign(ctx, s); err != nil {
@@ -293,7 +294,7 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout
 	if st != nil {
 		sink = func(e agent.Event) { st.Stream(streamEvent(e)) }
 	}
-	call, err := l.kernel.Start(code, sink)
+	call, err := l.kernel.Start(code, language, sink)
 	if err != nil {
 		return nil, d.kernelGone(ctx, s, l, nil)
 	}
@@ -333,14 +334,20 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code string, timeout
 	stop := context.AfterFunc(s.ended, cancelGrace)
 	defer stop()
 	res, werr := d.interrupt(graceCtx, w.id, l.task, call)
-	preserved := werr == nil
-	if !preserved && s.ended.Err() == nil {
+	if werr != nil && s.ended.Err() == nil {
 		d.dropWorker(ctx, s, "kernel ignored the interrupt")
 	}
-	d.log.Info("execute timed out", "worker", w.id, "timeout", timeout, "state_preserved", preserved)
+	// The agent kills a language interpreter that outlives its interrupt and says so:
+	// that language's state is lost, the worker and the other languages' are not.
+	languageLost := werr == nil && res != nil && res.StateLost
+	preserved := werr == nil && !languageLost
+	d.log.Info("execute timed out", "worker", w.id, "timeout", timeout, "language", language, "state_preserved", preserved)
 	detail := fmt.Sprintf("execution exceeded %g seconds and was interrupted", timeout.Seconds())
-	if !preserved {
+	switch {
+	case werr != nil:
 		detail += "; the kernel did not stop, so the worker was replaced and the session's state is lost"
+	case languageLost:
+		detail += fmt.Sprintf("; the %s interpreter did not stop, so it was restarted and its state is lost", language)
 	}
 	return nil, &api.Problem{Kind: api.Timeout, Detail: detail,
 		Fields: partialFields(w.id, res, map[string]any{"state_preserved": preserved})}
@@ -415,7 +422,7 @@ func (i *interrupter) stopped(resp *api.ExecuteResponse) bool {
 func streamEvent(e agent.Event) api.Event {
 	ev := api.Event{Type: e.Kind, Text: e.Text, Data: e.Data, ExecutionCount: e.ExecutionCount}
 	if e.Error != nil {
-		ev.Ename, ev.Evalue, ev.Traceback = e.Error.Ename, e.Error.Evalue, e.Error.Traceback
+		ev.Ename, ev.Evalue, ev.Traceback, ev.ExitCode = e.Error.Ename, e.Error.Evalue, e.Error.Traceback, e.Error.ExitCode
 	}
 	return ev
 }

@@ -5,9 +5,12 @@ import (
 	"encoding/base64"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/codebox/codebox/api"
 )
 
 // TestFullImage runs one small real task per capability family in a full worker, through
@@ -243,6 +246,27 @@ print("chinese plot ok")
 			t.Logf("%s", strings.TrimSpace(out))
 		})
 	}
+	// The JavaScript and TypeScript sessions find the image's global npm packages, and
+	// TypeScript is the image's own (6), not the slim image's.
+	t.Run("javascript and typescript sessions use the global npm packages", func(t *testing.T) {
+		for _, c := range []struct{ language, code, want string }{
+			{"javascript", `const { Document, Packer, Paragraph } = require("docx");
+const b = await Packer.toBuffer(new Document({ sections: [{ children: [new Paragraph("js session")] }] }));
+b.length > 1000`, "true"},
+			{"typescript", `import * as ts from "typescript";
+const major: number = Number(ts.version.split(".")[0]); major >= 6`, "true"},
+		} {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			resp, err := d.client.Run(ctx, user, api.ExecuteRequest{Code: c.code, Language: c.language})
+			cancel()
+			if err != nil || resp.Error != nil {
+				t.Fatalf("%s: %v %+v", c.language, err, resp)
+			}
+			if len(resp.Results) == 0 || string(resp.Results[0]["text/plain"]) != strconv.Quote(c.want) {
+				t.Fatalf("%s: results %v", c.language, resp.Results)
+			}
+		}
+	})
 	if err := d.client.Release(context.Background(), user); err != nil {
 		t.Errorf("release: %v", err)
 	}

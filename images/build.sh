@@ -54,7 +54,7 @@ staging=$(mktemp -d)
 trap 'rm -rf "$staging"' EXIT
 cp -a "$here/rootfs/." "$staging/"
 mkdir -p "$staging/opt/codebox"
-cp "$here/agent/codebox_agent.py" "$staging/opt/codebox/"
+cp "$here/agent/codebox_agent.py" "$here/agent/codebox_languages.py" "$here/agent/codebox_js.js" "$staging/opt/codebox/"
 chmod -R u=rwX,go=rX "$staging"
 
 start=$(date +%s)

@@ -20,7 +20,7 @@ case ${2:-} in
 base) files=$base ;;
 npm) files=$npm ;;
 python) files=$python ;;
-*) files="build-rootfs.sh build.sh hash.sh $(find "$variant" rootfs agent/codebox_agent.py packer -type f -not -name '*_test.go' | LC_ALL=C sort)"
+*) files="build-rootfs.sh build.sh hash.sh $(find "$variant" rootfs agent packer -type f -not -name '*_test.go' -not -name 'test_*' -not -name '*.pyc' | LC_ALL=C sort)"
    [ "$variant" = full ] && files="$python $files" ;;
 esac
 # shellcheck disable=SC2086

@@ -48,7 +48,7 @@ type options struct {
 	codeboxd, containerd, image, archive, out string
 	profile                                   bool
 	users, requests, single, warm, cold       int
-	firstPrint                                int
+	firstPrint, firstUse                      int
 	rounds                                    int
 	budgetMB                                  int
 	workerCPU                                 float64
@@ -67,6 +67,7 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 3, "seed scenario: rounds of API then direct; the median round by API req/s is reported")
 	flag.IntVar(&o.single, "single", 1000, "single-session trivial executes")
 	flag.IntVar(&o.firstPrint, "first-print", 100, "streamed cells whose first print is timed, per transport")
+	flag.IntVar(&o.firstUse, "first-use", 10, "sessions whose first call in each language besides Python is timed")
 	flag.IntVar(&o.warm, "warm", 30, "new sessions from a warm pool")
 	flag.IntVar(&o.cold, "cold", 10, "new sessions from an empty pool")
 	flag.IntVar(&o.budgetMB, "budget-mb", 16384, "memory budget for the density figure")
@@ -128,8 +129,13 @@ func run(o options) error {
 	rep.Figures["refill rate (workers/s)"] = 5 / warmup.Seconds()
 	rep.Results = append(rep.Results, bench.FirstExecute(ctx, d.client, "warm acquire: new session, warm pool", "warm", o.warm,
 		func(s api.Status) bool { return s.IdleWorkers >= 5 && s.CreatingWorkers == 0 }))
-	rep.Results = append(rep.Results, bench.Single(ctx, d.client, "single", o.single))
+	for _, language := range api.Languages {
+		rep.Results = append(rep.Results, bench.Single(ctx, d.client, "single", language, o.single))
+	}
 	d.client.Release(ctx, "single")
+	for _, language := range api.Languages[1:] {
+		rep.Results = append(rep.Results, bench.FirstUse(ctx, d.client, "first", language, o.firstUse))
+	}
 	for _, via := range []string{"websocket", "sse"} {
 		if o.firstPrint > 0 {
 			rep.Results = append(rep.Results, bench.FirstPrint(ctx, d.client, d.url, d.token, "first-print-"+via, via, o.firstPrint))

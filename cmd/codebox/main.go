@@ -119,6 +119,7 @@ func execCmd(ctx context.Context, c *api.Client, args []string, stdout io.Writer
 	timeout := fs.Float64("timeout", 0, "execution limit in seconds (0: the daemon's default)")
 	asJSON := fs.Bool("json", false, "print the whole JSON response (with --stream: each event)")
 	stream := fs.Bool("stream", false, "print output as it arrives; Ctrl-C interrupts the code")
+	language := fs.String("language", "", "python (the default), javascript, typescript or bash")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -133,14 +134,14 @@ func execCmd(ctx context.Context, c *api.Client, args []string, stdout io.Writer
 		}
 		code = string(b)
 	}
+	req := api.ExecuteRequest{Code: code, Language: *language}
+	if *timeout > 0 {
+		req.Timeout = timeout
+	}
 	if *stream {
-		req := api.ExecuteRequest{Code: code}
-		if *timeout > 0 {
-			req.Timeout = timeout
-		}
 		return streamExec(ctx, c, *user, req, *asJSON, stdout)
 	}
-	resp, err := c.Execute(ctx, *user, code, time.Duration(*timeout*float64(time.Second)))
+	resp, err := c.Run(ctx, *user, req)
 	if err != nil {
 		return err
 	}

@@ -39,6 +39,7 @@ import threading
 import time
 import uuid
 
+import codebox_languages
 from websockets.frames import OP_BINARY, OP_CONT, OP_TEXT
 from websockets import http11
 try:
@@ -58,6 +59,9 @@ TRUNCATION_MARKER = "\n[codebox: output truncated, {} bytes dropped]\n"
 # Stream text leaves in frames of at most this many characters: escaped as JSON, a frame
 # stays far below the daemon's frame limit whatever the text holds.
 STREAM_CHUNK_CHARS = 64 << 10
+# execute_request's "language" (our extension): the interpreter a call runs in. JavaScript
+# and TypeScript share one Node.js context.
+INTERPRETERS = {"python": None, "javascript": "javascript", "typescript": "javascript", "bash": "bash"}
 # The agent's own diagnostics: at most this many lines a minute reach the container log.
 LOG_LINES_PER_MINUTE = 20
 
@@ -165,6 +169,8 @@ class Agent:
         self.write_lock = threading.Lock()  # one writer at a time, in outbox order
         self.error = None  # the error content of the current execute, if it raised
         self.fd_readers = []  # pipes that carry what is written to fds 1 and 2
+        self.interpreters = {}  # "javascript", "bash": codebox_languages.Interpreter
+        self.counts = {}  # calls per interpreter besides IPython: their execution_count
 
     # ---- sending -------------------------------------------------------------------
 
@@ -298,7 +304,7 @@ class Agent:
             req.budget.dropped += len(text) - len(cut)
         return cut
 
-    def show_error(self, etype, evalue, stb):
+    def show_error(self, etype, evalue, stb, extra=None):
         """The exception of the current execute, within its output budget: it is sent twice
         (the error message and the execute_reply), so an unbounded one could exceed the
         daemon's frame limit and cost the worker."""
@@ -319,6 +325,7 @@ class Agent:
                 if not line:
                     break
                 error["traceback"].append(line)
+        error.update(extra or {})
         self.error = error
         self.send(req, "error", self.error)
 
@@ -379,14 +386,20 @@ class Agent:
         req = Request(conn, msg, self.max_output)
         content = msg.get("content") or {}
         code = content.get("code")
+        language = content.get("language") or "python"
         # A silent execute (the daemon's health check) leaves no trace: no history, no
         # execution count, no displayed value.
         silent = bool(content.get("silent", False))
         store_history = bool(content.get("store_history", not silent)) and not silent
         self.send(req, "status", {"execution_state": "busy"})
+        problem = None
         if not isinstance(code, str):
+            problem = "code must be a string"
+        elif not isinstance(language, str) or language not in INTERPRETERS:
+            problem = "language must be one of " + ", ".join(INTERPRETERS)
+        if problem:
             self.send(req, "execute_reply", {
-                "status": "error", "ename": "ValueError", "evalue": "code must be a string",
+                "status": "error", "ename": "ValueError", "evalue": problem,
                 "traceback": [], "execution_count": self.shell.execution_count,
             }, channel="shell")
             self.send(req, "status", {"execution_state": "idle"})
@@ -394,6 +407,34 @@ class Agent:
         with self.lock:
             self.current = req
         self.error = None
+        state_lost = False
+        if INTERPRETERS[language] is None:
+            count = self.run_python(code, store_history, silent)
+        else:
+            count, state_lost = self.run_other(INTERPRETERS[language], language, code)
+        with self.lock:
+            dropped = req.budget.dropped
+            if dropped:  # room for the marker itself
+                req.budget.limit += len(TRUNCATION_MARKER) + 32
+        if dropped:
+            self.write_stream("stderr", TRUNCATION_MARKER.format(dropped))
+        self.flush()
+        with self.lock:
+            self.current = None
+        if self.error is not None:
+            reply = dict(self.error, status="error", execution_count=count)
+        else:
+            reply = {"status": "ok", "execution_count": count}
+        reply.update(user_expressions={}, payload=[])
+        if dropped:
+            reply["codebox_truncated_bytes"] = dropped  # beyond Jupyter's fields
+        if state_lost:
+            reply["codebox_state_lost"] = True
+        self.send(req, "execute_reply", reply, channel="shell")
+        self.send(req, "status", {"execution_state": "idle"})
+
+    def run_python(self, code, store_history, silent):
+        """Runs code in IPython; returns the execution count."""
         # User code may have replaced the handler; interrupts must work again next time.
         if signal.getsignal(signal.SIGINT) != self.on_sigint:
             signal.signal(signal.SIGINT, self.on_sigint)
@@ -409,25 +450,48 @@ class Agent:
         if interrupted_outside:
             self.show_error(KeyboardInterrupt, "", ["KeyboardInterrupt"])
         self.settle_fds()
-        with self.lock:
-            dropped = req.budget.dropped
-            if dropped:  # room for the marker itself
-                req.budget.limit += len(TRUNCATION_MARKER) + 32
-        if dropped:
-            self.write_stream("stderr", TRUNCATION_MARKER.format(dropped))
-        self.flush()
-        with self.lock:
-            self.current = None
-        count = result.execution_count if result is not None else self.shell.execution_count
-        if self.error is not None:
-            reply = dict(self.error, status="error", execution_count=count)
+        return result.execution_count if result is not None else self.shell.execution_count
+
+    def run_other(self, name, language, code):
+        """Runs code in the interpreter name (started on its first call); returns the
+        execution count and whether the interpreter's state was lost."""
+        interp = self.interpreters.get(name)
+        if interp is None:
+            interp = self.interpreters[name] = codebox_languages.Interpreter(name, self.write_stream)
+        self.counts[name] = count = self.counts.get(name, 0) + 1
+        # The interpreter takes SIGINT for the call's length (it passes it on); the agent's
+        # own handler, which raises only while Python code runs, stays quiet until then.
+        try:
+            reply = interp.run(code, typescript=language == "typescript")
+        except codebox_languages.Lost as exc:
+            self.show_error("InterpreterLost", f"{exc}; its state is lost, and the next {language} call starts it afresh",
+                            [])
+            return count, True
+        except OSError as exc:  # it could not be started at all
+            self.show_error("InterpreterLost", f"the {name} interpreter could not start: {exc}", [])
+            return count, True
+        finally:
+            signal.signal(signal.SIGINT, self.on_sigint)
+        if interp.start_seconds is not None:
+            log(f"{name} interpreter started in {interp.start_seconds * 1000:.0f} ms")
+            interp.start_seconds = None
+        if name == "bash":
+            status = reply.get("status")
+            if reply.get("interrupted") is True:
+                self.show_error(KeyboardInterrupt, "", ["KeyboardInterrupt"])
+            elif isinstance(status, int) and status != 0:
+                self.show_error("ExitStatus", f"exit status {status}", [], extra={"exit_code": status})
+            return count, False
+        if reply.get("status") == "ok":
+            value = reply.get("value")
+            if isinstance(value, str):
+                self.publish("execute_result", {"data": {"text/plain": value}, "metadata": {},
+                                                "execution_count": count})
         else:
-            reply = {"status": "ok", "execution_count": count}
-        reply.update(user_expressions={}, payload=[])
-        if dropped:
-            reply["codebox_truncated_bytes"] = dropped  # beyond Jupyter's fields
-        self.send(req, "execute_reply", reply, channel="shell")
-        self.send(req, "status", {"execution_state": "idle"})
+            tb = reply.get("traceback")
+            self.show_error(str(reply.get("ename") or "Error"), str(reply.get("evalue") or ""),
+                            [str(line) for line in tb] if isinstance(tb, list) else [])
+        return count, False
 
 
 HANDLERS = {

@@ -243,6 +243,71 @@ class InterruptTest(AgentTest):
         self.assertEqual(of_type(frames, "execute_result")[0]["content"]["data"]["text/plain"], "'alive'")
 
 
+class LanguageTest(AgentTest):
+    """bash beside Python (JavaScript and TypeScript need the worker image's node modules:
+    the end-to-end tests run them)."""
+
+    def run_bash(self, code):
+        return self.session.request("execute_request", {"code": code, "language": "bash"})
+
+    def test_bash_keeps_state_and_splits_streams(self):
+        self.run_bash("cd /tmp && v=kept && export E=env")
+        frames = self.run_bash('echo "$PWD $v $(printenv E)"; echo err >&2')
+        self.assertEqual(stdout(frames), "/tmp kept env\n")
+        err = "".join(f["content"]["text"] for f in of_type(frames, "stream") if f["content"]["name"] == "stderr")
+        self.assertEqual(err, "err\n")
+        self.assertEqual(of_type(frames, "execute_reply")[0]["content"]["status"], "ok")
+
+    def test_bash_exit_status_is_an_error_with_its_code(self):
+        frames = self.run_bash("(exit 3)")
+        reply = of_type(frames, "execute_reply")[0]["content"]
+        self.assertEqual((reply["status"], reply["ename"], reply["exit_code"]), ("error", "ExitStatus", 3))
+        self.assertEqual(of_type(frames, "error")[0]["content"]["exit_code"], 3)
+
+    def test_bash_stdin_is_at_its_end(self):
+        started = time.monotonic()
+        frames = self.run_bash("cat; echo done")
+        self.assertEqual(stdout(frames), "done\n")
+        self.assertLess(time.monotonic() - started, 10)
+
+    def test_bash_interrupt_keeps_the_shell(self):
+        self.run_bash("mark=still")
+        msg_id = uuid.uuid4().hex
+        self.session.send_raw(json.dumps({
+            "header": {"msg_id": msg_id, "msg_type": "execute_request"}, "parent_header": {},
+            "content": {"code": "sleep 30", "language": "bash"}}))
+        time.sleep(0.5)
+        self.agent.proc.send_signal(signal.SIGINT)
+        frames = self.loop.run_until_complete(self.session._collect(msg_id, True, 10))
+        self.assertEqual(of_type(frames, "error")[0]["content"]["ename"], "KeyboardInterrupt")
+        self.assertEqual(stdout(self.run_bash("echo $mark")), "still\n")
+
+    def test_stubborn_or_exiting_bash_loses_its_state_only(self):
+        self.session.execute("py_kept = 1")
+        self.run_bash("mark=set")
+        msg_id = uuid.uuid4().hex
+        self.session.send_raw(json.dumps({
+            "header": {"msg_id": msg_id, "msg_type": "execute_request"}, "parent_header": {},
+            "content": {"code": "trap '' INT; while :; do :; done", "language": "bash"}}))
+        time.sleep(0.5)
+        self.agent.proc.send_signal(signal.SIGINT)
+        frames = self.loop.run_until_complete(self.session._collect(msg_id, True, 10))
+        reply = of_type(frames, "execute_reply")[0]["content"]
+        self.assertEqual((reply["ename"], reply["codebox_state_lost"]), ("InterpreterLost", True))
+        self.assertEqual(stdout(self.run_bash('echo "${mark:-gone}"')), "gone\n")
+        reply = of_type(self.run_bash("exit 4"), "execute_reply")[0]["content"]
+        self.assertTrue(reply["codebox_state_lost"])
+        self.assertIn("exit status 4", reply["evalue"])
+        frames = self.session.execute("py_kept")
+        self.assertEqual(of_type(frames, "execute_result")[0]["content"]["data"]["text/plain"], "1")
+
+    def test_unknown_language_is_refused(self):
+        reply = of_type(self.session.request("execute_request", {"code": "1", "language": "cobol"}),
+                        "execute_reply")[0]["content"]
+        self.assertEqual(reply["ename"], "ValueError")
+        self.assertIn("bash", reply["evalue"])
+
+
 class OutputCapTest(AgentTest):
     max_output = 10_000
 
