@@ -76,6 +76,11 @@ func TestLanguages(t *testing.T) {
 		if v := value(ok(t, "javascript", "require('fs').readdirSync('/sandbox').constructor.name")); v != "'Array'" {
 			t.Fatalf("require: %q", v)
 		}
+		// A cell's globals do not reach the interpreter's own machinery.
+		ok(t, "javascript", "let JSON = {}; let Set = 1; let String = () => 'forged'; 1")
+		if v := value(ok(t, "javascript", "1 + 1")); v != "2" {
+			t.Fatalf("after shadowing JSON, Set and String: %q", v)
+		}
 	})
 	t.Run("javascript errors", func(t *testing.T) {
 		resp := raised(t, "javascript", "function f() { throw new TypeError('bad thing') }\nf()", "TypeError")
@@ -100,6 +105,10 @@ func TestLanguages(t *testing.T) {
 		}
 		if v := value(ok(t, "javascript", "p.n * 21")); v != "42" {
 			t.Fatalf("javascript sees typescript's p: %q", v)
+		}
+		if v := value(ok(t, "typescript", `import path from "path";
+path.join("a", "b")`)); v != "'a/b'" {
+			t.Fatalf("a default import: %q", v)
 		}
 		resp := raised(t, "typescript", "const q: number = ;", "SyntaxError")
 		if !strings.Contains(resp.Error.Evalue, "Expression expected") {
@@ -169,8 +178,23 @@ func TestLanguages(t *testing.T) {
 		if resp := ok(t, "bash", `echo "name=${name:-unset}"`); resp.Stdout != "name=unset\n" {
 			t.Fatalf("bash after its restart: %q", resp.Stdout)
 		}
+		// JavaScript that loops after an await is out of SIGINT's reach: killed, its state lost.
+		ok(t, "javascript", "globalThis.marker = 1")
+		_, err = run(t, "javascript", "await 0; while (true) {}", 1)
+		if !errors.As(err, &ae) || ae.Status != 504 || ae.Fields["state_preserved"] != false {
+			t.Fatalf("javascript loop after await: %v", err)
+		}
+		if v := value(ok(t, "javascript", "typeof marker")); v != "'undefined'" {
+			t.Fatalf("javascript after its restart: %q", v)
+		}
+		// A shell that exits with a job in the background is seen to end at once.
+		start := time.Now()
+		resp, err := run(t, "bash", "sleep 100 & exit 3", 0)
+		if err != nil || resp.Error == nil || resp.Error.Ename != "InterpreterLost" || time.Since(start) > 10*time.Second {
+			t.Fatalf("exit with a background job: %+v %v after %v", resp, err, time.Since(start))
+		}
 		// An interpreter that exits loses its own state and nothing else.
-		resp, err := run(t, "javascript", "process.exit(3)", 0)
+		resp, err = run(t, "javascript", "process.exit(3)", 0)
 		if err != nil || resp.Error == nil || resp.Error.Ename != "InterpreterLost" || resp.StatePreserved == nil || *resp.StatePreserved {
 			t.Fatalf("process.exit: %+v %v", resp, err)
 		}

@@ -6,9 +6,8 @@
 // "typescript"}); each is answered on the fd named by the second with one JSON line ({"status": "ok", "value"} or {"status": "error", "ename",
 // "evalue", "traceback"}). What the cell prints goes to fds 1 and 2, which the agent reads.
 //
-// Cells run in this process's own global context, so Node's globals are all there and
-// state is the global object's: a cell's top-level declarations become assignments to
-// globals (as the Node REPL does for top-level await), which lets `let`, `const`,
+// A cell's state is its context's global object: its top-level declarations become
+// assignments to globals (as the Node REPL does for top-level await), which lets `let`, `const`,
 // functions and classes outlive their cell, lets a cell declare a name again, and lets a
 // cell await at top level.
 "use strict";
@@ -42,10 +41,24 @@ let ts = null; // the typescript module, loaded on the first TypeScript cell
 let cells = 0;
 let interrupt = null; // rejects the running cell's await on SIGINT
 
-globalThis.require = createRequire("/sandbox/");
-// What TypeScript makes of `import` and `export` (CommonJS) finds these.
-globalThis.module = { exports: {} };
-globalThis.exports = globalThis.module.exports;
+// Cells run in a context of their own, with their own global object and built-ins: what a
+// cell declares (`let String = ...`) cannot reach this runner, acorn or the TypeScript
+// compiler, which live in the main context. Node's own globals (process, Buffer, timers,
+// console, fetch, ...) are lent to it, and require, module and exports (TypeScript's
+// CommonJS output uses them) are its own.
+const sandbox = vm.createContext({});
+const cellGlobal = vm.runInContext("globalThis", sandbox);
+for (const name of Object.getOwnPropertyNames(globalThis)) {
+  if (!(name in cellGlobal)) {
+    Object.defineProperty(cellGlobal, name, Object.getOwnPropertyDescriptor(globalThis, name));
+  }
+}
+// A new context has V8's own console, which prints nowhere.
+cellGlobal.console = console;
+cellGlobal.global = cellGlobal;
+cellGlobal.require = createRequire("/sandbox/");
+cellGlobal.module = { exports: {} };
+cellGlobal.exports = cellGlobal.module.exports;
 
 process.on("SIGINT", () => {
   if (interrupt) interrupt(new InterruptError());
@@ -165,7 +178,7 @@ function rewrite(code) {
   for (const [start, end, text] of edits.reverse()) body = body.slice(0, start) + text + body.slice(end);
   // Names that are not globals yet become ones before the cell runs, so that assigning
   // them from the cell's function sets globals even in strict code.
-  const fresh = [...new OwnSet(declared)].filter((n) => !(n in globalThis));
+  const fresh = [...new OwnSet(declared)].filter((n) => !(n in cellGlobal));
   const prelude = fresh.length ? `var ${fresh.join(", ")}; ` : "";
   const exported = functions.map((n) => `globalThis[${stringify(n)}] = ${n}; `).join("");
   return `${prelude}(async () => { ${exported}${body}\n})()`;
@@ -180,7 +193,7 @@ async function run(req) {
     interrupt = reject;
   });
   try {
-    const pending = script.runInThisContext({ breakOnSigint: true });
+    const pending = script.runInContext(sandbox, { breakOnSigint: true });
     return await race([pending, interrupted]);
   } finally {
     interrupt = null;
