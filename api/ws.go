@@ -119,10 +119,13 @@ func (s *server) stream(w http.ResponseWriter, r *http.Request) error {
 		}
 		authed = true
 	}
-	if s.streams.count() >= s.limits.max {
+	// The place is taken before the upgrade answers, so that sockets opened at once cannot
+	// all pass a count none of them is in yet.
+	if !s.streams.reserve(s.limits.max) {
 		return &Error{Status: http.StatusServiceUnavailable, RetryAfter: 5 * time.Second,
 			Detail: fmt.Sprintf("%d streams are open, the most codeboxd keeps", s.limits.max)}
 	}
+	defer s.streams.release()
 	up := websocket.Upgrader{
 		CheckOrigin: s.originAllowed,
 		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
@@ -519,8 +522,27 @@ func (st *wsStream) ping() {
 type streams struct {
 	mu      sync.Mutex
 	open    map[*wsStream]struct{}
+	taken   int // places reserved: sockets open or being upgraded
 	closing bool
 	wg      sync.WaitGroup
+}
+
+// reserve takes one of max places for a socket; false when all are taken.
+func (ss *streams) reserve(max int) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.taken >= max {
+		return false
+	}
+	ss.taken++
+	return true
+}
+
+// release gives back a place reserve took.
+func (ss *streams) release() {
+	ss.mu.Lock()
+	ss.taken--
+	ss.mu.Unlock()
 }
 
 func (ss *streams) add(st *wsStream) bool {
@@ -535,12 +557,6 @@ func (ss *streams) add(st *wsStream) bool {
 	ss.open[st] = struct{}{}
 	ss.wg.Add(1)
 	return true
-}
-
-func (ss *streams) count() int {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	return len(ss.open)
 }
 
 func (ss *streams) remove(st *wsStream) {
