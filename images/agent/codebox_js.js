@@ -18,8 +18,10 @@ const util = require("util");
 const { createRequire } = require("module");
 const acorn = require("acorn");
 
-// What the runner itself uses, taken before any cell runs: a cell's top-level declarations
-// become globals, so `let JSON = {}` or `class Promise {}` must not reach the runner.
+// What the runner itself uses, taken before any cell runs. Cells have a context of their
+// own (below), but the Node globals lent to it lead back to this one (Buffer's constructor
+// is this context's Function), and modules are shared (`require("fs").writeSync = ...`):
+// code set on breaking the runner reaches it only through these copies' originals.
 const stringify = JSON.stringify.bind(JSON);
 const parse = JSON.parse.bind(JSON);
 const OwnSet = Set;
