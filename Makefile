@@ -20,7 +20,7 @@ IMAGE_ARCHIVE  = $(CACHE_DIR)/worker-$(VARIANT)-$(IMAGE_HASH).oci.tar
 PREFIX     ?= /usr/local
 DESTDIR    ?=
 
-.PHONY: all build deps image image-full run bench test test-unit test-agent test-e2e test-chaos test-image-full test-full-image test-systemd test-install lint install uninstall clean
+.PHONY: all build deps node-deps image image-full run bench test test-unit test-agent test-e2e test-chaos test-image-full test-full-image test-systemd test-install lint install uninstall clean
 
 all: build
 
@@ -32,6 +32,10 @@ build:
 
 deps:
 	@scripts/install-deps.sh
+
+# The Node clients of the end-to-end tests (playwright-core, the MCP SDK), pinned.
+node-deps: deps
+	@scripts/install-node-deps.sh
 
 image: deps
 	@images/build.sh $(VARIANT) "$(IMAGE_ARCHIVE)" "$(IMAGE_REF)"
@@ -52,7 +56,7 @@ bench: deps image build
 	bin/codebox-bench --codeboxd bin/codeboxd --containerd-address "$$addr" \
 		--image "$(IMAGE_REF)" --archive "$(IMAGE_ARCHIVE)" --out bench-results $(BENCH_FLAGS)
 
-test: deps image build lint test-unit test-agent test-systemd test-install test-e2e
+test: deps node-deps image build lint test-unit test-agent test-systemd test-install test-e2e
 
 test-unit:
 	$(GO) test -race -count=1 -timeout 5m $$($(GO) list ./... | grep -v /e2e)
@@ -63,10 +67,11 @@ test-unit:
 test-agent:
 	/usr/bin/python3 -m unittest discover -s images/agent -p 'test_*.py' -v
 
-test-e2e: build
+test-e2e: build node-deps
 	addr=$$(scripts/ensure-containerd.sh); \
 	CODEBOX_E2E=1 CODEBOX_E2E_CONTAINERD="$$addr" CODEBOX_E2E_IMAGE="$(IMAGE_REF)" \
 	CODEBOX_E2E_ARCHIVE="$(IMAGE_ARCHIVE)" CODEBOX_E2E_BIN="$(CURDIR)/bin/codeboxd" \
+	CODEBOX_E2E_ARTIFACTS="$(CURDIR)/test-artifacts" \
 		$(GO) test -count=1 -timeout 30m -v -skip TestFullImage ./e2e/
 
 # The faults of docs/ARCHITECTURE.md under the seed load (also part of test-e2e): codeboxd

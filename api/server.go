@@ -103,6 +103,15 @@ type ServerConfig struct {
 	// BodyReadTimeout bounds reading a request's body (a client trickling it holds a
 	// goroutine and a connection); 0: a minute.
 	BodyReadTimeout time.Duration
+	// Console, when set, is served at its Paths without a token (it is public: the page
+	// asks for the token).
+	Console Console
+}
+
+// Console is the web console's handler.
+type Console interface {
+	http.Handler
+	Paths() []string
 }
 
 type server struct {
@@ -141,6 +150,10 @@ var Routes = []Route{
 	{http.MethodPut, "/api/v1/files/content", true},
 	{http.MethodGet, "/api/v1/files/content", true},
 	{http.MethodGet, "/api/v1/files/list", true},
+	// The seed's older form, for its own clients: user_uuid in the body.
+	{http.MethodPost, "/execute", true},
+	{http.MethodPost, "/release", true},
+	{http.MethodGet, "/status", true},
 }
 
 // Handler is the API's HTTP handler.
@@ -180,6 +193,10 @@ func NewHandler(b Backend, cfg ServerConfig) *Handler {
 		"PUT /api/v1/files/content": s.putFile,
 		"GET /api/v1/files/content": s.getFile,
 		"GET /api/v1/files/list":    s.listFiles,
+
+		"POST /execute": s.execute,
+		"POST /release": s.legacyRelease,
+		"GET /status":   s.legacyStatus,
 	}
 	r := httprouter.New()
 	for _, rt := range Routes {
@@ -188,6 +205,16 @@ func NewHandler(b Backend, cfg ServerConfig) *Handler {
 			panic("api: no handler for " + rt.Method + " " + rt.Path)
 		}
 		r.Handler(rt.Method, rt.Path, s.wrap(h, rt.Auth))
+	}
+	if cfg.Console != nil {
+		page := s.wrap(func(w http.ResponseWriter, r *http.Request) error {
+			cfg.Console.ServeHTTP(w, r)
+			return nil
+		}, false)
+		for _, p := range cfg.Console.Paths() {
+			r.Handler(http.MethodGet, p, page)
+			r.Handler(http.MethodHead, p, page)
+		}
 	}
 	r.NotFound = s.wrap(func(w http.ResponseWriter, r *http.Request) error {
 		return Errorf(http.StatusNotFound, "not found")
@@ -336,6 +363,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 	return enc.Encode(v)
 }
 
+var errEmptyBody = Errorf(http.StatusBadRequest, "request body is empty")
+
 // decodeJSON reads a bounded JSON body into v: 413 when too large, 400 when malformed,
 // 422 when a field has the wrong type.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
@@ -356,10 +385,21 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	case errors.As(err, &typeErr):
 		return Errorf(http.StatusUnprocessableEntity, "field %q must be of type %s", typeErr.Field, typeErr.Type)
 	case errors.Is(err, io.EOF):
-		return Errorf(http.StatusBadRequest, "request body is empty")
+		return errEmptyBody
 	default:
 		return Errorf(http.StatusBadRequest, "malformed JSON: %v", err)
 	}
+}
+
+// decodeOptionalJSON is decodeJSON for a body that may be absent.
+func decodeOptionalJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return nil
+	}
+	if err := decodeJSON(w, r, v); err != errEmptyBody { // empty: a chunked body with nothing in it
+		return err
+	}
+	return nil
 }
 
 func (s *server) healthz(w http.ResponseWriter, r *http.Request) error {
@@ -428,19 +468,60 @@ func (s *server) longCall(w http.ResponseWriter, d time.Duration) {
 }
 
 func (s *server) release(w http.ResponseWriter, r *http.Request) error {
-	user := r.URL.Query().Get("user_uuid")
-	if err := ValidateUserUUID(user); err != nil {
-		return err
-	}
-	s.longCall(w, defaultWriteTimeout)
-	if err := s.b.Release(r.Context(), user); err != nil {
+	if _, err := s.releaseUser(w, r); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
+// legacyRelease is the seed's POST /release: 200 with a sentence instead of 204.
+func (s *server) legacyRelease(w http.ResponseWriter, r *http.Request) error {
+	user, err := s.releaseUser(w, r)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "detail": "Worker for user " + user + " has been released."})
+}
+
+// releaseUser releases the session named in the query or, for the older form, the body,
+// and returns its user_uuid.
+func (s *server) releaseUser(w http.ResponseWriter, r *http.Request) (string, error) {
+	user := r.URL.Query().Get("user_uuid")
+	var body struct {
+		UserUUID string `json:"user_uuid"`
+	}
+	if err := decodeOptionalJSON(w, r, &body); err != nil {
+		return "", err
+	}
+	switch {
+	case user == "":
+		user = body.UserUUID
+	case body.UserUUID != "" && body.UserUUID != user:
+		return "", Errorf(http.StatusUnprocessableEntity, "user_uuid in the query and in the body differ")
+	}
+	if err := ValidateUserUUID(user); err != nil {
+		return "", err
+	}
+	s.longCall(w, defaultWriteTimeout)
+	return user, s.b.Release(r.Context(), user)
+}
+
 func (s *server) status(w http.ResponseWriter, r *http.Request) error {
 	writeJSON(w, http.StatusOK, s.b.Status())
 	return nil
+}
+
+// LegacyStatus is the body of the seed's GET /status.
+type LegacyStatus struct {
+	TotalWorkers      int  `json:"total_workers"`
+	BusyWorkers       int  `json:"busy_workers"`
+	IdleWorkersInPool int  `json:"idle_workers_in_pool"`
+	IsInitializing    bool `json:"is_initializing"`
+}
+
+func (s *server) legacyStatus(w http.ResponseWriter, r *http.Request) error {
+	st := s.b.Status()
+	return writeJSON(w, http.StatusOK, LegacyStatus{TotalWorkers: st.TotalWorkers, BusyWorkers: st.BusyWorkers,
+		IdleWorkersInPool: st.IdleWorkers, IsInitializing: st.IsInitializing})
 }

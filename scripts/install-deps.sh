@@ -3,6 +3,11 @@
 set -eu
 pkgs="containerd runc containernetworking-plugins iptables iproute2 mmdebstrap e2fsprogs docker-registry systemd systemd-container util-linux shellcheck curl
 python3 python3-ipython python3-websockets python3-tornado python3-matplotlib-inline python3-matplotlib"
+# The browser tests: Debian's chromium, driven from Node (a host may already have its own
+# Node; Debian 12's 18 is enough for the pinned clients).
+pkgs="$pkgs chromium"
+command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
+command -v npm >/dev/null 2>&1 || pkgs="$pkgs npm"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -28,6 +28,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/console"
 	"github.com/codebox/codebox/daemon"
 	"github.com/codebox/codebox/firewall"
 	"github.com/codebox/codebox/netns"
@@ -169,6 +170,10 @@ func serve(cfg config) error {
 	if err := runtime.EnsureHostLimits(cfg.MaxTotalWorkers); err != nil {
 		return err
 	}
+	page, err := console.New()
+	if err != nil {
+		return err
+	}
 	// The firewall goes up before any worker exists.
 	if err := fw.Install(); err != nil {
 		return fmt.Errorf("install firewall: %w", err)
@@ -190,7 +195,8 @@ func serve(cfg config) error {
 	// bodies cost a goroutine and a descriptor each.
 	ln = netutil.LimitListener(ln, maxAPIConnections)
 	handler := api.NewHandler(d, api.ServerConfig{Token: token, CORSOrigins: cfg.corsOrigins(), Log: log,
-		MaxFileBytes: int64(cfg.MaxFileMB) << 20, FileTimeout: cfg.FileTimeout, MaxExecTimeout: cfg.MaxExecTimeout})
+		MaxFileBytes: int64(cfg.MaxFileMB) << 20, FileTimeout: cfg.FileTimeout, MaxExecTimeout: cfg.MaxExecTimeout,
+		Console: page})
 	srv := &http.Server{
 		Handler: handler,
 		// The handlers set the body and answer deadlines of each call (api.ServerConfig); the

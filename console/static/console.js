@@ -1,0 +1,545 @@
+// codebox console: a page of the daemon that drives its own API. Output streams over the
+// websocket of /api/v1/stream; files and the pool status use the REST API.
+//
+// The token lives in this tab's sessionStorage only. Whatever a session produces is the
+// tenant's, so it is only ever put into the page as text, as an image from a data: URL,
+// or - HTML - inside a sandboxed frame of an opaque origin, where it cannot reach this
+// page, its storage or its token.
+'use strict';
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    token: $('token'), session: $('session'), newSession: $('new-session'), pool: $('pool'),
+    language: $('language'), timeout: $('timeout'), run: $('run'), interrupt: $('interrupt'),
+    release: $('release'), clear: $('clear'), editor: $('editor'), notice: $('notice'),
+    output: $('output'), refresh: $('refresh'), path: $('path'), drop: $('drop'),
+    upload: $('upload'), fileList: $('file-list'), filesNote: $('files-note'),
+  };
+  const USER_RE = /^[A-Za-z0-9._-]{1,128}$/;
+  const ROOT = '/sandbox/';
+  const MAX_CELL_TEXT = 2 << 20; // characters of output a cell shows; the rest is counted
+  const INDENT = '    ';
+
+  // --- small helpers
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === 'class') e.className = v;
+      else if (k === 'text') e.textContent = v;
+      else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+      else e.setAttribute(k, v);
+    }
+    for (const c of children) if (c != null) e.append(c);
+    return e;
+  }
+
+  function randomID() {
+    const b = new Uint8Array(6);
+    crypto.getRandomValues(b); // crypto.randomUUID needs a secure context; this does not
+    return 'console-' + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  }
+
+  function humanSize(n) {
+    if (n < 1024) return n + ' B';
+    const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+    let i = -1;
+    do { n /= 1024; i++; } while (n >= 1024 && i < units.length - 1);
+    return n.toFixed(n < 10 ? 1 : 0) + ' ' + units[i];
+  }
+
+  // Tracebacks carry terminal colours; the page shows plain text.
+  const stripANSI = (s) => String(s).replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '');
+
+  function notice(text, isError) {
+    ui.notice.textContent = text || '';
+    ui.notice.classList.toggle('error', !!isError);
+  }
+
+  class APIError extends Error {
+    constructor(status, detail) { super(detail); this.status = status; }
+  }
+
+  // api calls the REST API with the token; non-2xx answers throw an APIError with the
+  // daemon's detail.
+  async function api(method, path, { query = {}, json, body } = {}) {
+    const url = new URL(path, location.origin);
+    for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
+    const headers = { 'X-Auth-Token': ui.token.value };
+    if (json !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      body = JSON.stringify(json);
+    }
+    const resp = await fetch(url, { method, headers, body, cache: 'no-store' });
+    if (!resp.ok) {
+      let detail = resp.status + ' ' + resp.statusText;
+      try { detail = (await resp.json()).detail || detail; } catch { /* not JSON */ }
+      if (resp.status === 401) detail = 'the token was refused: ' + detail;
+      throw new APIError(resp.status, detail);
+    }
+    return resp;
+  }
+
+  // ready says whether a call can be made, and why not.
+  function ready() {
+    if (!ui.token.value) {
+      notice('Enter the API token first: `codebox token` on the host prints it.', true);
+      ui.token.focus();
+      return false;
+    }
+    if (!USER_RE.test(ui.session.value)) {
+      notice('A session id is 1 to 128 letters, digits, ".", "_" or "-".', true);
+      ui.session.focus();
+      return false;
+    }
+    return true;
+  }
+
+  // --- settings, kept in this tab only
+
+  ui.token.value = sessionStorage.getItem('codebox.token') || '';
+  ui.session.value = sessionStorage.getItem('codebox.session') || randomID();
+  ui.language.value = sessionStorage.getItem('codebox.language') || 'python';
+  sessionStorage.setItem('codebox.session', ui.session.value);
+
+  ui.token.addEventListener('change', () => {
+    sessionStorage.setItem('codebox.token', ui.token.value);
+    closeSocket();
+    notice('');
+    refreshAll();
+  });
+  ui.session.addEventListener('change', () => switchSession(ui.session.value.trim()));
+  ui.newSession.addEventListener('click', () => switchSession(randomID()));
+  ui.language.addEventListener('change', () => sessionStorage.setItem('codebox.language', ui.language.value));
+
+  function switchSession(id) {
+    ui.session.value = id;
+    sessionStorage.setItem('codebox.session', id);
+    closeSocket();
+    dir = ROOT;
+    notice(USER_RE.test(id) ? 'Session ' + id + ': its first call starts it.' : '');
+    refreshFiles();
+  }
+
+  // --- the stream: one websocket per session id, opened on the first run
+
+  let sock = null; // {ws, user, open: Promise}
+  const cells = new Map(); // call id -> cell, in the order sent
+  let seq = 0;
+
+  function streamURL(user) {
+    const u = new URL('/api/v1/stream', location.href);
+    u.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    u.searchParams.set('user_uuid', user);
+    return u.href;
+  }
+
+  function socket() {
+    const user = ui.session.value;
+    if (sock && sock.user === user && sock.ws.readyState <= WebSocket.OPEN) return sock;
+    closeSocket();
+    const ws = new WebSocket(streamURL(user));
+    const s = { ws, user };
+    s.open = new Promise((resolve, reject) => {
+      ws.addEventListener('open', () => {
+        // A browser cannot set headers on a websocket: the token is the first message.
+        ws.send(JSON.stringify({ type: 'auth', token: ui.token.value }));
+        resolve();
+      });
+      ws.addEventListener('close', () => reject(new Error('could not connect')));
+    });
+    s.open.catch(() => {}); // a run awaiting it reports the failure
+    ws.addEventListener('message', (m) => {
+      let ev;
+      try { ev = JSON.parse(m.data); } catch { return; }
+      onEvent(ev);
+    });
+    ws.addEventListener('close', (e) => {
+      if (sock === s) sock = null;
+      let why = e.reason || (e.code === 1006 ? 'connection lost' : 'closed (' + e.code + ')');
+      if (e.reason === 'invalid token') why = 'the token was refused';
+      for (const cell of cells.values()) {
+        if (cell.ws === ws) finish(cell, { status: 'error', detail: 'stream ended: ' + why });
+      }
+      if (e.code !== 1000 && !s.closing) notice('Stream closed: ' + why, true);
+      updateButtons();
+    });
+    sock = s;
+    return s;
+  }
+
+  function closeSocket() {
+    if (!sock) return;
+    sock.closing = true;
+    sock.ws.close(1000);
+    sock = null;
+  }
+
+  // --- cells
+
+  function newCell(id, code, language) {
+    const state = el('span', { class: 'state', text: 'queued' });
+    const body = el('div', { class: 'cell-body' });
+    const node = el('article', { class: 'cell', 'data-state': 'queued', 'data-id': id },
+      el('div', { class: 'cell-head' }, el('span', { text: language }), el('span', { text: ui.session.value }), state),
+      el('pre', { class: 'cell-code', text: code }),
+      body);
+    ui.output.append(node); // column-reverse: the newest cell shows first
+    return { id, node, body, state, shown: 0, hidden: 0, last: null, done: false, language };
+  }
+
+  function appendText(cell, kind, text) {
+    if (cell.shown >= MAX_CELL_TEXT) { cell.hidden += text.length; return; }
+    text = text.slice(0, MAX_CELL_TEXT - cell.shown);
+    cell.shown += text.length;
+    // Consecutive chunks of one stream go into one node: a chatty loop makes text, not
+    // thousands of elements.
+    if (cell.last && cell.last.kind === kind) {
+      cell.last.node.append(text);
+    } else {
+      const node = el('pre', { class: 'out ' + kind });
+      node.append(text);
+      cell.body.append(node);
+      cell.last = { kind, node };
+    }
+  }
+
+  function setRunning(cell) {
+    if (cell.node.dataset.state === 'queued') {
+      cell.node.dataset.state = 'running';
+      cell.state.textContent = 'running…';
+    }
+  }
+
+  // renderData shows a display or result bundle: the richest kind the page can show safely.
+  function renderData(cell, data, isResult) {
+    cell.last = null;
+    const str = (v) => (typeof v === 'string' ? v : JSON.stringify(v, null, 1));
+    for (const mime of ['image/png', 'image/jpeg', 'image/gif']) {
+      if (typeof data[mime] === 'string') {
+        cell.body.append(el('img', { src: 'data:' + mime + ';base64,' + data[mime].replace(/\s/g, ''), alt: 'image output (' + mime + ')' }));
+        return;
+      }
+    }
+    if (typeof data['image/svg+xml'] === 'string') {
+      // As an <img>, an SVG's scripts never run.
+      const url = URL.createObjectURL(new Blob([data['image/svg+xml']], { type: 'image/svg+xml' }));
+      cell.body.append(el('img', { src: url, alt: 'image output (SVG)' }));
+      return;
+    }
+    if (data['text/html'] !== undefined) {
+      cell.body.append(htmlFrame(str(data['text/html'])));
+      return;
+    }
+    const text = data['text/plain'] !== undefined ? str(data['text/plain']) : str(data);
+    const node = el('pre', { class: 'out ' + (isResult ? 'result' : 'stdout') });
+    node.append(text);
+    cell.body.append(node);
+  }
+
+  // htmlFrame holds user HTML: /console/frame.html is served sandboxed (opaque origin,
+  // scripts but no same-origin access) and takes the HTML by postMessage.
+  function htmlFrame(html) {
+    const f = el('iframe', { sandbox: 'allow-scripts', src: '/console/frame.html', title: 'HTML output', loading: 'lazy' });
+    f.addEventListener('load', () => f.contentWindow.postMessage({ type: 'render', html }, '*'), { once: true });
+    return f;
+  }
+
+  // A frame reports its height; only our frames are listened to, and only a number is taken.
+  window.addEventListener('message', (e) => {
+    for (const f of document.querySelectorAll('.cell-body iframe')) {
+      if (f.contentWindow === e.source && e.data && typeof e.data.height === 'number') {
+        f.style.height = Math.min(Math.max(e.data.height + 4, 40), 800) + 'px';
+      }
+    }
+  });
+
+  function finish(cell, ev) {
+    if (cell.done) return;
+    cell.done = true;
+    cells.delete(cell.id);
+    const next = runningCell(); // calls on a socket run in the order sent
+    if (next && next.sent) setRunning(next);
+    const status = ev.status || 'error';
+    cell.node.dataset.state = status;
+    const parts = [status];
+    if (ev.execution_count) parts.push('[' + ev.execution_count + ']');
+    if (typeof ev.duration_ms === 'number') parts.push(ev.duration_ms.toFixed(1) + ' ms');
+    cell.state.textContent = parts.join(' · ');
+    const notes = [];
+    if (ev.new_session) notes.push('A new session started with this call: no earlier state.');
+    if (['timeout', 'died'].includes(status)) {
+      notes.push(ev.state_preserved ? 'The session kept its state.' : 'The session lost its state.');
+    }
+    if (ev.detail && status !== 'ok' && status !== 'error') notes.push(ev.detail);
+    else if (ev.detail && status === 'error' && !cell.sawError) notes.push(ev.detail);
+    if (ev.dropped_bytes) notes.push(humanSize(ev.dropped_bytes) + ' of output were dropped (the page read too slowly).');
+    if (cell.hidden) notes.push(cell.hidden + ' more characters of output not shown.');
+    for (const n of notes) cell.body.append(el('p', { class: 'note', text: n }));
+    updateButtons();
+    if (status === 'ok' || status === 'error') refreshFiles();
+  }
+
+  function onEvent(ev) {
+    const cell = ev.id !== undefined ? cells.get(ev.id) : undefined;
+    if (!cell) {
+      if (ev.type === 'error') notice((ev.ename || 'Error') + ': ' + (ev.evalue || ''), true);
+      return;
+    }
+    setRunning(cell);
+    switch (ev.type) {
+      case 'stdout':
+      case 'stderr':
+        appendText(cell, ev.type, String(ev.text ?? ''));
+        break;
+      case 'display':
+      case 'result':
+        if (ev.data && typeof ev.data === 'object') renderData(cell, ev.data, ev.type === 'result');
+        break;
+      case 'error': {
+        cell.sawError = true;
+        cell.last = null;
+        const tb = Array.isArray(ev.traceback) && ev.traceback.length
+          ? ev.traceback.map(stripANSI).join('\n')
+          : (ev.ename || 'Error') + ': ' + (ev.evalue || '');
+        const node = el('pre', { class: 'out error' });
+        node.append(tb);
+        cell.body.append(node);
+        break;
+      }
+      case 'done':
+        finish(cell, ev);
+        break;
+    }
+  }
+
+  // The oldest unfinished call is the one running; later ones wait behind it.
+  function runningCell() {
+    for (const c of cells.values()) if (!c.done) return c;
+    return null;
+  }
+
+  function updateButtons() {
+    ui.interrupt.disabled = !runningCell();
+  }
+
+  async function run() {
+    const code = ui.editor.value;
+    if (!code.trim()) { notice('Nothing to run.', true); return; }
+    if (!ready()) return;
+    notice('');
+    const id = 'c' + (++seq);
+    const language = ui.language.value;
+    const cell = newCell(id, code, language);
+    const s = socket();
+    cell.ws = s.ws;
+    cells.set(id, cell);
+    updateButtons();
+    try {
+      await s.open;
+    } catch {
+      finish(cell, { status: 'error', detail: 'could not open the stream' });
+      return;
+    }
+    const msg = { type: 'execute', id, code, language };
+    const t = Number(ui.timeout.value);
+    if (t > 0) msg.timeout = t;
+    s.ws.send(JSON.stringify(msg));
+    cell.sent = true;
+    if (runningCell() === cell) setRunning(cell);
+  }
+
+  function interrupt() {
+    const cell = runningCell();
+    if (!cell || !sock || cell.ws !== sock.ws) return;
+    sock.ws.send(JSON.stringify({ type: 'interrupt', id: cell.id }));
+    cell.state.textContent = 'interrupting…';
+  }
+
+  async function release() {
+    if (!ready()) return;
+    const user = ui.session.value;
+    try {
+      await api('POST', '/api/v1/release', { query: { user_uuid: user } });
+      notice('Session ' + user + ' released: its worker, variables and files are gone. The next run starts it afresh.');
+      showFiles(null, 'No session: run code or upload a file to start one.');
+    } catch (err) {
+      notice('Release failed: ' + err.message, true);
+    }
+  }
+
+  ui.run.addEventListener('click', run);
+  ui.interrupt.addEventListener('click', interrupt);
+  ui.release.addEventListener('click', release);
+  ui.clear.addEventListener('click', () => {
+    for (const n of [...ui.output.children]) {
+      const c = cells.get(n.dataset.id);
+      if (!c || c.done) n.remove();
+    }
+  });
+
+  // --- the editor: Ctrl/Cmd+Enter runs, Tab indents; Esc then Tab leaves it
+
+  let escaped = false;
+  ui.editor.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      run();
+      return;
+    }
+    if (e.key === 'Escape') { escaped = true; return; }
+    if (e.key === 'Tab' && !escaped && !e.ctrlKey && !e.altKey && !e.metaKey) {
+      e.preventDefault();
+      indent(e.shiftKey);
+    }
+    escaped = false;
+  });
+  ui.editor.addEventListener('blur', () => { escaped = false; });
+
+  function indent(outdent) {
+    const ed = ui.editor;
+    const { selectionStart: start, selectionEnd: end, value } = ed;
+    if (!outdent && start === end) {
+      ed.setRangeText(INDENT, start, end, 'end');
+      return;
+    }
+    // Whole lines of the selection move together.
+    const lineStart = value.lastIndexOf('\n', start - 1) + 1;
+    const block = value.slice(lineStart, end);
+    const lines = block.split('\n');
+    const changed = lines.map((l) => {
+      if (!outdent) return INDENT + l;
+      const n = l.startsWith(INDENT) ? INDENT.length : (l.match(/^[ \t]*/)[0].length > 0 ? 1 : 0);
+      return l.slice(n);
+    }).join('\n');
+    ed.setRangeText(changed, lineStart, end, 'select');
+  }
+
+  // --- files
+
+  let dir = ROOT;
+
+  function showFiles(entries, note) {
+    ui.fileList.replaceChildren();
+    ui.path.textContent = dir;
+    ui.filesNote.textContent = note || '';
+    if (!entries) return;
+    if (dir !== ROOT) {
+      const up = dir.replace(/[^/]+\/$/, '');
+      ui.fileList.append(el('tr', {}, el('td', {}, el('button', { type: 'button', class: 'link', text: '..', onclick: () => { dir = up; refreshFiles(); } })), el('td'), el('td')));
+    }
+    const isDirectory = (e) => (e.type === 'directory' ? 1 : 0);
+    entries.sort((a, b) => isDirectory(b) - isDirectory(a) || a.name.localeCompare(b.name));
+    for (const e of entries) {
+      const isDir = e.type === 'directory';
+      const name = isDir
+        ? el('button', { type: 'button', class: 'link', text: e.name + '/', onclick: () => { dir = dir + e.name + '/'; refreshFiles(); } })
+        : el('span', { text: e.name });
+      const actions = el('td');
+      if (e.type === 'file') {
+        actions.append(el('button', { type: 'button', class: 'link', text: 'Download', 'aria-label': 'Download ' + e.name, onclick: () => download(e.name) }));
+      }
+      if (e.type !== 'directory') {
+        actions.append(el('button', { type: 'button', class: 'link', text: 'Delete', 'aria-label': 'Delete ' + e.name, onclick: () => remove(e.name) }));
+      }
+      ui.fileList.append(el('tr', { 'data-name': e.name }, el('td', {}, name), el('td', { class: 'num', text: isDir ? '' : humanSize(e.size) }), actions));
+    }
+  }
+
+  let listing = 0;
+  async function refreshFiles() {
+    if (!ui.token.value || !USER_RE.test(ui.session.value)) {
+      showFiles(null, 'Enter the token to see the session\'s files.');
+      return;
+    }
+    const mine = ++listing; // an older answer arriving late must not replace a newer one
+    try {
+      const resp = await api('GET', '/api/v1/files/list', { query: { user_uuid: ui.session.value, path: dir } });
+      const page = await resp.json();
+      if (mine !== listing) return;
+      showFiles(page.entries || [], page.truncated ? 'Only the first ' + page.entries.length + ' entries are shown.' : (page.entries.length ? '' : 'No files yet.'));
+    } catch (err) {
+      if (mine !== listing) return;
+      if (err.status === 404 && dir === ROOT) showFiles(null, 'No session yet: run code or upload a file to start one.');
+      else if (err.status === 404) { dir = ROOT; refreshFiles(); }
+      else showFiles(null, err.message);
+    }
+  }
+
+  async function upload(files) {
+    if (!ready()) return;
+    for (const f of files) {
+      try {
+        ui.filesNote.textContent = 'Uploading ' + f.name + '…';
+        await api('PUT', '/api/v1/files/content', { query: { user_uuid: ui.session.value, path: dir + f.name }, body: f });
+      } catch (err) {
+        notice('Upload of ' + f.name + ' failed: ' + err.message, true);
+      }
+    }
+    refreshFiles();
+  }
+
+  async function download(name) {
+    try {
+      const resp = await api('GET', '/api/v1/files/content', { query: { user_uuid: ui.session.value, path: dir + name } });
+      const url = URL.createObjectURL(await resp.blob());
+      const a = el('a', { href: url, download: name });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    } catch (err) {
+      notice('Download of ' + name + ' failed: ' + err.message, true);
+    }
+  }
+
+  async function remove(name) {
+    if (!confirm('Delete ' + dir + name + '?')) return;
+    try {
+      await api('DELETE', '/api/v1/files', { query: { user_uuid: ui.session.value }, json: { files: [{ path: dir, name }] } });
+    } catch (err) {
+      notice('Delete of ' + name + ' failed: ' + err.message, true);
+    }
+    refreshFiles();
+  }
+
+  ui.refresh.addEventListener('click', refreshFiles);
+  ui.upload.addEventListener('change', () => { upload([...ui.upload.files]); ui.upload.value = ''; });
+  ui.drop.addEventListener('dragover', (e) => { e.preventDefault(); ui.drop.classList.add('over'); });
+  ui.drop.addEventListener('dragleave', () => ui.drop.classList.remove('over'));
+  ui.drop.addEventListener('drop', (e) => {
+    e.preventDefault();
+    ui.drop.classList.remove('over');
+    if (e.dataTransfer && e.dataTransfer.files.length) upload([...e.dataTransfer.files]);
+  });
+
+  // --- pool status, while the tab is visible
+
+  async function refreshPool() {
+    if (!ui.token.value || document.hidden) return;
+    try {
+      const s = await (await api('GET', '/api/v1/status')).json();
+      ui.pool.textContent = 'pool: ' + s.busy_workers + ' busy · ' + s.idle_workers + ' idle · ' + s.creating_workers +
+        ' starting · ' + s.total_workers + '/' + s.max_total_workers + (s.is_initializing ? ' · initializing' : '');
+    } catch (err) {
+      ui.pool.textContent = 'pool: ' + err.message;
+    }
+  }
+  setInterval(refreshPool, 5000);
+  document.addEventListener('visibilitychange', refreshPool);
+
+  function refreshAll() {
+    refreshPool();
+    refreshFiles();
+  }
+
+  updateButtons();
+  refreshAll();
+  if (!ui.token.value) {
+    notice('Enter the API token to start: `codebox token` on the host prints it.');
+    ui.token.focus();
+  } else {
+    ui.editor.focus();
+  }
+})();
