@@ -106,6 +106,16 @@ type ServerConfig struct {
 	// Console, when set, is served at its Paths without a token (it is public: the page
 	// asks for the token).
 	Console Console
+	// MCP, when set, serves the Model Context Protocol at /mcp, behind the token.
+	MCP MCP
+}
+
+// MCP is the Model Context Protocol endpoint's handler.
+type MCP interface {
+	http.Handler
+	// Shutdown lets running tool calls finish (until ctx ends), then ends the sessions and
+	// their event streams, which would hold the server's shutdown.
+	Shutdown(ctx context.Context)
 }
 
 // Console is the web console's handler.
@@ -166,6 +176,9 @@ type Handler struct {
 // finishes its running call and is closed; when ctx ends first, the calls still running
 // are interrupted. New streams are refused.
 func (h *Handler) Shutdown(ctx context.Context) {
+	if h.s.cfg.MCP != nil {
+		go h.s.cfg.MCP.Shutdown(ctx)
+	}
 	h.s.streams.shutdown(ctx)
 }
 
@@ -214,6 +227,21 @@ func NewHandler(b Backend, cfg ServerConfig) *Handler {
 		for _, p := range cfg.Console.Paths() {
 			r.Handler(http.MethodGet, p, page)
 			r.Handler(http.MethodHead, p, page)
+		}
+	}
+	if cfg.MCP != nil {
+		mcp := s.wrap(func(w http.ResponseWriter, r *http.Request) error {
+			switch r.Method {
+			case http.MethodPost: // a tool call's answer (and its progress) may take as long as an execute
+				s.longCall(w, s.cfg.MaxExecTimeout+2*time.Minute)
+			case http.MethodGet: // the session's event stream: open until the session ends
+				http.NewResponseController(w).SetWriteDeadline(time.Time{})
+			}
+			cfg.MCP.ServeHTTP(w, r)
+			return nil
+		}, true)
+		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+			r.Handler(m, "/mcp", mcp)
 		}
 	}
 	r.NotFound = s.wrap(func(w http.ResponseWriter, r *http.Request) error {
@@ -276,6 +304,7 @@ func (s *server) wrap(h handlerFunc, auth bool) http.Handler {
 		rc.SetWriteDeadline(start.Add(defaultWriteTimeout))
 		var err error
 		if auth && !s.authorized(r) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="codebox"`)
 			err = Errorf(http.StatusUnauthorized, "missing or invalid token")
 		} else {
 			err = h(w, r)

@@ -120,7 +120,10 @@ func Errorf(status int, format string, args ...any) *Error {
 // MaxUserUUIDLength is the longest user_uuid accepted.
 const MaxUserUUIDLength = 128
 
-var userUUIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
+// UserUUIDPattern is what a user_uuid matches, for schemas.
+const UserUUIDPattern = `^[A-Za-z0-9._-]{1,128}$`
+
+var userUUIDPattern = regexp.MustCompile(UserUUIDPattern)
 
 // ValidateUserUUID checks a user_uuid: 1..128 characters of A-Z a-z 0-9 . _ -.
 func ValidateUserUUID(u string) error {

@@ -30,15 +30,16 @@ func artifactsDir(t *testing.T) string {
 	return dir
 }
 
-// runNode runs one of nodeDir's test scripts with node's own test runner and fails the test
-// with its output when any of its tests fails. A missing prerequisite fails loudly.
-func runNode(t *testing.T, script string, timeout time.Duration, env map[string]string) {
+// runNode runs one of nodeDir's test scripts, which uses the npm package pkg, with node's
+// own test runner and fails the test with its output when any of its tests fails. A
+// missing prerequisite fails loudly.
+func runNode(t *testing.T, script, pkg string, timeout time.Duration, env map[string]string) {
 	t.Helper()
 	node, err := exec.LookPath("node")
 	if err != nil {
 		t.Fatalf("node is not installed (make deps installs it): %v", err)
 	}
-	for _, p := range []string{filepath.Join(nodeDir, "node_modules", "playwright-core"), filepath.Join(nodeDir, script)} {
+	for _, p := range []string{filepath.Join(nodeDir, "node_modules", pkg), filepath.Join(nodeDir, script)} {
 		if _, err := os.Stat(p); err != nil {
 			t.Fatalf("%v (make test installs the Node clients: scripts/install-node-deps.sh)", err)
 		}
@@ -74,7 +75,7 @@ func TestConsole(t *testing.T) {
 	}
 	d := startDaemon(t, "--min-idle-workers", "1")
 	art := artifactsDir(t)
-	runNode(t, "console.test.mjs", 5*time.Minute, map[string]string{
+	runNode(t, "console.test.mjs", "playwright-core", 5*time.Minute, map[string]string{
 		"CODEBOX_URL":       d.url,
 		"CODEBOX_TOKEN":     d.token,
 		"CODEBOX_ARTIFACTS": art,

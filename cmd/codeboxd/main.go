@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -31,6 +32,7 @@ import (
 	"github.com/codebox/codebox/console"
 	"github.com/codebox/codebox/daemon"
 	"github.com/codebox/codebox/firewall"
+	"github.com/codebox/codebox/mcpserver"
 	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/runtime"
 )
@@ -182,6 +184,12 @@ func serve(cfg config) error {
 	if err != nil {
 		return err
 	}
+	tools, err := mcpserver.New(mcpserver.Config{Backend: d, Log: log, SessionTimeout: cfg.IdleTimeout,
+		MaxExecTimeout: cfg.MaxExecTimeout, Version: version()})
+	if err != nil {
+		d.Close(context.Background())
+		return err
+	}
 	if err := d.Recover(ctx); err != nil {
 		return err
 	}
@@ -196,7 +204,7 @@ func serve(cfg config) error {
 	ln = netutil.LimitListener(ln, maxAPIConnections)
 	handler := api.NewHandler(d, api.ServerConfig{Token: token, CORSOrigins: cfg.corsOrigins(), Log: log,
 		MaxFileBytes: int64(cfg.MaxFileMB) << 20, FileTimeout: cfg.FileTimeout, MaxExecTimeout: cfg.MaxExecTimeout,
-		Console: page})
+		Console: page, MCP: tools})
 	srv := &http.Server{
 		Handler: handler,
 		// The handlers set the body and answer deadlines of each call (api.ServerConfig); the
@@ -286,4 +294,16 @@ func notifyReady(ctx context.Context, d *daemon.Daemon, log *slog.Logger) {
 		}
 		sdnotify.SdNotify(false, "STATUS=serving")
 	}()
+}
+
+// version is the build's revision, which the MCP endpoint reports.
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				return s.Value[:12]
+			}
+		}
+	}
+	return "dev"
 }

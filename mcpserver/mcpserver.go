@@ -1,0 +1,652 @@
+// Package mcpserver owns codeboxd's Model Context Protocol endpoint (/mcp): the tools an
+// agent sees, their descriptions and schemas, and how their calls map onto the API's
+// Backend. The official Go SDK serves the protocol (Streamable HTTP transport).
+package mcpserver
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"path"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/jsonschema-go/jsonschema"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/codebox/codebox/api"
+)
+
+// Limits of what a tool call hands back: an agent's context is small and the worker's
+// output is the tenant's.
+const (
+	// MaxReadBytes is the most of a file read_file returns.
+	MaxReadBytes = 1 << 20
+	// maxListEntries is the most entries list_files shows.
+	maxListEntries = 1000
+	// maxProgressMessage is the most output one progress notification carries.
+	maxProgressMessage = 4 << 10
+	// progressInterval spaces progress notifications: output between two is coalesced.
+	progressInterval = 200 * time.Millisecond
+)
+
+// Config configures the endpoint.
+type Config struct {
+	Backend api.Backend
+	Log     *slog.Logger
+	// SessionTimeout closes an MCP session idle this long (the daemon's --idle-timeout: its
+	// codebox session is released after the same time, as any session is).
+	SessionTimeout time.Duration
+	// MaxSessions bounds the MCP sessions open at once; more are refused with 503.
+	MaxSessions int
+	// MaxExecTimeout is the longest run_code timeout (the daemon's --max-exec-timeout).
+	MaxExecTimeout time.Duration
+	Version        string
+}
+
+// Handler serves /mcp.
+type Handler struct {
+	cfg     Config
+	server  *mcp.Server
+	http    *mcp.StreamableHTTPHandler
+	running atomic.Int64 // POSTs being answered: tool calls among them
+}
+
+// New makes the endpoint and its tools.
+func New(cfg Config) (*Handler, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.MaxSessions <= 0 {
+		cfg.MaxSessions = 1024
+	}
+	h := &Handler{cfg: cfg}
+	h.server = mcp.NewServer(&mcp.Implementation{Name: "codebox", Title: "codebox code interpreter", Version: cfg.Version},
+		&mcp.ServerOptions{
+			Instructions: instructions,
+			// Tools only: no logging, and the list never changes.
+			Capabilities: &mcp.ServerCapabilities{Tools: &mcp.ToolCapabilities{}},
+		})
+	if err := h.addTools(); err != nil {
+		return nil, err
+	}
+	h.http = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return h.server }, &mcp.StreamableHTTPOptions{
+		SessionTimeout: cfg.SessionTimeout,
+		// Every request carries the API token, which a page that rebinds a name to
+		// 127.0.0.1 does not have; the SDK's Host check would also refuse a reverse proxy
+		// on this host (HAProxy) that forwards the public name.
+		DisableLocalhostProtection: true,
+		MaxRequestBodyBytes:        api.MaxJSONBody,
+	})
+	return h, nil
+}
+
+const instructions = `codebox runs code in an isolated, persistent sandbox (a Linux container with no network access).
+Variables, imports, functions and files under /sandbox (the working directory) persist between run_code calls of this MCP session.
+Python is the default; javascript, typescript and bash keep their own state in the same sandbox.
+Plots shown with matplotlib's plt.show() come back as images. Files are moved with write_file, read_file and list_files.
+Call release when done to free the sandbox (it is also freed after an idle time).`
+
+// ServeHTTP refuses a new session past MaxSessions, then hands the request to the SDK.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost && r.Header.Get("Mcp-Session-Id") == "" {
+		n := 0
+		for ss := range h.server.Sessions() {
+			// A request that does not initialize (a client's server/discover probe) has a
+			// session only while it is answered.
+			if ss.InitializeParams() != nil {
+				n++
+			}
+		}
+		if n >= h.cfg.MaxSessions {
+			w.Header().Set("Retry-After", "10")
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, `{"detail": "%d MCP sessions are open, the most codeboxd keeps: end one (DELETE /mcp) or retry later"}`+"\n", n)
+			return
+		}
+	}
+	if r.Method == http.MethodPost {
+		// Until the answer is written: a session closed sooner would lose it.
+		h.running.Add(1)
+		defer h.running.Add(-1)
+	}
+	h.http.ServeHTTP(w, r)
+}
+
+// Shutdown waits for the calls being answered (until ctx ends), then closes every MCP
+// session: their event streams end, so the HTTP server's own shutdown does not wait on
+// them.
+func (h *Handler) Shutdown(ctx context.Context) {
+	for h.running.Load() > 0 && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	for ss := range h.server.Sessions() {
+		ss.Close()
+	}
+}
+
+// --- tools
+
+type runCodeIn struct {
+	Code     string  `json:"code" jsonschema:"The code to run. State persists between calls: define a variable in one call, use it in the next. In Python the value of the last expression is returned; print() output is returned as text."`
+	Language string  `json:"language,omitempty" jsonschema:"The interpreter: python (default; IPython, with numpy, pandas, matplotlib), javascript (Node.js; top-level await; console.log), typescript (transpiled, same context as javascript) or bash (a persistent shell). Each keeps its own state."`
+	Timeout  float64 `json:"timeout,omitempty" jsonschema:"Seconds before the code is interrupted (default: the server's, usually 30). A long computation needs a larger value."`
+	Session  string  `json:"session,omitempty" jsonschema:"Optional: the codebox session to use (1-128 of A-Z a-z 0-9 . _ -). Omit it to use this MCP session's own sandbox; name one to share a sandbox across MCP sessions."`
+}
+
+type pathIn struct {
+	Path    string `json:"path" jsonschema:"A path under /sandbox, e.g. /sandbox/data.csv (relative paths are taken from /sandbox)."`
+	Session string `json:"session,omitempty" jsonschema:"Optional: the codebox session, as for run_code."`
+}
+
+type listIn struct {
+	Path    string `json:"path,omitempty" jsonschema:"A directory under /sandbox (default /sandbox/)."`
+	Session string `json:"session,omitempty" jsonschema:"Optional: the codebox session, as for run_code."`
+}
+
+type writeIn struct {
+	Path     string `json:"path" jsonschema:"Where to write, under /sandbox, e.g. /sandbox/input.csv. Directories are created; an existing file is replaced."`
+	Content  string `json:"content" jsonschema:"The file's content: text, or base64 when encoding is base64."`
+	Encoding string `json:"encoding,omitempty" jsonschema:"text (default) or base64 (for binary files)."`
+	Session  string `json:"session,omitempty" jsonschema:"Optional: the codebox session, as for run_code."`
+}
+
+type releaseIn struct {
+	Session string `json:"session,omitempty" jsonschema:"Optional: the codebox session to release (default: this MCP session's)."`
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// schemaFor infers a tool's input schema and lets edit refine it (enums, bounds).
+func schemaFor[T any](edit func(props map[string]*jsonschema.Schema)) (*jsonschema.Schema, error) {
+	s, err := jsonschema.For[T](nil)
+	if err != nil {
+		return nil, err
+	}
+	if edit != nil {
+		edit(s.Properties)
+	}
+	return s, nil
+}
+
+func (h *Handler) addTools() error {
+	runSchema, err := schemaFor[runCodeIn](func(p map[string]*jsonschema.Schema) {
+		langs := make([]any, len(api.Languages))
+		for i, l := range api.Languages {
+			langs[i] = l
+		}
+		p["language"].Enum = langs
+		p["language"].Default = json.RawMessage(`"python"`)
+		p["timeout"].ExclusiveMinimum = ptr(0.0)
+		if h.cfg.MaxExecTimeout > 0 {
+			p["timeout"].Maximum = ptr(h.cfg.MaxExecTimeout.Seconds())
+		}
+		p["code"].MinLength = ptr(1)
+		p["session"].Pattern = api.UserUUIDPattern
+	})
+	if err != nil {
+		return err
+	}
+	writeSchema, err := schemaFor[writeIn](func(p map[string]*jsonschema.Schema) {
+		p["encoding"].Enum = []any{"text", "base64"}
+		p["encoding"].Default = json.RawMessage(`"text"`)
+		p["session"].Pattern = api.UserUUIDPattern
+	})
+	if err != nil {
+		return err
+	}
+	sessionPattern := func(p map[string]*jsonschema.Schema) { p["session"].Pattern = api.UserUUIDPattern }
+	readSchema, err := schemaFor[pathIn](sessionPattern)
+	if err != nil {
+		return err
+	}
+	listSchema, err := schemaFor[listIn](sessionPattern)
+	if err != nil {
+		return err
+	}
+	releaseSchema, err := schemaFor[releaseIn](sessionPattern)
+	if err != nil {
+		return err
+	}
+
+	mcp.AddTool(h.server, &mcp.Tool{
+		Name:  "run_code",
+		Title: "Run code",
+		Description: "Run code in a persistent sandbox and return its output: printed text, the value of the last expression, " +
+			"images (matplotlib plots), and on failure the error with its traceback. Variables, imports and files persist between calls. " +
+			"No network access; files live under /sandbox (the working directory).",
+		InputSchema: runSchema,
+		Annotations: &mcp.ToolAnnotations{Title: "Run code", DestructiveHint: ptr(true), OpenWorldHint: ptr(false)},
+	}, h.runCode)
+	mcp.AddTool(h.server, &mcp.Tool{
+		Name:        "list_files",
+		Title:       "List files",
+		Description: fmt.Sprintf("List a directory of the sandbox (default /sandbox/): names, sizes and types, at most %d entries.", maxListEntries),
+		InputSchema: listSchema,
+		Annotations: &mcp.ToolAnnotations{Title: "List files", ReadOnlyHint: true, OpenWorldHint: ptr(false)},
+	}, h.listFiles)
+	mcp.AddTool(h.server, &mcp.Tool{
+		Name:  "read_file",
+		Title: "Read a file",
+		Description: fmt.Sprintf("Read a file of the sandbox. Text comes back as text (the first %d KiB of a larger file); "+
+			"images as images; other binary files base64-encoded, up to %d KiB.", MaxReadBytes>>10, MaxReadBytes>>10),
+		InputSchema: readSchema,
+		Annotations: &mcp.ToolAnnotations{Title: "Read a file", ReadOnlyHint: true, OpenWorldHint: ptr(false)},
+	}, h.readFile)
+	mcp.AddTool(h.server, &mcp.Tool{
+		Name:        "write_file",
+		Title:       "Write a file",
+		Description: "Write a file into the sandbox (text, or base64 for binary), e.g. data for run_code to read. Replaces an existing file.",
+		InputSchema: writeSchema,
+		Annotations: &mcp.ToolAnnotations{Title: "Write a file", DestructiveHint: ptr(true), IdempotentHint: true, OpenWorldHint: ptr(false)},
+	}, h.writeFile)
+	mcp.AddTool(h.server, &mcp.Tool{
+		Name:        "release",
+		Title:       "Release the sandbox",
+		Description: "End the session: its sandbox, variables and files are destroyed. The next run_code starts a fresh one.",
+		InputSchema: releaseSchema,
+		Annotations: &mcp.ToolAnnotations{Title: "Release the sandbox", DestructiveHint: ptr(true), IdempotentHint: true, OpenWorldHint: ptr(false)},
+	}, h.release)
+	return nil
+}
+
+// user is the codebox session of a call: the one it names, else its MCP session's.
+func user(req *mcp.CallToolRequest, named string) (string, error) {
+	if named != "" {
+		if err := api.ValidateUserUUID(named); err != nil {
+			return "", errors.New("session must be 1 to 128 characters of A-Z a-z 0-9 . _ -")
+		}
+		return named, nil
+	}
+	id := req.Session.ID()
+	if id == "" {
+		return "", errors.New("this MCP connection has no session id: name a session")
+	}
+	return "mcp-" + id, nil
+}
+
+// toolError is a failed call as the agent sees it: a tool error with a sentence to act on.
+func toolError(err error) (*mcp.CallToolResult, any, error) {
+	return &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: describe(err)}}}, nil, nil
+}
+
+// describe says what a Backend failure means for the agent.
+func describe(err error) string {
+	var p *api.Problem
+	var e *api.Error
+	detail, kind, retry := err.Error(), api.Internal, time.Duration(0)
+	var fields map[string]any
+	switch {
+	case errors.As(err, &p):
+		detail, kind, retry, fields = p.Detail, p.Kind, p.RetryAfter, p.Fields
+		if kind == api.Internal {
+			detail = "internal error (see codeboxd's log)"
+		}
+	case errors.As(err, &e):
+		detail, retry, fields = e.Detail, e.RetryAfter, e.Fields
+		if e.Status >= 500 && e.Detail == "" {
+			detail = "internal error (see codeboxd's log)"
+		}
+	}
+	msg := detail
+	if kind == api.Timeout || fields["state_preserved"] != nil {
+		if kept, ok := fields["state_preserved"].(bool); ok && kept {
+			msg += " (the session kept its state)"
+		} else if ok {
+			msg += " (the session lost its state: variables must be defined again)"
+		}
+	}
+	if retry > 0 {
+		msg += fmt.Sprintf(" (retry in %d s)", int(retry.Round(time.Second)/time.Second))
+	}
+	return msg
+}
+
+// ansi matches terminal colour codes, which tracebacks carry and an agent does not need.
+var ansi = regexp.MustCompile("\x1b\\[[0-9;?]*[A-Za-z]")
+
+func (h *Handler) runCode(ctx context.Context, req *mcp.CallToolRequest, in runCodeIn) (*mcp.CallToolResult, any, error) {
+	u, err := user(req, in.Session)
+	if err != nil {
+		return toolError(err)
+	}
+	er := api.ExecuteRequest{Code: in.Code, Language: in.Language}
+	if in.Timeout != 0 {
+		er.Timeout = &in.Timeout
+	}
+	if err := er.Validate(h.cfg.MaxExecTimeout); err != nil {
+		return toolError(err)
+	}
+	out := &output{}
+	if tok := req.Params.GetProgressToken(); tok != nil {
+		p := newProgress(ctx, req.Session, tok)
+		defer p.stop()
+		out.progress = p
+	}
+	if err := h.cfg.Backend.Execute(ctx, u, er, out); err != nil && out.err == nil && out.resp == nil {
+		return toolError(err)
+	}
+	if out.err != nil {
+		return toolError(out.err)
+	}
+	return result(out.resp), nil, nil
+}
+
+// output takes a call's answer, and its output as it comes when the client asked for
+// progress.
+type output struct {
+	resp     *api.ExecuteResponse
+	err      error
+	progress *progress
+}
+
+func (o *output) Reply(_ context.Context, resp *api.ExecuteResponse, err error) error {
+	o.resp, o.err = resp, err
+	return nil
+}
+
+func (o *output) Stream(e api.Event) {
+	if o.progress != nil && (e.Type == api.EventStdout || e.Type == api.EventStderr) {
+		o.progress.add(e.Text)
+	}
+}
+
+func (o *output) Started(func()) {}
+
+// result is the tool result of an execute: text for output, images for PNGs, a tool
+// error with the traceback when the code raised.
+func result(r *api.ExecuteResponse) *mcp.CallToolResult {
+	var content []mcp.Content
+	text := func(s string) { content = append(content, &mcp.TextContent{Text: s}) }
+	if r.NewSession {
+		text("[a new session started with this call: nothing defined before it exists]")
+	}
+	if r.Stdout != "" {
+		text(r.Stdout)
+	}
+	if r.Stderr != "" {
+		text("[stderr]\n" + r.Stderr)
+	}
+	for _, bundle := range r.Results {
+		if img, mimeType := image(bundle); img != nil {
+			content = append(content, &mcp.ImageContent{Data: img, MIMEType: mimeType})
+			continue
+		}
+		for _, kind := range []string{"text/plain", "text/markdown", "text/html"} {
+			var s string
+			if raw, ok := bundle[kind]; ok && json.Unmarshal(raw, &s) == nil {
+				text(s)
+				break
+			}
+		}
+	}
+	if r.Truncated {
+		text("[output truncated: the call printed more than codeboxd keeps]")
+	}
+	if r.Error != nil {
+		tb := strings.Join(r.Error.Traceback, "\n")
+		if tb == "" {
+			tb = r.Error.Ename + ": " + r.Error.Evalue
+		}
+		text(ansi.ReplaceAllString(tb, ""))
+		if r.StatePreserved != nil && !*r.StatePreserved {
+			text("[the interpreter ended: its state is lost]")
+		}
+		return &mcp.CallToolResult{IsError: true, Content: content}
+	}
+	if len(content) == 0 {
+		text("(no output)")
+	}
+	return &mcp.CallToolResult{Content: content}
+}
+
+// image decodes the first raster image of a display bundle.
+func image(bundle map[string]json.RawMessage) ([]byte, string) {
+	for _, m := range []string{"image/png", "image/jpeg", "image/gif", "image/webp"} {
+		var s string
+		if raw, ok := bundle[m]; ok && json.Unmarshal(raw, &s) == nil {
+			if b, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(s), "")); err == nil {
+				return b, m
+			}
+		}
+	}
+	return nil, ""
+}
+
+// progress sends a call's output to the client as progress notifications while the code
+// runs: coalesced every progressInterval, the newest maxProgressMessage bytes of each. The
+// kernel never waits for it: add only appends (bounded), a goroutine sends.
+type progress struct {
+	mu      sync.Mutex
+	pending []byte
+	dropped bool
+	count   int
+	wake    chan struct{}
+	done    chan struct{}
+	stopped chan struct{}
+
+	ctx   context.Context
+	ss    *mcp.ServerSession
+	token any
+}
+
+func newProgress(ctx context.Context, ss *mcp.ServerSession, token any) *progress {
+	p := &progress{wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{}), ctx: ctx, ss: ss, token: token}
+	go func() {
+		defer close(p.stopped)
+		for {
+			select {
+			case <-p.wake:
+			case <-p.done:
+				return
+			case <-ctx.Done():
+				return
+			}
+			p.mu.Lock()
+			msg, dropped := string(p.pending), p.dropped
+			p.pending, p.dropped = nil, false
+			p.count++
+			n := p.count
+			p.mu.Unlock()
+			if dropped {
+				msg = "…" + msg
+			}
+			// The cut that bounds a message may split a character.
+			msg = strings.ToValidUTF8(msg, "")
+			if err := ss.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: token, Progress: float64(n), Message: msg}); err != nil {
+				return // the client went away; the answer will say so
+			}
+			select {
+			case <-time.After(progressInterval):
+			case <-p.done:
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return p
+}
+
+func (p *progress) add(s string) {
+	p.mu.Lock()
+	p.pending = append(p.pending, s...)
+	if over := len(p.pending) - maxProgressMessage; over > 0 {
+		p.pending = append(p.pending[:0], p.pending[over:]...)
+		p.dropped = true
+	}
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// stop ends the notifications before the answer goes out (none may follow it), with the
+// output not yet sent.
+func (p *progress) stop() {
+	close(p.done)
+	<-p.stopped
+	p.mu.Lock()
+	msg, dropped := string(p.pending), p.dropped
+	p.count++
+	n := p.count
+	p.mu.Unlock()
+	if msg == "" || p.ctx.Err() != nil {
+		return
+	}
+	if dropped {
+		msg = "…" + msg
+	}
+	p.ss.NotifyProgress(p.ctx, &mcp.ProgressNotificationParams{ProgressToken: p.token, Progress: float64(n), Message: strings.ToValidUTF8(msg, "")})
+}
+
+// sandboxPath makes a tool's path absolute under /sandbox; the Backend checks the rest.
+func sandboxPath(p string) string {
+	if p == "" {
+		return "/sandbox/"
+	}
+	if !strings.HasPrefix(p, "/") {
+		return "/sandbox/" + p
+	}
+	return p
+}
+
+func (h *Handler) listFiles(ctx context.Context, req *mcp.CallToolRequest, in listIn) (*mcp.CallToolResult, any, error) {
+	u, err := user(req, in.Session)
+	if err != nil {
+		return toolError(err)
+	}
+	page, err := h.cfg.Backend.ListFiles(ctx, u, sandboxPath(in.Path), 0, maxListEntries)
+	if err != nil {
+		var p *api.Problem
+		if errors.As(err, &p) && p.Kind == api.NotFound {
+			return toolError(fmt.Errorf("%s (a session starts with its first run_code or write_file)", p.Detail))
+		}
+		return toolError(err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %d entries\n", page.Path, len(page.Entries))
+	for _, e := range page.Entries {
+		switch e.Type {
+		case "directory":
+			fmt.Fprintf(&b, "%s/\tdirectory\n", e.Name)
+		case "file":
+			fmt.Fprintf(&b, "%s\t%d bytes\n", e.Name, e.Size)
+		default:
+			fmt.Fprintf(&b, "%s\t%s\n", e.Name, e.Type)
+		}
+	}
+	if page.Truncated {
+		fmt.Fprintf(&b, "[only the first %d entries are listed]\n", len(page.Entries))
+	}
+	return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: b.String()}}}, nil, nil
+}
+
+func (h *Handler) readFile(ctx context.Context, req *mcp.CallToolRequest, in pathIn) (*mcp.CallToolResult, any, error) {
+	u, err := user(req, in.Session)
+	if err != nil {
+		return toolError(err)
+	}
+	p := sandboxPath(in.Path)
+	var res *mcp.CallToolResult
+	err = h.cfg.Backend.GetFile(ctx, u, p, func(ctx context.Context, name string, _ time.Time, content io.ReadSeeker) error {
+		size, err := content.Seek(0, io.SeekEnd)
+		if err != nil {
+			return err
+		}
+		if _, err := content.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		data, err := io.ReadAll(io.LimitReader(content, MaxReadBytes))
+		if err != nil {
+			return err
+		}
+		res = fileResult(p, name, size, data)
+		return nil
+	})
+	if err != nil {
+		return toolError(err)
+	}
+	return res, nil, nil
+}
+
+// fileResult is read_file's answer for the first bytes (data) of a file of size bytes.
+func fileResult(p, name string, size int64, data []byte) *mcp.CallToolResult {
+	mimeType := mime.TypeByExtension(path.Ext(name))
+	isText := utf8.Valid(data) && !strings.ContainsRune(string(data), 0) ||
+		// a cut in the middle of a character
+		int64(len(data)) < size && utf8.Valid(data[:max(0, len(data)-utf8.UTFMax)])
+	switch {
+	case isText:
+		s := strings.ToValidUTF8(string(data), "")
+		if int64(len(data)) < size {
+			s += fmt.Sprintf("\n[truncated: the first %d of %d bytes]", len(data), size)
+		}
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: s}}}
+	case int64(len(data)) < size:
+		return &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: fmt.Sprintf(
+			"%s is a binary file of %d bytes, over read_file's limit of %d: process it with run_code instead", p, size, MaxReadBytes)}}}
+	case strings.HasPrefix(mimeType, "image/") && mimeType != "image/svg+xml":
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.ImageContent{Data: data, MIMEType: mimeType}}}
+	default:
+		if mimeType == "" {
+			mimeType = "application/octet-stream"
+		}
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.EmbeddedResource{Resource: &mcp.ResourceContents{
+			URI: "file://" + p, MIMEType: mimeType, Blob: data}}}}
+	}
+}
+
+func (h *Handler) writeFile(ctx context.Context, req *mcp.CallToolRequest, in writeIn) (*mcp.CallToolResult, any, error) {
+	u, err := user(req, in.Session)
+	if err != nil {
+		return toolError(err)
+	}
+	var body io.Reader = strings.NewReader(in.Content)
+	switch in.Encoding {
+	case "", "text":
+	case "base64":
+		// Decoded whole before the session is touched: a bad one leaves no file behind.
+		// The request body bounds its size.
+		b, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(in.Content), ""))
+		if err != nil {
+			return toolError(fmt.Errorf("content is not valid base64: %v", err))
+		}
+		body = bytes.NewReader(b)
+	default:
+		return toolError(fmt.Errorf("encoding must be text or base64, not %q", in.Encoding))
+	}
+	res, err := h.cfg.Backend.PutFile(ctx, u, sandboxPath(in.Path), body)
+	if err != nil {
+		return toolError(err)
+	}
+	return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "wrote " + strconv.FormatInt(res.Size, 10) + " bytes to " + res.FullPath}}}, nil, nil
+}
+
+func (h *Handler) release(ctx context.Context, req *mcp.CallToolRequest, in releaseIn) (*mcp.CallToolResult, any, error) {
+	u, err := user(req, in.Session)
+	if err != nil {
+		return toolError(err)
+	}
+	if err := h.cfg.Backend.Release(ctx, u); err != nil {
+		return toolError(err)
+	}
+	return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "released: the sandbox, its variables and files are gone; the next run_code starts a fresh one"}}}, nil, nil
+}

@@ -1,0 +1,394 @@
+package mcpserver
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/codebox/codebox/api"
+)
+
+// fakeBackend is the daemon as the tools see it: sessions of files and canned answers.
+type fakeBackend struct {
+	mu       sync.Mutex
+	users    []string
+	files    map[string][]byte
+	released []string
+	// exec answers an execute; it may stream events to out first.
+	exec func(ctx context.Context, req api.ExecuteRequest, out api.Output) error
+}
+
+func (f *fakeBackend) Execute(ctx context.Context, user string, req api.ExecuteRequest, out api.Output) error {
+	f.mu.Lock()
+	f.users = append(f.users, user)
+	f.mu.Unlock()
+	return f.exec(ctx, req, out)
+}
+func (f *fakeBackend) Release(ctx context.Context, user string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.released = append(f.released, user)
+	return nil
+}
+func (f *fakeBackend) Status() api.Status             { return api.Status{} }
+func (f *fakeBackend) Ping(ctx context.Context) error { return nil }
+func (f *fakeBackend) ImportFiles(context.Context, string, []api.FileImport) (*api.FilesResponse, error) {
+	return nil, api.Fail(api.Internal, "unused")
+}
+func (f *fakeBackend) ExportFiles(context.Context, string, []api.FileExport) (*api.FilesResponse, error) {
+	return nil, api.Fail(api.Internal, "unused")
+}
+func (f *fakeBackend) DeleteFiles(context.Context, string, []api.FileRef) (*api.FilesResponse, error) {
+	return nil, api.Fail(api.Internal, "unused")
+}
+func (f *fakeBackend) PutFile(ctx context.Context, user, p string, body io.Reader) (*api.FileResult, error) {
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.files[p] = b
+	return &api.FileResult{FullPath: p, Size: int64(len(b))}, nil
+}
+func (f *fakeBackend) GetFile(ctx context.Context, user, p string, send func(context.Context, string, time.Time, io.ReadSeeker) error) error {
+	f.mu.Lock()
+	b, ok := f.files[p]
+	f.mu.Unlock()
+	if !ok {
+		return api.Fail(api.NotFound, "no file %s", p)
+	}
+	return send(ctx, p[strings.LastIndex(p, "/")+1:], time.Time{}, bytes.NewReader(b))
+}
+func (f *fakeBackend) ListFiles(ctx context.Context, user, p string, offset, limit int) (*api.ListResponse, error) {
+	return nil, api.Fail(api.NotFound, "no session")
+}
+
+func reply(resp *api.ExecuteResponse, err error) func(context.Context, api.ExecuteRequest, api.Output) error {
+	return func(ctx context.Context, _ api.ExecuteRequest, out api.Output) error {
+		return out.Reply(ctx, resp, err)
+	}
+}
+
+type bearer struct{ base http.RoundTripper }
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer t0ken")
+	return b.base.RoundTrip(r)
+}
+
+// serve runs the endpoint behind the API's router, as codeboxd does.
+func serve(t *testing.T, b api.Backend, cfg Config) (*Handler, string) {
+	t.Helper()
+	cfg.Backend = b
+	h, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api.NewHandler(b, api.ServerConfig{Token: "t0ken", MCP: h, MaxExecTimeout: time.Minute}))
+	t.Cleanup(srv.Close)
+	return h, srv.URL + "/mcp"
+}
+
+func connect(t *testing.T, url string, opts *mcp.ClientOptions) *mcp.ClientSession {
+	t.Helper()
+	c := mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, opts)
+	cs, err := c.Connect(context.Background(), &mcp.StreamableClientTransport{Endpoint: url,
+		HTTPClient: &http.Client{Transport: bearer{http.DefaultTransport}}, MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	return cs
+}
+
+func call(t *testing.T, cs *mcp.ClientSession, name string, args map[string]any) *mcp.CallToolResult {
+	t.Helper()
+	r, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: name, Arguments: args})
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return r
+}
+
+func text(r *mcp.CallToolResult) string {
+	var parts []string
+	for _, c := range r.Content {
+		if t, ok := c.(*mcp.TextContent); ok {
+			parts = append(parts, t.Text)
+		}
+	}
+	return strings.Join(parts, "|")
+}
+
+func TestToolSchemas(t *testing.T) {
+	_, url := serve(t, &fakeBackend{}, Config{MaxExecTimeout: 5 * time.Minute})
+	cs := connect(t, url, nil)
+	res, err := cs.ListTools(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]*mcp.Tool{}
+	for _, tl := range res.Tools {
+		byName[tl.Name] = tl
+	}
+	run := byName["run_code"]
+	if run == nil {
+		t.Fatalf("no run_code: %v", res.Tools)
+	}
+	schema, _ := json.Marshal(run.InputSchema)
+	for _, want := range []string{`"required":["code"]`, `"enum":["python","javascript","typescript","bash"]`, `"maximum":300`, `"exclusiveMinimum":0`} {
+		if !bytes.Contains(schema, []byte(want)) {
+			t.Errorf("run_code schema lacks %s: %s", want, schema)
+		}
+	}
+	// docs/API.md's table of tools names the same ones.
+	md, err := os.ReadFile("../docs/API.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var documented []string
+	for _, m := range regexp.MustCompile(`(?m)^\| \*\*([a-z_]+)\*\* \|`).FindAllStringSubmatch(string(md), -1) {
+		documented = append(documented, m[1])
+	}
+	var served []string
+	for _, tl := range res.Tools {
+		served = append(served, tl.Name)
+	}
+	slices.Sort(documented)
+	slices.Sort(served)
+	if !slices.Equal(documented, served) {
+		t.Errorf("docs/API.md documents tools %v, the endpoint serves %v", documented, served)
+	}
+	if !byName["read_file"].Annotations.ReadOnlyHint || byName["release"].Annotations.ReadOnlyHint {
+		t.Errorf("annotations: read_file %+v, release %+v", byName["read_file"].Annotations, byName["release"].Annotations)
+	}
+}
+
+func TestRunCode(t *testing.T) {
+	png := base64.StdEncoding.EncodeToString([]byte("\x89PNG fake"))
+	b := &fakeBackend{}
+	_, url := serve(t, b, Config{})
+	cs := connect(t, url, nil)
+
+	b.exec = reply(&api.ExecuteResponse{Stdout: "hi\n", Stderr: "warn\n", Results: []map[string]json.RawMessage{
+		{"image/png": json.RawMessage(`"` + png + `"`), "text/plain": json.RawMessage(`"<Figure>"`)},
+		{"text/plain": json.RawMessage(`"42"`)},
+	}}, nil)
+	r := call(t, cs, "run_code", map[string]any{"code": "x"})
+	if r.IsError || len(r.Content) != 4 || text(r) != "hi\n|[stderr]\nwarn\n|42" {
+		t.Fatalf("answer: %v %q", r.IsError, text(r))
+	}
+	if img, ok := r.Content[2].(*mcp.ImageContent); !ok || string(img.Data) != "\x89PNG fake" || img.MIMEType != "image/png" {
+		t.Fatalf("image: %+v", r.Content[2])
+	}
+	if want := "mcp-" + cs.ID(); b.users[0] != want {
+		t.Errorf("user %q, want the MCP session's %q", b.users[0], want)
+	}
+
+	b.exec = reply(&api.ExecuteResponse{Stdout: "before\n", Error: &api.ExecError{Ename: "ValueError", Evalue: "bad",
+		Traceback: []string{"\x1b[31mTraceback\x1b[0m", "ValueError: bad"}}}, nil)
+	r = call(t, cs, "run_code", map[string]any{"code": "x", "session": "named"})
+	if !r.IsError || text(r) != "before\n|Traceback\nValueError: bad" || b.users[1] != "named" {
+		t.Fatalf("exception: %v %q (user %s)", r.IsError, text(r), b.users[1])
+	}
+
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{&api.Problem{Kind: api.Timeout, Detail: "ran past 1s", Fields: map[string]any{"state_preserved": true}}, "ran past 1s (the session kept its state)"},
+		{&api.Problem{Kind: api.Timeout, Detail: "ran past 1s", Fields: map[string]any{"state_preserved": false}}, "ran past 1s (the session lost its state: variables must be defined again)"},
+		{&api.Problem{Kind: api.Busy, Detail: "no worker free", RetryAfter: 2 * time.Second}, "no worker free (retry in 2 s)"},
+		{&api.Problem{Kind: api.Internal, Detail: "secret internals"}, "internal error (see codeboxd's log)"},
+	} {
+		b.exec = reply(nil, c.err)
+		r = call(t, cs, "run_code", map[string]any{"code": "x"})
+		if !r.IsError || text(r) != c.want {
+			t.Errorf("%v: %v %q, want %q", c.err, r.IsError, text(r), c.want)
+		}
+	}
+
+	n := len(b.users)
+	for _, args := range []map[string]any{{"code": ""}, {"code": "1", "language": "cobol"}, {"code": "1", "timeout": 0.0001, "session": "a b"}} {
+		r, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "run_code", Arguments: args})
+		if err == nil && !r.IsError {
+			t.Errorf("%v accepted", args)
+		}
+	}
+	if len(b.users) != n {
+		t.Errorf("bad input reached the backend: %v", b.users[n:])
+	}
+}
+
+// A streamed call's output comes as progress notifications while the code runs (the
+// client has the first before the call ends), coalesced, bounded, the last output last.
+func TestProgress(t *testing.T) {
+	var mu sync.Mutex
+	var msgs []string
+	got := make(chan struct{}, 100)
+	b := &fakeBackend{exec: func(ctx context.Context, _ api.ExecuteRequest, out api.Output) error {
+		s := out.(api.Streamer)
+		s.Stream(api.Event{Type: api.EventStdout, Text: "first\n"})
+		select {
+		case <-got:
+		case <-time.After(10 * time.Second):
+			return out.Reply(ctx, nil, api.Fail(api.Internal, "no progress reached the client while the call ran"))
+		}
+		for i := range 5 { // at once: coalesced
+			s.Stream(api.Event{Type: api.EventStdout, Text: strings.Repeat("x", 3000) + string(rune('0'+i)) + "\n"})
+		}
+		return out.Reply(ctx, &api.ExecuteResponse{Stdout: "done"}, nil)
+	}}
+	_, url := serve(t, b, Config{})
+	cs := connect(t, url, &mcp.ClientOptions{ProgressNotificationHandler: func(_ context.Context, r *mcp.ProgressNotificationClientRequest) {
+		mu.Lock()
+		msgs = append(msgs, r.Params.Message)
+		mu.Unlock()
+		got <- struct{}{}
+	}})
+	p := &mcp.CallToolParams{Name: "run_code", Arguments: map[string]any{"code": "x"}}
+	p.SetProgressToken(7)
+	r, err := cs.CallTool(context.Background(), p)
+	if err != nil || text(r) != "done" {
+		t.Fatalf("%v %q", err, text(r))
+	}
+	// The client hands notifications to the handler on its own goroutine: the last may
+	// reach it just after the answer.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		last := len(msgs) > 0 && strings.HasSuffix(msgs[len(msgs)-1], "4\n")
+		mu.Unlock()
+		if last {
+			break
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(msgs) < 2 || msgs[0] != "first\n" || len(msgs) > 5 {
+		t.Fatalf("%d notifications (first %.20q): want the first line alone, then the rest coalesced", len(msgs), msgs[0])
+	}
+	for _, m := range msgs {
+		if len(m) > maxProgressMessage+len("…") {
+			t.Errorf("a notification of %d bytes", len(m))
+		}
+	}
+	if last := msgs[len(msgs)-1]; !strings.HasPrefix(last, "…") || !strings.HasSuffix(last, "4\n") {
+		t.Errorf("the last notification is not the newest output, cut: %.20q…%.20q", last, last[max(0, len(last)-20):])
+	}
+}
+
+func TestFiles(t *testing.T) {
+	b := &fakeBackend{files: map[string][]byte{}}
+	_, url := serve(t, b, Config{})
+	cs := connect(t, url, nil)
+
+	r := call(t, cs, "write_file", map[string]any{"path": "a/b.txt", "content": "héllo"})
+	if r.IsError || text(r) != "wrote 6 bytes to /sandbox/a/b.txt" {
+		t.Fatalf("write: %q", text(r))
+	}
+	r = call(t, cs, "read_file", map[string]any{"path": "/sandbox/a/b.txt"})
+	if text(r) != "héllo" {
+		t.Fatalf("read: %q", text(r))
+	}
+	r = call(t, cs, "write_file", map[string]any{"path": "x.bin", "content": "!!", "encoding": "base64"})
+	if !r.IsError || !strings.Contains(text(r), "not valid base64") {
+		t.Fatalf("bad base64: %q", text(r))
+	}
+	r = call(t, cs, "list_files", nil)
+	if !r.IsError || !strings.Contains(text(r), "a session starts with its first run_code") {
+		t.Fatalf("list without a session: %q", text(r))
+	}
+
+	big := strings.Repeat("é", MaxReadBytes) // 2 MiB of text: cut inside a character
+	b.files["/sandbox/big.txt"] = []byte(big)
+	r = call(t, cs, "read_file", map[string]any{"path": "big.txt"})
+	if r.IsError || !strings.HasSuffix(text(r), "[truncated: the first 1048576 of 2097152 bytes]") {
+		t.Fatalf("big text: %v %q", r.IsError, text(r)[len(text(r))-60:])
+	}
+	b.files["/sandbox/big.bin"] = bytes.Repeat([]byte{0, 255}, MaxReadBytes)
+	r = call(t, cs, "read_file", map[string]any{"path": "big.bin"})
+	if !r.IsError || !strings.Contains(text(r), "binary file of 2097152 bytes") {
+		t.Fatalf("big binary: %q", text(r))
+	}
+	b.files["/sandbox/p.png"] = []byte("\x89PNG\x00")
+	r = call(t, cs, "read_file", map[string]any{"path": "p.png"})
+	if img, ok := r.Content[0].(*mcp.ImageContent); !ok || img.MIMEType != "image/png" {
+		t.Fatalf("image: %+v", r.Content[0])
+	}
+	r = call(t, cs, "read_file", map[string]any{"path": "nope"})
+	if !r.IsError || text(r) != "no file /sandbox/nope" {
+		t.Fatalf("missing: %q", text(r))
+	}
+}
+
+func TestSessionLimitAndAuth(t *testing.T) {
+	_, url := serve(t, &fakeBackend{}, Config{MaxSessions: 2})
+	connect(t, url, nil)
+	connect(t, url, nil)
+	c := mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, nil)
+	_, err := c.Connect(context.Background(), &mcp.StreamableClientTransport{Endpoint: url,
+		HTTPClient: &http.Client{Transport: bearer{http.DefaultTransport}}, MaxRetries: -1}, nil)
+	if err == nil || !strings.Contains(err.Error(), "Service Unavailable") {
+		t.Fatalf("a third session: %v", err)
+	}
+	resp, err := http.Post(url, "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") == "" {
+		t.Fatalf("no token: %d %v", resp.StatusCode, resp.Header)
+	}
+}
+
+// Shutdown lets a running call finish, then ends the sessions.
+func TestShutdownWaitsForCalls(t *testing.T) {
+	release, entered := make(chan struct{}), make(chan struct{})
+	b := &fakeBackend{exec: func(ctx context.Context, _ api.ExecuteRequest, out api.Output) error {
+		close(entered)
+		<-release
+		return out.Reply(ctx, &api.ExecuteResponse{Stdout: "finished"}, nil)
+	}}
+	h, url := serve(t, b, Config{})
+	cs := connect(t, url, nil)
+	answer := make(chan string, 1)
+	go func() {
+		r, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "run_code", Arguments: map[string]any{"code": "x"}})
+		if err != nil {
+			answer <- err.Error()
+			return
+		}
+		answer <- text(r)
+	}()
+	<-entered
+	shut := make(chan struct{})
+	go func() { h.Shutdown(context.Background()); close(shut) }()
+	select {
+	case <-shut:
+		t.Fatal("Shutdown returned while a call ran")
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	if got := <-answer; got != "finished" {
+		t.Fatalf("the running call got %q", got)
+	}
+	<-shut
+	for range h.server.Sessions() {
+		t.Fatal("a session outlived Shutdown")
+	}
+}
