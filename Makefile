@@ -20,7 +20,7 @@ IMAGE_ARCHIVE  = $(CACHE_DIR)/worker-$(VARIANT)-$(IMAGE_HASH).oci.tar
 PREFIX     ?= /usr/local
 DESTDIR    ?=
 
-.PHONY: all build deps node-deps image image-full run bench test test-unit test-agent test-e2e test-chaos test-image-full test-full-image test-systemd test-install lint install uninstall clean
+.PHONY: all build deps node-deps image image-full run bench test test-unit test-agent test-clients test-e2e test-chaos test-image-full test-full-image test-systemd test-install lint install uninstall clean
 
 all: build
 
@@ -56,7 +56,7 @@ bench: deps image build
 	bin/codebox-bench --codeboxd bin/codeboxd --containerd-address "$$addr" \
 		--image "$(IMAGE_REF)" --archive "$(IMAGE_ARCHIVE)" --out bench-results $(BENCH_FLAGS)
 
-test: deps node-deps image build lint test-unit test-agent test-systemd test-install test-e2e
+test: deps node-deps image build lint test-unit test-agent test-clients test-systemd test-install test-e2e
 
 test-unit:
 	$(GO) test -race -count=1 -timeout 5m $$($(GO) list ./... | grep -v /e2e)
@@ -66,6 +66,10 @@ test-unit:
 
 test-agent:
 	/usr/bin/python3 -m unittest discover -s images/agent -p 'test_*.py' -v
+
+# The Python client against a stub server (its live tests are part of test-e2e).
+test-clients:
+	PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 -m unittest discover -s clients/python/tests -p 'test_unit.py' -v
 
 test-e2e: build node-deps
 	addr=$$(scripts/ensure-containerd.sh); \

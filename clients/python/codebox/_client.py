@@ -1,0 +1,418 @@
+"""The client: sessions, execute, streaming, files, over codeboxd's REST API (docs/API.md).
+
+One HTTP connection per thread is kept open and reused; a Client may be shared by threads.
+"""
+
+import base64
+import http.client
+import json
+import os
+import posixpath
+import secrets
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import IO, Any, Dict, Iterator, List, Optional, Union
+
+from ._errors import CodeboxError, CodeError, error_for
+
+# An event stream's line is at most this long: a display event holds a whole image.
+_MAX_EVENT_LINE = 64 << 20
+# How long a call may go without a byte from codeboxd (an execute's answer waits for its
+# code; a stream sends a keep-alive every 15 s).
+_DEFAULT_TIMEOUT = 360.0
+
+
+@dataclass
+class Result:
+    """What an execute produced. error is set (and raise_for_error raises) when the code
+    raised; the session keeps its state either way."""
+
+    stdout: str = ""
+    stderr: str = ""
+    #: One dict per display or result: MIME type -> value (PNGs base64-encoded).
+    results: List[Dict[str, Any]] = field(default_factory=list)
+    #: stdout plus the text of the last expression, as the seed's result_text.
+    text: Optional[str] = None
+    error: Optional[Dict[str, Any]] = None
+    execution_count: int = 0
+    duration_ms: float = 0.0
+    #: True when this call created the session: nothing defined before it exists.
+    new_session: bool = False
+    worker_id: str = ""
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def images(self) -> List[bytes]:
+        """The PNG images the call displayed (e.g. plt.show()), decoded."""
+        return [base64.b64decode(r["image/png"]) for r in self.results if isinstance(r.get("image/png"), str)]
+
+    def raise_for_error(self) -> "Result":
+        """Raises CodeError when the code raised; returns the result otherwise."""
+        if self.error is not None:
+            raise CodeError(self)
+        return self
+
+    @classmethod
+    def from_json(cls, d: Dict[str, Any]) -> "Result":
+        return cls(
+            stdout=d.get("stdout") or "",
+            stderr=d.get("stderr") or "",
+            results=d.get("results") or [],
+            text=d.get("result_text"),
+            error=d.get("error"),
+            execution_count=d.get("execution_count") or 0,
+            duration_ms=d.get("duration_ms") or 0.0,
+            new_session=bool(d.get("new_session")),
+            worker_id=d.get("worker_id") or "",
+            raw=d,
+        )
+
+
+@dataclass
+class Event:
+    """One event of a streamed call: stdout/stderr (text), display/result (data), error
+    (ename, evalue, traceback), then exactly one done (status, state_preserved, ...)."""
+
+    type: str
+    text: str = ""
+    data: Dict[str, Any] = field(default_factory=dict)
+    ename: str = ""
+    evalue: str = ""
+    traceback: List[str] = field(default_factory=list)
+    status: str = ""
+    state_preserved: bool = False
+    execution_count: int = 0
+    duration_ms: float = 0.0
+    dropped_bytes: int = 0
+    new_session: bool = False
+    detail: str = ""
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, d: Dict[str, Any]) -> "Event":
+        return cls(
+            type=d.get("type", ""),
+            text=d.get("text", ""),
+            data=d.get("data") or {},
+            ename=d.get("ename", ""),
+            evalue=d.get("evalue", ""),
+            traceback=d.get("traceback") or [],
+            status=d.get("status", ""),
+            state_preserved=bool(d.get("state_preserved")),
+            execution_count=d.get("execution_count", 0),
+            duration_ms=d.get("duration_ms", 0.0),
+            dropped_bytes=d.get("dropped_bytes", 0),
+            new_session=bool(d.get("new_session")),
+            detail=d.get("detail", ""),
+            raw=d,
+        )
+
+
+@dataclass
+class FileEntry:
+    name: str
+    size: int
+    type: str  # file, directory, symlink or other
+    mtime: str
+
+
+@dataclass
+class Status:
+    total_workers: int
+    busy_workers: int
+    idle_workers: int
+    creating_workers: int
+    min_idle_workers: int
+    max_total_workers: int
+    is_initializing: bool
+
+
+class Client:
+    """A codeboxd: its URL and API token (default: $AUTH_TOKEN)."""
+
+    def __init__(self, url: str = "http://127.0.0.1:3874", token: Optional[str] = None, timeout: float = _DEFAULT_TIMEOUT):
+        u = urllib.parse.urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"url must be http(s)://host[:port], not {url!r}")
+        self._https = u.scheme == "https"
+        self._host = u.hostname
+        self._port = u.port
+        self._base = u.path.rstrip("/")
+        self.token = token if token is not None else os.environ.get("AUTH_TOKEN", "")
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def session(self, user_uuid: Optional[str] = None) -> "Session":
+        """The session named user_uuid (1-128 of A-Z a-z 0-9 . _ -), or a new random one. It
+        starts with its first call; `with client.session() as s:` releases it at the end."""
+        return Session(self, user_uuid or "py-" + secrets.token_hex(8))
+
+    def status(self) -> Status:
+        d = self._json("GET", "/api/v1/status")
+        return Status(**{k: d[k] for k in Status.__dataclass_fields__})
+
+    def healthy(self) -> bool:
+        """Whether codeboxd answers /healthz (it reaches containerd)."""
+        try:
+            self._json("GET", "/healthz", auth=False)
+            return True
+        except CodeboxError:
+            return False
+
+    def close(self) -> None:
+        """Closes this thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- HTTP
+
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=self.timeout)
+            self._local.conn = conn
+            self._local.used = False
+        return conn
+
+    def _request(self, method: str, path: str, query: Optional[Dict[str, str]] = None, body: Any = None,
+                 headers: Optional[Dict[str, str]] = None, auth: bool = True,
+                 ok: tuple = (200, 201, 204)) -> http.client.HTTPResponse:
+        """Sends a request; returns the answer, unread, when its status is in ok, else raises
+        the error it says. The caller reads it, then hands it to _done."""
+        url = self._base + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        hdrs = dict(headers or {})
+        if auth:
+            hdrs["X-Auth-Token"] = self.token
+        for attempt in (0, 1):
+            conn = self._conn()
+            reused = self._local.used
+            try:
+                conn.request(method, url, body=body, headers=hdrs, encode_chunked=hasattr(body, "read") and "Content-Length" not in hdrs)
+                resp = conn.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                self.close()
+                # A kept connection codeboxd closed while idle fails before any answer: the
+                # request never reached it, so it is sent once more on a new connection. A
+                # body read from a file cannot be sent twice.
+                if attempt == 0 and reused and not hasattr(body, "read"):
+                    continue
+                raise CodeboxError(0, f"{method} {path}: connection failed: {e}") from e
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                raise CodeboxError(0, f"{method} {path}: {e}") from e
+            self._local.used = True
+            break
+        if resp.status not in ok:
+            try:
+                raw = resp.read()
+            finally:
+                self._done(resp)
+            try:
+                payload = json.loads(raw or b"{}")
+            except ValueError:
+                payload = {"detail": raw.decode("utf-8", "replace")[:1000]}
+            if not isinstance(payload, dict):
+                payload = {"detail": str(payload)[:1000]}
+            raise error_for(resp.status, payload, resp.getheader("Retry-After"))
+        return resp
+
+    def _done(self, resp: http.client.HTTPResponse) -> None:
+        """Ends use of an answer: its connection is kept unless the answer said close."""
+        if resp.will_close:
+            self.close()
+
+    def _json(self, method: str, path: str, query: Optional[Dict[str, str]] = None, payload: Any = None,
+              ok: tuple = (200, 201, 204), auth: bool = True) -> Dict[str, Any]:
+        body = None if payload is None else json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        resp = self._request(method, path, query, body, headers, auth=auth, ok=ok)
+        try:
+            raw = resp.read()
+        finally:
+            self._done(resp)
+        if not raw:
+            return {}
+        return json.loads(raw)
+
+
+class Session:
+    """One codebox session: its variables, imports and files persist between calls."""
+
+    def __init__(self, client: Client, user_uuid: str):
+        self.client = client
+        self.user_uuid = user_uuid
+
+    def __repr__(self) -> str:
+        return f"Session({self.user_uuid!r})"
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def _q(self, **extra: str) -> Dict[str, str]:
+        return dict(user_uuid=self.user_uuid, **extra)
+
+    @staticmethod
+    def _body(code: str, language: Optional[str], timeout: Optional[float]) -> Dict[str, Any]:
+        body: Dict[str, Any] = {"code": code}
+        if language:
+            body["language"] = language
+        if timeout is not None:
+            body["timeout"] = timeout
+        return body
+
+    def run(self, code: str, language: Optional[str] = None, timeout: Optional[float] = None) -> Result:
+        """Runs code (python by default; javascript, typescript, bash) and returns what it
+        produced. When the code raises, the Result has error set (raise_for_error raises).
+        Raises ExecutionTimeoutError past timeout seconds, UnavailableError when no worker
+        can be had or the worker died, BadRequestError for a request codeboxd refuses."""
+        c = self.client
+        body = json.dumps(self._body(code, language, timeout)).encode()
+        resp = c._request("POST", "/api/v1/execute", self._q(), body, {"Content-Type": "application/json"}, ok=(200, 400))
+        try:
+            raw = resp.read()
+        finally:
+            c._done(resp)
+        d = json.loads(raw)
+        if resp.status == 400 and "error" not in d:  # refused, not raised
+            raise error_for(400, d, None)
+        return Result.from_json(d)
+
+    def stream(self, code: str, language: Optional[str] = None, timeout: Optional[float] = None) -> Iterator[Event]:
+        """Runs code and yields its events as they happen (server-sent events), the last one
+        done. Leaving the loop early closes the connection, which interrupts the code."""
+        c = self.client
+        body = json.dumps(self._body(code, language, timeout)).encode()
+        resp = c._request("POST", "/api/v1/execute", self._q(), body,
+                          {"Content-Type": "application/json", "Accept": "text/event-stream"})
+        finished = False
+        try:
+            ctype = resp.getheader("Content-Type", "")
+            if not ctype.startswith("text/event-stream"):
+                raise CodeboxError(resp.status, f"answer is {ctype!r}, not an event stream")
+            data: List[bytes] = []
+            while True:
+                line = resp.readline(_MAX_EVENT_LINE + 1)
+                if not line:
+                    raise CodeboxError(0, "the event stream ended before its done event")
+                if len(line) > _MAX_EVENT_LINE:
+                    raise CodeboxError(0, "an event stream line over 64 MiB")
+                line = line.rstrip(b"\r\n")
+                if line.startswith(b"data:"):
+                    data.append(line[5:].lstrip(b" "))
+                elif not line and data:
+                    ev = Event.from_json(json.loads(b"\n".join(data)))
+                    data = []
+                    yield ev
+                    if ev.type == "done":
+                        finished = True
+                        return
+                # "event:" repeats the type the data holds; ":" lines are keep-alives.
+        finally:
+            if finished:
+                resp.read()  # the chunked stream's end, so the connection can be kept
+                c._done(resp)
+            else:
+                c.close()
+
+    def release(self) -> None:
+        """Ends the session: its worker, variables and files are destroyed (no error when
+        there is no such session)."""
+        self.client._json("POST", "/api/v1/release", self._q())
+
+    # --- files (paths under /sandbox; relative ones are taken from /sandbox)
+
+    @staticmethod
+    def _path(p: str) -> str:
+        return p if p.startswith("/") else "/sandbox/" + p
+
+    def upload(self, path: str, data: Union[bytes, str, IO[bytes]]) -> int:
+        """Stores data (bytes, text, or a binary file object, streamed) as the file at path,
+        creating directories and the session if needed. Returns its size."""
+        c = self.client
+        headers = {"Content-Type": "application/octet-stream"}
+        if isinstance(data, str):
+            data = data.encode()
+        if isinstance(data, (bytes, bytearray)):
+            headers["Content-Length"] = str(len(data))
+        resp = c._request("PUT", "/api/v1/files/content", self._q(path=self._path(path)), data, headers)
+        try:
+            d = json.loads(resp.read())
+        finally:
+            c._done(resp)
+        return int(d.get("size", 0))
+
+    def download(self, path: str, to: Optional[Union[str, IO[bytes]]] = None) -> Union[bytes, int]:
+        """The file at path: its bytes, or, with to (a local path or a binary file object),
+        written there in chunks, returning its size."""
+        c = self.client
+        resp = c._request("GET", "/api/v1/files/content", self._q(path=self._path(path)))
+        try:
+            if to is None:
+                return resp.read()
+            out = open(to, "wb") if isinstance(to, str) else to
+            try:
+                n = 0
+                while True:
+                    chunk = resp.read(1 << 20)
+                    if not chunk:
+                        return n
+                    out.write(chunk)
+                    n += len(chunk)
+            finally:
+                if isinstance(to, str):
+                    out.close()
+        finally:
+            c._done(resp)
+
+    def list(self, path: str = "/sandbox/") -> List[FileEntry]:
+        """The entries of a directory, every page of them."""
+        entries: List[FileEntry] = []
+        offset = 0
+        while True:
+            q = self._q(path=self._path(path))
+            if offset:
+                q["offset"] = str(offset)
+            d = self.client._json("GET", "/api/v1/files/list", q)
+            entries += [FileEntry(e["name"], e["size"], e["type"], e.get("mtime", "")) for e in d.get("entries") or []]
+            if not d.get("truncated"):
+                return entries
+            offset = d["next_offset"]
+
+    def delete(self, *paths: str) -> None:
+        """Deletes files; raises CodeboxError naming each that failed (the others are gone)."""
+        files = []
+        for p in paths:
+            full = self._path(p)
+            files.append({"path": posixpath.dirname(full) + "/", "name": posixpath.basename(full)})
+        d = self.client._json("DELETE", "/api/v1/files", self._q(), {"files": files}, ok=(204, 207))
+        if d.get("errors"):
+            raise CodeboxError(207, "; ".join(f"{e['path']}{e['name']}: {e['detail']}" for e in d["errors"]), d)
+
+    def import_files(self, files: List[Dict[str, str]]) -> List[Dict[str, Any]]:
+        """Downloads URLs into the sandbox: files of {"download_url", "path", "name"}."""
+        d = self.client._json("POST", "/api/v1/files", self._q(), {"files": files}, ok=(201, 207))
+        if d.get("errors"):
+            raise CodeboxError(207, "; ".join(f"{e['name']}: {e['detail']}" for e in d["errors"]), d)
+        return d.get("results") or []
+
+    def export_files(self, files: List[Dict[str, str]]) -> List[Dict[str, Any]]:
+        """Uploads sandbox files to URLs (HTTP PUT): files of {"path", "name", "upload_url"}."""
+        d = self.client._json("POST", "/api/v1/files/export", self._q(), {"files": files}, ok=(200, 207))
+        if d.get("errors"):
+            raise CodeboxError(207, "; ".join(f"{e['name']}: {e['detail']}" for e in d["errors"]), d)
+        return d.get("results") or []
