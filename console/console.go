@@ -7,12 +7,14 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"embed"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"io/fs"
 	"mime"
 	"net/http"
 	"path"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -26,17 +28,27 @@ var static embed.FS
 const pagePolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; " +
 	"connect-src 'self'; frame-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
 
-// framePolicy is the frame of an HTML result. `sandbox allow-scripts` gives it an opaque
-// origin even when opened on its own, so user HTML may run its scripts but never reaches
-// the console's origin; it may not fetch anything (it has nothing of ours to send).
-const framePolicy = "sandbox allow-scripts; default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; " +
-	"style-src 'unsafe-inline'; img-src data: blob:; font-src data:; media-src data: blob:; frame-ancestors 'self'"
+// The frame of an HTML result. `sandbox allow-scripts` gives it an opaque origin even
+// when opened on its own, so user HTML never reaches the console's origin; it may not
+// fetch anything. By default only the frame's own script (by its hash) runs: a tenant's
+// script could still navigate the frame and carry data out through the viewer's browser,
+// so it runs only when the viewer asks (?scripts=1).
+const (
+	frameSandbox = "sandbox allow-scripts; default-src 'none'; style-src 'unsafe-inline'; img-src data: blob:; " +
+		"font-src data:; media-src data: blob:; frame-ancestors 'self'; "
+	frameScripts = frameSandbox + "script-src 'unsafe-inline' 'unsafe-eval'"
+)
+
+// frameScript finds the frame's own inline script, for its hash.
+var frameScript = regexp.MustCompile(`(?s)<script>(.*?)</script>`)
 
 type asset struct {
 	body        []byte
 	contentType string
 	etag        string
 	policy      string
+	// scriptsPolicy, when set, replaces policy for ?scripts=1.
+	scriptsPolicy string
 }
 
 // Handler serves the console: GET / is the page, GET /console/NAME its assets.
@@ -66,7 +78,13 @@ func New() (*Handler, error) {
 		case "index.html":
 			h.assets["/"] = a
 		case "frame.html":
-			a.policy = framePolicy
+			m := frameScript.FindSubmatch(body)
+			if m == nil {
+				return fmt.Errorf("console: frame.html has no inline script")
+			}
+			hash := sha256.Sum256(m[1])
+			a.policy = frameSandbox + "script-src 'sha256-" + base64.StdEncoding.EncodeToString(hash[:]) + "'"
+			a.scriptsPolicy = frameScripts
 			h.assets["/console/"+name] = a
 		default:
 			h.assets["/console/"+name] = a
@@ -99,7 +117,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	hd := w.Header()
 	hd.Set("Content-Type", a.contentType)
-	hd.Set("Content-Security-Policy", a.policy)
+	policy := a.policy
+	if a.scriptsPolicy != "" && r.URL.Query().Get("scripts") == "1" {
+		policy = a.scriptsPolicy
+	}
+	hd.Set("Content-Security-Policy", policy)
 	hd.Set("X-Content-Type-Options", "nosniff")
 	hd.Set("Referrer-Policy", "no-referrer")
 	hd.Set("Cross-Origin-Opener-Policy", "same-origin")

@@ -58,9 +58,15 @@ func TestAssets(t *testing.T) {
 		t.Errorf("the page has inline script or style")
 	}
 
-	resp, _ = get(t, h, "/console/frame.html", nil)
-	if csp := resp.Header.Get("Content-Security-Policy"); !strings.HasPrefix(csp, "sandbox allow-scripts;") || strings.Contains(csp, "allow-same-origin") {
-		t.Errorf("frame CSP %q: the frame must be sandboxed without allow-same-origin", csp)
+	for q, scripts := range map[string]string{"": "script-src 'sha256-", "?scripts=1": "script-src 'unsafe-inline'"} {
+		resp, _ = get(t, h, "/console/frame.html"+q, nil)
+		csp := resp.Header.Get("Content-Security-Policy")
+		if !strings.HasPrefix(csp, "sandbox allow-scripts;") || strings.Contains(csp, "allow-same-origin") {
+			t.Errorf("frame%s CSP %q: the frame must be sandboxed without allow-same-origin", q, csp)
+		}
+		if !strings.Contains(csp, scripts) || strings.Count(csp, "script-src") != 1 {
+			t.Errorf("frame%s CSP %q: want %s", q, csp, scripts)
+		}
 	}
 
 	resp, _ = get(t, h, "/console/console.js", nil)

@@ -19,7 +19,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -40,6 +39,12 @@ const (
 	maxProgressMessage = 4 << 10
 	// progressInterval spaces progress notifications: output between two is coalesced.
 	progressInterval = 200 * time.Millisecond
+	// MaxCalls bounds the POSTs answered at once, MaxCallsPerSession those of one session.
+	MaxCalls           = 64
+	MaxCallsPerSession = 8
+	// MaxResultBytes bounds one run_code answer's text and images (an agent's context is
+	// small): text is cut, images past it are left out, each with a note.
+	MaxResultBytes = 1 << 20
 )
 
 // Config configures the endpoint.
@@ -58,10 +63,20 @@ type Config struct {
 
 // Handler serves /mcp.
 type Handler struct {
-	cfg     Config
-	server  *mcp.Server
-	http    *mcp.StreamableHTTPHandler
-	running atomic.Int64 // POSTs being answered: tool calls among them
+	cfg    Config
+	server *mcp.Server
+	http   *mcp.StreamableHTTPHandler
+
+	mu         sync.Mutex
+	calls      int            // POSTs being answered: tool calls among them
+	starting   int            // of which new sessions' (initialize)
+	perSession map[string]int // of the others, by Mcp-Session-Id
+}
+
+func (h *Handler) answering() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.calls
 }
 
 // New makes the endpoint and its tools.
@@ -72,7 +87,7 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.MaxSessions <= 0 {
 		cfg.MaxSessions = 1024
 	}
-	h := &Handler{cfg: cfg}
+	h := &Handler{cfg: cfg, perSession: map[string]int{}}
 	h.server = mcp.NewServer(&mcp.Implementation{Name: "codebox", Title: "codebox code interpreter", Version: cfg.Version},
 		&mcp.ServerOptions{
 			Instructions: instructions,
@@ -99,38 +114,77 @@ Python is the default; javascript, typescript and bash keep their own state in t
 Plots shown with matplotlib's plt.show() come back as images. Files are moved with write_file, read_file and list_files.
 Call release when done to free the sandbox (it is also freed after an idle time).`
 
-// ServeHTTP refuses a new session past MaxSessions, then hands the request to the SDK.
+// ServeHTTP bounds what callers hold, then hands the request to the SDK: new sessions past
+// MaxSessions, and POSTs (tool calls and their answers) past MaxCalls at once or
+// MaxCallsPerSession for one session, are refused with 503. An answer leaves the codebox
+// session before it is written, so these bounds, with the answer's own size
+// (MaxResultBytes), bound the memory a caller that does not read can hold.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodPost && r.Header.Get("Mcp-Session-Id") == "" {
-		n := 0
-		for ss := range h.server.Sessions() {
-			// A request that does not initialize (a client's server/discover probe) has a
-			// session only while it is answered.
-			if ss.InitializeParams() != nil {
-				n++
-			}
-		}
-		if n >= h.cfg.MaxSessions {
-			w.Header().Set("Retry-After", "10")
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintf(w, `{"detail": "%d MCP sessions are open, the most codeboxd keeps: end one (DELETE /mcp) or retry later"}`+"\n", n)
-			return
-		}
+	if r.Method != http.MethodPost {
+		h.http.ServeHTTP(w, r)
+		return
 	}
-	if r.Method == http.MethodPost {
-		// Until the answer is written: a session closed sooner would lose it.
-		h.running.Add(1)
-		defer h.running.Add(-1)
+	id := r.Header.Get("Mcp-Session-Id")
+	h.mu.Lock()
+	switch {
+	case id == "" && h.sessions()+h.starting >= h.cfg.MaxSessions:
+		h.mu.Unlock()
+		busy(w, fmt.Sprintf("%d MCP sessions are open, the most codeboxd keeps: end one (DELETE /mcp) or retry later", h.cfg.MaxSessions))
+		return
+	case h.calls >= MaxCalls:
+		h.mu.Unlock()
+		busy(w, fmt.Sprintf("%d MCP calls are being answered, the most codeboxd takes at once: retry later", MaxCalls))
+		return
+	case id != "" && h.perSession[id] >= MaxCallsPerSession:
+		h.mu.Unlock()
+		busy(w, fmt.Sprintf("this MCP session has %d calls being answered, the most it may: wait for them", MaxCallsPerSession))
+		return
 	}
+	h.calls++
+	if id == "" {
+		h.starting++
+	} else {
+		h.perSession[id]++
+	}
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		h.calls--
+		if id == "" {
+			h.starting--
+		} else if h.perSession[id]--; h.perSession[id] == 0 {
+			delete(h.perSession, id)
+		}
+		h.mu.Unlock()
+	}()
 	h.http.ServeHTTP(w, r)
+}
+
+// sessions counts the initialized sessions: a request that does not initialize (a
+// client's server/discover probe) has a session only while it is answered.
+func (h *Handler) sessions() int {
+	n := 0
+	for ss := range h.server.Sessions() {
+		if ss.InitializeParams() != nil {
+			n++
+		}
+	}
+	return n
+}
+
+func busy(w http.ResponseWriter, detail string) {
+	w.Header().Set("Retry-After", "5")
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	b, _ := json.Marshal(map[string]string{"detail": detail})
+	w.Write(append(b, '\n'))
 }
 
 // Shutdown waits for the calls being answered (until ctx ends), then closes every MCP
 // session: their event streams end, so the HTTP server's own shutdown does not wait on
 // them.
 func (h *Handler) Shutdown(ctx context.Context) {
-	for h.running.Load() > 0 && ctx.Err() == nil {
+	for h.answering() > 0 && ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
 		case <-time.After(50 * time.Millisecond):
@@ -270,13 +324,13 @@ func (h *Handler) addTools() error {
 func user(req *mcp.CallToolRequest, named string) (string, error) {
 	if named != "" {
 		if err := api.ValidateUserUUID(named); err != nil {
-			return "", errors.New("session must be 1 to 128 characters of A-Z a-z 0-9 . _ -")
+			return "", badInput("session must be 1 to 128 characters of A-Z a-z 0-9 . _ -")
 		}
 		return named, nil
 	}
 	id := req.Session.ID()
 	if id == "" {
-		return "", errors.New("this MCP connection has no session id: name a session")
+		return "", badInput("this MCP connection has no session id: name a session")
 	}
 	return "mcp-" + id, nil
 }
@@ -290,9 +344,13 @@ func toolError(err error) (*mcp.CallToolResult, any, error) {
 func describe(err error) string {
 	var p *api.Problem
 	var e *api.Error
-	detail, kind, retry := err.Error(), api.Internal, time.Duration(0)
+	// An error of no known kind says nothing of the daemon's internals, as REST's 500.
+	detail, kind, retry := "internal error (see codeboxd's log)", api.Internal, time.Duration(0)
 	var fields map[string]any
+	var bad badInput
 	switch {
+	case errors.As(err, &bad):
+		detail = string(bad)
 	case errors.As(err, &p):
 		detail, kind, retry, fields = p.Detail, p.Kind, p.RetryAfter, p.Fields
 		if kind == api.Internal {
@@ -317,6 +375,13 @@ func describe(err error) string {
 	}
 	return msg
 }
+
+// badInput is a tool call's argument the tool refuses, in words for the agent.
+type badInput string
+
+func (b badInput) Error() string { return string(b) }
+
+func badf(format string, args ...any) error { return badInput(fmt.Sprintf(format, args...)) }
 
 // ansi matches terminal colour codes, which tracebacks carry and an agent does not need.
 var ansi = regexp.MustCompile("\x1b\\[[0-9;?]*[A-Za-z]")
@@ -370,10 +435,22 @@ func (o *output) Stream(e api.Event) {
 func (o *output) Started(func()) {}
 
 // result is the tool result of an execute: text for output, images for PNGs, a tool
-// error with the traceback when the code raised.
+// error with the traceback when the code raised. At most MaxResultBytes of output go in
+// (images counted as their base64), the traceback besides; what is left out is said.
 func result(r *api.ExecuteResponse) *mcp.CallToolResult {
 	var content []mcp.Content
-	text := func(s string) { content = append(content, &mcp.TextContent{Text: s}) }
+	room := MaxResultBytes
+	cut := 0 // bytes of output left out
+	text := func(s string) {
+		if len(s) > room {
+			cut += len(s) - room
+			s = strings.ToValidUTF8(s[:room], "")
+		}
+		room -= len(s)
+		if s != "" {
+			content = append(content, &mcp.TextContent{Text: s})
+		}
+	}
 	if r.NewSession {
 		text("[a new session started with this call: nothing defined before it exists]")
 	}
@@ -385,7 +462,12 @@ func result(r *api.ExecuteResponse) *mcp.CallToolResult {
 	}
 	for _, bundle := range r.Results {
 		if img, mimeType := image(bundle); img != nil {
-			content = append(content, &mcp.ImageContent{Data: img, MIMEType: mimeType})
+			if size := base64.StdEncoding.EncodedLen(len(img)); size <= room {
+				room -= size
+				content = append(content, &mcp.ImageContent{Data: img, MIMEType: mimeType})
+			} else {
+				cut += size
+			}
 			continue
 		}
 		for _, kind := range []string{"text/plain", "text/markdown", "text/html"} {
@@ -396,32 +478,42 @@ func result(r *api.ExecuteResponse) *mcp.CallToolResult {
 			}
 		}
 	}
+	if cut > 0 {
+		content = append(content, &mcp.TextContent{Text: fmt.Sprintf("[%d bytes of output left out: an answer carries at most %d; write large results to a file]", cut, MaxResultBytes)})
+	}
 	if r.Truncated {
-		text("[output truncated: the call printed more than codeboxd keeps]")
+		content = append(content, &mcp.TextContent{Text: "[output truncated: the call printed more than codeboxd keeps]"})
 	}
 	if r.Error != nil {
 		tb := strings.Join(r.Error.Traceback, "\n")
 		if tb == "" {
 			tb = r.Error.Ename + ": " + r.Error.Evalue
 		}
-		text(ansi.ReplaceAllString(tb, ""))
+		tb = ansi.ReplaceAllString(tb, "")
+		if len(tb) > maxTraceback { // its end says what was raised
+			tb = "…" + strings.ToValidUTF8(tb[len(tb)-maxTraceback:], "")
+		}
+		content = append(content, &mcp.TextContent{Text: tb})
 		if r.StatePreserved != nil && !*r.StatePreserved {
-			text("[the interpreter ended: its state is lost]")
+			content = append(content, &mcp.TextContent{Text: "[the interpreter ended: its state is lost]"})
 		}
 		return &mcp.CallToolResult{IsError: true, Content: content}
 	}
 	if len(content) == 0 {
-		text("(no output)")
+		content = append(content, &mcp.TextContent{Text: "(no output)"})
 	}
 	return &mcp.CallToolResult{Content: content}
 }
+
+// maxTraceback bounds the traceback of a tool error.
+const maxTraceback = 64 << 10
 
 // image decodes the first raster image of a display bundle.
 func image(bundle map[string]json.RawMessage) ([]byte, string) {
 	for _, m := range []string{"image/png", "image/jpeg", "image/gif", "image/webp"} {
 		var s string
 		if raw, ok := bundle[m]; ok && json.Unmarshal(raw, &s) == nil {
-			if b, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(s), "")); err == nil {
+			if b, err := base64.StdEncoding.DecodeString(stripSpace(s)); err == nil {
 				return b, m
 			}
 		}
@@ -537,7 +629,7 @@ func (h *Handler) listFiles(ctx context.Context, req *mcp.CallToolRequest, in li
 	if err != nil {
 		var p *api.Problem
 		if errors.As(err, &p) && p.Kind == api.NotFound {
-			return toolError(fmt.Errorf("%s (a session starts with its first run_code or write_file)", p.Detail))
+			return toolError(badf("%s (a session starts with its first run_code or write_file)", p.Detail))
 		}
 		return toolError(err)
 	}
@@ -625,13 +717,13 @@ func (h *Handler) writeFile(ctx context.Context, req *mcp.CallToolRequest, in wr
 	case "base64":
 		// Decoded whole before the session is touched: a bad one leaves no file behind.
 		// The request body bounds its size.
-		b, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(in.Content), ""))
+		b, err := base64.StdEncoding.DecodeString(stripSpace(in.Content))
 		if err != nil {
-			return toolError(fmt.Errorf("content is not valid base64: %v", err))
+			return toolError(badf("content is not valid base64: %v", err))
 		}
 		body = bytes.NewReader(b)
 	default:
-		return toolError(fmt.Errorf("encoding must be text or base64, not %q", in.Encoding))
+		return toolError(badf("encoding must be text or base64, not %q", in.Encoding))
 	}
 	res, err := h.cfg.Backend.PutFile(ctx, u, sandboxPath(in.Path), body)
 	if err != nil {
@@ -649,4 +741,17 @@ func (h *Handler) release(ctx context.Context, req *mcp.CallToolRequest, in rele
 		return toolError(err)
 	}
 	return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "released: the sandbox, its variables and files are gone; the next run_code starts a fresh one"}}}, nil, nil
+}
+
+// stripSpace drops the white space base64 text may be wrapped with, in one copy.
+func stripSpace(s string) string {
+	if !strings.ContainsAny(s, " \t\r\n") {
+		return s
+	}
+	return strings.Map(func(r rune) rune {
+		if r == ' ' || r == '\t' || r == '\r' || r == '\n' {
+			return -1
+		}
+		return r
+	}, s)
 }

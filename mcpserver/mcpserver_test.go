@@ -392,3 +392,53 @@ func TestShutdownWaitsForCalls(t *testing.T) {
 		t.Fatal("a session outlived Shutdown")
 	}
 }
+
+// An answer is bounded whatever the call printed: text cut, images left out, both said.
+func TestResultBounded(t *testing.T) {
+	big := strings.Repeat("é", MaxResultBytes) // 2 MiB
+	png := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 600<<10))
+	r := result(&api.ExecuteResponse{Stdout: big, Results: []map[string]json.RawMessage{{"image/png": json.RawMessage(`"` + png + `"`)}},
+		Error: &api.ExecError{Ename: "E", Traceback: []string{strings.Repeat("x", 1<<20), "E: boom"}}})
+	total := 0
+	var notes []string
+	for _, c := range r.Content {
+		switch c := c.(type) {
+		case *mcp.TextContent:
+			total += len(c.Text)
+			if strings.HasPrefix(c.Text, "[") {
+				notes = append(notes, c.Text)
+			}
+		case *mcp.ImageContent:
+			t.Errorf("an image past the bound went in")
+		}
+	}
+	if total > MaxResultBytes+maxTraceback+1024 || len(notes) != 1 || !strings.Contains(notes[0], "left out") {
+		t.Fatalf("%d bytes of text, notes %q", total, notes)
+	}
+	last := r.Content[len(r.Content)-1].(*mcp.TextContent).Text
+	if !r.IsError || !strings.HasSuffix(last, "E: boom") || len(last) > maxTraceback+len("…") {
+		t.Fatalf("traceback: error %v, %d bytes, ends %q", r.IsError, len(last), last[max(0, len(last)-10):])
+	}
+}
+
+// Concurrent new sessions cannot pass the bound together; calls of one session are bounded.
+func TestSessionBoundUnderConcurrency(t *testing.T) {
+	h, url := serve(t, &fakeBackend{}, Config{MaxSessions: 5})
+	var wg sync.WaitGroup
+	for i := 0; i < 40; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, nil)
+			cs, err := c.Connect(context.Background(), &mcp.StreamableClientTransport{Endpoint: url,
+				HTTPClient: &http.Client{Transport: bearer{http.DefaultTransport}}, MaxRetries: -1}, &mcp.ClientSessionOptions{})
+			if err == nil {
+				t.Cleanup(func() { cs.Close() })
+			}
+		}()
+	}
+	wg.Wait()
+	if n := h.sessions(); n > 5 {
+		t.Fatalf("%d sessions open, the bound is 5", n)
+	}
+}

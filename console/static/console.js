@@ -223,13 +223,27 @@
       }
     }
     if (typeof data['image/svg+xml'] === 'string') {
-      // As an <img>, an SVG's scripts never run.
-      const url = URL.createObjectURL(new Blob([data['image/svg+xml']], { type: 'image/svg+xml' }));
-      cell.body.append(el('img', { src: url, alt: 'image output (SVG)' }));
+      // As an <img>, an SVG's scripts never run; a data: URL is never of this origin.
+      const bytes = new TextEncoder().encode(data['image/svg+xml']);
+      let bin = '';
+      for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+      cell.body.append(el('img', { src: 'data:image/svg+xml;base64,' + btoa(bin), alt: 'image output (SVG)' }));
       return;
     }
     if (data['text/html'] !== undefined) {
-      cell.body.append(htmlFrame(str(data['text/html'])));
+      const html = str(data['text/html']);
+      const frame = htmlFrame(html, false);
+      cell.body.append(frame);
+      // A script could navigate its frame and carry data out through this browser: it
+      // runs only when asked.
+      if (/<script|\son[a-z]+\s*=|javascript:/i.test(html)) {
+        const run = el('button', { type: 'button', class: 'link', text: 'Run the scripts of this output' });
+        run.addEventListener('click', () => {
+          frame.replaceWith(htmlFrame(html, true));
+          run.remove();
+        }, { once: true });
+        cell.body.append(el('p', { class: 'note' }, 'Scripts in this HTML output are off. ', run));
+      }
       return;
     }
     const text = data['text/plain'] !== undefined ? str(data['text/plain']) : str(data);
@@ -238,10 +252,12 @@
     cell.body.append(node);
   }
 
-  // htmlFrame holds user HTML: /console/frame.html is served sandboxed (opaque origin,
-  // scripts but no same-origin access) and takes the HTML by postMessage.
-  function htmlFrame(html) {
-    const f = el('iframe', { sandbox: 'allow-scripts', src: '/console/frame.html', title: 'HTML output', loading: 'lazy' });
+  // htmlFrame holds user HTML: /console/frame.html is served sandboxed (an opaque origin,
+  // no same-origin access) and takes the HTML by postMessage; its own policy runs the
+  // HTML's scripts only with ?scripts=1.
+  function htmlFrame(html, scripts) {
+    const src = '/console/frame.html' + (scripts ? '?scripts=1' : '');
+    const f = el('iframe', { sandbox: 'allow-scripts', src, title: scripts ? 'HTML output, scripts on' : 'HTML output', loading: 'lazy' });
     f.addEventListener('load', () => f.contentWindow.postMessage({ type: 'render', html }, '*'), { once: true });
     return f;
   }

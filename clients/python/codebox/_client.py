@@ -9,6 +9,7 @@ import json
 import os
 import posixpath
 import secrets
+import select
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -16,8 +17,10 @@ from typing import IO, Any, Dict, Iterator, List, Optional, Union
 
 from ._errors import CodeboxError, CodeError, error_for
 
-# An event stream's line is at most this long: a display event holds a whole image.
-_MAX_EVENT_LINE = 64 << 20
+# An event is at most this large (a display event holds a whole image), and a JSON answer
+# (an execute's output is capped at a few MiB, escaped).
+_MAX_EVENT = 64 << 20
+_MAX_ANSWER = 64 << 20
 # How long a call may go without a byte from codeboxd (an execute's answer waits for its
 # code; a stream sends a keep-alive every 15 s).
 _DEFAULT_TIMEOUT = 360.0
@@ -177,6 +180,16 @@ class Client:
 
     def _conn(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
+        if conn is not None and conn.sock is not None:
+            # A kept connection codeboxd closed while it was idle reads as ready (EOF):
+            # found before a request is sent on it, never after.
+            try:
+                ready, _, _ = select.select([conn.sock], [], [], 0)
+            except (OSError, ValueError):
+                ready = [conn.sock]
+            if ready:
+                self.close()
+                conn = None
         if conn is None:
             cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
             conn = cls(self._host, self._port, timeout=self.timeout)
@@ -195,30 +208,24 @@ class Client:
         hdrs = dict(headers or {})
         if auth:
             hdrs["X-Auth-Token"] = self.token
+        # Only a call that changes nothing twice is sent again when a kept connection
+        # failed: an execute that may have reached codeboxd must not run twice.
+        retryable = method == "GET" or path == "/api/v1/release"
         for attempt in (0, 1):
             conn = self._conn()
             reused = self._local.used
             try:
                 conn.request(method, url, body=body, headers=hdrs, encode_chunked=hasattr(body, "read") and "Content-Length" not in hdrs)
                 resp = conn.getresponse()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
-                self.close()
-                # A kept connection codeboxd closed while idle fails before any answer: the
-                # request never reached it, so it is sent once more on a new connection. A
-                # body read from a file cannot be sent twice.
-                if attempt == 0 and reused and not hasattr(body, "read"):
-                    continue
-                raise CodeboxError(0, f"{method} {path}: connection failed: {e}") from e
             except (OSError, http.client.HTTPException) as e:
                 self.close()
-                raise CodeboxError(0, f"{method} {path}: {e}") from e
+                if attempt == 0 and reused and retryable:
+                    continue
+                raise CodeboxError(0, f"{method} {path}: {e!r}") from e
             self._local.used = True
             break
         if resp.status not in ok:
-            try:
-                raw = resp.read()
-            finally:
-                self._done(resp)
+            raw = self._read(resp, 1 << 20, truncate=True)
             try:
                 payload = json.loads(raw or b"{}")
             except ValueError:
@@ -227,6 +234,34 @@ class Client:
                 payload = {"detail": str(payload)[:1000]}
             raise error_for(resp.status, payload, resp.getheader("Retry-After"))
         return resp
+
+    def _read(self, resp: http.client.HTTPResponse, limit: int = _MAX_ANSWER, truncate: bool = False) -> bytes:
+        """Reads a whole answer of at most limit bytes (cut there, with truncate), then
+        hands it back; a failure closes the connection, whose state is then unknown."""
+        try:
+            raw = resp.read(limit + 1)
+            if len(raw) > limit:
+                if not truncate:
+                    raise CodeboxError(0, f"an answer over {limit} bytes")
+                self.close()
+                return raw[:limit]
+        except (OSError, http.client.HTTPException) as e:
+            self.close()
+            raise CodeboxError(0, f"reading the answer: {e!r}") from e
+        except CodeboxError:
+            self.close()
+            raise
+        self._done(resp)
+        return raw
+
+    def _decode(self, raw: bytes) -> Dict[str, Any]:
+        try:
+            d = json.loads(raw) if raw else {}
+        except ValueError as e:
+            raise CodeboxError(0, f"an answer that is not JSON: {raw[:200]!r}") from e
+        if not isinstance(d, dict):
+            raise CodeboxError(0, f"an answer that is not a JSON object: {raw[:200]!r}")
+        return d
 
     def _done(self, resp: http.client.HTTPResponse) -> None:
         """Ends use of an answer: its connection is kept unless the answer said close."""
@@ -238,13 +273,7 @@ class Client:
         body = None if payload is None else json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"} if body is not None else {}
         resp = self._request(method, path, query, body, headers, auth=auth, ok=ok)
-        try:
-            raw = resp.read()
-        finally:
-            self._done(resp)
-        if not raw:
-            return {}
-        return json.loads(raw)
+        return self._decode(self._read(resp))
 
 
 class Session:
@@ -283,11 +312,7 @@ class Session:
         c = self.client
         body = json.dumps(self._body(code, language, timeout)).encode()
         resp = c._request("POST", "/api/v1/execute", self._q(), body, {"Content-Type": "application/json"}, ok=(200, 400))
-        try:
-            raw = resp.read()
-        finally:
-            c._done(resp)
-        d = json.loads(raw)
+        d = c._decode(c._read(resp))
         if resp.status == 400 and "error" not in d:  # refused, not raised
             raise error_for(400, d, None)
         return Result.from_json(d)
@@ -305,18 +330,23 @@ class Session:
             if not ctype.startswith("text/event-stream"):
                 raise CodeboxError(resp.status, f"answer is {ctype!r}, not an event stream")
             data: List[bytes] = []
+            size = 0
             while True:
-                line = resp.readline(_MAX_EVENT_LINE + 1)
+                try:
+                    line = resp.readline(_MAX_EVENT + 1)
+                except (OSError, http.client.HTTPException) as e:
+                    raise CodeboxError(0, f"reading the event stream: {e!r}") from e
                 if not line:
                     raise CodeboxError(0, "the event stream ended before its done event")
-                if len(line) > _MAX_EVENT_LINE:
-                    raise CodeboxError(0, "an event stream line over 64 MiB")
+                size += len(line)
+                if size > _MAX_EVENT:
+                    raise CodeboxError(0, "an event over 64 MiB")
                 line = line.rstrip(b"\r\n")
                 if line.startswith(b"data:"):
                     data.append(line[5:].lstrip(b" "))
                 elif not line and data:
-                    ev = Event.from_json(json.loads(b"\n".join(data)))
-                    data = []
+                    ev = Event.from_json(c._decode(b"\n".join(data)))
+                    data, size = [], 0
                     yield ev
                     if ev.type == "done":
                         finished = True
@@ -324,8 +354,11 @@ class Session:
                 # "event:" repeats the type the data holds; ":" lines are keep-alives.
         finally:
             if finished:
-                resp.read()  # the chunked stream's end, so the connection can be kept
-                c._done(resp)
+                try:
+                    resp.read(1 << 16)  # the chunked stream's end, so the connection can be kept
+                    c._done(resp)
+                except (OSError, http.client.HTTPException):
+                    c.close()
             else:
                 c.close()
 
@@ -350,34 +383,31 @@ class Session:
         if isinstance(data, (bytes, bytearray)):
             headers["Content-Length"] = str(len(data))
         resp = c._request("PUT", "/api/v1/files/content", self._q(path=self._path(path)), data, headers)
-        try:
-            d = json.loads(resp.read())
-        finally:
-            c._done(resp)
-        return int(d.get("size", 0))
+        return int(c._decode(c._read(resp)).get("size", 0))
 
     def download(self, path: str, to: Optional[Union[str, IO[bytes]]] = None) -> Union[bytes, int]:
         """The file at path: its bytes, or, with to (a local path or a binary file object),
         written there in chunks, returning its size."""
         c = self.client
         resp = c._request("GET", "/api/v1/files/content", self._q(path=self._path(path)))
+        if to is None:
+            return c._read(resp, limit=1 << 40)  # codeboxd's --max-file-mb bounds a file
+        out = open(to, "wb") if isinstance(to, str) else to
         try:
-            if to is None:
-                return resp.read()
-            out = open(to, "wb") if isinstance(to, str) else to
-            try:
-                n = 0
-                while True:
-                    chunk = resp.read(1 << 20)
-                    if not chunk:
-                        return n
-                    out.write(chunk)
-                    n += len(chunk)
-            finally:
-                if isinstance(to, str):
-                    out.close()
+            n = 0
+            while True:
+                chunk = resp.read(1 << 20)
+                if not chunk:
+                    c._done(resp)
+                    return n
+                out.write(chunk)
+                n += len(chunk)
+        except (OSError, http.client.HTTPException) as e:
+            c.close()
+            raise CodeboxError(0, f"downloading {path}: {e!r}") from e
         finally:
-            c._done(resp)
+            if isinstance(to, str):
+                out.close()
 
     def list(self, path: str = "/sandbox/") -> List[FileEntry]:
         """The entries of a directory, every page of them."""
@@ -391,7 +421,10 @@ class Session:
             entries += [FileEntry(e["name"], e["size"], e["type"], e.get("mtime", "")) for e in d.get("entries") or []]
             if not d.get("truncated"):
                 return entries
-            offset = d["next_offset"]
+            nxt = d.get("next_offset")
+            if not isinstance(nxt, int) or nxt <= offset:  # a page that would repeat forever
+                raise CodeboxError(0, f"a listing page with next_offset {nxt!r} after {offset}")
+            offset = nxt
 
     def delete(self, *paths: str) -> None:
         """Deletes files; raises CodeboxError naming each that failed (the others are gone)."""

@@ -32,7 +32,11 @@ class Stub(http.server.BaseHTTPRequestHandler):
         if route is None:
             status, headers, out = 404, {}, b'{"detail": "not found"}'
         else:
-            status, headers, out = route(self, body) if callable(route) else route
+            answer = route(self, body) if callable(route) else route
+            if answer is None:  # the request was read, then the connection dropped
+                self.close_connection = True
+                return
+            status, headers, out = answer
         if isinstance(out, (dict, list)):
             out = json.dumps(out).encode()
         self.send_response(status)
@@ -174,6 +178,31 @@ class ClientTest(unittest.TestCase):
             self.s.delete("x", "/sandbox/d/y")
         self.assertIn("no such file", str(cm.exception))
         self.assertEqual(json.loads(Stub.requests[-1][3]), {"files": [{"path": "/sandbox/", "name": "x"}, {"path": "/sandbox/d/", "name": "y"}]})
+
+    def test_an_execute_is_never_sent_twice(self):
+        Stub.routes["GET /api/v1/status"] = (200, {}, {k: 0 for k in codebox.Status.__dataclass_fields__})
+        self.client.status()  # a kept connection
+        Stub.routes["POST /api/v1/execute"] = lambda h, body: None
+        with self.assertRaises(codebox.CodeboxError) as cm:
+            self.s.run("x += 1")
+        self.assertEqual(cm.exception.status, 0)
+        self.assertEqual(sum(1 for r in Stub.requests if r[0] == "POST"), 1)
+        # The client goes on, on a new connection.
+        self.client.status()
+
+    def test_hostile_answers(self):
+        Stub.routes["POST /api/v1/execute"] = (200, {}, b"not json")
+        with self.assertRaises(codebox.CodeboxError):
+            self.s.run("x")
+        Stub.routes["POST /api/v1/execute"] = (200, {}, b"[1, 2]")
+        with self.assertRaises(codebox.CodeboxError):
+            self.s.run("x")
+        page = {"path": "/sandbox/", "entries": [], "truncated": True, "next_offset": 0}
+        Stub.routes["GET /api/v1/files/list"] = (200, {}, page)
+        with self.assertRaises(codebox.CodeboxError):
+            self.s.list()
+        Stub.routes["GET /api/v1/status"] = (200, {}, {k: 0 for k in codebox.Status.__dataclass_fields__})
+        self.client.status()
 
     def test_token_from_environment(self):
         os.environ["AUTH_TOKEN"] = "from-env"
