@@ -224,6 +224,9 @@ func (c *Client) start(code, language string, silent bool, sink func(Event)) (*C
 		// Our agent's extension: send the first output at once rather than gathering
 		// it for a flush period, for a caller watching it arrive.
 		"codebox_stream": sink != nil,
+		// Our agent's extension too: no busy and idle status around the call, the reply
+		// last (and marked so; an agent that does not know it sends them as before).
+		"codebox_lean": true,
 	}
 	if language != "" {
 		content["language"] = language // our agent's extension too
@@ -362,6 +365,8 @@ type (
 		TruncatedBytes int64 `json:"codebox_truncated_bytes"`
 		// The call's language interpreter did not survive it (our agent's extension).
 		StateLost bool `json:"codebox_state_lost"`
+		// The agent sends no idle status after this reply: the call is over.
+		Lean bool `json:"codebox_lean"`
 		Error
 	}
 )
@@ -444,6 +449,7 @@ func (p *pending) apply(msgType string, frame []byte) {
 			return
 		}
 		p.gotReply = true
+		p.gotIdle = p.gotIdle || c.Lean
 		r.ExecutionCount = c.ExecutionCount
 		r.StateLost = c.StateLost
 		r.Truncated = r.Truncated || c.TruncatedBytes > 0

@@ -97,6 +97,38 @@ func TestExecuteCollectsOutputInOrder(t *testing.T) {
 	}
 }
 
+// An agent that honours codebox_lean sends no status frames and marks its reply; the call
+// ends at the reply. One that does not (an older image) is waited on for its idle as ever.
+func TestLeanReply(t *testing.T) {
+	for _, lean := range []bool{true, false} {
+		f := &fakeAgent{token: "t", script: func(req map[string]any, send func(string, any, string)) {
+			id := msgID(req)
+			if req["content"].(map[string]any)["codebox_lean"] != true {
+				t.Errorf("the client did not ask for lean replies: %v", req["content"])
+			}
+			send("stream", map[string]any{"name": "stdout", "text": "1\n"}, id)
+			if lean {
+				send("execute_reply", map[string]any{"status": "ok", "execution_count": 1, "codebox_lean": true}, id)
+				return
+			}
+			send("execute_reply", map[string]any{"status": "ok", "execution_count": 1}, id)
+			send("status", map[string]any{"execution_state": "idle"}, id)
+		}}
+		c := start(t, f, Options{})
+		for i := 0; i < 3; i++ {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			res, err := c.Execute(ctx, "print(1)")
+			cancel()
+			if err != nil || res.Stdout != "1\n" || res.Status != "ok" {
+				t.Fatalf("lean %v, call %d: %+v %v", lean, i, res, err)
+			}
+		}
+		if err := c.Err(); err != nil {
+			t.Fatalf("lean %v: the connection failed: %v", lean, err)
+		}
+	}
+}
+
 func TestExecuteError(t *testing.T) {
 	f := &fakeAgent{token: "t", script: func(req map[string]any, send func(string, any, string)) {
 		id := msgID(req)

@@ -74,7 +74,8 @@ const counterStep = "counter += 1\nprint(counter)"
 
 // Seed runs users sessions of requests stateful calls each through the API, all sessions in
 // parallel, and verifies every printed counter. The sessions are set up first (their
-// workers taken from the pool or created); the timed part is the stateful calls, and
+// workers taken from the pool or created, the pool then refilled); the timed part is the
+// stateful calls, and
 // timed (when not nil) is called as it begins. It returns the result and how long the
 // set-up took.
 func Seed(ctx context.Context, c *api.Client, prefix string, users, requests int, timed func()) (*Result, time.Duration) {
@@ -96,6 +97,9 @@ func Seed(ctx context.Context, c *api.Client, prefix string, users, requests int
 	}
 	wg.Wait()
 	setup := time.Since(setupStart)
+	// The pool refills behind the set-up: new workers' kernels starting would be counted
+	// in the calls' time and CPU. The calls are timed once it is whole again.
+	waitStatus(ctx, c, func(s api.Status) bool { return s.CreatingWorkers == 0 && s.IdleWorkers >= s.MinIdleWorkers })
 	if timed != nil {
 		timed()
 	}
@@ -432,4 +436,52 @@ func firstPrintSSE(ctx context.Context, c *api.Client, user string) (time.Durati
 		}
 	}
 	return took, nil
+}
+
+// Density creates n sessions, conc at a time, each with a state of its own, and keeps them
+// all; then checks every one still has its state. It returns the acquire latencies (a new
+// session's first execute, while the pool refills behind it), how long reaching n took,
+// and how many kept their state.
+func Density(ctx context.Context, c *api.Client, prefix string, n, conc int) (acquire *Result, reached time.Duration, verified int) {
+	var mu sync.Mutex
+	var lat []time.Duration
+	errs := map[string]int{}
+	next := 0
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				mu.Lock()
+				i := next
+				next++
+				mu.Unlock()
+				if i >= n {
+					return
+				}
+				t := time.Now()
+				_, err := c.Execute(ctx, fmt.Sprintf("%s-%d", prefix, i), fmt.Sprintf("mine = %d", i), 0)
+				d := time.Since(t)
+				mu.Lock()
+				if err != nil {
+					errs[errKey(err)]++
+				} else {
+					lat = append(lat, d)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	reached = time.Since(start)
+	acquire = summarize(fmt.Sprintf("density: %d sessions, a new one's first execute", n), lat, n, len(lat), len(lat), reached, errs)
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		resp, err := c.Execute(ctx, fmt.Sprintf("%s-%d", prefix, i), "print(mine)", 0)
+		if err == nil && resp.Stdout == strconv.Itoa(i)+"\n" && !resp.NewSession {
+			verified++
+		}
+	}
+	return acquire, reached, verified
 }

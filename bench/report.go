@@ -14,13 +14,23 @@ import (
 
 // Report is everything one run measured.
 type Report struct {
-	Machine  string             `json:"machine"`
-	Command  string             `json:"command"`
-	Started  time.Time          `json:"started"`
-	Config   map[string]string  `json:"config"`
-	Results  []*Result          `json:"results"`
-	Figures  map[string]float64 `json:"figures"` // single numbers: ratios, start times, memory
-	Comments []string           `json:"comments,omitempty"`
+	Machine string             `json:"machine"`
+	Command string             `json:"command"`
+	Started time.Time          `json:"started"`
+	Config  map[string]string  `json:"config"`
+	Results []*Result          `json:"results"`
+	Figures map[string]float64 `json:"figures"` // single numbers: ratios, start times, memory
+	// Rounds are the seed scenario's throughput in each round, for the chart per round.
+	Rounds   []Round  `json:"rounds,omitempty"`
+	Comments []string `json:"comments,omitempty"`
+}
+
+// Round is one round of the seed scenario: req/s via the API, direct to the agents, and
+// against the Jupyter peer (0: not run).
+type Round struct {
+	API    float64 `json:"api"`
+	Direct float64 `json:"direct"`
+	Peer   float64 `json:"peer,omitempty"`
 }
 
 // Table writes the human table.

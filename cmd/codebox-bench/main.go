@@ -46,9 +46,9 @@ const (
 
 type options struct {
 	codeboxd, containerd, image, archive, out string
-	profile                                   bool
+	profile, peer                             bool
 	users, requests, single, warm, cold       int
-	firstPrint, firstUse                      int
+	firstPrint, firstUse, sessions, sessionMB int
 	rounds                                    int
 	budgetMB                                  int
 	workerCPU                                 float64
@@ -71,8 +71,11 @@ func main() {
 	flag.IntVar(&o.warm, "warm", 30, "new sessions from a warm pool")
 	flag.IntVar(&o.cold, "cold", 10, "new sessions from an empty pool")
 	flag.IntVar(&o.budgetMB, "budget-mb", 16384, "memory budget for the density figure")
+	flag.IntVar(&o.sessions, "sessions", 300, "density: concurrent sessions kept on this host (0: skip)")
+	flag.IntVar(&o.sessionMB, "session-ram-mb", 256, "density: each worker's memory limit")
 	flag.Float64Var(&o.workerCPU, "worker-cpu", 1.0, "CPU cores per worker (the seed used 1.0)")
 	flag.DurationVar(&o.deadline, "deadline", 15*time.Minute, "the whole run stops after this")
+	flag.BoolVar(&o.peer, "peer", true, "also run the seed scenario against a Jupyter Server with ipykernel (Debian's), the seed's own engine")
 	flag.BoolVar(&o.profile, "profile", false, "write a CPU profile of codeboxd during the seed scenario to OUT/codeboxd.cpu.pprof")
 	flag.Parse()
 	if err := run(o); err != nil {
@@ -115,7 +118,14 @@ func run(o options) error {
 		return err
 	}
 
-	// Phase 2: the seed's configuration.
+	// Phase 2: many sessions at once, with smaller workers.
+	if o.sessions > 0 {
+		if err := densityRun(ctx, o, state, rep); err != nil {
+			return err
+		}
+	}
+
+	// Phase 3: the seed's configuration.
 	d, err = start(ctx, o, state, append([]string{"--min-idle-workers", "5"}, seedFlags...))
 	if err != nil {
 		return err
@@ -148,7 +158,14 @@ func run(o options) error {
 		return err
 	}
 
-	if err := seedRounds(ctx, o, d, rep); err != nil {
+	var peer *jupyterPeer
+	if o.peer {
+		if peer, err = startJupyter(ctx, o, state, o.users, 1024); err != nil {
+			return err
+		}
+		defer peer.stop()
+	}
+	if err := seedRounds(ctx, o, d, peer, rep); err != nil {
 		return err
 	}
 	rep.Table(os.Stdout)
@@ -162,10 +179,10 @@ func run(o options) error {
 // seedRounds runs the seed scenario through the API and then straight to the agents, o.rounds
 // times, and reports the round with the median API throughput: on a shared VM one round's
 // figure moves by ±20 %, and all rounds' rates are recorded as well.
-func seedRounds(ctx context.Context, o options, d *daemonProc, rep *bench.Report) error {
+func seedRounds(ctx context.Context, o options, d *daemonProc, peer *jupyterPeer, rep *bench.Report) error {
 	type round struct {
-		seed, direct *bench.Result
-		figures      map[string]float64
+		seed, direct, peer *bench.Result
+		figures            map[string]float64
 	}
 	var rounds []round
 	for r := 0; r < max(1, o.rounds); r++ {
@@ -193,6 +210,9 @@ func seedRounds(ctx context.Context, o options, d *daemonProc, rep *bench.Report
 			c.Close()
 		}
 		rd.seed, rd.direct = seed, direct
+		if peer != nil {
+			rd.peer = bench.JupyterSeed(ctx, peer.url, peer.token, o.users, o.requests)
+		}
 		rounds = append(rounds, rd)
 	}
 	sorted := slices.Clone(rounds)
@@ -203,13 +223,28 @@ func seedRounds(ctx context.Context, o options, d *daemonProc, rep *bench.Report
 	if med.direct.PerSecond > 0 {
 		rep.Figures["daemon overhead: API / direct throughput (%)"] = 100 * med.seed.PerSecond / med.direct.PerSecond
 	}
-	var api, direct []string
+	var api, direct, jupyter []string
 	for _, rd := range rounds {
 		api = append(api, fmt.Sprintf("%.0f", rd.seed.PerSecond))
 		direct = append(direct, fmt.Sprintf("%.0f", rd.direct.PerSecond))
+		rep.Rounds = append(rep.Rounds, bench.Round{API: rd.seed.PerSecond, Direct: rd.direct.PerSecond})
+		if rd.peer != nil {
+			jupyter = append(jupyter, fmt.Sprintf("%.0f", rd.peer.PerSecond))
+			rep.Rounds[len(rep.Rounds)-1].Peer = rd.peer.PerSecond
+		}
 	}
-	rep.Comments = append(rep.Comments, fmt.Sprintf("seed rounds, req/s via API: %s; direct: %s (the median round by API req/s is shown)",
-		strings.Join(api, ", "), strings.Join(direct, ", ")))
+	comment := fmt.Sprintf("seed rounds, req/s via API: %s; direct: %s", strings.Join(api, ", "), strings.Join(direct, ", "))
+	if med.peer != nil {
+		rep.Results = append(rep.Results, med.peer)
+		if med.peer.PerSecond > 0 {
+			rep.Figures["seed: API / Jupyter peer throughput (x)"] = med.seed.PerSecond / med.peer.PerSecond
+		}
+		if med.seed.P95ms > 0 {
+			rep.Figures["seed: Jupyter peer / API p95 latency (x)"] = med.peer.P95ms / med.seed.P95ms
+		}
+		comment += "; Jupyter peer: " + strings.Join(jupyter, ", ")
+	}
+	rep.Comments = append(rep.Comments, comment+" (the median round by API req/s is shown, with its direct and peer runs)")
 	return nil
 }
 
@@ -410,4 +445,57 @@ func profile(dir string, d time.Duration) {
 	}
 	defer f.Close()
 	io.Copy(f, resp.Body)
+}
+
+// densityRun keeps o.sessions sessions at once on this host: each created (25 at a time,
+// the pool of 5 refilling behind them), given a state, kept; then every state checked.
+func densityRun(ctx context.Context, o options, state string, rep *bench.Report) error {
+	memBefore := memAvailableMB()
+	d, err := start(ctx, o, state, []string{"--min-idle-workers", "5", "--max-total-workers", strconv.Itoa(o.sessions + 5),
+		"--worker-cpu", strconv.FormatFloat(o.workerCPU, 'f', -1, 64), "--worker-ram-mb", strconv.Itoa(o.sessionMB),
+		"--worker-disk-mb", "100"})
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	if _, err := bench.WaitIdle(ctx, d.client, 5); err != nil {
+		return err
+	}
+	acquire, reached, verified := bench.Density(ctx, d.client, "density", o.sessions, 25)
+	rep.Results = append(rep.Results, acquire)
+	n := float64(o.sessions)
+	rep.Figures[fmt.Sprintf("density: time to reach %d sessions (s)", o.sessions)] = reached.Seconds()
+	rep.Figures[fmt.Sprintf("density: sessions of %d that kept their state", o.sessions)] = float64(verified)
+	rep.Figures[fmt.Sprintf("density: codeboxd RSS with %d sessions (MB)", o.sessions)] = rssMB(d.cmd.Process.Pid)
+	rep.Figures["density: host memory per session (MB)"] = (memBefore - memAvailableMB()) / n
+	rep.Config["density"] = fmt.Sprintf("%d sessions, min idle 5, %g CPU, %d MB, 100 MB disk each", o.sessions, o.workerCPU, o.sessionMB)
+	if acquire.SuccessPct < 100 {
+		rep.Comments = append(rep.Comments, fmt.Sprintf("density: %d of %d sessions were not created: %v", o.sessions-int(acquire.SuccessPct*n/100), o.sessions, acquire.Errors))
+	}
+	return d.stop()
+}
+
+// memAvailableMB is the host's MemAvailable.
+func memAvailableMB() float64 {
+	return procField("/proc/meminfo", "MemAvailable:") / 1024
+}
+
+// rssMB is a process's resident memory.
+func rssMB(pid int) float64 {
+	return procField(fmt.Sprintf("/proc/%d/status", pid), "VmRSS:") / 1024
+}
+
+// procField reads a "Name: N kB" line.
+func procField(file, name string) float64 {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, name); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+			return f
+		}
+	}
+	return 0
 }

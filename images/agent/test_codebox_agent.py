@@ -102,6 +102,10 @@ class Session:
     def execute(self, code, **kw):
         return self.request("execute_request", {"code": code}, **kw)
 
+    def execute_lean(self, code, timeout=30):
+        """An execute with codebox_lean: its reply is its last frame."""
+        return self.request("execute_request", {"code": code, "codebox_lean": True}, until_idle=False, timeout=timeout)
+
 
 def of_type(frames, kind):
     return [f for f in frames if f["header"]["msg_type"] == kind]
@@ -142,6 +146,23 @@ class ExecuteTest(AgentTest):
         kinds = [f["header"]["msg_type"] for f in frames]
         self.assertEqual(kinds[0], "status")
         self.assertEqual(kinds[-2:], ["execute_reply", "status"])
+
+    def test_lean_execute_has_no_status_and_ends_with_its_reply(self):
+        frames = self.session.execute_lean("lean_x = 6 * 7\nprint(lean_x)\nlean_x")
+        kinds = [f["header"]["msg_type"] for f in frames]
+        self.assertNotIn("status", kinds)
+        self.assertEqual(kinds[-1], "execute_reply")
+        self.assertIs(frames[-1]["content"].get("codebox_lean"), True)
+        self.assertEqual(stdout(frames), "42\n")
+        self.assertEqual(of_type(frames, "execute_result")[0]["content"]["data"]["text/plain"], "42")
+        # An error and a bad request end the same way.
+        frames = self.session.execute_lean("1 / 0")
+        self.assertEqual([f["header"]["msg_type"] for f in frames][-2:], ["error", "execute_reply"])
+        frames = self.session.request("execute_request", {"code": "1", "language": "cobol", "codebox_lean": True}, until_idle=False)
+        self.assertEqual([f["header"]["msg_type"] for f in frames], ["execute_reply"])
+        # Nothing of them arrives after the reply: the next call's frames are its own.
+        frames = self.session.execute("print('next')")
+        self.assertEqual([f["header"]["msg_type"] for f in frames], ["status", "stream", "execute_reply", "status"])
 
     def test_silent_execute_leaves_no_trace(self):
         before = of_type(self.session.execute("'count'"), "execute_reply")[0]["content"]["execution_count"]
