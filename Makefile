@@ -54,7 +54,7 @@ run: deps image build
 bench: deps image build
 	addr=$$(scripts/ensure-containerd.sh); \
 	bin/codebox-bench --codeboxd bin/codeboxd --containerd-address "$$addr" \
-		--image "$(IMAGE_REF)" --archive "$(IMAGE_ARCHIVE)" --out bench-results $(BENCH_FLAGS)
+		--image "$(IMAGE_REF)" --archive "$(IMAGE_ARCHIVE)" --out bench-results --charts docs/bench $(BENCH_FLAGS)
 
 test: deps node-deps image build lint test-unit test-agent test-clients test-systemd test-install test-e2e
 

@@ -42,7 +42,10 @@ func (r *Report) latencyChart(file string) error {
 	p.Y.Label.Text = "fraction of requests at or below"
 	p.X.Scale = plot.LogScale{}
 	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
-	p.Y.Min, p.Y.Max = 0, 1
+	// Room above 1 for the legend, which would otherwise cover the curves' tops.
+	p.Y.Min, p.Y.Max = 0, 1.3
+	p.Y.Tick.Marker = plot.ConstantTicks{{Value: 0, Label: "0"}, {Value: 0.25, Label: "0.25"}, {Value: 0.5, Label: "0.5"},
+		{Value: 0.75, Label: "0.75"}, {Value: 0.95, Label: "0.95"}, {Value: 1, Label: "1"}}
 	p.Add(plotter.NewGrid())
 	lo, hi := math.Inf(1), 0.0
 	for i, name := range seedSeries {
@@ -82,11 +85,10 @@ func (r *Report) latencyChart(file string) error {
 			p.Add(l)
 		}
 	}
-	// The curves rise to the right: the top left is free.
 	p.Legend.Top = true
 	p.Legend.Left = true
 	p.Legend.XOffs = vg.Points(10)
-	p.Legend.YOffs = -vg.Points(10)
+	p.Legend.YOffs = -vg.Points(6)
 	return p.Save(10*vg.Inch, 5.5*vg.Inch, file)
 }
 

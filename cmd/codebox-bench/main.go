@@ -46,6 +46,7 @@ const (
 
 type options struct {
 	codeboxd, containerd, image, archive, out string
+	charts                                    string
 	profile, peer                             bool
 	users, requests, single, warm, cold       int
 	firstPrint, firstUse, sessions, sessionMB int
@@ -62,6 +63,7 @@ func main() {
 	flag.StringVar(&o.image, "image", "", "worker image reference")
 	flag.StringVar(&o.archive, "archive", "", "worker image archive")
 	flag.StringVar(&o.out, "out", "bench-results", "directory for results.json, results.txt and charts")
+	flag.StringVar(&o.charts, "charts", "", "also copy the charts here (make bench: docs/bench, which docs/benchmarks.md shows)")
 	flag.IntVar(&o.users, "users", 25, "seed scenario: concurrent users")
 	flag.IntVar(&o.requests, "requests", 100, "seed scenario: stateful requests per user")
 	flag.IntVar(&o.rounds, "rounds", 3, "seed scenario: rounds of API then direct; the median round by API req/s is reported")
@@ -172,7 +174,22 @@ func run(o options) error {
 	if err := rep.Write(o.out); err != nil {
 		return err
 	}
-	fmt.Printf("\nwritten: %s/results.json, results.txt, latency.png, outcomes.png\n", o.out)
+	fmt.Printf("\nwritten: %s/results.json, results.txt, latency.png, throughput.png, outcomes.png\n", o.out)
+	if o.charts != "" {
+		if err := os.MkdirAll(o.charts, 0o755); err != nil {
+			return err
+		}
+		for _, f := range []string{"latency.png", "throughput.png", "outcomes.png"} {
+			b, err := os.ReadFile(filepath.Join(o.out, f))
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(o.charts, f), b, 0o644); err != nil {
+				return err
+			}
+		}
+		fmt.Printf("charts copied to %s\n", o.charts)
+	}
 	return nil
 }
 
