@@ -4,6 +4,7 @@ import (
 	"image/png"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -32,5 +33,20 @@ func TestCharts(t *testing.T) {
 		if err != nil || cfg.Width < 500 {
 			t.Errorf("%s: %v %+v", f, err, cfg)
 		}
+	}
+}
+
+func TestTargetsInTable(t *testing.T) {
+	r := &Report{Figures: map[string]float64{}, Targets: []Target{
+		{Name: "a", Value: 0.2, Target: 0.15, Max: true, Unit: "ms"},
+		{Name: "b", Value: 2100, Target: 2000, Unit: "req/s"},
+	}}
+	if r.Targets[0].Met() || !r.Targets[1].Met() {
+		t.Fatalf("met: %v %v", r.Targets[0].Met(), r.Targets[1].Met())
+	}
+	var b strings.Builder
+	r.Table(&b)
+	if !strings.Contains(b.String(), "(target <= 0.15)  not met") || !strings.Contains(b.String(), "(target >= 2000)  met") {
+		t.Fatalf("table:\n%s", b.String())
 	}
 }

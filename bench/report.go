@@ -21,8 +21,27 @@ type Report struct {
 	Results []*Result          `json:"results"`
 	Figures map[string]float64 `json:"figures"` // single numbers: ratios, start times, memory
 	// Rounds are the seed scenario's throughput in each round, for the chart per round.
-	Rounds   []Round  `json:"rounds,omitempty"`
+	Rounds []Round `json:"rounds,omitempty"`
+	// Targets are the figures the project aims at, each with this run's value.
+	Targets  []Target `json:"targets,omitempty"`
 	Comments []string `json:"comments,omitempty"`
+}
+
+// Target is a figure and the value it should reach: at most (Max) or at least.
+type Target struct {
+	Name   string  `json:"name"`
+	Value  float64 `json:"value"`
+	Target float64 `json:"target"`
+	Max    bool    `json:"max"`
+	Unit   string  `json:"unit"`
+}
+
+// Met says whether the value reaches the target.
+func (t Target) Met() bool {
+	if t.Max {
+		return t.Value <= t.Target
+	}
+	return t.Value >= t.Target
 }
 
 // Round is one round of the seed scenario: req/s via the API, direct to the agents, and
@@ -57,6 +76,19 @@ func (r *Report) Table(w io.Writer) {
 	}
 	for _, c := range r.Comments {
 		fmt.Fprintln(w, c)
+	}
+	if len(r.Targets) > 0 {
+		fmt.Fprintln(w, "\ntargets:")
+		for _, t := range r.Targets {
+			op, met := ">=", "not met"
+			if t.Max {
+				op = "<="
+			}
+			if t.Met() {
+				met = "met"
+			}
+			fmt.Fprintf(w, "  %-44s %10.2f %-8s (target %s %g)  %s\n", t.Name, t.Value, t.Unit, op, t.Target, met)
+		}
 	}
 }
 

@@ -170,6 +170,7 @@ func run(o options) error {
 	if err := seedRounds(ctx, o, d, peer, rep); err != nil {
 		return err
 	}
+	targets(rep, o.users)
 	rep.Table(os.Stdout)
 	if err := rep.Write(o.out); err != nil {
 		return err
@@ -515,4 +516,38 @@ func procField(file, name string) float64 {
 		}
 	}
 	return 0
+}
+
+// targets sets the figures the project aims at against this run's (docs/benchmarks.md
+// explains those not met).
+func targets(rep *bench.Report, users int) {
+	add := func(name, unit string, value, target float64, atMost bool) {
+		rep.Targets = append(rep.Targets, bench.Target{Name: name, Value: value, Target: target, Max: atMost, Unit: unit})
+	}
+	f := rep.Figures
+	if v, ok := f["seed via API: CPU per request, codeboxd (ms)"]; ok {
+		add("codeboxd CPU per proxied execute", "ms", v, 0.15, true)
+	}
+	if v, ok := f["seed via API: CPU per request, agents (ms)"]; ok {
+		add("agents' CPU per execute under the seed load", "ms", v, 0.50, true)
+	}
+	if r := rep.Find("seed scenario via API"); r != nil {
+		add("seed scenario via API", "req/s", r.PerSecond, 2000, false)
+		add("seed scenario via API, p95", "ms", r.P95ms, 25, true)
+	}
+	if v, ok := f["daemon overhead: API / direct throughput (%)"]; ok {
+		add("API throughput / direct", "%", v, 90, false)
+	}
+	if r := rep.Find("single session, trivial execute"); r != nil && r.Requests > 0 {
+		add("single-session execute p50", "ms", r.P50ms, 0.50, true)
+	}
+	if r := rep.Find("cold start: new session, empty pool"); r != nil && r.Requests > 0 {
+		add("cold start p50", "ms", r.P50ms, 250, true)
+	}
+	if v, ok := f["refill rate (workers/s)"]; ok {
+		add("refill rate", "workers/s", v, 8, false)
+	}
+	if v, ok := f[fmt.Sprintf("seed: %d sessions set up from a pool of 5 (s)", users)]; ok && users == 25 {
+		add("burst: 25 new sessions from a pool of 5", "s", v, 1.5, true)
+	}
 }
