@@ -20,7 +20,7 @@ IMAGE_ARCHIVE  = $(CACHE_DIR)/worker-$(VARIANT)-$(IMAGE_HASH).oci.tar
 PREFIX     ?= /usr/local
 DESTDIR    ?=
 
-.PHONY: all build deps node-deps image image-full run bench test test-unit test-agent test-clients test-e2e test-chaos test-image-full test-full-image test-systemd test-install lint install uninstall clean
+.PHONY: all build deps node-deps image image-full run bench test test-unit test-agent test-clients test-e2e test-fleet test-chaos test-image-full test-full-image test-systemd test-install lint install uninstall clean
 
 all: build
 
@@ -77,6 +77,14 @@ test-e2e: build node-deps
 	CODEBOX_E2E_ARCHIVE="$(IMAGE_ARCHIVE)" CODEBOX_E2E_BIN="$(CURDIR)/bin/codeboxd" \
 	CODEBOX_E2E_ARTIFACTS="$(CURDIR)/test-artifacts" \
 		$(GO) test -count=1 -timeout 30m -v -skip TestFullImage ./e2e/
+
+# Three codeboxd nodes behind HAProxy's consistent hashing on this host, each with its own
+# containerd namespace, bridge, subnet, state and ports (also part of test-e2e).
+test-fleet: build
+	addr=$$(scripts/ensure-containerd.sh); \
+	CODEBOX_E2E=1 CODEBOX_E2E_CONTAINERD="$$addr" CODEBOX_E2E_IMAGE="$(IMAGE_REF)" \
+	CODEBOX_E2E_ARCHIVE="$(IMAGE_ARCHIVE)" CODEBOX_E2E_BIN="$(CURDIR)/bin/codeboxd" \
+		$(GO) test -count=1 -timeout 15m -v -run TestFleet ./e2e/
 
 # The faults of docs/ARCHITECTURE.md under the seed load (also part of test-e2e): codeboxd
 # killed, containerd restarted, a task killed, a worker out of memory.

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the host packages codebox needs, when any is missing (Debian 12).
 set -eu
-pkgs="containerd runc containernetworking-plugins iptables iproute2 mmdebstrap e2fsprogs docker-registry systemd systemd-container util-linux shellcheck curl
+pkgs="containerd runc containernetworking-plugins iptables iproute2 mmdebstrap e2fsprogs docker-registry systemd systemd-container util-linux shellcheck curl haproxy
 python3 python3-venv python3-setuptools python3-ipython python3-websockets jupyter-server python3-ipykernel python3-tornado python3-matplotlib-inline python3-matplotlib"
 # The browser tests: Debian's chromium, driven from Node (a host may already have its own
 # Node; Debian 12's 18 is enough for the pinned clients).
