@@ -112,7 +112,7 @@ func (r *router) reload(nodes []*fleetNode) {
 	if err := os.WriteFile(nodesFile, []byte(list.String()), 0o644); err != nil {
 		r.t.Fatal(err)
 	}
-	out, err := exec.Command("../scripts/haproxy-config.sh", nodesFile, r.listen, r.adm).Output()
+	out, err := exec.Command("../scripts/haproxy-config.sh", nodesFile, r.listen, r.adm, filepath.Join(r.dir, "admin.sock")).Output()
 	if err != nil {
 		r.t.Fatalf("haproxy-config.sh: %v", err)
 	}
@@ -160,6 +160,27 @@ func (r *router) stop() {
 	case <-time.After(10 * time.Second):
 		r.cmd.Process.Kill()
 		<-r.done
+	}
+}
+
+// admin sends a command to HAProxy's runtime API and returns its answer.
+func (r *router) admin(cmd string) string {
+	r.t.Helper()
+	conn, err := net.Dial("unix", filepath.Join(r.dir, "admin.sock"))
+	if err != nil {
+		r.t.Fatalf("haproxy admin socket: %v", err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintln(conn, cmd)
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := conn.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			return b.String()
+		}
 	}
 }
 
@@ -389,11 +410,53 @@ func TestFleet(t *testing.T) {
 		}
 	}
 	t.Logf("%s joined: %d sessions moved to it, %d kept their state", added.name, len(movedTo), kept)
+	for u := range movedTo {
+		home[u] = added.name // its old worker idles where it was
+	}
+	each(func(i int, u string) {
+		if movedTo[u] == 1 {
+			if _, err := call(u, fmt.Sprintf("mine = %d", i+1000)); err != nil {
+				t.Errorf("%s: %v", u, err)
+			}
+		}
+	})
 	if len(movedTo) < 15 || len(movedTo) > 50 {
 		t.Errorf("%d of %d sessions moved to the new node, want about a third (15..50)", len(movedTo), sessions)
 	}
 
-	// 5. The router's view: each node's state, and each node's pool.
+	// 5. Draining a node: it takes no new session, its sessions keep reaching it.
+	drained := live[0]
+	if out := rt.admin("set server codeboxd/" + drained.name + " state drain"); strings.TrimSpace(out) != "" {
+		t.Fatalf("drain: %q", out)
+	}
+	rt.waitStatus(func(st map[string]string) bool { return st[drained.name] == "DRAIN" }, 10*time.Second, drained.name+" draining")
+	onDrained := 0
+	for i, u := range users {
+		if home[u] != drained.name {
+			continue
+		}
+		onDrained++
+		resp, err := call(u, "print(mine)")
+		if err != nil || resp.NewSession || resp.Stdout != fmt.Sprintf("%d\n", i+1000) {
+			t.Errorf("%s, on the draining %s, lost its state: %+v %v", u, drained.name, resp, err)
+		}
+	}
+	fresh := 0
+	for i := 0; i < 20; i++ {
+		u := fmt.Sprintf("fleet-drain-%s-%d", randomHex(3), i)
+		if _, err := call(u, "1"); err != nil {
+			t.Fatalf("%s: %v", u, err)
+		}
+		if holder(t, []*fleetNode{drained}, u) != "" {
+			t.Errorf("new session %s went to the draining %s", u, drained.name)
+		}
+		users = append(users, u) // released at the end
+		fresh++
+	}
+	t.Logf("%s draining: its %d sessions kept reaching it, %d new sessions went elsewhere", drained.name, onDrained, fresh)
+	rt.admin("set server codeboxd/" + drained.name + " state ready")
+
+	// 6. The router's view: each node's state, and each node's pool.
 	st := rt.status()
 	var names []string
 	for name := range st {
