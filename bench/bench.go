@@ -151,15 +151,35 @@ func Seed(ctx context.Context, c *api.Client, prefix string, users, requests int
 	return summarize("seed scenario via API", lat, users*requests, ok, good, took, errs), setup
 }
 
+// userCalls is what one user's calls of a throughput scenario came to.
+type userCalls struct {
+	lat      []time.Duration
+	ok, good int
+	errs     map[string]int
+}
+
+// merged sums the users' calls (and errors before them, errs) into the scenario's result.
+func merged(name string, accs []userCalls, total int, took time.Duration, errs map[string]int) *Result {
+	if errs == nil {
+		errs = map[string]int{}
+	}
+	var lat []time.Duration
+	ok, good := 0, 0
+	for _, a := range accs {
+		lat = append(lat, a.lat...)
+		ok += a.ok
+		good += a.good
+		for k, v := range a.errs {
+			errs[k] += v
+		}
+	}
+	return summarize(name, lat, total, ok, good, took, errs)
+}
+
 // Direct runs the seed scenario straight against agents, one connection per session, to
 // measure what the daemon adds.
 func Direct(ctx context.Context, conns []*agent.Client, requests int) *Result {
-	type acc struct {
-		lat      []time.Duration
-		ok, good int
-		errs     map[string]int
-	}
-	accs := make([]acc, len(conns))
+	accs := make([]userCalls, len(conns))
 	var wg sync.WaitGroup
 	start := time.Now()
 	for k, kc := range conns {
@@ -189,19 +209,7 @@ func Direct(ctx context.Context, conns []*agent.Client, requests int) *Result {
 		}()
 	}
 	wg.Wait()
-	took := time.Since(start)
-	var lat []time.Duration
-	ok, good := 0, 0
-	errs := map[string]int{}
-	for _, a := range accs {
-		lat = append(lat, a.lat...)
-		ok += a.ok
-		good += a.good
-		for k, v := range a.errs {
-			errs[k] += v
-		}
-	}
-	return summarize("seed scenario direct to agents (baseline)", lat, len(conns)*requests, ok, good, took, errs)
+	return merged("seed scenario direct to agents (baseline)", accs, len(conns)*requests, time.Since(start), nil)
 }
 
 // trivial is, per language, a cell that sets a counter and one that steps it.

@@ -169,12 +169,7 @@ func JupyterSeed(ctx context.Context, base, token string, users, requests int) *
 			}
 		}
 	}()
-	type acc struct {
-		lat      []time.Duration
-		ok, good int
-		errs     map[string]int
-	}
-	accs := make([]acc, users)
+	accs := make([]userCalls, users)
 	start := time.Now()
 	for u, k := range kernels {
 		if k == nil {
@@ -205,16 +200,5 @@ func JupyterSeed(ctx context.Context, base, token string, users, requests int) *
 		}()
 	}
 	wg.Wait()
-	took := time.Since(start)
-	var lat []time.Duration
-	ok, good := 0, 0
-	for _, a := range accs {
-		lat = append(lat, a.lat...)
-		ok += a.ok
-		good += a.good
-		for k, v := range a.errs {
-			errs[k] += v
-		}
-	}
-	return summarize("seed scenario, Jupyter Server + ipykernel (the seed's engine)", lat, users*requests, ok, good, took, errs)
+	return merged("seed scenario, Jupyter Server + ipykernel (the seed's engine)", accs, users*requests, time.Since(start), errs)
 }
