@@ -442,3 +442,36 @@ func TestSessionBoundUnderConcurrency(t *testing.T) {
 		t.Fatalf("%d sessions open, the bound is 5", n)
 	}
 }
+
+// One session's calls being answered at once are bounded: a caller that never takes its
+// answers cannot pile them up.
+func TestCallsPerSessionBounded(t *testing.T) {
+	release := make(chan struct{})
+	var entered sync.WaitGroup
+	entered.Add(MaxCallsPerSession)
+	b := &fakeBackend{exec: func(ctx context.Context, _ api.ExecuteRequest, out api.Output) error {
+		entered.Done()
+		<-release
+		return out.Reply(ctx, &api.ExecuteResponse{Stdout: "ok"}, nil)
+	}}
+	_, url := serve(t, b, Config{})
+	cs := connect(t, url, nil)
+	results := make(chan error, MaxCallsPerSession)
+	for i := 0; i < MaxCallsPerSession; i++ {
+		go func() {
+			_, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "run_code", Arguments: map[string]any{"code": "x"}})
+			results <- err
+		}()
+	}
+	entered.Wait() // every slot is held by a call in the backend
+	_, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "run_code", Arguments: map[string]any{"code": "x"}})
+	if err == nil || !strings.Contains(err.Error(), "Service Unavailable") {
+		t.Errorf("a call past %d of one session: %v", MaxCallsPerSession, err)
+	}
+	close(release)
+	for i := 0; i < MaxCallsPerSession; i++ {
+		if err := <-results; err != nil {
+			t.Errorf("a call within the bound: %v", err)
+		}
+	}
+}
