@@ -68,9 +68,10 @@ type Handler struct {
 	http   *mcp.StreamableHTTPHandler
 
 	mu         sync.Mutex
-	calls      int            // POSTs being answered: tool calls among them
-	starting   int            // of which new sessions' (initialize)
-	perSession map[string]int // of the others, by Mcp-Session-Id
+	calls      int             // POSTs being answered: tool calls among them
+	starting   int             // of which new sessions' (initialize)
+	perSession map[string]int  // of the others, by Mcp-Session-Id
+	issued     map[string]bool // session ids handed out, while their sessions are open
 }
 
 func (h *Handler) answering() int {
@@ -87,7 +88,7 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.MaxSessions <= 0 {
 		cfg.MaxSessions = 1024
 	}
-	h := &Handler{cfg: cfg, perSession: map[string]int{}}
+	h := &Handler{cfg: cfg, perSession: map[string]int{}, issued: map[string]bool{}}
 	h.server = mcp.NewServer(&mcp.Implementation{Name: "codebox", Title: "codebox code interpreter", Version: cfg.Version},
 		&mcp.ServerOptions{
 			Instructions: instructions,
@@ -147,6 +148,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.perSession[id]++
 	}
 	h.mu.Unlock()
+	if id == "" {
+		w = &issuedWriter{ResponseWriter: w, h: h}
+	}
 	defer func() {
 		h.mu.Lock()
 		h.calls--
@@ -160,16 +164,55 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.http.ServeHTTP(w, r)
 }
 
-// sessions counts the initialized sessions: a request that does not initialize (a
-// client's server/discover probe) has a session only while it is answered.
+// sessions counts the open sessions this endpoint handed an Mcp-Session-Id: a request
+// without one that does not initialize (a client's server/discover probe) has a session of
+// the SDK's only while it is answered, and is not one. Under h.mu; it forgets the ids of
+// sessions that ended.
 func (h *Handler) sessions() int {
-	n := 0
+	open := map[string]bool{}
 	for ss := range h.server.Sessions() {
-		if ss.InitializeParams() != nil {
-			n++
+		if id := ss.ID(); h.issued[id] {
+			open[id] = true
 		}
 	}
-	return n
+	h.issued = open
+	return len(open)
+}
+
+// issuedWriter notes the session id an answer hands out.
+type issuedWriter struct {
+	http.ResponseWriter
+	h    *Handler
+	seen bool
+}
+
+func (w *issuedWriter) WriteHeader(code int) {
+	if !w.seen {
+		w.seen = true
+		if id := w.Header().Get("Mcp-Session-Id"); id != "" {
+			w.h.mu.Lock()
+			w.h.issued[id] = true
+			w.h.mu.Unlock()
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *issuedWriter) Write(b []byte) (int, error) {
+	if !w.seen {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets the SDK reach the connection (flushing an event stream).
+func (w *issuedWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Flush passes a flush on: the SDK streams events.
+func (w *issuedWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 func busy(w http.ResponseWriter, detail string) {

@@ -438,7 +438,10 @@ func TestSessionBoundUnderConcurrency(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if n := h.sessions(); n > 5 {
+	h.mu.Lock()
+	n := h.sessions()
+	h.mu.Unlock()
+	if n > 5 {
 		t.Fatalf("%d sessions open, the bound is 5", n)
 	}
 }
