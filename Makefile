@@ -56,6 +56,16 @@ bench: deps image build
 	bin/codebox-bench --codeboxd bin/codeboxd --containerd-address "$$addr" \
 		--image "$(IMAGE_REF)" --archive "$(IMAGE_ARCHIVE)" --out bench-results --charts docs/bench $(BENCH_FLAGS)
 
+# e2e runs the e2e tests: go test's flags in $(1), more environment in $(2). The log is
+# kept in test-artifacts/e2e.log; on a failure each failed test's own messages are printed
+# again at the end, where a viewer that shows the tail finds them.
+e2e = addr=$$(scripts/ensure-containerd.sh); mkdir -p test-artifacts; \
+	CODEBOX_E2E=1 CODEBOX_E2E_CONTAINERD="$$addr" CODEBOX_E2E_IMAGE="$(IMAGE_REF)" \
+	CODEBOX_E2E_ARCHIVE="$(IMAGE_ARCHIVE)" CODEBOX_E2E_BIN="$(CURDIR)/bin/codeboxd" \
+	CODEBOX_E2E_ARTIFACTS="$(CURDIR)/test-artifacts" $(2) \
+		$(GO) test -count=1 -v $(1) ./e2e/ 2>&1 | tee test-artifacts/e2e.log \
+		|| { scripts/test-failures.sh test-artifacts/e2e.log; exit 1; }
+
 test: deps node-deps image build lint test-unit test-agent test-clients test-systemd test-install test-e2e
 
 test-unit:
@@ -72,27 +82,18 @@ test-clients:
 	PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 -m unittest discover -s clients/python/tests -p 'test_unit.py' -v
 
 test-e2e: build node-deps
-	addr=$$(scripts/ensure-containerd.sh); \
-	CODEBOX_E2E=1 CODEBOX_E2E_CONTAINERD="$$addr" CODEBOX_E2E_IMAGE="$(IMAGE_REF)" \
-	CODEBOX_E2E_ARCHIVE="$(IMAGE_ARCHIVE)" CODEBOX_E2E_BIN="$(CURDIR)/bin/codeboxd" \
-	CODEBOX_E2E_ARTIFACTS="$(CURDIR)/test-artifacts" \
-		$(GO) test -count=1 -timeout 30m -v -skip TestFullImage ./e2e/
+	$(call e2e,-timeout 30m -skip TestFullImage)
 
 # Three codeboxd nodes behind HAProxy's consistent hashing on this host, each with its own
 # containerd namespace, bridge, subnet, state and ports (also part of test-e2e).
 test-fleet: build
-	addr=$$(scripts/ensure-containerd.sh); \
-	CODEBOX_E2E=1 CODEBOX_E2E_CONTAINERD="$$addr" CODEBOX_E2E_IMAGE="$(IMAGE_REF)" \
-	CODEBOX_E2E_ARCHIVE="$(IMAGE_ARCHIVE)" CODEBOX_E2E_BIN="$(CURDIR)/bin/codeboxd" \
-		$(GO) test -count=1 -timeout 15m -v -run TestFleet ./e2e/
+	$(call e2e,-timeout 15m -run TestFleet)
 
 # The faults of docs/ARCHITECTURE.md under the seed load (also part of test-e2e): codeboxd
-# killed, containerd restarted, a task killed, a worker out of memory.
+# killed, containerd restarted, a task killed, a worker out of memory; codeboxd killed while
+# it makes workers.
 test-chaos: build
-	addr=$$(scripts/ensure-containerd.sh); \
-	CODEBOX_E2E=1 CODEBOX_E2E_CONTAINERD="$$addr" CODEBOX_E2E_IMAGE="$(IMAGE_REF)" \
-	CODEBOX_E2E_ARCHIVE="$(IMAGE_ARCHIVE)" CODEBOX_E2E_BIN="$(CURDIR)/bin/codeboxd" \
-		$(GO) test -count=1 -timeout 15m -v -run 'TestChaos|TestContainerdRestart' ./e2e/
+	$(call e2e,-timeout 15m -run 'TestChaos|TestContainerdRestart|TestSIGKILLWhileCreating')
 
 # One real task per capability family in a full worker, through the API; writes
 # docs/CAPABILITIES.md from what the image holds.
@@ -100,11 +101,7 @@ test-image-full:
 	@$(MAKE) --no-print-directory test-full-image VARIANT=full
 
 test-full-image: deps image build
-	addr=$$(scripts/ensure-containerd.sh); \
-	CODEBOX_E2E=1 CODEBOX_E2E_CONTAINERD="$$addr" CODEBOX_E2E_IMAGE="$(IMAGE_REF)" \
-	CODEBOX_E2E_ARCHIVE="$(IMAGE_ARCHIVE)" CODEBOX_E2E_BIN="$(CURDIR)/bin/codeboxd" \
-	CODEBOX_E2E_FULL=1 CODEBOX_CAPABILITIES_OUT="$(CURDIR)/docs/CAPABILITIES.md" \
-		$(GO) test -count=1 -timeout 30m -v -run TestFullImage ./e2e/
+	$(call e2e,-timeout 30m -run TestFullImage,CODEBOX_E2E_FULL=1 CODEBOX_CAPABILITIES_OUT="$(CURDIR)/docs/CAPABILITIES.md")
 
 # The unit must pass systemd-analyze verify without a warning (its exit status alone
 # ignores parse errors); then it runs under a real systemd: a Debian tree booted with

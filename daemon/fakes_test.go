@@ -401,6 +401,8 @@ func (c fakeContainers) Managed(ctx context.Context) (map[string]map[string]stri
 	return out, nil
 }
 
+func (c fakeContainers) RemoveOrphans(ctx context.Context) ([]string, error) { return nil, nil }
+
 func (c fakeContainers) Running(ctx context.Context, id string) (bool, error) {
 	w := c.fw.worker(id)
 	return w != nil && !w.task.exitedAlready(), nil

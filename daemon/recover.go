@@ -188,9 +188,15 @@ func (d *Daemon) Cleanup(ctx context.Context, all bool) (int, error) {
 }
 
 // sweep removes disks, network state and logs that belong to no worker in alive (id →
-// netns path).
+// netns path), and the leases and snapshots of workers whose making was cut short. It runs
+// while no worker is being made: before the pool starts, or with codeboxd stopped.
 func (d *Daemon) sweep(ctx context.Context, alive map[string]string) error {
 	var errs []error
+	orphans, err := d.rt.RemoveOrphans(ctx)
+	for _, what := range orphans {
+		d.log.Info("leftover container state removed", "what", what)
+	}
+	errs = append(errs, err)
 	ids, err := d.disks.List()
 	if err != nil {
 		errs = append(errs, err)

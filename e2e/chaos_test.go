@@ -279,15 +279,44 @@ func TestChaos(t *testing.T) {
 	}
 
 	// Leaks: everything there is belongs to a live worker.
-	st, err := d2.client.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := checkOwnResources(c.socket, d2.stateDir, st.TotalWorkers-st.CreatingWorkers); err != nil {
+	if err := checkSettledResources(ctx, d2, c.socket); err != nil {
 		t.Errorf("after the faults: %v", err)
 	}
 	for _, s := range sessions {
 		d2.client.Release(ctx, s.user)
+	}
+}
+
+// TestSIGKILLWhileCreating kills codeboxd while it makes workers, at several points of
+// their making (network and disk, container, kernel start), and starts it again on the same
+// state each time. A half-made worker is either adopted or removed with all it had: once
+// the pool is full, what exists is exactly the live workers'.
+func TestSIGKILLWhileCreating(t *testing.T) {
+	c := startOwnContainerd(t)
+	flags := []string{"--min-idle-workers", "6", "--max-total-workers", "10", "--log-level", "info"}
+	d := startOwnDaemon(t, c, flags...)
+	midway := 0 // kills that came while a worker was being made
+	for _, after := range []time.Duration{0, 150 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond} {
+		waitStatus(t, d, "creating", time.Minute, func(s api.Status) bool { return s.CreatingWorkers > 0 })
+		time.Sleep(after)
+		st, err := d.client.Status(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.cmd.Process.Signal(syscall.SIGKILL)
+		<-d.done
+		if st.CreatingWorkers > 0 {
+			midway++
+		}
+		t.Logf("killed %s into a creation: %d workers made, %d being made", after, st.TotalWorkers-st.CreatingWorkers, st.CreatingWorkers)
+		d = startOwnDaemonAs(t, c, d.token, append(flags, "--state-dir", d.stateDir)...)
+	}
+	waitStatus(t, d, "pool full", 2*time.Minute, func(s api.Status) bool { return s.IdleWorkers == 6 && s.CreatingWorkers == 0 })
+	if err := checkSettledResources(context.Background(), d, c.socket); err != nil {
+		t.Error(err)
+	}
+	if midway == 0 {
+		t.Errorf("no kill came while a worker was being made")
 	}
 }
 
@@ -339,9 +368,42 @@ func killOwnTask(t *testing.T, c *ownContainerd, id string) {
 	}
 }
 
+// checkSettledResources compares what exists with the daemon's live workers once it is
+// quiet. After a fault the pool refills in the background, and a worker half made (or half
+// destroyed) has some of its resources and is not counted, so one look can see a leak that
+// is not one; a real leak outlasts the deadline and is reported.
+func checkSettledResources(ctx context.Context, d *daemon, socket string) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		before, err := d.client.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if before.CreatingWorkers > 0 {
+			err = fmt.Errorf("%d workers still being created", before.CreatingWorkers)
+		} else {
+			err = checkOwnResources(socket, d.stateDir, before.TotalWorkers)
+			after, serr := d.client.Status(ctx)
+			if serr != nil {
+				return serr
+			}
+			if err == nil && *after == *before {
+				return nil
+			}
+			if err == nil {
+				err = fmt.Errorf("the pool changed while its resources were counted: %+v, then %+v", *before, *after)
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("for a minute: %w", err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
 // checkOwnResources compares what exists with the number of live workers: containers and
 // their running tasks, snapshots, disks mounted, loop devices, network namespaces, CNI
-// allocations; and the firewall's chains hold their rules.
+// allocations; no lease of a creation is left; and the firewall's chains hold their rules.
 func checkOwnResources(socket, stateDir string, workers int) error {
 	cl, err := client.New(socket, client.WithDefaultNamespace(ownNamespace))
 	if err != nil {
@@ -365,9 +427,17 @@ func checkOwnResources(socket, stateDir string, workers int) error {
 	}
 	snaps := cl.SnapshotService("overlayfs")
 	defer snaps.Close()
+	ids := map[string]bool{}
+	for _, ct := range cs {
+		ids[ct.ID()] = true
+	}
+	var orphans []string
 	snaps.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
 		if strings.HasPrefix(info.Name, "w-") {
 			counts["snapshots"]++
+			if !ids[info.Name] {
+				orphans = append(orphans, fmt.Sprintf("snapshot %s of no container (%s, labels %v)", info.Name, info.Kind, info.Labels))
+			}
 		}
 		return nil
 	})
@@ -405,6 +475,8 @@ func checkOwnResources(socket, stateDir string, workers int) error {
 			problems = append(problems, fmt.Sprintf("%d %s", counts[k], k))
 		}
 	}
+	problems = append(problems, orphans...)
+	problems = append(problems, creationLeases(ctx, cl)...)
 	if err := checkFirewall(); err != nil {
 		problems = append(problems, err.Error())
 	}

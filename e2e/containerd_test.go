@@ -146,7 +146,7 @@ func (c *ownContainerd) stop(sig syscall.Signal) {
 	}
 }
 
-// ownLeftovers reports containers, snapshots and cgroups of workers left in the tests' own
+// ownLeftovers reports containers, snapshots, leases and cgroups of workers left in the tests' own
 // containerd.
 func ownLeftovers(socket string) error {
 	c, err := client.New(socket, client.WithDefaultNamespace(ownNamespace))
@@ -172,6 +172,7 @@ func ownLeftovers(socket string) error {
 		}
 		return nil
 	})
+	problems = append(problems, creationLeases(ctx, c)...)
 	if left := runtime.CgroupParents(ownNamespace); len(left) > 0 {
 		problems = append(problems, fmt.Sprintf("cgroups %v", left))
 	}
@@ -179,6 +180,20 @@ func ownLeftovers(socket string) error {
 		return errors.New(strings.Join(problems, ", "))
 	}
 	return nil
+}
+
+// creationLeases lists the leases codeboxd took to make workers: none is left once no
+// worker is being made.
+func creationLeases(ctx context.Context, c *client.Client) []string {
+	ls, err := c.LeasesService().List(ctx, fmt.Sprintf("labels.%q==%s", runtime.LabelManagedBy, runtime.ManagedByValue))
+	if err != nil {
+		return []string{"leases: " + err.Error()}
+	}
+	var out []string
+	for _, l := range ls {
+		out = append(out, "lease "+l.ID)
+	}
+	return out
 }
 
 // startOwnDaemon starts codeboxd on the tests' own containerd. At the end it removes what

@@ -350,6 +350,7 @@ func checkNoLeftovers() error {
 		}
 		return nil
 	})
+	problems = append(problems, creationLeases(ctx, c)...)
 	if entries, err := os.ReadDir(netns.NetNSDirFor(bridge)); err == nil {
 		for _, e := range entries {
 			problems = append(problems, "netns "+e.Name())

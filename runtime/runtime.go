@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
 )
@@ -138,6 +139,51 @@ func (r *Runtime) Managed(ctx context.Context) (map[string]map[string]string, er
 		out[c.ID()] = labels
 	}
 	return out, nil
+}
+
+// RemoveOrphans removes what a codeboxd killed while making workers left in containerd:
+// their leases, and their snapshots no container took. Call it only while no worker is
+// being made in the namespace (before the pool starts, or with codeboxd stopped): a
+// creation in flight would lose its snapshot. It returns what it removed.
+func (r *Runtime) RemoveOrphans(ctx context.Context) ([]string, error) {
+	ours := fmt.Sprintf("labels.%q==%s", LabelManagedBy, ManagedByValue)
+	var removed []string
+	var errs []error
+	ls := r.client.LeasesService()
+	leaseList, err := ls.List(ctx, ours)
+	if err != nil {
+		return nil, fmt.Errorf("list leases: %w", err)
+	}
+	for _, l := range leaseList {
+		if err := ls.Delete(ctx, l); err != nil && !errdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete lease %s: %w", l.ID, err))
+			continue
+		}
+		removed = append(removed, "lease "+l.ID)
+	}
+	managed, err := r.Managed(ctx)
+	if err != nil {
+		return removed, err
+	}
+	sn := r.client.SnapshotService(Snapshotter)
+	defer sn.Close()
+	var orphans []string
+	if err := sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		if _, ok := managed[info.Name]; !ok {
+			orphans = append(orphans, info.Name)
+		}
+		return nil
+	}, ours); err != nil {
+		return removed, fmt.Errorf("list snapshots: %w", err)
+	}
+	for _, name := range orphans {
+		if err := sn.Remove(ctx, name); err != nil && !errdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("remove snapshot %s: %w", name, err))
+			continue
+		}
+		removed = append(removed, "snapshot "+name)
+	}
+	return removed, errors.Join(errs...)
 }
 
 // Destroy kills the container's task and deletes the task, the container and its

@@ -6,15 +6,22 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 )
+
+// creationLeasePrefix names the lease of a worker being made.
+const creationLeasePrefix = "codebox-create-"
 
 // Start creates the worker container and starts its task. On failure nothing it made is
 // left behind.
 func (r *Runtime) Start(ctx context.Context, s WorkerSpec) (_ *Task, err error) {
 	// The lease keeps the new snapshot from garbage collection until the container
-	// references it.
-	ctx, done, err := r.client.WithLease(ctx)
+	// references it. A codeboxd killed in between leaves both: they carry codeboxd's label
+	// so that the next one finds them (RemoveOrphans), and the lease expires regardless.
+	ctx, done, err := r.client.WithLease(ctx, leases.WithID(creationLeasePrefix+s.ID),
+		leases.WithExpiration(time.Hour), leases.WithLabel(LabelManagedBy, ManagedByValue))
 	if err != nil {
 		return nil, fmt.Errorf("lease for %s: %w", s.ID, err)
 	}
@@ -27,7 +34,7 @@ func (r *Runtime) Start(ctx context.Context, s WorkerSpec) (_ *Task, err error) 
 	c, err := r.client.NewContainer(ctx, s.ID,
 		client.WithImage(s.Image.img),
 		client.WithSnapshotter(Snapshotter),
-		client.WithNewSnapshot(s.ID, s.Image.img),
+		client.WithNewSnapshot(s.ID, s.Image.img, snapshots.WithLabels(map[string]string{LabelManagedBy: ManagedByValue})),
 		client.WithContainerLabels(labels),
 		client.WithNewSpec(specOpts(s)...),
 	)
