@@ -215,3 +215,32 @@ func labelsFor(fw *fakeWorld, id string) runtime.WorkerSpec {
 	fw.mu.Unlock()
 	return runtime.WorkerSpec{ID: id, Labels: map[string]string{labelIP: ip, labelNetNS: "/fake/netns/" + id}}
 }
+
+// TestNoCreationBeforeStart: an adopted worker that exits while Recover still runs asks for a
+// refill, which must wait for Start — Recover's sweep removes the leftovers of half-made
+// workers, a creation's among them.
+func TestNoCreationBeforeStart(t *testing.T) {
+	fw := newWorld(t)
+	d0 := fw.daemon(Config{})
+	spec := labelsFor(fw, "w-idle")
+	if _, err := (fakeContainers{fw}).Start(context.Background(), spec); err != nil {
+		t.Fatal(err)
+	}
+	fw.mu.Lock()
+	fw.managed["w-idle"] = spec.Labels
+	fw.mu.Unlock()
+	fakeDisks{fw}.Create(context.Background(), "w-idle", 1, 0)
+	d0.assigned.set("w-idle", record{State: stateIdle})
+
+	d := fw.daemon(Config{MinIdleWorkers: 1})
+	if err := d.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	fw.worker("w-idle").task.exit(137)
+	waitFor(t, "the exited worker destroyed", func() bool { return fw.wasDestroyed("w-idle") })
+	if st := d.Status(); st.CreatingWorkers != 0 || st.TotalWorkers != 0 {
+		t.Fatalf("before Start: %+v, want no worker made", st)
+	}
+	d.Start()
+	waitFor(t, "the pool filled after Start", func() bool { return d.Status().IdleWorkers == 1 })
+}

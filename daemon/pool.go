@@ -92,7 +92,10 @@ func (d *Daemon) acquire(ctx context.Context) (*worker, error) {
 // refillLocked starts creations until idle + creating covers min-idle-workers plus the
 // waiting sessions, within the cap and the parallelism bound.
 func (d *Daemon) refillLocked() {
-	if d.closing {
+	// Before Start, Recover may still be sweeping the leftovers of half-made workers, which
+	// would take a creation's snapshot from under it (an adopted worker that exits asks
+	// for a refill): the pool fills from Start on.
+	if d.closing || d.started.IsZero() {
 		return
 	}
 	if !d.containerdUp() {

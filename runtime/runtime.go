@@ -163,7 +163,7 @@ func (r *Runtime) RemoveOrphans(ctx context.Context) ([]string, error) {
 	}
 	managed, err := r.Managed(ctx)
 	if err != nil {
-		return removed, err
+		return removed, errors.Join(append(errs, err)...)
 	}
 	sn := r.client.SnapshotService(Snapshotter)
 	defer sn.Close()
@@ -174,7 +174,7 @@ func (r *Runtime) RemoveOrphans(ctx context.Context) ([]string, error) {
 		}
 		return nil
 	}, ours); err != nil {
-		return removed, fmt.Errorf("list snapshots: %w", err)
+		return removed, errors.Join(append(errs, fmt.Errorf("list snapshots: %w", err))...)
 	}
 	for _, name := range orphans {
 		if err := sn.Remove(ctx, name); err != nil && !errdefs.IsNotFound(err) {

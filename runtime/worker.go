@@ -25,7 +25,12 @@ func (r *Runtime) Start(ctx context.Context, s WorkerSpec) (_ *Task, err error) 
 	if err != nil {
 		return nil, fmt.Errorf("lease for %s: %w", s.ID, err)
 	}
-	defer done(context.WithoutCancel(ctx))
+	defer func() {
+		// Left behind, the lease expires within the hour, and the next start deletes it.
+		if derr := done(context.WithoutCancel(ctx)); derr != nil {
+			r.log.Warn("creation lease not deleted", "worker", s.ID, "err", derr)
+		}
+	}()
 
 	labels := map[string]string{LabelManagedBy: ManagedByValue}
 	for k, v := range s.Labels {
