@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -188,10 +189,14 @@ const cniResults = "/var/lib/cni/results"
 // cniNetworks is where host-local keeps the address allocations of each network.
 const cniNetworks = "/var/lib/cni/networks"
 
-// Sweep removes network state that belongs to no live worker: CNI allocations (found in
-// libcni's result cache) of workers not in alive, and network namespaces under the netns
-// dir that no live worker uses. alive maps worker id to its netns path. It returns what it
-// removed.
+// Sweep removes network state that belongs to no live worker: CNI allocations of workers
+// not in alive, and network namespaces under the netns dir that no live worker uses. alive
+// maps worker id to its netns path. It returns what it removed.
+//
+// An allocation is found by libcni's result cache, and, for a codeboxd killed during the
+// ADD (host-local had reserved the address, libcni had not cached the result yet), by
+// host-local's reservation file, which names the container. Call it while no worker is
+// being attached: an ADD in flight looks the same.
 func (n *Network) Sweep(ctx context.Context, alive map[string]string) ([]string, error) {
 	var removed []string
 	var errs []error
@@ -199,13 +204,20 @@ func (n *Network) Sweep(ctx context.Context, alive map[string]string) ([]string,
 	for _, p := range alive {
 		inUse[p] = true
 	}
+	// The containers with an allocation: libcni's results, then host-local's reservations.
 	prefix := n.cfg.Bridge + "-"
+	var ids []string
 	results, _ := filepath.Glob(filepath.Join(cniResults, prefix+"*-eth0"))
 	for _, r := range results {
-		id := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(r), prefix), "-eth0")
-		if _, ok := alive[id]; ok || id == "" {
+		ids = append(ids, strings.TrimSuffix(strings.TrimPrefix(filepath.Base(r), prefix), "-eth0"))
+	}
+	ids = append(ids, reservedBy(filepath.Join(cniNetworks, n.cfg.Bridge))...)
+	done := map[string]bool{}
+	for _, id := range ids {
+		if _, ok := alive[id]; ok || id == "" || done[id] {
 			continue
 		}
+		done[id] = true
 		// An empty netns path tells the plugins the namespace is gone: they release the
 		// address and skip the interface.
 		n.mu.Lock()
@@ -243,6 +255,32 @@ func (n *Network) Sweep(ctx context.Context, alive map[string]string) ([]string,
 		}
 	}
 	return removed, errors.Join(errs...)
+}
+
+// reservedBy lists the containers host-local reserved addresses for in dir: each address is
+// a file named for it, holding the container id, then "\r\n" and the interface.
+func reservedBy(dir string) []string {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var ids []string
+	for _, e := range entries {
+		if net.ParseIP(e.Name()) == nil {
+			continue // "lock", "last_reserved_ip.0"
+		}
+		f, err := os.Open(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(io.LimitReader(f, 512))
+		f.Close()
+		id, _, _ := strings.Cut(string(b), "\n")
+		if id = strings.TrimSpace(id); id != "" {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // ValidBridge reports whether name can be a bridge (and CNI network, and chain suffix).
