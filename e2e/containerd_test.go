@@ -146,7 +146,7 @@ func (c *ownContainerd) stop(sig syscall.Signal) {
 	}
 }
 
-// ownLeftovers reports containers, snapshots, leases and cgroups of workers left in the tests' own
+// ownLeftovers reports containers, snapshots, leases, shims and cgroups of workers left in the tests' own
 // containerd.
 func ownLeftovers(socket string) error {
 	c, err := client.New(socket, client.WithDefaultNamespace(ownNamespace))
@@ -173,6 +173,9 @@ func ownLeftovers(socket string) error {
 		return nil
 	})
 	problems = append(problems, creationLeases(ctx, c)...)
+	for id, pid := range runtime.ShimsOf(ownNamespace, socket) {
+		problems = append(problems, fmt.Sprintf("shim of %s (pid %d)", id, pid))
+	}
 	if left := runtime.CgroupParents(ownNamespace); len(left) > 0 {
 		problems = append(problems, fmt.Sprintf("cgroups %v", left))
 	}

@@ -351,6 +351,9 @@ func checkNoLeftovers() error {
 		return nil
 	})
 	problems = append(problems, creationLeases(ctx, c)...)
+	for id, pid := range runtime.ShimsOf(namespace, env.containerd) {
+		problems = append(problems, fmt.Sprintf("shim of %s (pid %d)", id, pid))
+	}
 	if entries, err := os.ReadDir(netns.NetNSDirFor(bridge)); err == nil {
 		for _, e := range entries {
 			problems = append(problems, "netns "+e.Name())

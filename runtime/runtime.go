@@ -35,6 +35,7 @@ const (
 // Runtime is a connection to containerd, scoped to one namespace.
 type Runtime struct {
 	client    *client.Client
+	address   string // containerd's socket
 	namespace string
 	log       *slog.Logger
 	// logSink is the absolute path of codebox-log-sink, which keeps a task's stdout and
@@ -86,7 +87,7 @@ func Connect(ctx context.Context, address, namespace string, log *slog.Logger) (
 		}
 		return nil, fmt.Errorf("containerd at %s: %w", address, err)
 	}
-	return &Runtime{client: c, namespace: namespace, log: log, watching: map[string]watched{}}, nil
+	return &Runtime{client: c, address: address, namespace: namespace, log: log, watching: map[string]watched{}}, nil
 }
 
 // Close stops watching tasks and closes the connection.
@@ -142,7 +143,8 @@ func (r *Runtime) Managed(ctx context.Context) (map[string]map[string]string, er
 }
 
 // RemoveOrphans removes what a codeboxd killed while making workers left in containerd:
-// their leases, and their snapshots no container took. Call it only while no worker is
+// their leases, their snapshots no container took, and the shims of tasks whose creation
+// was cut short (shims.go). Call it only while no worker is
 // being made in the namespace (before the pool starts, or with codeboxd stopped): a
 // creation in flight would lose its snapshot. It returns what it removed.
 func (r *Runtime) RemoveOrphans(ctx context.Context) ([]string, error) {
@@ -182,6 +184,24 @@ func (r *Runtime) RemoveOrphans(ctx context.Context) ([]string, error) {
 			continue
 		}
 		removed = append(removed, "snapshot "+name)
+	}
+	all, err := r.client.Containers(ctx)
+	if err != nil {
+		return removed, errors.Join(append(errs, fmt.Errorf("list containers: %w", err))...)
+	}
+	exists := map[string]bool{}
+	for _, c := range all {
+		exists[c.ID()] = true
+	}
+	for _, s := range shimsOf(r.namespace, r.address) {
+		if exists[s.id] {
+			continue
+		}
+		if err := stopShim(s.pid, s.cmdline); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, fmt.Sprintf("shim of %s (pid %d)", s.id, s.pid))
 	}
 	return removed, errors.Join(errs...)
 }
