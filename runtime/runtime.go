@@ -193,16 +193,17 @@ func (r *Runtime) RemoveOrphans(ctx context.Context) ([]string, error) {
 	for _, c := range all {
 		exists[c.ID()] = true
 	}
+	var leaked []shim
 	for _, s := range shimsOf(r.namespace, r.address) {
-		if exists[s.id] {
-			continue
+		if !exists[s.id] {
+			leaked = append(leaked, s)
 		}
-		if err := stopShim(s.pid, s.cmdline); err != nil {
-			errs = append(errs, err)
-			continue
-		}
+	}
+	stopped, err := stopShims(leaked)
+	for _, s := range stopped {
 		removed = append(removed, fmt.Sprintf("shim of %s (pid %d)", s.id, s.pid))
 	}
+	errs = append(errs, err)
 	return removed, errors.Join(errs...)
 }
 

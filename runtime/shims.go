@@ -44,11 +44,36 @@ func shimsOf(namespace, address string) []shim {
 			continue
 		}
 		cmdline := readCmdline(pid)
-		if id, ok := shimFor(cmdline, namespace, address); ok {
+		if id, ok := shimFor(cmdline, namespace, address); ok && hostRoot(pid) {
 			out = append(out, shim{id: id, pid: pid, cmdline: cmdline})
 		}
 	}
 	return out
+}
+
+// hostRoot reports whether pid runs as root in codeboxd's own user and pid namespaces, as
+// containerd's shims do. Anyone can name a process like a shim — a tenant's code too, and
+// host /proc shows it — but a tenant's processes live in their worker's namespaces under
+// unprivileged host uids.
+func hostRoot(pid int) bool {
+	for _, ns := range []string{"user", "pid"} {
+		own, err1 := os.Readlink("/proc/self/ns/" + ns)
+		its, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
+		if err1 != nil || err2 != nil || own != its {
+			return false
+		}
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if ids, ok := strings.CutPrefix(line, "Uid:"); ok {
+			f := strings.Fields(ids)
+			return len(f) == 4 && f[0] == "0" && f[1] == "0" && f[2] == "0" && f[3] == "0"
+		}
+	}
+	return false
 }
 
 func readCmdline(pid int) []byte {
@@ -82,31 +107,86 @@ func shimFor(cmdline []byte, namespace, address string) (string, bool) {
 	return id, true
 }
 
-// stopShim ends the shim at pid, if its command line is still want's: SIGTERM, which a shim
-// takes as the order to shut down, and SIGKILL if it is still there after a few seconds.
-func stopShim(pid int, want []byte) error {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if errors.Is(err, unix.ESRCH) {
-		return nil
+// stopShims ends the shims: SIGTERM, which a shim takes as the order to shut down, then
+// SIGKILL to those still there after 5 s (one wait for all). A shim whose pid no longer
+// names it (it ended, the pid was reused) is left alone. It returns those it signalled.
+func stopShims(shims []shim) ([]shim, error) {
+	var errs []error
+	var stopped []shim
+	var fds []unix.PollFd
+	for _, s := range shims {
+		fd, err := unix.PidfdOpen(s.pid, 0)
+		if errors.Is(err, unix.ESRCH) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("pidfd of shim %d: %w", s.pid, err))
+			continue
+		}
+		// The pidfd holds the process now: checked after it, the command line and owner
+		// are those of the process the signal reaches.
+		if !bytes.Equal(readCmdline(s.pid), s.cmdline) || !hostRoot(s.pid) {
+			unix.Close(fd)
+			continue
+		}
+		if err := unix.PidfdSendSignal(fd, unix.SIGTERM, nil, 0); err != nil {
+			unix.Close(fd)
+			if !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("stop shim %d: %w", s.pid, err))
+			}
+			continue
+		}
+		stopped = append(stopped, s)
+		fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
 	}
-	if err != nil {
-		return fmt.Errorf("pidfd of shim %d: %w", pid, err)
+	defer func() {
+		for _, p := range fds {
+			unix.Close(int(p.Fd))
+		}
+	}()
+	// A pidfd polls readable once its process has ended.
+	deadline := time.Now().Add(5 * time.Second)
+	for left := time.Until(deadline); left > 0; left = time.Until(deadline) {
+		waiting := waitingOn(fds)
+		if len(waiting) == 0 {
+			break
+		}
+		if _, err := unix.Poll(waiting, int(left.Milliseconds())+1); err != nil && !errors.Is(err, unix.EINTR) {
+			errs = append(errs, fmt.Errorf("wait for shims: %w", err))
+			break
+		}
+		for _, w := range waiting {
+			if w.Revents != 0 {
+				markDone(fds, w.Fd)
+			}
+		}
 	}
-	defer unix.Close(fd)
-	// The pid may have been reused between the listing and the pidfd: the pidfd holds the
-	// process now, so this check is of the one the signal reaches.
-	if !bytes.Equal(readCmdline(pid), want) {
-		return nil
+	for _, p := range fds {
+		if p.Events == 0 {
+			continue // ended
+		}
+		if err := unix.PidfdSendSignal(int(p.Fd), unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("kill shim: %w", err))
+		}
 	}
-	if err := unix.PidfdSendSignal(fd, unix.SIGTERM, nil, 0); err != nil {
-		return fmt.Errorf("stop shim %d: %w", pid, err)
+	return stopped, errors.Join(errs...)
+}
+
+// waitingOn is the pidfds whose process has not ended yet (Events still set).
+func waitingOn(fds []unix.PollFd) []unix.PollFd {
+	var out []unix.PollFd
+	for _, p := range fds {
+		if p.Events != 0 {
+			out = append(out, unix.PollFd{Fd: p.Fd, Events: unix.POLLIN})
+		}
 	}
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	if n, err := unix.Poll(fds, int((5 * time.Second).Milliseconds())); err == nil && n > 0 {
-		return nil // it exited
+	return out
+}
+
+func markDone(fds []unix.PollFd, fd int32) {
+	for i := range fds {
+		if fds[i].Fd == fd {
+			fds[i].Events = 0
+		}
 	}
-	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("kill shim %d: %w", pid, err)
-	}
-	return nil
 }

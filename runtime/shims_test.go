@@ -1,9 +1,9 @@
 package runtime
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -31,33 +31,87 @@ func TestShimFor(t *testing.T) {
 	}
 }
 
-// stopShim ends a process that matches, and leaves one whose command line changed.
-func TestStopShim(t *testing.T) {
-	start := func() *exec.Cmd {
-		cmd := exec.Command("sleep", "60")
+// stopShims ends a process that is still the one listed — SIGTERM, or SIGKILL when it
+// ignores that — and leaves one whose command line is not the listed one.
+func TestStopShims(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("shims are root's processes: run as root (make test does)")
+	}
+	start := func(args ...string) (shim, chan struct{}) {
+		cmd := exec.Command(args[0], args[1:]...)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		return cmd
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		t.Cleanup(func() { cmd.Process.Kill(); <-done })
+		execd(t, cmd.Process.Pid, args[0])
+		return shim{id: "w-test", pid: cmd.Process.Pid, cmdline: readCmdline(cmd.Process.Pid)}, done
 	}
-	other := start()
-	if err := stopShim(other.Process.Pid, []byte("containerd-shim-runc-v2\x00")); err != nil {
+	other, otherDone := start("sleep", "60")
+	other.cmdline = []byte("containerd-shim-runc-v2\x00")
+	polite, politeDone := start("sleep", "61")
+	// The trap is set once it says so: a SIGTERM before would end it.
+	stubborn, stubbornDone := start("sh", "-c", `trap "" TERM; echo ready > "$0"; while :; do sleep 0.1; done`, filepath.Join(t.TempDir(), "ready"))
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(strings.Split(string(stubborn.cmdline), "\x00")[3]); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the shell never set its trap")
+		}
+	}
+
+	began := time.Now()
+	stopped, err := stopShims([]shim{other, polite, stubborn})
+	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond) // a signal sent would have ended it by now
-	if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", other.Process.Pid)); err != nil || strings.Contains(string(stat), ") Z ") {
-		t.Fatal("a process whose command line is not the one listed was signalled")
+	if len(stopped) != 2 || stopped[0].pid != polite.pid || stopped[1].pid != stubborn.pid {
+		t.Fatalf("stopped %+v, want the two whose command line matched", stopped)
 	}
-	victim := start()
-	done := make(chan struct{})
-	go func() { victim.Wait(); close(done) }()
-	if err := stopShim(victim.Process.Pid, readCmdline(victim.Process.Pid)); err != nil {
-		t.Fatal(err)
+	for name, done := range map[string]chan struct{}{"the one that takes SIGTERM": politeDone, "the one that ignores it": stubbornDone} {
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s is still running", name)
+		}
+	}
+	if took := time.Since(began); took < 4*time.Second {
+		t.Errorf("stopShims returned after %s: it did not wait for the one ignoring SIGTERM", took)
 	}
 	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the matching process is still running")
+	case <-otherDone:
+		t.Fatal("a process whose command line is not the one listed was signalled")
+	default:
 	}
+}
+
+func TestHostRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("run as root (make test does)")
+	}
+	if !hostRoot(os.Getpid()) {
+		t.Fatal("this test, root in the host's namespaces, is not hostRoot")
+	}
+	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	execd(t, cmd.Process.Pid, "sleep")
+	if hostRoot(cmd.Process.Pid) {
+		t.Fatal("a process of uid 65534 is hostRoot")
+	}
+}
+
+// execd waits until pid runs name: before its exec it is a copy of the test.
+func execd(t *testing.T, pid int, name string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if strings.HasPrefix(string(readCmdline(pid)), name+"\x00") {
+			return
+		}
+	}
+	t.Fatalf("pid %d never ran %s", pid, name)
 }
