@@ -22,7 +22,8 @@ type containers interface {
 	Adopt(ctx context.Context, id string) (*adopted, error)
 	Destroy(ctx context.Context, id string) error
 	Managed(ctx context.Context) (map[string]map[string]string, error)
-	// RemoveOrphans removes the leases and snapshots of workers whose making was cut short.
+	// RemoveOrphans removes the leases, snapshots and shims of workers whose making was cut
+	// short.
 	RemoveOrphans(ctx context.Context) ([]string, error)
 	Running(ctx context.Context, id string) (bool, error)
 	Ping(ctx context.Context) error

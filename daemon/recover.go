@@ -188,8 +188,8 @@ func (d *Daemon) Cleanup(ctx context.Context, all bool) (int, error) {
 }
 
 // sweep removes disks, network state and logs that belong to no worker in alive (id →
-// netns path), and the leases and snapshots of workers whose making was cut short. It runs
-// while no worker is being made: before the pool starts, or with codeboxd stopped.
+// netns path), and the leases, snapshots and shims of workers whose making was cut short.
+// It runs while no worker is being made: before the pool starts, or with codeboxd stopped.
 func (d *Daemon) sweep(ctx context.Context, alive map[string]string) error {
 	var errs []error
 	orphans, err := d.rt.RemoveOrphans(ctx)

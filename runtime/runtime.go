@@ -163,15 +163,20 @@ func (r *Runtime) RemoveOrphans(ctx context.Context) ([]string, error) {
 		}
 		removed = append(removed, "lease "+l.ID)
 	}
-	managed, err := r.Managed(ctx)
+	// Every container of the namespace: a snapshot or shim of one is not an orphan.
+	all, err := r.client.Containers(ctx)
 	if err != nil {
-		return removed, errors.Join(append(errs, err)...)
+		return removed, errors.Join(append(errs, fmt.Errorf("list containers: %w", err))...)
+	}
+	exists := map[string]bool{}
+	for _, c := range all {
+		exists[c.ID()] = true
 	}
 	sn := r.client.SnapshotService(Snapshotter)
 	defer sn.Close()
 	var orphans []string
 	if err := sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
-		if _, ok := managed[info.Name]; !ok {
+		if !exists[info.Name] {
 			orphans = append(orphans, info.Name)
 		}
 		return nil
@@ -184,14 +189,6 @@ func (r *Runtime) RemoveOrphans(ctx context.Context) ([]string, error) {
 			continue
 		}
 		removed = append(removed, "snapshot "+name)
-	}
-	all, err := r.client.Containers(ctx)
-	if err != nil {
-		return removed, errors.Join(append(errs, fmt.Errorf("list containers: %w", err))...)
-	}
-	exists := map[string]bool{}
-	for _, c := range all {
-		exists[c.ID()] = true
 	}
 	var leaked []shim
 	for _, s := range shimsOf(r.namespace, r.address) {
