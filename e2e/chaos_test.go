@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -518,27 +517,18 @@ func checkOwnResources(socket, stateDir string, workers int) error {
 }
 
 // checkFirewall checks the tests' bridge is fenced: its chains hold their rules and are
-// hooked in, for IPv4 and IPv6.
+// hooked in first, for IPv4 and IPv6.
 func checkFirewall() error {
-	in, fwd := firewall.Chains(bridge)
-	for _, tool := range []string{"iptables", "ip6tables"} {
-		out, err := exec.Command(tool, "-S").Output()
-		if err != nil {
-			return fmt.Errorf("%s -S: %v", tool, err)
-		}
-		rules := string(out)
-		for _, want := range []string{
-			"-A INPUT -i " + bridge + " -j " + in,
-			"-A FORWARD -i " + bridge + " -j " + fwd,
-			"-A FORWARD -o " + bridge + " -j " + fwd,
-			"-A " + in + " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-			"-A " + in + " -j REJECT",
-			"-A " + fwd + " -j DROP",
-		} {
-			if !strings.Contains(rules, want) {
-				return fmt.Errorf("%s: no %q", tool, want)
-			}
-		}
+	fw, err := firewall.New(bridge)
+	if err != nil {
+		return err
+	}
+	problems, err := fw.Verify()
+	if err != nil {
+		return err
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("firewall: %s", strings.Join(problems, "; "))
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -91,4 +92,120 @@ counts["tries"] > 0`, host, hostPort, gateway, port))
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	<-d.done
 	cleanupAll(t, stateDir) // before the daemons' own checks of what they left
+}
+
+// foreignAccept inserts, at the top of table's chain, a rule that accepts everything from
+// the tests' bridge, for IPv4 and IPv6, as other software managing iptables does (Calico's
+// Felix every ~90 s, dockerd at each start); the test's cleanup takes it out again.
+func foreignAccept(t *testing.T, table, chain string) {
+	t.Helper()
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		rule := []string{"-t", table, "-I", chain, "1", "-i", bridge, "-j", "ACCEPT"}
+		if out, err := exec.Command(tool, rule...).CombinedOutput(); err != nil {
+			t.Fatalf("%s %v: %v: %s", tool, rule, err, out)
+		}
+		t.Cleanup(func() {
+			del := []string{"-t", table, "-D", chain, "-i", bridge, "-j", "ACCEPT"}
+			for exec.Command(tool, del...).Run() == nil { // every copy
+			}
+		})
+	}
+}
+
+// TestFenceHoldsAgainstForeignAccept: a rule that some other software puts above
+// codeboxd's accepts everything from the bridge. In the filter table it opens nothing: the
+// fence in mangle drops first. Above the fence too, it lasts until the periodic check puts
+// the hooks first again. After a restart, with the foreign rules still there, all is shut.
+func TestFenceHoldsAgainstForeignAccept(t *testing.T) {
+	h := newTestHost(t)
+	host, hostPort, _ := strings.Cut(h.addr, ":")
+	l, err := net.Listen("tcp", "0.0.0.0:0") // a port of the host's, on the gateway too
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var accepted atomic.Int64
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Close()
+		}
+	}()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+
+	stateDir := t.TempDir()
+	t.Cleanup(func() { cleanupAll(t, stateDir) })
+	flags := []string{"--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--destroy-on-stop=false",
+		"--state-dir", stateDir, "--firewall-check-interval", "1s"}
+	d := startDaemon(t, flags...)
+	victim, attacker := "e2e-fence-victim-"+randomHex(3), "e2e-fence-attacker-"+randomHex(3)
+	// The victim listens on every address of its worker.
+	r := d.exec(t, victim, `
+import socket, threading
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 9000)); srv.listen(64)
+def serve():
+    while True:
+        c, _ = srv.accept(); c.close()
+threading.Thread(target=serve, daemon=True).start()
+print("listening")`)
+	if r.Stdout != "listening\n" {
+		t.Fatalf("victim: %+v", r)
+	}
+	victimIP := workerIP(t, r.WorkerID)
+	probe := fmt.Sprintf(`
+import socket
+opened = []
+for addr in [(%q, 9000), (%q, %s), (%q, %s)]:
+    for _ in range(5):
+        s = socket.socket(); s.settimeout(0.3)
+        try:
+            s.connect(addr); opened.append(addr)
+        except OSError:
+            pass
+        finally:
+            s.close()
+print("OPEN %%s" %% opened if opened else "BLOCKED")`, victimIP, host, hostPort, gateway, port)
+
+	attack(t, d, attacker, probe) // the fence as installed
+	foreignAccept(t, "filter", "FORWARD")
+	foreignAccept(t, "filter", "INPUT")
+	t.Log("ACCEPT first in filter's INPUT and FORWARD:")
+	attack(t, d, attacker, probe)
+
+	// Above the fence as well: the periodic check (every second here) puts the hooks first.
+	foreignAccept(t, "mangle", "PREROUTING")
+	eventually(t, 10*time.Second, "the periodic check repairs the firewall", func() bool {
+		return strings.Contains(d.logs.String(), "firewall repaired") && checkFirewall() == nil
+	})
+	t.Log("ACCEPT first in mangle's PREROUTING too, after the check:")
+	attack(t, d, attacker, probe)
+
+	// A restart with the foreign rules above ours again.
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	<-d.done
+	foreignAccept(t, "filter", "FORWARD")
+	foreignAccept(t, "mangle", "PREROUTING")
+	d = startDaemonAs(t, d.token, flags...)
+	if err := checkFirewall(); err != nil {
+		t.Fatalf("after the restart: %v", err)
+	}
+	t.Log("after a restart:")
+	attack(t, d, attacker, probe)
+	if n := accepted.Load(); n != 0 {
+		t.Fatalf("%d connections reached the host's port", n)
+	}
+	if strings.Contains(d.logs.String(), "firewall repaired") {
+		t.Fatalf("the check repaired a firewall that Install had just put in place:\n%s", d.logs.String())
+	}
+	for _, u := range []string{victim, attacker} {
+		d.client.Release(t.Context(), u)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	<-d.done
+	cleanupAll(t, stateDir)
 }

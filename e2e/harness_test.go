@@ -98,9 +98,13 @@ func removeTestNetwork() error {
 	}
 	in, fwd := firewall.Chains(bridge)
 	for _, tool := range []string{"iptables", "ip6tables"} {
-		rules, _ := exec.Command(tool, "-S").Output()
-		if strings.Contains(string(rules), in) || strings.Contains(string(rules), fwd) {
-			return fmt.Errorf("%s still has the test chains after cleanup", tool)
+		filter, _ := exec.Command(tool, "-S").Output()
+		mangle, _ := exec.Command(tool, "-t", "mangle", "-S").Output()
+		rules := string(filter) + string(mangle)
+		for _, c := range []string{in, fwd, firewall.FenceChain(bridge)} {
+			if strings.Contains(rules, c) {
+				return fmt.Errorf("%s still has the test chain %s after cleanup", tool, c)
+			}
 		}
 	}
 	if left := runtime.CgroupParents(namespace); len(left) > 0 {
@@ -396,5 +400,18 @@ func cleanupAll(t *testing.T, stateDir string) {
 		"--state-dir", stateDir).CombinedOutput()
 	if err != nil {
 		t.Errorf("codeboxd cleanup --all: %v: %s", err, out)
+	}
+}
+
+// eventually polls cond every 50 ms until it holds, or fails the test naming what did not
+// happen within limit.
+func eventually(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not happen within %s", what, limit)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

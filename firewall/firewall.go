@@ -1,26 +1,43 @@
-// Package firewall owns the iptables and ip6tables rules that fence the workers' bridge
-// (its own chains, hooked first into INPUT and FORWARD): no egress, no worker-to-worker
-// traffic, no host port. The chains are rewritten in one iptables-restore transaction, so
-// running workers are never unfenced; go-iptables and the restore command sit behind a
-// small interface with a fake for tests.
+// Package firewall owns the iptables and ip6tables rules that fence the workers' bridge: no
+// egress, no worker-to-worker traffic, no host port. It has two layers, each in chains of
+// its own hooked first into the built-in chains:
+//
+//   - the fence, in the mangle table's PREROUTING: every packet that comes from the bridge
+//     and belongs to no connection the host opened is dropped there. A DROP is final in
+//     whatever table it happens, so no ACCEPT that other software puts into the filter
+//     table (Docker, Calico, a host firewall) can open what the fence closes;
+//   - the filter chains (INPUT and FORWARD), which answer what passes the fence: a refusal
+//     instead of silence where a worker asks for a host port.
+//
+// Every change is one iptables-restore transaction per address family, so running workers
+// are never unfenced; Keep checks the hooks periodically and puts them back first when some
+// other rule got above them. go-iptables and the restore command sit behind a small
+// interface with a fake for tests.
 package firewall
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/coreos/go-iptables/iptables"
 )
 
-// Chains returns the names of the firewall's own chains for bridge, in the filter table of
-// both iptables and ip6tables. Each bridge has its own, so two daemons (a test's and the
-// operator's) never touch each other's rules.
+// Chains returns the names of the firewall's filter chains for bridge, in both iptables
+// and ip6tables. Each bridge has its own, so two daemons (a test's and the operator's)
+// never touch each other's rules.
 func Chains(bridge string) (input, forward string) {
 	return "CODEBOX-IN-" + bridge, "CODEBOX-FWD-" + bridge
 }
+
+// FenceChain is the name of the fence's chain in the mangle table for bridge.
+func FenceChain(bridge string) string { return "CODEBOX-PRE-" + bridge }
 
 // iptablesAPI is the part of go-iptables the firewall uses, and iptables-restore; tests
 // substitute a fake.
@@ -28,11 +45,15 @@ type iptablesAPI interface {
 	ChainExists(table, chain string) (bool, error)
 	ClearChain(table, chain string) error
 	DeleteChain(table, chain string) error
-	Exists(table, chain string, rulespec ...string) (bool, error)
 	DeleteIfExists(table, chain string, rulespec ...string) error
-	// Restore applies rules (iptables-restore's format, one table) in one transaction,
+	// List returns a chain as `iptables -S` prints it: "-N CHAIN" for a chain of ours (or
+	// "-P CHAIN POLICY" for a built-in one), then "-A CHAIN rule…" lines.
+	List(table, chain string) ([]string, error)
+	// Restore applies rules (iptables-restore's format) in one transaction per table,
 	// leaving chains it does not name alone.
 	Restore(rules string) error
+	// Proto is iptables.ProtocolIPv4 or ProtocolIPv6.
+	Proto() iptables.Protocol
 }
 
 // table is one address family's iptables: go-iptables for single rules, and its restore
@@ -51,11 +72,8 @@ func (t table) Restore(rules string) error {
 	return nil
 }
 
-// Firewall isolates the workers' bridge: nothing is forwarded from or to it (no
-// egress, no worker-to-worker traffic, which crosses FORWARD because
-// bridge-nf-call-iptables is on), and the host accepts from it only replies to connections
-// the host opened (the daemon talking to agents), so a worker reaches no host port. The same
-// rules apply to IPv6, since veths get link-local IPv6 addresses.
+// Firewall isolates the workers' bridge (see the package's doc). The same rules apply to
+// IPv6, since veths get link-local IPv6 addresses.
 type Firewall struct {
 	bridge    string
 	tables    []iptablesAPI // IPv4 and IPv6
@@ -76,94 +94,293 @@ func New(bridge string) (*Firewall, error) {
 		tables: []iptablesAPI{table{v4, "iptables-restore"}, table{v6, "ip6tables-restore"}}}, nil
 }
 
-// hooks jump from the built-in chains to ours, first in each, ahead of rules other software
-// (Docker, a host firewall) may have that accept forwarded traffic.
-func (f *Firewall) hooks() [][]string {
-	in, fwd := Chains(f.bridge)
-	return [][]string{
-		{"INPUT", "-i", f.bridge, "-j", in},
-		{"FORWARD", "-i", f.bridge, "-j", fwd},
-		{"FORWARD", "-o", f.bridge, "-j", fwd},
-	}
+// chain is one of our chains and the rules it holds, in `iptables -S` form (without the
+// leading "-A NAME").
+type chain struct {
+	table, name string
+	rules       []string
 }
 
-// Install (re)writes the chains and hooks them in. It is idempotent: run at every start,
-// while workers of an earlier codeboxd may be running. So the rules change in one
-// iptables-restore transaction per address family: each chain is emptied and filled again
-// (a rule set changed between versions is replaced, never appended to) and missing hooks
-// are added, all at once, and no packet ever meets an empty chain.
+// hook is a jump from a built-in chain to ours. The hooks of one built-in chain must be
+// its first rules, in the order listed.
+type hook struct {
+	table, builtin string
+	rule           string // in `iptables -S` form, without the leading "-A BUILTIN"
+}
+
+// ruleset is what the firewall installs for one address family. Rules are written the way
+// `iptables -S` prints them, so that Keep can compare what is there with what should be.
+func (f *Firewall) ruleset(proto iptables.Protocol) ([]chain, []hook) {
+	in, fwd := Chains(f.bridge)
+	fence := FenceChain(f.bridge)
+	unreachable := "icmp-port-unreachable"
+	if proto == iptables.ProtocolIPv6 {
+		unreachable = "icmp6-port-unreachable"
+	}
+	chains := []chain{
+		// Replies to connections the host opened (codeboxd talking to the agents) pass;
+		// anything else from the bridge ends here, whatever the filter table says.
+		{"mangle", fence, []string{
+			"-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+			"-j DROP",
+		}},
+		{"filter", in, []string{
+			"-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+			"-p tcp -j REJECT --reject-with tcp-reset",
+			"-j REJECT --reject-with " + unreachable,
+		}},
+		{"filter", fwd, []string{"-j DROP"}},
+	}
+	hooks := []hook{
+		{"mangle", "PREROUTING", "-i " + f.bridge + " -j " + fence},
+		{"filter", "INPUT", "-i " + f.bridge + " -j " + in},
+		{"filter", "FORWARD", "-i " + f.bridge + " -j " + fwd},
+		{"filter", "FORWARD", "-o " + f.bridge + " -j " + fwd},
+	}
+	return chains, hooks
+}
+
+// Install (re)writes the chains and puts the hooks first. It is idempotent: run at every
+// start, while workers of an earlier codeboxd may be running. So the rules change in one
+// iptables-restore transaction per table and address family: each chain is emptied and
+// filled again (a rule set changed between versions is replaced, never appended to), and
+// the hooks are moved to the top, all at once; no packet ever meets an empty chain.
 func (f *Firewall) Install() error {
 	if err := f.netfilter(); err != nil {
 		return err
 	}
-	in, fwd := Chains(f.bridge)
 	for _, t := range f.tables {
-		var b strings.Builder
-		b.WriteString("*filter\n")
-		for _, c := range []string{in, fwd} {
-			fmt.Fprintf(&b, ":%s - [0:0]\n", c) // created, or emptied if it exists
-		}
-		fmt.Fprintf(&b, "-A %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n", in)
-		fmt.Fprintf(&b, "-A %s -j REJECT\n", in)
-		fmt.Fprintf(&b, "-A %s -j DROP\n", fwd)
-		for _, h := range f.hooks() {
-			ok, err := f.hooked(t, h)
-			if err != nil {
-				return fmt.Errorf("hook in %s: %w", h[0], err)
-			}
-			if !ok {
-				fmt.Fprintf(&b, "-I %s 1 %s\n", h[0], strings.Join(h[1:], " "))
-			}
-		}
-		b.WriteString("COMMIT\n")
-		if err := t.Restore(b.String()); err != nil {
-			return fmt.Errorf("install chains: %w", err)
+		if err := f.rewrite(t); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// hooked reports whether hook h is in place. A rule that jumps to a missing chain cannot
-// be, and iptables fails the check of one rather than saying it is absent.
-func (f *Firewall) hooked(t iptablesAPI, h []string) (bool, error) {
-	ok, err := t.ChainExists("filter", jumpTarget(h))
-	if err != nil || !ok {
-		return false, err
+// rewrite installs t's ruleset in one restore.
+func (f *Firewall) rewrite(t iptablesAPI) error {
+	chains, hooks := f.ruleset(t.Proto())
+	var b strings.Builder
+	for _, tbl := range tablesOf(chains, hooks) {
+		fmt.Fprintf(&b, "*%s\n", tbl)
+		for _, c := range chains {
+			if c.table == tbl {
+				fmt.Fprintf(&b, ":%s - [0:0]\n", c.name) // created, or emptied if it exists
+			}
+		}
+		for _, c := range chains {
+			if c.table != tbl {
+				continue
+			}
+			for _, r := range c.rules {
+				fmt.Fprintf(&b, "-A %s %s\n", c.name, r)
+			}
+		}
+		for _, builtin := range builtinsOf(hooks, tbl) {
+			current, err := t.List(tbl, builtin)
+			if err != nil {
+				return fmt.Errorf("list %s %s: %w", tbl, builtin, err)
+			}
+			var ours []string
+			for _, h := range hooks {
+				if h.table == tbl && h.builtin == builtin {
+					ours = append(ours, h.rule)
+				}
+			}
+			// Every copy of a hook goes (a rule other software put above it left it
+			// further down), then the hooks go in first, in order.
+			for _, line := range current {
+				if r, ok := strings.CutPrefix(line, "-A "+builtin+" "); ok && slices.Contains(ours, r) {
+					fmt.Fprintf(&b, "-D %s %s\n", builtin, r)
+				}
+			}
+			for i := len(ours) - 1; i >= 0; i-- {
+				fmt.Fprintf(&b, "-I %s 1 %s\n", builtin, ours[i])
+			}
+		}
+		b.WriteString("COMMIT\n")
 	}
-	return t.Exists("filter", h[0], h[1:]...)
+	if err := t.Restore(b.String()); err != nil {
+		return fmt.Errorf("install chains: %w", err)
+	}
+	return nil
+}
+
+// Verify says what is not as Install leaves it: a chain whose rules differ, a hook missing
+// or below another rule. Empty when the fence is intact.
+func (f *Firewall) Verify() ([]string, error) {
+	var problems []string
+	for _, t := range f.tables {
+		p, err := f.verify(t)
+		if err != nil {
+			return nil, err
+		}
+		problems = append(problems, p...)
+	}
+	return problems, nil
+}
+
+func (f *Firewall) verify(t iptablesAPI) ([]string, error) {
+	family := "IPv4"
+	if t.Proto() == iptables.ProtocolIPv6 {
+		family = "IPv6"
+	}
+	chains, hooks := f.ruleset(t.Proto())
+	var problems []string
+	for _, c := range chains {
+		ok, err := t.ChainExists(c.table, c.name)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			problems = append(problems, fmt.Sprintf("%s: chain %s/%s is missing", family, c.table, c.name))
+			continue
+		}
+		lines, err := t.List(c.table, c.name)
+		if err != nil {
+			return nil, err
+		}
+		var got []string
+		for _, l := range lines {
+			if r, ok := strings.CutPrefix(l, "-A "+c.name+" "); ok {
+				got = append(got, r)
+			}
+		}
+		if !slices.Equal(got, c.rules) {
+			problems = append(problems, fmt.Sprintf("%s: chain %s/%s holds %q", family, c.table, c.name, got))
+		}
+	}
+	for _, tbl := range tablesOf(nil, hooks) {
+		for _, builtin := range builtinsOf(hooks, tbl) {
+			lines, err := t.List(tbl, builtin)
+			if err != nil {
+				return nil, err
+			}
+			var rules []string
+			for _, l := range lines {
+				if r, ok := strings.CutPrefix(l, "-A "+builtin+" "); ok {
+					rules = append(rules, r)
+				}
+			}
+			i := 0
+			for _, h := range hooks {
+				if h.table != tbl || h.builtin != builtin {
+					continue
+				}
+				if i >= len(rules) || rules[i] != h.rule {
+					problems = append(problems, fmt.Sprintf("%s: %s/%s does not start with %q (its rules: %q)",
+						family, tbl, builtin, h.rule, head(rules, 4)))
+					break
+				}
+				i++
+			}
+		}
+	}
+	return problems, nil
+}
+
+func head(s []string, n int) []string { return s[:min(n, len(s))] }
+
+// Repair reinstalls the rules of each address family that is not as Install left it, and
+// says what was wrong; nothing when all is in place.
+func (f *Firewall) Repair() ([]string, error) {
+	var repaired []string
+	for _, t := range f.tables {
+		problems, err := f.verify(t)
+		if err != nil {
+			return nil, err
+		}
+		if len(problems) == 0 {
+			continue
+		}
+		if err := f.rewrite(t); err != nil {
+			return nil, err
+		}
+		repaired = append(repaired, problems...)
+	}
+	return repaired, nil
+}
+
+// Keep repairs the firewall every interval until ctx ends: software that manages iptables
+// (kube-proxy, Calico's Felix, dockerd) puts its own rules first from time to time.
+func (f *Firewall) Keep(ctx context.Context, every time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		repaired, err := f.Repair()
+		switch {
+		case err != nil:
+			log.Error("firewall check failed", "err", err)
+		case len(repaired) > 0:
+			log.Warn("firewall repaired: its hooks are first again", "found", strings.Join(repaired, "; "))
+		}
+	}
+}
+
+// tablesOf lists the tables the chains and hooks use, mangle (the fence) first.
+func tablesOf(chains []chain, hooks []hook) []string {
+	var out []string
+	for _, c := range chains {
+		if !slices.Contains(out, c.table) {
+			out = append(out, c.table)
+		}
+	}
+	for _, h := range hooks {
+		if !slices.Contains(out, h.table) {
+			out = append(out, h.table)
+		}
+	}
+	return out
+}
+
+// builtinsOf lists the built-in chains of tbl that hooks jump from.
+func builtinsOf(hooks []hook, tbl string) []string {
+	var out []string
+	for _, h := range hooks {
+		if h.table == tbl && !slices.Contains(out, h.builtin) {
+			out = append(out, h.builtin)
+		}
+	}
+	return out
 }
 
 // Remove unhooks and deletes the chains, tolerating their absence: a second Remove, or one
 // after a half-done Install, succeeds.
 func (f *Firewall) Remove() error {
 	var errs []error
-	in, fwd := Chains(f.bridge)
 	for _, t := range f.tables {
+		chains, hooks := f.ruleset(t.Proto())
 		present := map[string]bool{}
-		for _, c := range []string{in, fwd} {
-			ok, err := t.ChainExists("filter", c)
+		for _, c := range chains {
+			ok, err := t.ChainExists(c.table, c.name)
 			if err != nil {
 				errs = append(errs, err)
 			}
-			present[c] = ok
+			present[c.table+"/"+c.name] = ok
 		}
-		for _, h := range f.hooks() {
+		for _, h := range hooks {
 			// No rule can jump to a chain that does not exist, and iptables fails the
 			// check of such a rule rather than saying it is absent.
-			if !present[jumpTarget(h)] {
+			spec := strings.Fields(h.rule)
+			if !present[h.table+"/"+jumpTarget(spec)] {
 				continue
 			}
-			if err := t.DeleteIfExists("filter", h[0], h[1:]...); err != nil {
-				errs = append(errs, fmt.Errorf("unhook %s: %w", h[0], err))
+			if err := t.DeleteIfExists(h.table, h.builtin, spec...); err != nil {
+				errs = append(errs, fmt.Errorf("unhook %s/%s: %w", h.table, h.builtin, err))
 			}
 		}
-		for _, c := range []string{in, fwd} {
-			if !present[c] {
+		for _, c := range chains {
+			if !present[c.table+"/"+c.name] {
 				continue
 			}
-			if err := t.ClearChain("filter", c); err != nil {
+			if err := t.ClearChain(c.table, c.name); err != nil {
 				errs = append(errs, err)
-			} else if err := t.DeleteChain("filter", c); err != nil {
+			} else if err := t.DeleteChain(c.table, c.name); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -182,7 +399,7 @@ func jumpTarget(rule []string) string {
 }
 
 // enableBridgeNetfilter makes bridged (worker-to-worker) traffic pass through iptables;
-// without it the FORWARD rules never see it.
+// without it neither the fence nor the FORWARD rules see it.
 func enableBridgeNetfilter() error {
 	for _, name := range []string{"bridge-nf-call-iptables", "bridge-nf-call-ip6tables"} {
 		path := "/proc/sys/net/bridge/" + name

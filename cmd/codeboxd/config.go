@@ -50,6 +50,7 @@ type config struct {
 	DestroyOnStop      bool
 	FileTimeout        time.Duration
 	FileAllowlist      string
+	FirewallCheck      time.Duration
 }
 
 // envName is the environment variable that sets a flag: --min-idle-workers is
@@ -131,6 +132,7 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.BoolVar(&c.DestroyOnStop, "destroy-on-stop", false, "destroy every worker when stopping, instead of leaving them for the next codeboxd to adopt")
 	fs.IntVar(&c.MaxFileMB, "max-file-mb", 100, "largest file a file call moves, MB")
 	fs.DurationVar(&c.FileTimeout, "file-timeout", 10*time.Minute, "longest one file download or upload may take")
+	fs.DurationVar(&c.FirewallCheck, "firewall-check-interval", 30*time.Second, "how often the firewall's hooks are checked and put first again when other rules got above them")
 	fs.StringVar(&c.FileAllowlist, "file-allowlist", "", "comma-separated CIDRs, IPs or host names downloads and uploads may reach although private (e.g. an internal object store)")
 	return fs
 }
@@ -172,6 +174,8 @@ func (c config) validate() error {
 		return fmt.Errorf("--max-exec-timeout (%s) must not be below --exec-timeout (%s)", c.MaxExecTimeout, c.ExecTimeout)
 	case c.IdleTimeout <= 0:
 		return fmt.Errorf("--idle-timeout must be positive, not %s", c.IdleTimeout)
+	case c.FirewallCheck <= 0 || c.FirewallCheck > time.Minute:
+		return fmt.Errorf("--firewall-check-interval must be more than 0 and at most 1m, not %s", c.FirewallCheck)
 	case c.RecycleInterval <= 0:
 		return fmt.Errorf("--recycle-interval must be positive, not %s", c.RecycleInterval)
 	case c.ContainerdAddress == "":

@@ -180,6 +180,7 @@ func serve(cfg config) error {
 	if err := fw.Install(); err != nil {
 		return fmt.Errorf("install firewall: %w", err)
 	}
+	go fw.Keep(ctx, cfg.FirewallCheck, log)
 	d, err := daemon.New(cfg.daemonConfig(), log, daemon.Deps{Runtime: rt, Network: n, Image: image})
 	if err != nil {
 		return err
