@@ -33,7 +33,9 @@ func newFake(proto iptables.Protocol) *fakeTables {
 
 func key(table, chain string) string { return table + "/" + chain }
 
-func builtin(chain string) bool { return strings.ToUpper(chain) == chain && !strings.HasPrefix(chain, "CODEBOX-") }
+func builtin(chain string) bool {
+	return strings.ToUpper(chain) == chain && !strings.HasPrefix(chain, "CODEBOX-")
+}
 
 func (f *fakeTables) Proto() iptables.Protocol { return f.proto }
 
