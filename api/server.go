@@ -9,11 +9,14 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/julienschmidt/httprouter"
+
+	"github.com/codebox/codebox/connguard"
 )
 
 // OpenAPI is the API's OpenAPI 3 document, checked against Routes by a test.
@@ -108,6 +111,9 @@ type ServerConfig struct {
 	Console Console
 	// MCP, when set, serves the Model Context Protocol at /mcp, behind the token.
 	MCP MCP
+	// TrustedProxies are the addresses of proxies (a load balancer) whose requests say in
+	// X-Forwarded-For where they come from; per-source bounds apply to that address.
+	TrustedProxies []netip.Prefix
 }
 
 // MCP is the Model Context Protocol endpoint's handler.
@@ -303,10 +309,16 @@ func (s *server) wrap(h handlerFunc, auth bool) http.Handler {
 		}
 		rc.SetWriteDeadline(start.Add(defaultWriteTimeout))
 		var err error
-		if auth && !s.authorized(r) {
+		switch {
+		case auth && !s.authorized(r):
 			w.Header().Set("WWW-Authenticate", `Bearer realm="codebox"`)
 			err = Errorf(http.StatusUnauthorized, "missing or invalid token")
-		} else {
+		case auth:
+			connguard.Authenticated(r.Context())
+			// An answer for one caller's key is nobody else's to keep.
+			w.Header().Set("Cache-Control", "no-store")
+			err = h(w, r)
+		default:
 			err = h(w, r)
 		}
 		if err != nil {
@@ -320,6 +332,39 @@ func (s *server) wrap(h handlerFunc, auth bool) http.Handler {
 			s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", w.status, "duration_ms", took)
 		}
 	})
+}
+
+// clientIP is the address a request comes from: its peer's, or, when the peer is a
+// trusted proxy, the nearest address in X-Forwarded-For that is not one.
+func (s *server) clientIP(r *http.Request) string {
+	peer, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	addr := peer.Addr().Unmap()
+	if !s.trusted(addr) {
+		return addr.String()
+	}
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		if err != nil {
+			break
+		}
+		if addr = a.Unmap(); !s.trusted(addr) {
+			break
+		}
+	}
+	return addr.String()
+}
+
+func (s *server) trusted(a netip.Addr) bool {
+	for _, p := range s.cfg.TrustedProxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *server) authorized(r *http.Request) bool {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -355,3 +356,25 @@ func TestFailedRequestsAreSampled(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+func TestClientIPBehindTrustedProxies(t *testing.T) {
+	s := &server{cfg: ServerConfig{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}}
+	for _, c := range []struct{ peer, xff, want string }{
+		{"192.0.2.7:1234", "", "192.0.2.7"},
+		{"192.0.2.7:1234", "203.0.113.9", "192.0.2.7"}, // not a proxy: its header is the caller's to forge
+		{"10.1.2.3:1234", "203.0.113.9", "203.0.113.9"},
+		{"10.1.2.3:1234", "198.51.100.1, 203.0.113.9, 10.9.9.9", "203.0.113.9"}, // the nearest hop not a proxy
+		{"10.1.2.3:1234", "garbage, 203.0.113.9", "203.0.113.9"},
+		{"10.1.2.3:1234", "", "10.1.2.3"},
+		{"[::ffff:10.1.2.3]:1234", "203.0.113.9", "203.0.113.9"},
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.RemoteAddr = c.peer
+		if c.xff != "" {
+			r.Header.Set("X-Forwarded-For", c.xff)
+		}
+		if got := s.clientIP(r); got != c.want {
+			t.Errorf("peer %s, X-Forwarded-For %q: %s, want %s", c.peer, c.xff, got, c.want)
+		}
+	}
+}

@@ -40,7 +40,7 @@ func (s *server) executeEvents(w http.ResponseWriter, r *http.Request, user stri
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
+	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no") // a proxy that buffers would hold the output back
 	w.WriteHeader(http.StatusOK)
 	rc.SetWriteDeadline(time.Now().Add(eventWriteTimeout))

@@ -620,3 +620,40 @@ func TestStreamIdleAndCountLimits(t *testing.T) {
 	send(t, conn, map[string]any{"type": "execute", "id": "d", "code": "print3"})
 	untilDone(t, conn, "d")
 }
+
+// TestStreamUnauthenticatedBudget: sockets waiting for their auth message have a budget of
+// their own, per source address too; an authenticated socket never waits for it.
+func TestStreamUnauthenticatedBudget(t *testing.T) {
+	defer func(n, p int) { maxUnauthStreams, maxUnauthPerSource = n, p }(maxUnauthStreams, maxUnauthPerSource)
+	maxUnauthStreams, maxUnauthPerSource = 4, 1
+	srv := serve(t, &streamBackend{})
+	waiting := dialStream(t, srv, nil) // upgraded, no auth message yet
+	if _, resp, err := websocket.DefaultDialer.Dial(wsURL(srv, "u2"), nil); err == nil || resp == nil || resp.StatusCode != 503 {
+		t.Fatalf("a second tokenless socket of the address: %v %v", err, resp)
+	}
+	withToken := dialStream(t, srv, authHeader())
+	send(t, withToken, map[string]any{"type": "execute", "id": "c1", "code": "print3"})
+	if got := untilDone(t, withToken, "c1"); got[len(got)-1].Status != DoneOK {
+		t.Fatalf("a socket with the token in its headers: %+v", got)
+	}
+	// Once authenticated, the first socket leaves the budget: another may wait.
+	send(t, waiting, map[string]any{"type": "auth", "token": tok})
+	send(t, waiting, map[string]any{"type": "execute", "id": "c2", "code": "print3"})
+	untilDone(t, waiting, "c2")
+	next := dialStream(t, srv, nil)
+	send(t, next, map[string]any{"type": "auth", "token": tok})
+	send(t, next, map[string]any{"type": "execute", "id": "c3", "code": "print3"})
+	untilDone(t, next, "c3")
+}
+
+// TestStreamOriginBeforeToken: a page of another origin learns nothing, not even whether a
+// token is right.
+func TestStreamOriginBeforeToken(t *testing.T) {
+	srv := serve(t, &streamBackend{})
+	for _, h := range []http.Header{{"X-Auth-Token": {"wrong"}}, authHeader(), {}} {
+		h.Set("Origin", "https://evil.example")
+		if _, resp, err := websocket.DefaultDialer.Dial(wsURL(srv, "u1"), h); err == nil || resp == nil || resp.StatusCode != 403 {
+			t.Fatalf("foreign origin with %v: %v %v", h, err, resp)
+		}
+	}
+}

@@ -44,27 +44,33 @@ const (
 // Bounds of the streams that the tests shorten.
 var (
 	// authTimeout is how long a socket without a token in its headers has to send auth.
-	authTimeout = 5 * time.Second
+	authTimeout = 3 * time.Second
 	// pingInterval is how often the server pings, and looks for an idle socket.
 	pingInterval = 30 * time.Second
 	// streamIdle closes a socket that ran no call and sent nothing for that long: pongs,
 	// which any library sends by itself, do not keep it.
 	streamIdle = 10 * time.Minute
-	// maxStreams bounds the open sockets, well below the API's connection limit, so that
-	// sockets held open never lock out REST callers.
+	// maxStreams bounds the authenticated sockets, well below the API's connection limit,
+	// so that sockets held open never lock out REST callers.
 	maxStreams = 1024
+	// maxUnauthStreams bounds the sockets still waiting for their auth message, and
+	// maxUnauthPerSource those of one source address: tokenless handshakes have a budget of
+	// their own, so they never take an authenticated client's place.
+	maxUnauthStreams   = 64
+	maxUnauthPerSource = 8
 )
 
 // streamLimits are those bounds as a handler took them when it was made: a socket's
 // goroutines outlive its test's server, so they must not read the variables a later test
 // changes.
 type streamLimits struct {
-	auth, ping, idle time.Duration
-	max              int
+	auth, ping, idle             time.Duration
+	max, unauth, unauthPerSource int
 }
 
 func currentStreamLimits() streamLimits {
-	return streamLimits{auth: authTimeout, ping: pingInterval, idle: streamIdle, max: maxStreams}
+	return streamLimits{auth: authTimeout, ping: pingInterval, idle: streamIdle, max: maxStreams,
+		unauth: maxUnauthStreams, unauthPerSource: maxUnauthPerSource}
 }
 
 // clientMessage is what a client sends on the socket.
@@ -108,6 +114,10 @@ type wsCall struct {
 
 // stream serves GET /api/v1/stream.
 func (s *server) stream(w http.ResponseWriter, r *http.Request) error {
+	// A page of another origin never gets as far as a place or a token check.
+	if !s.originAllowed(r) {
+		return Errorf(http.StatusForbidden, "origin %q is not allowed", echo(r.Header.Get("Origin")))
+	}
 	user := r.URL.Query().Get("user_uuid")
 	if err := ValidateUserUUID(user); err != nil {
 		return err
@@ -120,14 +130,27 @@ func (s *server) stream(w http.ResponseWriter, r *http.Request) error {
 		authed = true
 	}
 	// The place is taken before the upgrade answers, so that sockets opened at once cannot
-	// all pass a count none of them is in yet.
-	if !s.streams.reserve(s.limits.max) {
+	// all pass a count none of them is in yet. A socket that has shown no token takes a
+	// place of the small budget for those, until its auth message moves it.
+	src := s.clientIP(r)
+	if authed {
+		if !s.streams.reserve(s.limits.max) {
+			return &Error{Status: http.StatusServiceUnavailable, RetryAfter: 5 * time.Second,
+				Detail: fmt.Sprintf("%d streams are open, the most codeboxd keeps", s.limits.max)}
+		}
+	} else if !s.streams.reserveUnauth(src, s.limits.unauth, s.limits.unauthPerSource) {
 		return &Error{Status: http.StatusServiceUnavailable, RetryAfter: 5 * time.Second,
-			Detail: fmt.Sprintf("%d streams are open, the most codeboxd keeps", s.limits.max)}
+			Detail: "too many streams are waiting for their auth message; send the token in the X-Auth-Token header, or retry"}
 	}
-	defer s.streams.release()
+	defer func() {
+		if authed {
+			s.streams.release()
+		} else {
+			s.streams.releaseUnauth(src)
+		}
+	}()
 	up := websocket.Upgrader{
-		CheckOrigin: s.originAllowed,
+		CheckOrigin: func(*http.Request) bool { return true }, // checked above
 		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
 			writeJSON(w, status, map[string]any{"detail": reason.Error()})
 		},
@@ -144,12 +167,23 @@ func (s *server) stream(w http.ResponseWriter, r *http.Request) error {
 	// with the socket, or when the daemon shuts down.
 	st.ctx, st.cancel = context.WithCancelCause(context.WithoutCancel(r.Context()))
 	defer st.cancel(nil)
+	if !authed {
+		if !st.authenticate() {
+			st.conn.Close()
+			return nil
+		}
+		if !s.streams.promote(src, s.limits.max) {
+			st.closeWith(websocket.CloseTryAgainLater, fmt.Sprintf("%d streams are open, the most codeboxd keeps", s.limits.max))
+			return nil
+		}
+		authed = true
+	}
 	if !s.streams.add(st) {
 		st.closeWith(websocket.CloseGoingAway, "codeboxd is shutting down")
 		return nil
 	}
 	defer s.streams.remove(st)
-	st.serve(authed)
+	st.serve()
 	return nil
 }
 
@@ -166,11 +200,7 @@ func (s *server) originAllowed(r *http.Request) bool {
 	return slices.Contains(s.cfg.CORSOrigins, "*") || slices.Contains(s.cfg.CORSOrigins, origin)
 }
 
-func (st *wsStream) serve(authed bool) {
-	if !authed && !st.authenticate() {
-		st.conn.Close()
-		return
-	}
+func (st *wsStream) serve() {
 	st.conn.SetPongHandler(func(string) error {
 		return st.conn.SetReadDeadline(time.Now().Add(readIdle))
 	})
@@ -520,11 +550,15 @@ func (st *wsStream) ping() {
 // streams are the open websockets, for a graceful shutdown: http.Server.Shutdown does not
 // wait for connections a handler took over.
 type streams struct {
-	mu      sync.Mutex
-	open    map[*wsStream]struct{}
-	taken   int // places reserved: sockets open or being upgraded
-	closing bool
-	wg      sync.WaitGroup
+	mu    sync.Mutex
+	open  map[*wsStream]struct{}
+	taken int // places reserved: authenticated sockets open or being upgraded
+	// unauth and unauthBy (per source address) count the sockets waiting for their auth
+	// message.
+	unauth   int
+	unauthBy map[string]int
+	closing  bool
+	wg       sync.WaitGroup
 }
 
 // reserve takes one of max places for a socket; false when all are taken.
@@ -543,6 +577,48 @@ func (ss *streams) release() {
 	ss.mu.Lock()
 	ss.taken--
 	ss.mu.Unlock()
+}
+
+// reserveUnauth takes a place of the budget of sockets waiting for their auth message:
+// at most max in all and perSource from src.
+func (ss *streams) reserveUnauth(src string, max, perSource int) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.unauth >= max || ss.unauthBy[src] >= perSource {
+		return false
+	}
+	if ss.unauthBy == nil {
+		ss.unauthBy = map[string]int{}
+	}
+	ss.unauth++
+	ss.unauthBy[src]++
+	return true
+}
+
+func (ss *streams) releaseUnauth(src string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.releaseUnauthLocked(src)
+}
+
+func (ss *streams) releaseUnauthLocked(src string) {
+	ss.unauth--
+	if ss.unauthBy[src]--; ss.unauthBy[src] <= 0 {
+		delete(ss.unauthBy, src)
+	}
+}
+
+// promote moves an authenticated socket from the unauthenticated budget to one of max
+// places; false (and nothing moved) when all are taken.
+func (ss *streams) promote(src string, max int) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.taken >= max {
+		return false
+	}
+	ss.releaseUnauthLocked(src)
+	ss.taken++
+	return true
 }
 
 func (ss *streams) add(st *wsStream) bool {

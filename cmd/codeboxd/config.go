@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,6 +52,7 @@ type config struct {
 	FileTimeout        time.Duration
 	FileAllowlist      string
 	FirewallCheck      time.Duration
+	TrustedProxies     string
 }
 
 // envName is the environment variable that sets a flag: --min-idle-workers is
@@ -132,6 +134,7 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.BoolVar(&c.DestroyOnStop, "destroy-on-stop", false, "destroy every worker when stopping, instead of leaving them for the next codeboxd to adopt")
 	fs.IntVar(&c.MaxFileMB, "max-file-mb", 100, "largest file a file call moves, MB")
 	fs.DurationVar(&c.FileTimeout, "file-timeout", 10*time.Minute, "longest one file download or upload may take")
+	fs.StringVar(&c.TrustedProxies, "trusted-proxies", "", "comma-separated CIDRs or IPs of proxies in front of codeboxd (a load balancer): exempt from the per-address connection bound, and their X-Forwarded-For names the caller")
 	fs.DurationVar(&c.FirewallCheck, "firewall-check-interval", 30*time.Second, "how often the firewall's hooks are checked and put first again when other rules got above them")
 	fs.StringVar(&c.FileAllowlist, "file-allowlist", "", "comma-separated CIDRs, IPs or host names downloads and uploads may reach although private (e.g. an internal object store)")
 	return fs
@@ -207,6 +210,9 @@ func (c config) validate() error {
 	if _, err := transfer.NewGuard(splitList(c.FileAllowlist)); err != nil {
 		return fmt.Errorf("--file-allowlist: %v", err)
 	}
+	if _, err := parsePrefixes(c.TrustedProxies); err != nil {
+		return fmt.Errorf("--trusted-proxies: %v", err)
+	}
 	if !netns.ValidBridge(c.WorkerBridge) {
 		return fmt.Errorf("--worker-bridge %q must be 1-15 characters of a-z 0-9 -", c.WorkerBridge)
 	}
@@ -221,6 +227,30 @@ func (c config) validate() error {
 		return fmt.Errorf("--log-level must be debug, info, warn or error, not %q", c.LogLevel)
 	}
 	return nil
+}
+
+// trustedProxies parses --trusted-proxies (validated already).
+func (c config) trustedProxies() []netip.Prefix {
+	p, _ := parsePrefixes(c.TrustedProxies)
+	return p
+}
+
+// parsePrefixes reads a comma-separated list of CIDRs and addresses (an address is its
+// own /32 or /128).
+func parsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, item := range splitList(s) {
+		if p, err := netip.ParsePrefix(item); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(item)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither a CIDR nor an address", item)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
 }
 
 // corsOrigins splits --cors-origins.

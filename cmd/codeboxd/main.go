@@ -15,10 +15,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"syscall"
 	"time"
 
@@ -26,9 +28,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/net/netutil"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/connguard"
 	"github.com/codebox/codebox/console"
 	"github.com/codebox/codebox/daemon"
 	"github.com/codebox/codebox/firewall"
@@ -41,8 +43,14 @@ import (
 // user code writes to the worker's init); past it, output is dropped.
 const workerLogBytes = 1 << 20
 
-// maxAPIConnections bounds the API's open connections.
-const maxAPIConnections = 4096
+// Bounds of the API's connections (package connguard): all of them; those that have carried
+// no authenticated request, in all and from one address; and how long one of those may idle.
+const (
+	maxAPIConnections    = 4096
+	maxUnauthConnections = 1024
+	maxUnauthPerSource   = 256
+	unauthIdle           = 10 * time.Second
+)
 
 func main() {
 	args := os.Args[1:]
@@ -200,12 +208,18 @@ func serve(cfg config) error {
 		d.Close(context.Background())
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
-	// Connections beyond this wait in the listen queue: thousands of callers trickling
-	// bodies cost a goroutine and a descriptor each.
-	ln = netutil.LimitListener(ln, maxAPIConnections)
+	trusted := cfg.trustedProxies()
+	// Thousands of callers without a key holding connections (idle, or trickling bodies)
+	// must lock out neither callers with one nor /healthz.
+	guard := connguard.New(connguard.Config{Max: maxAPIConnections, MaxUnauthenticated: maxUnauthConnections,
+		PerSource: maxUnauthPerSource, UnauthenticatedIdle: unauthIdle, Log: log,
+		Trusted: func(ip net.IP) bool {
+			a, ok := netip.AddrFromSlice(ip)
+			return ok && slices.ContainsFunc(trusted, func(p netip.Prefix) bool { return p.Contains(a.Unmap()) })
+		}})
 	handler := api.NewHandler(d, api.ServerConfig{Token: token, CORSOrigins: cfg.corsOrigins(), Log: log,
 		MaxFileBytes: int64(cfg.MaxFileMB) << 20, FileTimeout: cfg.FileTimeout, MaxExecTimeout: cfg.MaxExecTimeout,
-		Console: page, MCP: tools})
+		Console: page, MCP: tools, TrustedProxies: trusted})
 	srv := &http.Server{
 		Handler: handler,
 		// The handlers set the body and answer deadlines of each call (api.ServerConfig); the
@@ -213,11 +227,13 @@ func serve(cfg config) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
+		ConnState:         guard.ConnState,
+		ConnContext:       guard.ConnContext,
 	}
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()
 	if cfg.MetricsListen != "" {
-		msrv, err := metricsServer(cfg.MetricsListen, d)
+		msrv, err := metricsServer(cfg.MetricsListen, d, guard)
 		if err != nil {
 			d.Close(context.Background())
 			return err
@@ -255,9 +271,26 @@ func serve(cfg config) error {
 
 // metricsServer serves Prometheus metrics (the daemon's, Go's and the process's) and pprof
 // on addr.
-func metricsServer(addr string, d *daemon.Daemon) (*http.Server, error) {
+func metricsServer(addr string, d *daemon.Daemon, guard *connguard.Guard) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	connGauge := func(name, help string, f func(connguard.Stats) float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(guard.Stats()) })
+	}
+	connCounter := func(name, help string, f func(connguard.Stats) float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return f(guard.Stats()) })
+	}
+	reg.MustRegister(
+		connGauge("codebox_api_connections", "Open API connections.", func(s connguard.Stats) float64 { return float64(s.Open) }),
+		connGauge("codebox_api_connections_unauthenticated", "Open API connections that carried no authenticated request.",
+			func(s connguard.Stats) float64 { return float64(s.Unauthenticated) }),
+		connCounter("codebox_api_connections_refused_total", "New API connections closed at once: a connection bound was reached.",
+			func(s connguard.Stats) float64 { return float64(s.Refused) }),
+		connCounter("codebox_api_connections_evicted_total", "Idle unauthenticated API connections closed to make room.",
+			func(s connguard.Stats) float64 { return float64(s.Evicted) }),
+		connCounter("codebox_api_connections_expired_total", "Unauthenticated API connections closed for idling.",
+			func(s connguard.Stats) float64 { return float64(s.Expired) }),
+	)
 	if err := d.Register(reg); err != nil {
 		return nil, err
 	}
