@@ -9,10 +9,14 @@ import (
 	"time"
 )
 
-// userOf validates the user_uuid query parameter.
-func userOf(r *http.Request) (string, error) {
+// userOf validates the user_uuid query parameter, and names the session in the answer.
+func userOf(w http.ResponseWriter, r *http.Request) (string, error) {
 	u := r.URL.Query().Get("user_uuid")
-	return u, ValidateUserUUID(u)
+	if err := ValidateUserUUID(u); err != nil {
+		return "", err
+	}
+	w.Header().Set(SessionHeader, u)
+	return u, nil
 }
 
 // decodeFiles reads a batch body: 1..MaxFilesPerCall files.
@@ -50,7 +54,7 @@ func writeFiles(w http.ResponseWriter, ok int, resp *FilesResponse) {
 // or 207.
 func batch[T any](s *server, run func(ctx context.Context, user string, files []T) (*FilesResponse, error), ok int) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		user, err := userOf(r)
+		user, err := userOf(w, r)
 		if err != nil {
 			return err
 		}
@@ -79,7 +83,7 @@ type requestBody struct {
 func (b requestBody) SetReadDeadline(t time.Time) error { return b.rc.SetReadDeadline(t) }
 
 func (s *server) putFile(w http.ResponseWriter, r *http.Request) error {
-	user, err := userOf(r)
+	user, err := userOf(w, r)
 	if err != nil {
 		return err
 	}
@@ -107,7 +111,7 @@ func (s *server) fileDeadline(rc *http.ResponseController) {
 }
 
 func (s *server) getFile(w http.ResponseWriter, r *http.Request) error {
-	user, err := userOf(r)
+	user, err := userOf(w, r)
 	if err != nil {
 		return err
 	}
@@ -141,7 +145,7 @@ func intParam(r *http.Request, name string, def, maxValue int) (int, error) {
 }
 
 func (s *server) listFiles(w http.ResponseWriter, r *http.Request) error {
-	user, err := userOf(r)
+	user, err := userOf(w, r)
 	if err != nil {
 		return err
 	}

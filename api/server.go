@@ -86,6 +86,12 @@ func Collect(ctx context.Context, b Backend, userUUID string, req ExecuteRequest
 	return resp, err
 }
 
+// SessionHeader names, on an answer that reached a session (2xx, 400 from code that
+// raised, a websocket's 101), the session's user_uuid. A load balancer keeps where sessions
+// live from these answers (HAProxy's stick store-response), never from requests, which
+// anyone may send.
+const SessionHeader = "X-Codebox-Session"
+
 // MaxJSONBody bounds a JSON request body; larger ones get 413.
 const MaxJSONBody = 8 << 20
 
@@ -413,6 +419,8 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if e.Status >= 500 && e.Cause != nil && e.RetryAfter == 0 && !errors.Is(e.Cause, context.Canceled) {
 		s.failures.record(r.Context(), slog.LevelError, e.Status, "request failed", "method", r.Method, "path", r.URL.Path, "status", e.Status, "err", e.Cause)
 	}
+	// Only an answer from the session says where it lives (see SessionHeader).
+	w.Header().Del(SessionHeader)
 	detail := e.Detail
 	if detail == "" {
 		detail = "internal error"
@@ -505,6 +513,7 @@ func (s *server) execute(w http.ResponseWriter, r *http.Request) error {
 	if err := req.Validate(s.cfg.MaxExecTimeout); err != nil {
 		return err
 	}
+	w.Header().Set(SessionHeader, user)
 	if wantsEvents(r) {
 		return s.executeEvents(w, r, user, req)
 	}

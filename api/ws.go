@@ -155,7 +155,7 @@ func (s *server) stream(w http.ResponseWriter, r *http.Request) error {
 			writeJSON(w, status, map[string]any{"detail": reason.Error()})
 		},
 	}
-	conn, err := up.Upgrade(w, r, nil)
+	conn, err := up.Upgrade(w, r, http.Header{SessionHeader: {user}})
 	if err != nil {
 		return nil // answered by up.Error
 	}

@@ -37,6 +37,7 @@ func startFleetNode(t *testing.T, token string, i int) *fleetNode {
 		bridge: fmt.Sprintf("cbxfleet%d", i), subnet: fmt.Sprintf("10.%d.0.0/16", 220+i)}
 	t.Cleanup(func() { cleanupFleetNode(t, n) }) // after the daemon's own clean-up
 	n.d = startDaemonAs(t, token, "--containerd-namespace", n.ns, "--worker-bridge", n.bridge, "--worker-subnet", n.subnet,
+		"--trusted-proxies", "127.0.0.1",
 		"--metrics-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		"--min-idle-workers", "3", "--max-total-workers", "80", "--worker-ram-mb", "256", "--worker-disk-mb", "100",
 		"--log-level", "info")
@@ -125,6 +126,7 @@ func (r *router) reload(nodes []*fleetNode) {
 		args = append(args, "-sf", strconv.Itoa(old.Process.Pid))
 	}
 	cmd := exec.Command("haproxy", args...)
+	cmd.Env = append(os.Environ(), "CODEBOX_STATS_USER="+statsUser, "CODEBOX_STATS_PASSWORD="+statsPassword)
 	logs := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
@@ -184,9 +186,14 @@ func (r *router) admin(cmd string) string {
 	}
 }
 
+// The status page's credentials in the tests.
+const statsUser, statsPassword = "e2e", "e2e-stats-password"
+
 // status is HAProxy's view of each node (the stats page's CSV): UP, DOWN, DRAIN, ...
 func (r *router) status() map[string]string {
-	resp, err := http.Get(r.stats + "/;csv")
+	req, _ := http.NewRequest("GET", r.stats+"/;csv", nil)
+	req.SetBasicAuth(statsUser, statsPassword)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil
 	}
@@ -301,6 +308,37 @@ func TestFleet(t *testing.T) {
 		if count[n.name] < 20 || count[n.name] > 47 {
 			t.Errorf("node %s holds %d of %d sessions, outside 20..47", n.name, count[n.name], sessions)
 		}
+	}
+
+	// The router's own surface: the status page needs its credentials and changes nothing;
+	// where sessions live is learnt from the nodes' answers, so requests without a key fill
+	// no table.
+	if resp, err := http.Get(rt.stats + "/"); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("the status page without credentials: %v %v", resp, err)
+	}
+	maint, _ := http.NewRequest("POST", rt.stats+"/", strings.NewReader("s=n1&b=codeboxd&action=maint"))
+	maint.SetBasicAuth(statsUser, statsPassword)
+	maint.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if resp, err := http.DefaultClient.Do(maint); err == nil {
+		resp.Body.Close()
+	}
+	if st := rt.status(); st["n1"] != "UP" {
+		t.Fatalf("a POST to the status page put n1 in %q", st["n1"])
+	}
+	entries := func() int { return strings.Count(rt.admin("show table codeboxd"), ": key=") }
+	before := entries()
+	if before != sessions {
+		t.Errorf("the stick table holds %d sessions, want %d:\n%s", before, sessions, rt.admin("show table codeboxd"))
+	}
+	for i := 0; i < 300; i++ {
+		resp, err := http.Post(rt.url+fmt.Sprintf("/api/v1/execute?user_uuid=flood-%d", i), "application/json", strings.NewReader(`{"code": "1"}`))
+		if err != nil || resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("tokenless request %d: %v %v", i, resp, err)
+		}
+		resp.Body.Close()
+	}
+	if after := entries(); after != before {
+		t.Fatalf("300 tokenless requests changed the stick table from %d to %d entries", before, after)
 	}
 
 	// 2. Every call of a session reaches its node: its state is there, REST, the seed's
