@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -28,6 +29,13 @@ func NewClient(base, token string) *Client {
 		token: token,
 		http:  &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second}},
 	}
+}
+
+// WithTLS makes the client verify the daemon's certificate with cfg (a private CA's roots,
+// say) and returns it.
+func (c *Client) WithTLS(cfg *tls.Config) *Client {
+	c.http.Transport.(*http.Transport).TLSClientConfig = cfg
+	return c
 }
 
 // Execute runs Python code in userUUID's session. Code that raised is not an error: the

@@ -8,6 +8,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -157,7 +159,20 @@ type daemon struct {
 	client   *api.Client
 	logs     *syncBuffer
 	done     chan struct{}
+	// roots verify the daemon's certificate when it serves TLS (nil: plain HTTP).
+	roots *x509.CertPool
 }
+
+// transport reaches the daemon: plain, or over TLS trusting its certificate's issuer.
+func (d *daemon) transport() *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if d.roots != nil {
+		tr.TLSClientConfig = &tls.Config{RootCAs: d.roots}
+	}
+	return tr
+}
+
+func (d *daemon) httpClient() *http.Client { return &http.Client{Transport: d.transport()} }
 
 type syncBuffer struct {
 	mu sync.Mutex
@@ -203,7 +218,19 @@ func startDaemon(t *testing.T, flags ...string) *daemon {
 // state, for the same clients.
 func startDaemonAs(t *testing.T, token string, flags ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, token: token, logs: &syncBuffer{}, done: make(chan struct{})}
+	return startDaemonWith(t, daemonOptions{token: token}, flags...)
+}
+
+// daemonOptions are what a test chooses of a daemon beside its flags.
+type daemonOptions struct {
+	token string
+	// roots, when set, verify the certificate the daemon serves (its flags name it).
+	roots *x509.CertPool
+}
+
+func startDaemonWith(t *testing.T, o daemonOptions, flags ...string) *daemon {
+	t.Helper()
+	d := &daemon{t: t, token: o.token, roots: o.roots, logs: &syncBuffer{}, done: make(chan struct{})}
 	d.stateDir = t.TempDir()
 	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	for i, f := range flags { // the test's own address and state dir win
@@ -216,6 +243,9 @@ func startDaemonAs(t *testing.T, token string, flags ...string) *daemon {
 	}
 	_, port, _ := net.SplitHostPort(listen)
 	d.url = "http://127.0.0.1:" + port
+	if d.roots != nil {
+		d.url = "https://127.0.0.1:" + port
+	}
 	args := []string{
 		"--listen", listen,
 		"--state-dir", d.stateDir,
@@ -262,9 +292,13 @@ func startDaemonAs(t *testing.T, token string, flags ...string) *daemon {
 		}
 	})
 	d.client = api.NewClient(d.url, d.token)
+	if d.roots != nil {
+		d.client = d.client.WithTLS(&tls.Config{RootCAs: d.roots})
+	}
+	hc := d.httpClient()
 	deadline := time.Now().Add(3 * time.Minute) // the first start imports and unpacks the image
 	for {
-		resp, err := http.Get(d.url + "/healthz")
+		resp, err := hc.Get(d.url + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -320,7 +354,7 @@ func (d *daemon) request(t *testing.T, method, path, body string, headers map[st
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := d.httpClient().Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,7 +31,7 @@ func mcpConnect(t *testing.T, ctx context.Context, d *daemon, token string, opts
 	t.Helper()
 	c := mcp.NewClient(&mcp.Implementation{Name: "codebox-e2e", Version: "1"}, opts)
 	return c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: d.url + "/mcp",
-		HTTPClient: &http.Client{Transport: bearer{token, http.DefaultTransport}}, MaxRetries: -1}, nil)
+		HTTPClient: &http.Client{Transport: bearer{token, d.transport()}}, MaxRetries: -1}, nil)
 }
 
 // texts joins a tool result's text content.

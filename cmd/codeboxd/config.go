@@ -53,6 +53,8 @@ type config struct {
 	FileAllowlist      string
 	FirewallCheck      time.Duration
 	TrustedProxies     string
+	TLSCert, TLSKey    string
+	Pprof              bool
 }
 
 // envName is the environment variable that sets a flag: --min-idle-workers is
@@ -134,6 +136,9 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.BoolVar(&c.DestroyOnStop, "destroy-on-stop", false, "destroy every worker when stopping, instead of leaving them for the next codeboxd to adopt")
 	fs.IntVar(&c.MaxFileMB, "max-file-mb", 100, "largest file a file call moves, MB")
 	fs.DurationVar(&c.FileTimeout, "file-timeout", 10*time.Minute, "longest one file download or upload may take")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate (chain) file: the API, console, streams and MCP are served over TLS; reread on SIGHUP")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key file of --tls-cert")
+	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiles at /debug/pprof/ on --metrics-listen (for loopback Host names only)")
 	fs.StringVar(&c.TrustedProxies, "trusted-proxies", "", "comma-separated CIDRs or IPs of proxies in front of codeboxd (a load balancer): exempt from the per-address connection bound, and their X-Forwarded-For names the caller")
 	fs.DurationVar(&c.FirewallCheck, "firewall-check-interval", 30*time.Second, "how often the firewall's hooks are checked and put first again when other rules got above them")
 	fs.StringVar(&c.FileAllowlist, "file-allowlist", "", "comma-separated CIDRs, IPs or host names downloads and uploads may reach although private (e.g. an internal object store)")
@@ -209,6 +214,12 @@ func (c config) validate() error {
 	}
 	if _, err := transfer.NewGuard(splitList(c.FileAllowlist)); err != nil {
 		return fmt.Errorf("--file-allowlist: %v", err)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("--tls-cert and --tls-key go together")
+	}
+	if c.Pprof && c.MetricsListen == "" {
+		return errors.New("--pprof needs --metrics-listen")
 	}
 	if _, err := parsePrefixes(c.TrustedProxies); err != nil {
 		return fmt.Errorf("--trusted-proxies: %v", err)

@@ -1,11 +1,16 @@
 package main
 
 import (
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/codebox/codebox/api"
 )
@@ -82,7 +87,8 @@ func TestBadValuesNameTheFlag(t *testing.T) {
 
 func TestTokenGeneratedOnceWithMode0600(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	t1, err := loadToken(dir, "")
+	log := slog.New(slog.DiscardHandler)
+	t1, err := loadToken(dir, "", log)
 	if err != nil || len(t1) != 64 {
 		t.Fatalf("token %q, %v", t1, err)
 	}
@@ -90,10 +96,60 @@ func TestTokenGeneratedOnceWithMode0600(t *testing.T) {
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("token file mode: %v %v", st.Mode(), err)
 	}
-	if t2, _ := loadToken(dir, ""); t2 != t1 {
+	if t2, _ := loadToken(dir, "", log); t2 != t1 {
 		t.Fatalf("second load gave a new token")
 	}
-	if t3, _ := loadToken(dir, " from-env "); t3 != "from-env" {
+	env := " 0123456789abcdef0123456789abcdef "
+	if t3, _ := loadToken(dir, env, log); t3 != strings.TrimSpace(env) {
 		t.Fatalf("AUTH_TOKEN not preferred: %q", t3)
+	}
+}
+
+// TestWeakTokensRefused: any non-empty token was accepted, the shipped placeholder too.
+func TestWeakTokensRefused(t *testing.T) {
+	dir := t.TempDir()
+	log := slog.New(slog.DiscardHandler)
+	for _, weak := range []string{"x", "from-env", "REPLACE-WITH-A-RANDOM-TOKEN", "changeme", strings.Repeat("a", 64),
+		"0123456789abcdef0123456789abcde"} {
+		if _, err := loadToken(dir, weak, log); err == nil || !strings.Contains(err.Error(), "AUTH_TOKEN refused") {
+			t.Errorf("AUTH_TOKEN %q: %v", weak, err)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, api.TokenFile), []byte("changeme\n"), 0o600)
+	if _, err := loadToken(dir, "", log); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("a weak token file: %v", err)
+	}
+	var logged strings.Builder
+	good := "0123456789abcdef0123456789abcdef"
+	os.WriteFile(filepath.Join(dir, api.TokenFile), []byte(good+"\n"), 0o644)
+	os.Chmod(filepath.Join(dir, api.TokenFile), 0o644)
+	if tok, err := loadToken(dir, "", slog.New(slog.NewTextHandler(&logged, nil))); err != nil || tok != good {
+		t.Fatalf("a good token file: %q, %v", tok, err)
+	}
+	if !strings.Contains(logged.String(), "chmod 0600") {
+		t.Errorf("no warning for a token file others may read: %q", logged.String())
+	}
+}
+
+// TestProfilesOptInAndLoopbackOnly: pprof was on by default on the metrics listener, for
+// any Host (a page that rebinds its own name to 127.0.0.1 could read heap profiles).
+func TestProfilesOptInAndLoopbackOnly(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	get := func(h http.Handler, host string) int {
+		r := httptest.NewRequest("GET", "/debug/pprof/", nil)
+		r.Host = host
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w.Code
+	}
+	if code := get(metricsHandler(reg, false), "127.0.0.1:9474"); code != http.StatusNotFound {
+		t.Errorf("profiles without --pprof: %d", code)
+	}
+	on := metricsHandler(reg, true)
+	for host, want := range map[string]int{"127.0.0.1:9474": 200, "localhost:9474": 200, "[::1]:9474": 200,
+		"evil.example:9474": 403, "10.0.0.5:9474": 403, "127.0.0.1.evil.example": 403} {
+		if code := get(on, host); code != want {
+			t.Errorf("profiles for Host %s: %d, want %d", host, code, want)
+		}
 	}
 }

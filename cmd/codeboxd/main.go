@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -152,7 +153,7 @@ func serve(cfg config) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	token, err := loadToken(cfg.StateDir, os.Getenv(api.TokenEnv))
+	token, err := loadToken(cfg.StateDir, os.Getenv(api.TokenEnv), log)
 	if err != nil {
 		return err
 	}
@@ -203,6 +204,13 @@ func serve(cfg config) error {
 		return err
 	}
 
+	var cert *certificate
+	if cfg.TLSCert != "" {
+		if cert, err = loadCertificate(cfg.TLSCert, cfg.TLSKey); err != nil {
+			d.Close(context.Background())
+			return err
+		}
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		d.Close(context.Background())
@@ -231,9 +239,30 @@ func serve(cfg config) error {
 		ConnContext:       guard.ConnContext,
 	}
 	serveErr := make(chan error, 2)
-	go func() { serveErr <- srv.Serve(ln) }()
+	if cert != nil {
+		srv.TLSConfig = cert.config()
+		go func() { serveErr <- srv.ServeTLS(ln, "", "") }()
+	} else {
+		go func() { serveErr <- srv.Serve(ln) }()
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			if cert == nil {
+				log.Info("SIGHUP: nothing to reload")
+				continue
+			}
+			if err := cert.reload(); err != nil {
+				log.Error("SIGHUP: TLS certificate not reloaded; the one in use stays", "err", err)
+				continue
+			}
+			log.Info("SIGHUP: TLS certificate reloaded", "cert", cfg.TLSCert)
+		}
+	}()
 	if cfg.MetricsListen != "" {
-		msrv, err := metricsServer(cfg.MetricsListen, d, guard)
+		msrv, err := metricsServer(cfg.MetricsListen, cfg.Pprof, d, guard)
 		if err != nil {
 			d.Close(context.Background())
 			return err
@@ -269,9 +298,9 @@ func serve(cfg config) error {
 	return err
 }
 
-// metricsServer serves Prometheus metrics (the daemon's, Go's and the process's) and pprof
-// on addr.
-func metricsServer(addr string, d *daemon.Daemon, guard *connguard.Guard) (*http.Server, error) {
+// metricsServer serves Prometheus metrics (the daemon's, Go's and the process's) on addr,
+// and, withPprof, Go's profiles.
+func metricsServer(addr string, withPprof bool, d *daemon.Daemon, guard *connguard.Guard) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	connGauge := func(name, help string, f func(connguard.Stats) float64) prometheus.Collector {
@@ -298,15 +327,45 @@ func metricsServer(addr string, d *daemon.Daemon, guard *connguard.Guard) (*http
 	if err != nil {
 		return nil, fmt.Errorf("metrics listen %s: %w", addr, err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	// Profiles for operators, on the same (loopback by default) listener.
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: metricsHandler(reg, withPprof), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		// A profile or trace lasts ?seconds= (30 by default): within a minute and a half.
+		WriteTimeout: 90 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
 	go srv.Serve(ln)
 	return srv, nil
+}
+
+// metricsHandler serves reg's metrics and, withPprof, Go's profiles.
+func metricsHandler(reg *prometheus.Registry, withPprof bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if withPprof {
+		// Profiles for operators, when asked for. Only for a Host that names loopback: a web
+		// page that made the operator's browser resolve its own name to 127.0.0.1 (DNS
+		// rebinding) names itself.
+		profiles := http.NewServeMux()
+		profiles.HandleFunc("/debug/pprof/", pprof.Index)
+		profiles.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		profiles.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.Handle("/debug/pprof/", loopbackHostOnly(profiles))
+	}
+	return mux
+}
+
+// loopbackHostOnly serves only requests whose Host header is a loopback address or
+// "localhost".
+func loopbackHostOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if hh, _, err := net.SplitHostPort(host); err == nil {
+			host = hh
+		}
+		ip, err := netip.ParseAddr(strings.Trim(host, "[]"))
+		if host != "localhost" && (err != nil || !ip.IsLoopback()) {
+			http.Error(w, "profiles are served for a loopback Host only", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // notifyReady tells systemd (Type=notify) the daemon is ready, containerd answering, the

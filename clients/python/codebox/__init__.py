@@ -12,7 +12,7 @@
 Standard library only; Python 3.9 or later.
 """
 
-from ._client import Client, Event, FileEntry, Result, Session, Status
+from ._client import Client, Event, FileEntry, InsecureTransportWarning, Result, Session, Status
 from ._errors import (
     AuthenticationError,
     BadRequestError,
@@ -33,6 +33,7 @@ __all__ = [
     "Event",
     "ExecutionTimeoutError",
     "FileEntry",
+    "InsecureTransportWarning",
     "NotFoundError",
     "Result",
     "Session",

@@ -5,13 +5,16 @@ One HTTP connection per thread is kept open and reused; a Client may be shared b
 
 import base64
 import http.client
+import ipaddress
 import json
 import os
 import posixpath
 import secrets
 import select
+import ssl
 import threading
 import urllib.parse
+import warnings
 from dataclasses import dataclass, field
 from typing import IO, Any, Dict, Iterator, List, Optional, Union
 
@@ -21,6 +24,8 @@ from ._errors import CodeboxError, CodeError, error_for
 # (an execute's output is capped at a few MiB, escaped).
 _MAX_EVENT = 64 << 20
 _MAX_ANSWER = 64 << 20
+# What download() holds in memory at most, unless asked for more.
+DOWNLOAD_IN_MEMORY = 64 << 20
 # How long a call may go without a byte from codeboxd (an execute's answer waits for its
 # code; a stream sends a keep-alive every 15 s).
 _DEFAULT_TIMEOUT = 360.0
@@ -131,14 +136,35 @@ class Status:
     is_initializing: bool
 
 
-class Client:
-    """A codeboxd: its URL and API token (default: $AUTH_TOKEN)."""
+class InsecureTransportWarning(UserWarning):
+    """The client sends its token in cleartext to a host that is not this machine."""
 
-    def __init__(self, url: str = "http://127.0.0.1:3874", token: Optional[str] = None, timeout: float = _DEFAULT_TIMEOUT):
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Client:
+    """A codeboxd: its URL and API token (default: $AUTH_TOKEN). For https with a private
+    CA, pass cafile (or a whole ssl_context)."""
+
+    def __init__(self, url: str = "http://127.0.0.1:3874", token: Optional[str] = None, timeout: float = _DEFAULT_TIMEOUT,
+                 cafile: Optional[str] = None, ssl_context: Optional[ssl.SSLContext] = None):
         u = urllib.parse.urlsplit(url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"url must be http(s)://host[:port], not {url!r}")
         self._https = u.scheme == "https"
+        if not self._https and not _loopback(u.hostname):
+            warnings.warn(f"codebox: the API token goes in cleartext to {u.hostname}; serve codeboxd over TLS "
+                          "(--tls-cert) and use https://", InsecureTransportWarning, stacklevel=2)
+        if (cafile or ssl_context) and not self._https:
+            raise ValueError("cafile and ssl_context are for https:// URLs")
+        self._ssl = ssl_context or (ssl.create_default_context(cafile=cafile) if self._https else None)
         self._host = u.hostname
         self._port = u.port
         self._base = u.path.rstrip("/")
@@ -191,8 +217,10 @@ class Client:
                 self.close()
                 conn = None
         if conn is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            conn = cls(self._host, self._port, timeout=self.timeout)
+            if self._https:
+                conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=self._ssl)
+            else:
+                conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
             self._local.conn = conn
             self._local.used = False
         return conn
@@ -385,13 +413,23 @@ class Session:
         resp = c._request("PUT", "/api/v1/files/content", self._q(path=self._path(path)), data, headers)
         return int(c._decode(c._read(resp)).get("size", 0))
 
-    def download(self, path: str, to: Optional[Union[str, IO[bytes]]] = None) -> Union[bytes, int]:
-        """The file at path: its bytes, or, with to (a local path or a binary file object),
-        written there in chunks, returning its size."""
+    def download(self, path: str, to: Optional[Union[str, IO[bytes]]] = None,
+                 max_bytes: int = DOWNLOAD_IN_MEMORY) -> Union[bytes, int]:
+        """The file at path: its bytes (at most max_bytes: a larger file raises, and goes to
+        a file with to), or, with to (a local path or a binary file object), written there in
+        chunks, returning its size."""
         c = self.client
         resp = c._request("GET", "/api/v1/files/content", self._q(path=self._path(path)))
         if to is None:
-            return c._read(resp, limit=1 << 40)  # codeboxd's --max-file-mb bounds a file
+            # The file is the tenant's: its size is whatever its code made it.
+            size = resp.getheader("Content-Length")
+            if size is not None and size.isdigit() and int(size) > max_bytes:
+                c.close()
+                raise CodeboxError(0, f"{path} has {size} bytes, more than max_bytes={max_bytes}: download it with to=")
+            try:
+                return c._read(resp, limit=max_bytes)
+            except CodeboxError as e:
+                raise CodeboxError(0, f"{path} is larger than max_bytes={max_bytes}: download it with to=") from e
         out = open(to, "wb") if isinstance(to, str) else to
         try:
             n = 0

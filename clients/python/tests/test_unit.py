@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import unittest
+import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -203,6 +204,37 @@ class ClientTest(unittest.TestCase):
             self.s.list()
         Stub.routes["GET /api/v1/status"] = (200, {}, {k: 0 for k in codebox.Status.__dataclass_fields__})
         self.client.status()
+
+    def test_download_in_memory_is_bounded(self):
+        # A file of the tenant's can be any size: without to=, at most max_bytes is read.
+        Stub.routes["GET /api/v1/files/content"] = (200, {}, b"x" * 5000)
+        with self.assertRaises(codebox.CodeboxError) as cm:
+            self.s.download("big", max_bytes=4096)
+        self.assertIn("max_bytes", str(cm.exception))
+        self.assertEqual(self.s.download("big", max_bytes=5000), b"x" * 5000)
+        self.assertEqual(codebox._client.DOWNLOAD_IN_MEMORY, 64 << 20)
+
+        def chunked(handler, body):  # no Content-Length: the bound holds while reading
+            handler.send_response(200)
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+            for _ in range(3):
+                handler.wfile.write(b"800\r\n" + b"y" * 2048 + b"\r\n")
+            handler.wfile.write(b"0\r\n\r\n")
+            return None
+        Stub.routes["GET /api/v1/files/content"] = chunked
+        with self.assertRaises(codebox.CodeboxError):
+            self.s.download("big", max_bytes=4096)
+
+    def test_cleartext_to_another_host_warns(self):
+        with self.assertWarns(codebox.InsecureTransportWarning):
+            codebox.Client("http://10.1.2.3:3874", "tok")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for url in ("http://127.0.0.1:3874", "http://localhost:3874", "http://[::1]:3874", "https://10.1.2.3:3874"):
+                codebox.Client(url, "tok")
+        with self.assertRaises(ValueError):
+            codebox.Client("http://127.0.0.1:1", "tok", cafile="/etc/ssl/certs/ca-certificates.crt")
 
     def test_token_from_environment(self):
         os.environ["AUTH_TOKEN"] = "from-env"
