@@ -171,6 +171,13 @@ c.close()`, d.url, d.token, ca.file, user))
 		t.Fatalf("the Python client over TLS: %v\n%s", err, out)
 	}
 
+	// The CLI, with the CA.
+	cli := exec.Command(filepath.Join(filepath.Dir(env.bin), "codebox"), "--url", d.url, "--ca-cert", ca.file, "exec", "-u", user, "print(x + 6)")
+	cli.Env = append(os.Environ(), "AUTH_TOKEN="+d.token)
+	if out, err := cli.CombinedOutput(); err != nil || string(out) != "48\n" {
+		t.Fatalf("the CLI over TLS: %v %q", err, out)
+	}
+
 	// A renewed certificate is taken on SIGHUP; broken files are refused and the one in use stays.
 	if s := servedSerial(t, addr, ca.pool); s != 100 {
 		t.Fatalf("serial %d served, want 100", s)

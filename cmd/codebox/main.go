@@ -16,6 +16,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -30,7 +32,7 @@ import (
 	"github.com/codebox/codebox/api"
 )
 
-const usage = `usage: codebox [--url URL] [--state-dir DIR] COMMAND [ARGS]
+const usage = `usage: codebox [--url URL] [--state-dir DIR] [--ca-cert FILE] COMMAND [ARGS]
 
 commands:
   exec -u USER [--timeout SECONDS] [--json] [--stream] CODE|-
@@ -62,6 +64,7 @@ func run(args []string, stdout io.Writer) error {
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage) }
 	url := fs.String("url", envOr("CODEBOX_URL", "http://127.0.0.1:3874"), "daemon URL")
 	stateDir := fs.String("state-dir", envOr("CODEBOX_STATE_DIR", "/var/lib/codeboxd"), "daemon state dir (for the token)")
+	caCert := fs.String("ca-cert", os.Getenv("CODEBOX_CA_CERT"), "PEM file of the CA that issued the daemon's TLS certificate (https:// URLs)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -88,6 +91,17 @@ func run(args []string, stdout io.Writer) error {
 		return err
 	}
 	c := api.NewClient(*url, tok)
+	if *caCert != "" {
+		pemBytes, err := os.ReadFile(*caCert)
+		if err != nil {
+			return fmt.Errorf("--ca-cert: %w", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pemBytes) {
+			return fmt.Errorf("--ca-cert %s holds no PEM certificate", *caCert)
+		}
+		c.WithTLS(&tls.Config{RootCAs: roots})
+	}
 	ctx := context.Background()
 	switch cmd {
 	case "exec":
