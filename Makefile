@@ -122,6 +122,7 @@ test-install: build image
 	         /etc/default/codeboxd /var/lib/codeboxd/images/worker-$(VARIANT).oci.tar $(PREFIX)/share/doc/codebox/README.md; do \
 		[ -s "$$tmp$$f" ] || { echo "install: $$f missing"; exit 1; }; done; \
 	grep -q '^CODEBOX_WORKER_IMAGE=$(IMAGE_REF)$$' "$$tmp/etc/default/codeboxd" || { echo "install: image not configured"; exit 1; }; \
+	[ "$$(stat -c %a "$$tmp/etc/default/codeboxd")" = 600 ] || { echo "install: /etc/default/codeboxd (where AUTH_TOKEN goes) is not 0600"; exit 1; }; \
 	$(MAKE) -s uninstall DESTDIR="$$tmp" >/dev/null; \
 	left=$$(find "$$tmp" -type f ! -path '*/etc/default/*'); \
 	if [ -n "$$left" ]; then echo "uninstall left: $$left"; exit 1; fi; echo "install/uninstall: ok"
@@ -135,7 +136,9 @@ install: build image
 	install -D -m 0644 systemd/codeboxd.service $(DESTDIR)/etc/systemd/system/codeboxd.service
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/codebox/README.md
 	install -D -m 0600 "$(IMAGE_ARCHIVE)" $(DESTDIR)/var/lib/codeboxd/images/worker-$(VARIANT).oci.tar
-	[ -e $(DESTDIR)/etc/default/codeboxd ] || install -D -m 0644 systemd/codeboxd.default $(DESTDIR)/etc/default/codeboxd
+	# AUTH_TOKEN may go in there: root's alone, an older install's file too.
+	[ -e $(DESTDIR)/etc/default/codeboxd ] || install -D -m 0600 systemd/codeboxd.default $(DESTDIR)/etc/default/codeboxd
+	chmod 0600 $(DESTDIR)/etc/default/codeboxd
 	sed -i '/^CODEBOX_WORKER_IMAGE=/d; /^CODEBOX_WORKER_IMAGE_ARCHIVE=/d' $(DESTDIR)/etc/default/codeboxd
 	printf 'CODEBOX_WORKER_IMAGE=%s\nCODEBOX_WORKER_IMAGE_ARCHIVE=%s\n' "$(IMAGE_REF)" /var/lib/codeboxd/images/worker-$(VARIANT).oci.tar >> $(DESTDIR)/etc/default/codeboxd
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; echo "now: systemctl enable --now codeboxd"; fi
