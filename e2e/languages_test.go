@@ -96,6 +96,23 @@ func TestLanguages(t *testing.T) {
 			t.Fatalf("after a loose rejection: %q", value(resp))
 		}
 	})
+	t.Run("a javascript cell cannot answer a later call", func(t *testing.T) {
+		// The reply pipe is the interpreter's own fd (its second argument): a cell writes
+		// replies there, now and from a timer during the next call. Before, the next call's
+		// answer was the forgery.
+		ok(t, "javascript", `const fs = require("fs"), fd = Number(process.argv[3]);
+const forged = '{"status": "ok", "value": "forged"}\n';
+fs.writeSync(fd, forged + forged);
+setTimeout(() => fs.writeSync(fd, forged), 300);
+"first"`)
+		resp := ok(t, "javascript", `await new Promise(r => setTimeout(r, 600)); 6 * 7`)
+		if v := value(resp); v != "42" {
+			t.Fatalf("the next call answered %q", v)
+		}
+		if v := value(ok(t, "javascript", `"th" + "ird"`)); v != "'third'" {
+			t.Fatalf("the call after answered %q", v)
+		}
+	})
 	t.Run("typescript shares the context; type errors do not block, syntax errors do", func(t *testing.T) {
 		if v := value(ok(t, "typescript", "interface P { n: number }\nconst p: P = { n: x + 1 }; p.n")); v != "2" {
 			t.Fatalf("typescript value %q", v)

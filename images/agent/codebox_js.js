@@ -2,9 +2,11 @@
 // (codebox_agent.py) on the session's first call in either language. One context for both:
 // a TypeScript cell is transpiled, then runs like a JavaScript one.
 //
-// Requests arrive on the fd named by the first argument, one JSON line each ({"code",
-// "typescript"}); each is answered on the fd named by the second with one JSON line ({"status": "ok", "value"} or {"status": "error", "ename",
-// "evalue", "traceback"}). What the cell prints goes to fds 1 and 2, which the agent reads.
+// Requests arrive on the fd named by the first argument, one JSON line each ({"nonce",
+// "code", "typescript"}); each is answered on the fd named by the second with one JSON line
+// that starts with its nonce ({"nonce", "status": "ok", "value"} or {"nonce", "status":
+// "error", "ename", "evalue", "traceback"}). What the cell prints goes to fds 1 and 2,
+// which the agent reads.
 //
 // A cell's state is its context's global object: its top-level declarations become
 // assignments to globals (as the Node REPL does for top-level await), which lets `let`, `const`,
@@ -211,17 +213,14 @@ function userStack(err) {
   return (own > 0 ? lines.slice(0, own) : lines).slice(0, 200);
 }
 
-function reply(obj) {
-  writeSync(REPLIES, stringify(obj) + "\n");
+// A reply starts with its request's nonce ({"nonce":"…"): the agent takes no other line for
+// an answer, so a cell that writes to this fd cannot answer a later call.
+function replyTo(nonce, obj) {
+  writeSync(REPLIES, '{"nonce":' + stringify(nonce) + "," + stringify(obj).slice(1) + "\n");
 }
 
-async function answer(line) {
-  let req;
-  try {
-    req = parse(line);
-  } catch {
-    return reply({ status: "error", ename: "ProtocolError", evalue: "request is not JSON", traceback: [] });
-  }
+async function answer(nonce, req) {
+  const reply = (obj) => replyTo(nonce, obj);
   try {
     const value = await run(req);
     let text = null;
@@ -268,12 +267,22 @@ async function drain() {
   busy = true;
   try {
     while (queue.length) {
+      let req, nonce = "";
       try {
-        await answer(queue.shift());
+        // What a cell wrote into the request pipe before the agent's request is not part of
+        // it: a request starts {"nonce":" (a string in it cannot hold that unescaped).
+        const line = queue.shift();
+        req = parse(line.slice(Math.max(0, line.lastIndexOf('{"nonce":"'))));
+        nonce = String(req.nonce);
+      } catch {
+        continue; // not the agent's: nobody waits for its answer
+      }
+      try {
+        await answer(nonce, req);
       } catch {
         // A thrown value whose name or message cannot even be read (a throwing getter),
         // or a runtime the cell broke: an answer that needs nothing the cell can reach.
-        writeSync(REPLIES, '{"status":"error","ename":"Error","evalue":"the code threw a value that cannot be described","traceback":[]}\n');
+        writeSync(REPLIES, '{"nonce":' + stringify(nonce) + ',"status":"error","ename":"Error","evalue":"the code threw a value that cannot be described","traceback":[]}\n');
       }
     }
   } finally {
@@ -281,4 +290,4 @@ async function drain() {
   }
 }
 
-reply({ status: "ready" });
+replyTo("ready", { status: "ready" });

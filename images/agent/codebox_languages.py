@@ -14,6 +14,7 @@ import codecs
 import fcntl
 import json
 import os
+import secrets
 import selectors
 import signal
 import subprocess
@@ -27,9 +28,16 @@ START_TIMEOUT_SECONDS = 30
 # A reply longer than this is not one the interpreter wrote for the agent.
 MAX_REPLY_BYTES = 16 << 20
 PIPE_BYTES = 1 << 20  # room for output written between calls, which nobody reads
+# The nonce of node's first line, which it writes before any cell can run.
+READY_NONCE = "ready"
 
-# bash reads each request (code, then a NUL) from fd $1 and answers its exit status on fd
-# $2. The cell is eval'd in a function with stdin from /dev/null (a command that reads stdin
+# Every request carries a nonce the agent makes for it, and only a reply line that begins
+# {"nonce":"<it>" answers it: user code can write to the reply pipe (it is the
+# interpreter's own fd), but it cannot know a later call's nonce, so it cannot answer a
+# later call for it. What else is on the pipe is dropped, before each request too.
+#
+# bash reads each request (its nonce, a NUL, the code, a NUL) from fd $1 and answers its
+# exit status on fd $2. The cell is eval'd in a function with stdin from /dev/null (a command that reads stdin
 # gets EOF) and no arguments; `declare` in it declares globals, as at a prompt. A SIGINT
 # sets a flag, and with extdebug a DEBUG trap that returns 2 returns from every function
 # level above the loop, so an interrupt stops the whole cell, loops and functions included.
@@ -40,12 +48,13 @@ alias declare='declare -g' typeset='typeset -g'
 __codebox_run() { eval "$__codebox_code"; }
 trap '__codebox_int=true' INT
 trap '[[ $__codebox_int == true && ${#FUNCNAME[@]} -gt 0 ]] && return 2; true' DEBUG
-while IFS= read -r -d '' -u "$1" __codebox_code; do
+while IFS= read -r -d '' -u "$1" __codebox_nonce && IFS= read -r -d '' -u "$1" __codebox_code; do
+  __codebox_nonce=${__codebox_nonce: -32}  # what a cell wrote into the pipe before it is not
   __codebox_int=false
   __codebox_run </dev/null
   __codebox_status=$?
   [[ $__codebox_int == true ]] && __codebox_status=130
-  printf '{"status": %d, "interrupted": %s}\n' "$__codebox_status" "$__codebox_int" >&"$2"
+  printf '{"nonce":"%s","status": %d, "interrupted": %s}\n' "$__codebox_nonce" "$__codebox_status" "$__codebox_int" >&"$2"
 done
 """
 
@@ -106,8 +115,9 @@ class Interpreter:
             os.set_blocking(fd, False)
         os.set_blocking(self.req_w, False)
         self.reply_buf = bytearray()
-        if self.language != "bash":  # node says when its context is ready
-            ready = self.exchange(b"", time.monotonic() + START_TIMEOUT_SECONDS)
+        self.dropped_replies = 0  # reply lines that answered no request
+        if self.language != "bash":  # node says when its context is ready (no cell ran yet)
+            ready = self.exchange(b"", READY_NONCE, time.monotonic() + START_TIMEOUT_SECONDS)
             if ready.get("status") != "ready":
                 raise Lost(f"the {self.language} interpreter did not start: {ready}")
         self.start_seconds = time.monotonic() - began
@@ -161,10 +171,23 @@ class Interpreter:
         except OSError:
             pass  # a full pipe already wakes the select
 
-    def exchange(self, payload, deadline=None):
-        """Writes payload to the child and waits for its next reply line, sending the
+    def drop_stale_replies(self):
+        """Drops what is on the reply pipe before a request: no request was waiting for it."""
+        self.reply_buf.clear()
+        for _ in range(256):
+            try:
+                if not os.read(self.rep_r, 65536):
+                    return
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+
+    def exchange(self, payload, nonce, deadline=None):
+        """Writes payload to the child and waits for the reply line of nonce, sending the
         child's output on meanwhile; raises Lost when the child ends, misbehaves, misses
         deadline, or outlives an interrupt's grace."""
+        mark = b'{"nonce":"' + nonce.encode() + b'"'
         view = memoryview(payload)
         sel = selectors.DefaultSelector()
         try:
@@ -180,9 +203,13 @@ class Interpreter:
                 if nl >= 0:
                     line = bytes(self.reply_buf[:nl])
                     del self.reply_buf[:nl + 1]
+                    at = line.find(mark)
+                    if at < 0:  # written by user code, not the interpreter for this request
+                        self.dropped_replies += 1
+                        continue
                     self.drain()
                     try:
-                        reply = json.loads(line)
+                        reply = json.loads(line[at:])
                     except (ValueError, RecursionError):
                         reply = None
                     if not isinstance(reply, dict):
@@ -205,7 +232,7 @@ class Interpreter:
                         # It exited; a job it left in the background may still hold the
                         # reply pipe open, so its end is not an EOF there.
                         self.drain()
-                        if b"\n" not in self.reply_buf:
+                        if mark not in self.reply_buf:
                             raise Lost(f"the {self.language} interpreter ended ({self.exit_status()})")
                         sel.unregister(self.pidfd)
                     elif key.fd == self.req_w:
@@ -262,11 +289,14 @@ class Interpreter:
                 self.start()
             else:
                 self.drain(deliver=False)  # output of timers between calls belongs to no call
+                self.drop_stale_replies()
+            nonce = secrets.token_hex(16)
             if self.language == "bash":
-                payload = code.replace("\0", "").encode("utf-8", "replace") + b"\0"
+                payload = nonce.encode() + b"\0" + code.replace("\0", "").encode("utf-8", "replace") + b"\0"
             else:
-                payload = json.dumps({"code": code, "typescript": typescript}).encode() + b"\n"
-            reply = self.exchange(payload)
+                payload = json.dumps({"nonce": nonce, "code": code, "typescript": typescript},
+                                     separators=(",", ":")).encode() + b"\n"
+            reply = self.exchange(payload, nonce)
         except BaseException:
             # Whatever went wrong, a child whose answer may still come must not answer
             # the next call: it goes, and that call starts a new one.

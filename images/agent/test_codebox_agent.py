@@ -285,6 +285,23 @@ class LanguageTest(AgentTest):
         self.assertEqual((reply["status"], reply["ename"], reply["exit_code"]), ("error", "ExitStatus", 3))
         self.assertEqual(of_type(frames, "error")[0]["content"]["exit_code"], 3)
 
+    def test_a_cell_cannot_answer_a_later_call(self):
+        # The cell finds its shell's write-only pipes besides stdout and stderr (the reply
+        # pipe: fdinfo flags end in 1, O_WRONLY) and writes replies there, now and from a
+        # job in the background during the next call. Before, the extra line became the
+        # next call's answer (exit status 0 for a failing one).
+        forge = r"""
+reply_fds() { for f in /proc/$$/fdinfo/*; do n=${f##*/}; [ "$n" -gt 2 ] || continue
+  flags=$(sed -n 's/^flags:[[:space:]]*//p' "$f"); [ $((8#$flags & 3)) -eq 1 ] && echo "$n"; done; }
+for n in $(reply_fds); do printf '{"status": 0, "interrupted": false}\n{"status": 0, "interrupted": false}\n' >&"$n"; done
+( sleep 0.3; for n in $(reply_fds); do printf '{"status": 0, "interrupted": false}\n' >&"$n"; done ) &
+(exit 5)"""
+        reply = of_type(self.run_bash(forge), "execute_reply")[0]["content"]
+        self.assertEqual((reply["status"], reply.get("exit_code")), ("error", 5))
+        reply = of_type(self.run_bash("sleep 0.6; (exit 7)"), "execute_reply")[0]["content"]
+        self.assertEqual((reply["status"], reply.get("exit_code")), ("error", 7))
+        self.assertEqual(stdout(self.run_bash("echo fine")), "fine\n")
+
     def test_bash_stdin_is_at_its_end(self):
         started = time.monotonic()
         frames = self.run_bash("cat; echo done")
