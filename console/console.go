@@ -124,6 +124,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd.Set("Content-Security-Policy", policy)
 	hd.Set("X-Content-Type-Options", "nosniff")
 	hd.Set("Referrer-Policy", "no-referrer")
+	// A tenant's links in an HTML output must not make the viewer's browser resolve names.
+	hd.Set("X-DNS-Prefetch-Control", "off")
 	hd.Set("Cross-Origin-Opener-Policy", "same-origin")
 	// Revalidated every time: an upgraded daemon's page shows at once, unchanged assets
 	// cost a 304.

@@ -34,7 +34,8 @@ before(async () => {
   page.on('console', (m) => {
     // The HTML output's frame refuses a tenant's script on purpose (see its test); the
     // console itself must refuse nothing of its own.
-    if (m.location().url.includes('/console/frame.html')) return;
+    const where = m.location().url;
+    if (where.includes('/console/frame.html') || where === 'about:srcdoc') return;
     if (m.type() === 'error' && /Content Security Policy|Refused/.test(m.text())) problems.push('console: ' + m.text() + ' at ' + m.location().url);
   });
 });
@@ -151,7 +152,7 @@ test('HTML output runs in a sandbox: no storage, no parent', async () => {
   </script>`;
   const cell = await run(`from IPython.display import HTML, display\ndisplay(HTML(${JSON.stringify(html)}))`);
   // By default the HTML shows, its scripts do not run.
-  const staticProbe = cell.frameLocator('iframe').locator('#probe');
+  const staticProbe = cell.frameLocator('iframe').frameLocator('iframe').locator('#probe');
   await staticProbe.waitFor(); // written at once with the script after it, which would have run
   assert.equal(await staticProbe.innerText(), 'script did not run');
   // Asked, they run, in an opaque origin: no storage, no parent, no cookie.
@@ -164,6 +165,32 @@ test('HTML output runs in a sandbox: no storage, no parent', async () => {
   for (const q of ['', '?scripts=1']) {
     const resp = await page.request.get(URL_ + '/console/frame.html' + q);
     assert.match(resp.headers()['content-security-policy'], /^sandbox allow-scripts;/);
+  }
+});
+
+test('HTML output cannot reach out: no refresh, prefetch, preconnect or base', async () => {
+  // A server of this test's counts every connection: nothing of a tenant's HTML may make
+  // the viewer's browser connect anywhere (a meta refresh or a link to a host carries
+  // data out even where CSP blocks fetches).
+  const hits = [];
+  const probe = http.createServer((req, res) => { hits.push(req.url); res.end('x'); });
+  probe.on('connection', () => hits.push('(connection)'));
+  await new Promise((r) => probe.listen(0, '127.0.0.1', r));
+  const at = `http://127.0.0.1:${probe.address().port}`;
+  try {
+    const html = `<head><base href="${at}/base/"><meta http-equiv="refresh" content="0;url=${at}/refresh?secret=1">
+      <link rel="preconnect" href="${at}"><link rel="dns-prefetch" href="${at}"><link rel="prefetch" href="${at}/prefetch">
+      <link rel="stylesheet" href="${at}/style.css"><link rel="preload" as="image" href="${at}/preload.png"></head>
+      <body><p id="shown">tenant html</p><a id="rel" href="relative">a link</a><img src="${at}/img.png"></body>`;
+    const cell = await run(`from IPython.display import HTML, display\ndisplay(HTML(${JSON.stringify(html)}))`);
+    const frame = cell.frameLocator('iframe').frameLocator('iframe');
+    await frame.locator('#shown').waitFor();
+    assert.equal(await frame.locator('#shown').innerText(), 'tenant html');
+    await page.waitForTimeout(2000); // a refresh or a prefetch would have gone by now
+    assert.deepEqual(hits, [], 'the HTML made the browser connect: ' + hits.join(', '));
+    assert.equal(await frame.locator('#shown').count(), 1, 'the frame navigated away');
+  } finally {
+    probe.close();
   }
 });
 
