@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	_ "embed"
@@ -117,6 +118,9 @@ type ServerConfig struct {
 	Console Console
 	// MCP, when set, serves the Model Context Protocol at /mcp, behind the token.
 	MCP MCP
+	// HeldBytes bounds the bytes of callers' requests the server holds at once (bodies being
+	// read, code queued or running); 0: DefaultHeldBytes.
+	HeldBytes int64
 	// TrustedProxies are the addresses of proxies (a load balancer) whose requests say in
 	// X-Forwarded-For where they come from; per-source bounds apply to that address.
 	TrustedProxies []netip.Prefix
@@ -146,6 +150,8 @@ type server struct {
 	failures *sampler
 	streams  streams
 	limits   streamLimits
+	// held bounds the bytes of callers' requests held at once (see budget).
+	held budget
 }
 
 // defaultWriteTimeout bounds writing an answer to a caller that reads slowly.
@@ -202,8 +208,12 @@ func NewHandler(b Backend, cfg ServerConfig) *Handler {
 	if cfg.BodyReadTimeout <= 0 {
 		cfg.BodyReadTimeout = time.Minute
 	}
+	if cfg.HeldBytes <= 0 {
+		cfg.HeldBytes = DefaultHeldBytes
+	}
 	s := &server{b: b, cfg: cfg, token: []byte(cfg.Token), log: cfg.Log,
-		failures: newSampler(cfg.Log, failureLogInterval, failureLogBurst), limits: currentStreamLimits()}
+		failures: newSampler(cfg.Log, failureLogInterval, failureLogBurst), limits: currentStreamLimits(),
+		held: budget{max: cfg.HeldBytes}}
 	handlers := map[string]handlerFunc{
 		"GET /healthz":         s.healthz,
 		"GET /openapi.json":    serveOpenAPI,
@@ -249,6 +259,8 @@ func NewHandler(b Backend, cfg ServerConfig) *Handler {
 			case http.MethodGet: // the session's event stream: open until the session ends
 				http.NewResponseController(w).SetWriteDeadline(time.Time{})
 			}
+			// What the SDK reads of the body is held like any other request's.
+			r.Body = chargedReadCloser{chargedBody{r.Body, chargeOf(r)}, r.Body}
 			cfg.MCP.ServeHTTP(w, r)
 			return nil
 		}, true)
@@ -314,6 +326,9 @@ func (s *server) wrap(h handlerFunc, auth bool) http.Handler {
 			rc.SetReadDeadline(start.Add(s.cfg.BodyReadTimeout))
 		}
 		rc.SetWriteDeadline(start.Add(defaultWriteTimeout))
+		held := &charge{b: &s.held}
+		defer held.release()
+		r = r.WithContext(withCharge(r.Context(), held))
 		var err error
 		switch {
 		case auth && !s.authorized(r):
@@ -450,20 +465,20 @@ var errEmptyBody = Errorf(http.StatusBadRequest, "request body is empty")
 // decodeJSON reads a bounded JSON body into v: 413 when too large, 400 when malformed,
 // 422 when a field has the wrong type.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
-	body := http.MaxBytesReader(w, r.Body, MaxJSONBody)
-	dec := json.NewDecoder(body)
-	err := dec.Decode(v)
+	data, err := readBody(w, r)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	err = dec.Decode(v)
 	if err == nil {
 		if _, terr := dec.Token(); terr != io.EOF {
 			return Errorf(http.StatusBadRequest, "request body must be one JSON object")
 		}
 		return nil
 	}
-	var maxErr *http.MaxBytesError
 	var typeErr *json.UnmarshalTypeError
 	switch {
-	case errors.As(err, &maxErr):
-		return Errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes", MaxJSONBody)
 	case errors.As(err, &typeErr):
 		return Errorf(http.StatusUnprocessableEntity, "field %q must be of type %s", typeErr.Field, typeErr.Type)
 	case errors.Is(err, io.EOF):
@@ -471,6 +486,40 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	default:
 		return Errorf(http.StatusBadRequest, "malformed JSON: %v", err)
 	}
+}
+
+// readBody reads a JSON body of at most MaxJSONBody bytes, charging the request's share of
+// the held-bytes budget twice what it holds (the body, and what is decoded from it) before
+// it holds it: a body announced by its Content-Length is charged before a byte is read, so
+// callers that announce large bodies and send them slowly are refused at once.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	c := chargeOf(r)
+	tooLarge := Errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes", MaxJSONBody)
+	if n := r.ContentLength; n >= 0 {
+		if n > MaxJSONBody {
+			return nil, tooLarge
+		}
+		if c != nil && !c.take(2*n) {
+			return nil, overBudget()
+		}
+		data := make([]byte, n)
+		if _, err := io.ReadFull(r.Body, data); err != nil {
+			return nil, Errorf(http.StatusBadRequest, "request body ended before its Content-Length")
+		}
+		return data, nil
+	}
+	var buf bytes.Buffer
+	_, err := buf.ReadFrom(chargedBody{http.MaxBytesReader(w, r.Body, MaxJSONBody), c})
+	var maxErr *http.MaxBytesError
+	switch {
+	case errors.As(err, &maxErr):
+		return nil, tooLarge
+	case errors.Is(err, errOverBudget):
+		return nil, overBudget()
+	case err != nil:
+		return nil, Errorf(http.StatusBadRequest, "reading the request body: %v", err)
+	}
+	return buf.Bytes(), nil
 }
 
 // decodeOptionalJSON is decodeJSON for a body that may be absent.

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 )
 
 type fakeBackend struct {
@@ -376,5 +378,70 @@ func TestClientIPBehindTrustedProxies(t *testing.T) {
 		if got := s.clientIP(r); got != c.want {
 			t.Errorf("peer %s, X-Forwarded-For %q: %s, want %s", c.peer, c.xff, got, c.want)
 		}
+	}
+}
+
+// blockingBackend holds each execute until release is closed.
+type blockingBackend struct {
+	fakeBackend
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingBackend) Execute(ctx context.Context, user string, req ExecuteRequest, out Output) error {
+	b.entered <- struct{}{}
+	<-b.release
+	return out.Reply(ctx, &ExecuteResponse{WorkerID: "w"}, nil)
+}
+
+// TestHeldBytesBudget: one budget bounds what the server holds of all callers' requests:
+// bodies held by calls in flight, and websocket calls' code. Past it, 503 with Retry-After;
+// given back when the calls end.
+func TestHeldBytesBudget(t *testing.T) {
+	b := &blockingBackend{entered: make(chan struct{}, 4), release: make(chan struct{})}
+	srv := httptest.NewServer(NewHandler(b, ServerConfig{Token: tok, MaxExecTimeout: time.Minute, HeldBytes: 2 << 20}))
+	t.Cleanup(srv.Close)
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			close(b.release)
+		}
+	})
+	big := `{"code": "` + strings.Repeat("x", 700<<10) + `"}`
+	first := make(chan int, 1)
+	go func() {
+		resp, _ := call(t, srv, "POST", "/api/v1/execute?user_uuid=a", big, map[string]string{"X-Auth-Token": tok})
+		first <- resp.StatusCode
+	}()
+	<-b.entered // the first call holds its 700 KiB
+	resp, body := call(t, srv, "POST", "/api/v1/execute?user_uuid=b", big, map[string]string{"X-Auth-Token": tok})
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !strings.Contains(body["detail"].(string), "holds as much") {
+		t.Fatalf("a second large body over the budget: %d %v", resp.StatusCode, body)
+	}
+	// A websocket call's code counts as well: read (held while it is handled), then queued
+	// (held until the call ends): 2 × 300 KiB fits beside the first call's 2 × 700 KiB, 3 × does
+	// not. A message that does not even fit closes the socket (1013).
+	conn, _, err := websocket.DefaultDialer.Dial(wsURL(srv, "c"), authHeader())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	send(t, conn, map[string]any{"type": "execute", "id": "w1", "code": strings.Repeat("y", 300<<10)})
+	if got := untilDone(t, conn, "w1"); got[len(got)-1].Status != DoneBusy || !strings.Contains(got[0].Evalue, "holds as much") {
+		t.Fatalf("a websocket call over the budget: %+v", got)
+	}
+	send(t, conn, map[string]any{"type": "execute", "id": "w2", "code": strings.Repeat("y", 400<<10)})
+	if ce := closeOf(t, conn); ce.Code != websocket.CloseTryAgainLater {
+		t.Fatalf("a websocket message over the budget: %v", ce)
+	}
+	close(b.release)
+	released = true
+	if code := <-first; code != 200 {
+		t.Fatalf("the first call: %d", code)
+	}
+	// Given back: both fit now, one after the other.
+	go func() { <-b.entered }()
+	if resp, _ := call(t, srv, "POST", "/api/v1/execute?user_uuid=b", big, map[string]string{"X-Auth-Token": tok}); resp.StatusCode != 200 {
+		t.Fatalf("after the first call ended: %d", resp.StatusCode)
 	}
 }

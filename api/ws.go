@@ -223,7 +223,7 @@ func (st *wsStream) serve() {
 // authenticate waits for the auth message of a socket whose request had no token.
 func (st *wsStream) authenticate() bool {
 	st.conn.SetReadDeadline(time.Now().Add(st.s.limits.auth))
-	data, err := st.readMessage(maxAuthMessage)
+	data, err := st.readMessage(maxAuthMessage, nil)
 	if err != nil {
 		var ne interface{ Timeout() bool }
 		if errors.As(err, &ne) && ne.Timeout() {
@@ -247,14 +247,25 @@ func (st *wsStream) authenticate() bool {
 func (st *wsStream) read() error {
 	for {
 		st.conn.SetReadDeadline(time.Now().Add(readIdle))
-		data, err := st.readMessage(maxStreamMessage)
+		// A message is held while it is read and handled; a call's code stays charged
+		// until the call ends (see execute and run).
+		msg := &charge{b: &st.s.held}
+		data, err := st.readMessage(maxStreamMessage, msg)
+		if errors.Is(err, errOverBudget) {
+			msg.release()
+			st.closeWith(websocket.CloseTryAgainLater, "codeboxd holds as much of callers' requests as it may: retry shortly")
+			return err
+		}
 		if err != nil {
+			msg.release()
 			return err
 		}
 		st.mu.Lock()
 		st.active = time.Now()
 		st.mu.Unlock()
-		if !st.handle(data) {
+		handled := st.handle(data)
+		msg.release()
+		if !handled {
 			st.closeWith(websocket.ClosePolicyViolation, "too many answers waiting: read the events")
 			return errors.New("client does not read")
 		}
@@ -263,14 +274,15 @@ func (st *wsStream) read() error {
 
 var errTooLarge = errors.New("message too large")
 
-// readMessage reads one text message of at most limit bytes; a larger one closes the
-// socket (1009) and a binary one is refused (1003).
-func (st *wsStream) readMessage(limit int64) ([]byte, error) {
+// readMessage reads one text message of at most limit bytes, taking what it reads from c
+// (nil: nothing taken); a larger one closes the socket (1009) and a binary one is refused
+// (1003).
+func (st *wsStream) readMessage(limit int64, c *charge) ([]byte, error) {
 	typ, r, err := st.conn.NextReader()
 	if err != nil {
 		return nil, err
 	}
-	data, err := io.ReadAll(io.LimitReader(r, limit+1))
+	data, err := io.ReadAll(io.LimitReader(chargedBody{r, c}, limit+1))
 	if err != nil {
 		return nil, err
 	}
@@ -375,6 +387,8 @@ func (st *wsStream) execute(m clientMessage) bool {
 		refuse = &Problem{Kind: Busy, Detail: fmt.Sprintf("%d calls are queued or running on this socket already", maxStreamCalls)}
 	case st.code+len(m.Code) > maxQueuedCode:
 		refuse = &Problem{Kind: Busy, Detail: fmt.Sprintf("the calls queued on this socket hold %d bytes of code already", st.code)}
+	case !st.s.held.take(int64(len(m.Code))): // given back when the call leaves the queue (run)
+		refuse = &Problem{Kind: Busy, Detail: "codeboxd holds as much of callers' requests as it may: retry shortly"}
 	default:
 		st.calls = append(st.calls, c)
 		st.code += len(m.Code)
@@ -446,6 +460,7 @@ func (st *wsStream) run() {
 		st.mu.Lock()
 		st.calls = slices.DeleteFunc(st.calls, func(q *wsCall) bool { return q == c })
 		st.code -= len(c.req.Code)
+		st.s.held.give(int64(len(c.req.Code)))
 		st.active = time.Now()
 		st.mu.Unlock()
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -195,4 +196,79 @@ func asCloseError(err error, ce **websocket.CloseError) bool {
 		*ce = e
 	}
 	return ok
+}
+
+// rssOf is a process's resident memory, bytes.
+func rssOf(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// TestHeldRequestBytesAreBounded: 40 callers with the key each send an execute body of
+// 8 MB, all but its last bytes, and stall. Each connection's own bound (8 MiB) held, but
+// nothing bounded them all: the daemon held them all at once. Now one budget
+// (--request-memory-mb, 64 here) does, and callers past it get 503 with Retry-After.
+func TestHeldRequestBytesAreBounded(t *testing.T) {
+	d := startDaemon(t, "--request-memory-mb", "64")
+	before := rssOf(t, d.cmd.Process.Pid)
+	const callers, size = 40, 8<<20 - 1024
+	body := `{"code": "` + strings.Repeat("x", size-12) + `"}`
+	var refused atomic.Int64
+	var wg sync.WaitGroup
+	conns := make(chan net.Conn, callers)
+	for i := 0; i < callers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", strings.TrimPrefix(d.url, "http://"))
+			if err != nil {
+				return
+			}
+			conns <- c
+			fmt.Fprintf(c, "POST /api/v1/execute?user_uuid=e2e-held-%d HTTP/1.1\r\nHost: codebox\r\nX-Auth-Token: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", i, d.token, len(body))
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			io.WriteString(c, body[:len(body)-100]) // all but the end: the body is never complete
+			// An answer before the body ends is a refusal.
+			c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err == nil {
+				if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "" {
+					refused.Add(1)
+				}
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	held := rssOf(t, d.cmd.Process.Pid)
+	close(conns)
+	for c := range conns {
+		c.Close()
+	}
+	t.Logf("%d callers stalling 8 MB bodies: %d refused (503); daemon RSS %d MiB before, %d MiB with the bodies held",
+		callers, refused.Load(), before>>20, held>>20)
+	if refused.Load() < callers-10 { // 64 MiB hold at most 8 of them
+		t.Errorf("only %d of %d callers were refused", refused.Load(), callers)
+	}
+	if growth := held - before; growth > 160<<20 {
+		t.Errorf("the daemon's RSS grew by %d MiB holding the bodies (budget 64 MiB)", growth>>20)
+	}
+	// Given back: a call goes through once they are gone.
+	eventually(t, 10*time.Second, "an execute after the stalled callers left", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r, err := d.client.Execute(ctx, "e2e-held-after", "1 + 1", 0)
+		return err == nil && r.ResultText != nil && *r.ResultText == "2"
+	})
 }

@@ -227,7 +227,7 @@ func serve(cfg config) error {
 		}})
 	handler := api.NewHandler(d, api.ServerConfig{Token: token, CORSOrigins: cfg.corsOrigins(), Log: log,
 		MaxFileBytes: int64(cfg.MaxFileMB) << 20, FileTimeout: cfg.FileTimeout, MaxExecTimeout: cfg.MaxExecTimeout,
-		Console: page, MCP: tools, TrustedProxies: trusted})
+		Console: page, MCP: tools, TrustedProxies: trusted, HeldBytes: int64(cfg.RequestMemoryMB) << 20})
 	srv := &http.Server{
 		Handler: handler,
 		// The handlers set the body and answer deadlines of each call (api.ServerConfig); the
