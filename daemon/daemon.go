@@ -176,7 +176,9 @@ func (d *Daemon) Close(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = d.destroy(ctx, w)
+			if !d.giveUp(ctx, w, "destroyed on stop") {
+				errs[i] = fmt.Errorf("worker %s could not be destroyed", w.id)
+			}
 		}()
 	}
 	wg.Wait()

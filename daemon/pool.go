@@ -171,7 +171,7 @@ func (d *Daemon) createForPool() {
 		// Recorded before it can serve anyone: a worker without a record is destroyed by
 		// the next codeboxd.
 		if rerr := d.assigned.set(w.id, record{State: stateIdle}); rerr != nil {
-			d.destroy(context.WithoutCancel(ctx), w)
+			d.giveUp(context.WithoutCancel(ctx), w, "could not record it")
 			w, err = nil, fmt.Errorf("record worker %s: %w", w.id, rerr)
 		}
 	}
@@ -198,7 +198,7 @@ func (d *Daemon) createForPool() {
 	d.failures = 0
 	if d.closing {
 		d.wg.Add(1)
-		go func() { defer d.wg.Done(); d.destroy(context.Background(), w) }()
+		go func() { defer d.wg.Done(); d.giveUp(context.Background(), w, "made while codeboxd stops") }()
 		return
 	}
 	d.workers[w.id] = w
@@ -212,79 +212,6 @@ func (d *Daemon) createForPool() {
 	d.refillLocked()
 }
 
-// removeLocked unregisters w (idle or not) and refills; the caller destroys it.
-func (d *Daemon) removeLocked(w *worker) bool {
-	if _, ok := d.workers[w.id]; !ok {
-		return false
-	}
-	delete(d.workers, w.id)
-	if i := slices.Index(d.idle, w); i >= 0 {
-		d.idle = slices.Delete(d.idle, i, i+1)
-	}
-	d.refillLocked()
-	return true
-}
-
-// retireLocked unregisters w and destroys it in the background (see retire).
-func (d *Daemon) retireLocked(w *worker, why string) {
-	if !d.removeLocked(w) {
-		return
-	}
-	d.log.Warn("worker retired", "worker", w.id, "reason", why)
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		d.bury(context.Background(), w)
-	}()
-}
-
-// retire unregisters w and destroys it (see bury).
-func (d *Daemon) retire(ctx context.Context, w *worker, why string) {
-	d.mu.Lock()
-	d.removeLocked(w)
-	d.mu.Unlock()
-	d.log.Info("worker retired", "worker", w.id, "reason", why)
-	d.bury(ctx, w)
-}
-
-// bury destroys a worker that must never serve again: it is recorded retired first, so
-// that if the destruction fails, no later codeboxd adopts it (another session's variables
-// and files are in it); a failed destruction is retried by the maintenance loop.
-func (d *Daemon) bury(ctx context.Context, w *worker) {
-	if err := d.assigned.set(w.id, record{State: stateRetired}); err != nil {
-		d.log.Error("could not record a worker retired", "worker", w.id, "err", err)
-	}
-	if err := d.destroy(ctx, w); err != nil {
-		d.mu.Lock()
-		d.graveyard[w.id] = w
-		d.mu.Unlock()
-		return
-	}
-	d.mu.Lock()
-	delete(d.graveyard, w.id)
-	delete(d.uidRanges, w.uidBase)
-	d.mu.Unlock()
-	if err := d.assigned.forget(w.id); err != nil {
-		d.log.Warn("session record", "err", err)
-	}
-}
-
-// rebury retries the destruction of workers whose destruction failed.
-func (d *Daemon) rebury() {
-	d.mu.Lock()
-	ws := make([]*worker, 0, len(d.graveyard))
-	for _, w := range d.graveyard {
-		ws = append(ws, w)
-	}
-	d.mu.Unlock()
-	for _, w := range ws {
-		if d.bg.Err() != nil {
-			return
-		}
-		d.bury(d.bg, w)
-	}
-}
-
 // onExit is called when a worker's task ends. An idle worker is replaced at once; a
 // session's worker is dealt with by the session's next call, which knows whether the
 // kernel died in its code (and restarts it) or the worker was lost.
@@ -294,7 +221,7 @@ func (d *Daemon) onExit(w *worker, l *life) {
 	if w.life != l || !slices.Contains(d.idle, w) {
 		return
 	}
-	d.retireLocked(w, "task exited while idle")
+	d.giveUpLocked(w, "task exited while idle")
 }
 
 // maintain health-checks idle workers and recycles sessions left unused, until Close.
@@ -335,7 +262,7 @@ func (d *Daemon) checkIdle() {
 		}
 		d.mu.Lock()
 		if slices.Contains(d.idle, w) {
-			d.retireLocked(w, "health check failed: "+err.Error())
+			d.giveUpLocked(w, "health check failed: "+err.Error())
 		}
 		d.mu.Unlock()
 	}

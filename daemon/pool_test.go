@@ -237,7 +237,7 @@ func TestCloseDestroysEverything(t *testing.T) {
 
 func TestSessionsSerialiseInArrivalOrder(t *testing.T) {
 	s := newSession("u")
-	_, done, err := s.acquire(context.Background())
+	_, done, err := s.takeTurn(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +248,7 @@ func TestSessionsSerialiseInArrivalOrder(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, done, err := s.acquire(context.Background())
+			_, done, err := s.takeTurn(context.Background())
 			if err != nil {
 				t.Error(err)
 				return

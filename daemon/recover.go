@@ -74,17 +74,14 @@ func (d *Daemon) Recover(ctx context.Context) error {
 		w, err := results[id].w, results[id].err
 		if err != nil {
 			d.log.Warn("worker not adopted; destroying it", "worker", id, "err", err)
-			if derr := d.destroyResources(ctx, id, labels[labelNetNS], d.logPath(id)); derr != nil {
+			w := &worker{id: id, nsPath: labels[labelNetNS], logPath: d.logPath(id), uidBase: uidBaseOf(labels)}
+			d.mu.Lock()
+			d.uidRanges[w.uidBase] = true
+			d.mu.Unlock()
+			if !d.giveUp(ctx, w, "not adopted") {
 				// Retried by the maintenance loop, and by the next start: its record says
 				// retired, and its resources are not swept from under it meanwhile.
-				d.log.Error("worker destroy failed", "worker", id, "err", derr)
-				d.assigned.set(id, record{State: stateRetired})
-				alive[id] = labels[labelNetNS]
-				d.mu.Lock()
-				base := uidBaseOf(labels)
-				d.graveyard[id] = &worker{id: id, nsPath: labels[labelNetNS], logPath: d.logPath(id), uidBase: base}
-				d.uidRanges[base] = true
-				d.mu.Unlock()
+				alive[id] = w.nsPath
 			}
 			continue
 		}
@@ -236,7 +233,7 @@ func (d *Daemon) assign(ctx context.Context, s *session) error {
 	}
 	if err := d.assigned.set(w.id, record{State: stateSession, User: s.user}); err != nil {
 		d.mu.Lock()
-		d.retireLocked(w, "could not record its session")
+		d.giveUpLocked(w, "could not record its session")
 		d.mu.Unlock()
 		return &api.Problem{Kind: api.Busy, RetryAfter: retryAfter,
 			Detail: "could not start a worker", Cause: fmt.Errorf("assign worker %s: %w", w.id, err)}

@@ -110,13 +110,11 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 			d.metrics.creates.WithLabelValues("error").Inc()
 		}
 		if err != nil {
-			if w.life != nil {
-				w.life.kernel.Close()
-			}
-			if derr := d.destroyResources(context.WithoutCancel(ctx), w.id, w.nsPath, w.logPath); derr != nil {
-				err = errors.Join(err, derr)
-			} else {
-				d.freeUIDRange(w.uidBase)
+			// Not registered, and never recorded but as retired: the next codeboxd
+			// destroys what a failed destruction leaves, and meanwhile the maintenance loop
+			// tries again.
+			if !d.giveUp(context.WithoutCancel(ctx), w, "its creation failed") {
+				err = fmt.Errorf("%w (and its destruction failed; retried)", err)
 			}
 		}
 	}()
@@ -189,13 +187,6 @@ func (d *Daemon) takeUIDRange() (uint32, error) {
 		}
 	}
 	return 0, errors.New("no free host uid range for a worker")
-}
-
-// freeUIDRange gives back a destroyed worker's range.
-func (d *Daemon) freeUIDRange(base uint32) {
-	d.mu.Lock()
-	delete(d.uidRanges, base)
-	d.mu.Unlock()
 }
 
 // errAgentExited: the agent's task ended before it answered.
