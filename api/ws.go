@@ -439,7 +439,7 @@ func (st *wsStream) run() {
 				err = errNotReading
 			}
 		case c != nil:
-			err = st.execute1(c)
+			err = st.runCall(c)
 		case draining:
 			st.box.note(Event{Type: closeEvent})
 			return
@@ -466,9 +466,9 @@ func (st *wsStream) run() {
 	}
 }
 
-// execute1 runs one call through the backend, which answers it; a backend that returns
+// runCall runs one call through the backend, which answers it; a backend that returns
 // without answering, or panics, still gives the call its done.
-func (st *wsStream) execute1(c *wsCall) (err error) {
+func (st *wsStream) runCall(c *wsCall) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			st.s.log.Error("stream call panic", "user", st.user, "panic", v)

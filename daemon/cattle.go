@@ -30,10 +30,10 @@ const (
 // mishap is what a call found wrong, with what cattle needs to deal with it.
 type mishap struct {
 	what    mishapKind
-	life    *life         // the task the call ran on
+	inst    *instance     // the task the call ran on
 	partial *agent.Result // what the call produced before it failed
 	// For timedOut: the call to interrupt, its limit and language.
-	call     kernelCall
+	call     agentCall
 	timeout  time.Duration
 	language string
 }
@@ -41,25 +41,25 @@ type mishap struct {
 // cattle deals with the worker of session s (whose turn the caller holds) after m, and
 // returns the call's answer. Its cases are the rows of ARCHITECTURE's cattle table, in order.
 func (d *Daemon) cattle(ctx context.Context, s *session, m mishap) error {
-	w, l := s.worker, m.life
+	w, in := s.worker, m.inst
 	var (
 		stopped, languageLost bool // timedOut: the kernel came back idle; a language was killed
 		exited                bool // connectionLost: the task ended
 	)
 	switch m.what {
 	case timedOut:
-		m.partial, stopped = d.interruptWithin(ctx, s, l, m.call)
+		m.partial, stopped = d.interruptWithin(ctx, s, in, m.call)
 		// The agent kills a language interpreter that outlives its interrupt and says so:
 		// that language's state is lost, the worker and the other languages' are not.
 		languageLost = stopped && m.partial != nil && m.partial.StateLost
 	case connectionLost:
-		if d.isClosing() && !l.hasExited() {
+		if d.isClosing() && !in.hasExited() {
 			// Close dropped the connection, not the worker: it stays for the next codeboxd.
 			return &api.Problem{Kind: api.Busy, RetryAfter: retryAfter,
 				Detail: "codeboxd is restarting; the session and its worker are kept, retry shortly",
 				Fields: partialFields(w.id, m.partial, map[string]any{"files_kept": true})}
 		}
-		exited = d.waitExit(l)
+		exited = d.waitExit(in)
 	}
 	timeoutDetail := fmt.Sprintf("execution exceeded %g seconds and was interrupted", m.timeout.Seconds())
 
@@ -93,8 +93,8 @@ func (d *Daemon) cattle(ctx context.Context, s *session, m mishap) error {
 	// The connection dropped and the task exited (the memory limit, os._exit): a new task in
 	// the same container, so the files on /sandbox stay.
 	case m.what == connectionLost && exited:
-		why := fmt.Sprintf("exit status %d", l.exitCode)
-		if l.exitCode == 128+uint32(syscall.SIGKILL) {
+		why := fmt.Sprintf("exit status %d", in.exitCode)
+		if in.exitCode == 128+uint32(syscall.SIGKILL) {
 			why = "killed, most likely by the memory limit"
 		}
 		restartCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), agentStartTimeout)
@@ -114,8 +114,8 @@ func (d *Daemon) cattle(ctx context.Context, s *session, m mishap) error {
 	// The connection dropped and the task runs on: the worker is unreachable, or it sent
 	// frames outside a call. It is destroyed.
 	case m.what == connectionLost:
-		why := "kernel connection lost"
-		if errors.Is(l.kernel.Err(), agent.ErrMisbehaved) {
+		why := "agent connection lost"
+		if errors.Is(in.agent.Err(), agent.ErrMisbehaved) {
 			why = "the worker sent frames outside a call"
 		}
 		d.dropWorker(ctx, s, why)
@@ -128,32 +128,32 @@ func (d *Daemon) cattle(ctx context.Context, s *session, m mishap) error {
 	default: // exitedBetweenCalls
 		d.dropWorker(ctx, s, "task exited between calls")
 		return &api.Problem{Kind: api.Lost,
-			Detail: fmt.Sprintf("this session's worker stopped (exit status %d) since its last call; its state is lost and the next call starts afresh", l.exitCode),
+			Detail: fmt.Sprintf("this session's worker stopped (exit status %d) since its last call; its state is lost and the next call starts afresh", in.exitCode),
 			Fields: map[string]any{"worker_id": w.id, "files_kept": false}}
 	}
 }
 
 // interruptWithin interrupts a call out of time until its kernel is idle again or the
 // interrupt grace passes (a release meanwhile cuts the grace short). stopped: it came back.
-func (d *Daemon) interruptWithin(ctx context.Context, s *session, l *life, call kernelCall) (res *agent.Result, stopped bool) {
+func (d *Daemon) interruptWithin(ctx context.Context, s *session, in *instance, call agentCall) (res *agent.Result, stopped bool) {
 	graceCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), interruptGrace)
 	defer cancel()
 	stop := context.AfterFunc(s.ended, cancel)
 	defer stop()
-	res, err := d.interrupt(graceCtx, s.worker.id, l.task, call)
+	res, err := d.interrupt(graceCtx, s.worker.id, in.task, call)
 	return res, err == nil
 }
 
 // waitExit says whether a task whose connection dropped has exited: the kernel died, or
 // the worker is unreachable. A connection the worker broke by misbehaving is not waited for.
-func (d *Daemon) waitExit(l *life) bool {
-	if !errors.Is(l.kernel.Err(), agent.ErrMisbehaved) {
+func (d *Daemon) waitExit(in *instance) bool {
+	if !errors.Is(in.agent.Err(), agent.ErrMisbehaved) {
 		select {
-		case <-l.exited:
+		case <-in.exited:
 		case <-time.After(exitGrace):
 		}
 	}
-	return l.hasExited()
+	return in.hasExited()
 }
 
 func (d *Daemon) isClosing() bool {

@@ -63,9 +63,9 @@ func TestCattle(t *testing.T) {
 			want: want{kind: api.Timeout, fields: map[string]any{"state_preserved": false}, same: true}},
 		{name: "code runs past its limit, ignores SIGINT", code: "ignores-sigint", timeout: 0.05,
 			want: want{kind: api.Timeout, fields: map[string]any{"state_preserved": false}, destroyed: true, fresh: true}},
-		{name: "kernel connection drops, task exited (memory limit)", code: "dies",
+		{name: "agent connection drops, task exited (memory limit)", code: "dies",
 			want: want{kind: api.Lost, fields: map[string]any{"kernel_restarted": true, "files_kept": true}, restarted: true, same: true, fresh: true}},
-		{name: "kernel connection drops, task still running", code: "drops",
+		{name: "agent connection drops, task still running", code: "drops",
 			want: want{kind: api.Lost, fields: map[string]any{"files_kept": false}, destroyed: true, fresh: true}},
 		{name: "the worker sent frames outside a call", code: "misbehaves",
 			want: want{kind: api.Lost, fields: map[string]any{"files_kept": false}, destroyed: true, fresh: true}},
@@ -172,9 +172,9 @@ func TestRecoverDecisions(t *testing.T) {
 	// carol's worker still runs a call the earlier codeboxd left: it answers once
 	// interrupted.
 	busy := fw.worker("w-busy")
-	busy.kernel.busy.Store(true)
+	busy.agent.busy.Store(true)
 	busy.task.mu.Lock()
-	busy.task.onSignal = func(syscall.Signal) { busy.kernel.busy.Store(false) }
+	busy.task.onSignal = func(syscall.Signal) { busy.agent.busy.Store(false) }
 	busy.task.mu.Unlock()
 	busyAfter = 200 * time.Millisecond
 	t.Cleanup(func() { busyAfter = busyAfterWas })

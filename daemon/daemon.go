@@ -30,7 +30,7 @@ type Daemon struct {
 	rt       containers
 	net      network
 	disks    disks
-	dialer   dialKernel
+	dialer   dialAgentFunc
 	image    *runtime.Image
 	xfer     *transfer.Client
 	metrics  *metrics
@@ -88,7 +88,7 @@ type parts struct {
 	rt    containers
 	net   network
 	disks disks
-	dial  dialKernel
+	dial  dialAgentFunc
 	image *runtime.Image
 }
 
@@ -163,8 +163,8 @@ func (d *Daemon) Close(ctx context.Context) error {
 
 	if !d.cfg.DestroyOnStop {
 		for _, w := range ws {
-			if w.life != nil {
-				w.life.kernel.Close()
+			if w.current != nil {
+				w.current.agent.Close()
 			}
 		}
 		d.log.Info("workers left running for the next codeboxd", "workers", len(ws))

@@ -61,11 +61,11 @@ type disks interface {
 	MountPoint(id string) string
 }
 
-// kernel is the connection to a worker's kernel agent (agent.Client).
-type kernel interface {
+// agentConn is the connection to a worker's agentConn agent (agent.Client).
+type agentConn interface {
 	// Start sends code for language's interpreter ("" is Python); the caller finishes the
 	// call. sink, when not nil, gets the call's output as it arrives (it must not block).
-	Start(code, language string, sink func(agent.Event)) (kernelCall, error)
+	Start(code, language string, sink func(agent.Event)) (agentCall, error)
 	// Check proves the kernel runs code.
 	Check(ctx context.Context) error
 	// Err is nil while the connection is usable.
@@ -73,14 +73,14 @@ type kernel interface {
 	Close() error
 }
 
-// kernelCall is an execute in flight.
-type kernelCall interface {
+// agentCall is an execute in flight.
+type agentCall interface {
 	Wait(ctx context.Context) (*agent.Result, error)
 	Finish()
 }
 
-// dialKernel connects to a worker's agent.
-type dialKernel func(ctx context.Context, url, token string) (kernel, error)
+// dialAgentFunc connects to a worker's agent.
+type dialAgentFunc func(ctx context.Context, url, token string) (agentConn, error)
 
 // containerd adapts runtime.Runtime to containers.
 type containerd struct{ *runtime.Runtime }
@@ -109,10 +109,10 @@ func (c containerd) Adopt(ctx context.Context, id string) (*adopted, error) {
 	return &adopted{env: a.Env, created: a.Created, task: a.Task}, nil
 }
 
-// agentKernel adapts agent.Client to kernel.
-type agentKernel struct{ *agent.Client }
+// agentClient adapts agent.Client to agentConn.
+type agentClient struct{ *agent.Client }
 
-func (k agentKernel) Start(code, language string, sink func(agent.Event)) (kernelCall, error) {
+func (k agentClient) Start(code, language string, sink func(agent.Event)) (agentCall, error) {
 	c, err := k.Client.Start(code, language, sink)
 	if err != nil {
 		return nil, err
@@ -120,10 +120,10 @@ func (k agentKernel) Start(code, language string, sink func(agent.Event)) (kerne
 	return c, nil
 }
 
-func dialAgent(ctx context.Context, url, token string) (kernel, error) {
+func dialAgent(ctx context.Context, url, token string) (agentConn, error) {
 	c, err := agent.Dial(ctx, url, token, agent.Options{})
 	if err != nil {
 		return nil, err
 	}
-	return agentKernel{c}, nil
+	return agentClient{c}, nil
 }

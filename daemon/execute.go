@@ -99,9 +99,9 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code, language strin
 		newSession = true
 	}
 	w := s.worker
-	l := w.life // only the holder of the turn replaces it
-	if l.hasExited() {
-		return nil, d.cattle(ctx, s, mishap{what: exitedBetweenCalls, life: l})
+	in := w.current // only the holder of the turn replaces it
+	if in.hasExited() {
+		return nil, d.cattle(ctx, s, mishap{what: exitedBetweenCalls, inst: in})
 	}
 
 	if err := ctx.Err(); err != nil { // the caller left (or interrupted) before the code was sent
@@ -112,15 +112,15 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code, language strin
 	if st != nil {
 		sink = func(e agent.Event) { st.Stream(streamEvent(e)) }
 	}
-	call, err := l.kernel.Start(code, language, sink)
+	call, err := in.agent.Start(code, language, sink)
 	if err != nil {
-		return nil, d.cattle(ctx, s, mishap{what: connectionLost, life: l})
+		return nil, d.cattle(ctx, s, mishap{what: connectionLost, inst: in})
 	}
 	defer call.Finish()
 	s.fresh = false
 	var intr *interrupter
 	if st != nil {
-		intr = &interrupter{task: l.task, log: d.log.With("worker", w.id)}
+		intr = &interrupter{task: in.task, log: d.log.With("worker", w.id)}
 		st.Started(intr.interrupt)
 	}
 	execCtx, cancel := context.WithTimeout(ctx, timeout)
@@ -137,7 +137,7 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code, language strin
 		resp.Interrupted = intr.stopped(resp)
 		return resp, nil
 	case errors.Is(err, agent.ErrClosed):
-		return nil, d.cattle(ctx, s, mishap{what: connectionLost, life: l, partial: res})
+		return nil, d.cattle(ctx, s, mishap{what: connectionLost, inst: in, partial: res})
 	case errors.Is(context.Cause(ctx), errReleased):
 		// Release destroys the worker as soon as this call gives the session back.
 		return nil, &api.Problem{Kind: api.Lost,
@@ -146,7 +146,7 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code, language strin
 	}
 
 	// Out of time, or the caller went away.
-	return nil, d.cattle(ctx, s, mishap{what: timedOut, life: l, call: call, timeout: timeout, language: language})
+	return nil, d.cattle(ctx, s, mishap{what: timedOut, inst: in, call: call, timeout: timeout, language: language})
 }
 
 // interruptEvery is how often a kernel that has not stopped is sent SIGINT again.
@@ -155,7 +155,7 @@ var interruptEvery = 250 * time.Millisecond
 // interrupt sends SIGINT until the kernel is idle or ctx ends. Once is not always enough: a
 // signal that lands as the code is sent, before the agent runs it, is ignored (the agent
 // never interrupts itself), and the code would run on.
-func (d *Daemon) interrupt(ctx context.Context, workerID string, t task, call kernelCall) (*agent.Result, error) {
+func (d *Daemon) interrupt(ctx context.Context, workerID string, t task, call agentCall) (*agent.Result, error) {
 	for {
 		if err := t.Signal(syscall.SIGINT); err != nil {
 			d.log.Warn("interrupt failed", "worker", workerID, "err", err)

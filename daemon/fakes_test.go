@@ -47,10 +47,10 @@ type fakeWorld struct {
 
 // fakeWorker is one container: its task and its kernel.
 type fakeWorker struct {
-	id     string
-	ip     string
-	task   *fakeTask
-	kernel *fakeKernel
+	id    string
+	ip    string
+	task  *fakeTask
+	agent *fakeAgent
 }
 
 func newWorld(t *testing.T) *fakeWorld {
@@ -107,25 +107,25 @@ func (fw *fakeWorld) wasDestroyed(id string) bool {
 func (fw *fakeWorld) newTask(w *fakeWorker) *fakeTask {
 	t := &fakeTask{exited: make(chan runtime.Exit, 1), done: make(chan struct{})}
 	w.task = t
-	w.kernel = &fakeKernel{task: t}
+	w.agent = &fakeAgent{task: t}
 	return t
 }
 
-func (fw *fakeWorld) dial(ctx context.Context, url, token string) (kernel, error) {
+func (fw *fakeWorld) dial(ctx context.Context, url, token string) (agentConn, error) {
 	ip := strings.TrimPrefix(url, "ws://")
 	ip, _, _ = net.SplitHostPort(strings.Split(ip, "/")[0])
 	fw.mu.Lock()
 	w := fw.byIP[ip]
 	fw.mu.Unlock()
-	if w == nil || w.kernel == nil {
+	if w == nil || w.agent == nil {
 		return nil, errors.New("no agent listens")
 	}
-	if w.kernel.busy.Load() {
+	if w.agent.busy.Load() {
 		<-ctx.Done() // its main thread runs user code: no handshake
 		return nil, ctx.Err()
 	}
-	w.kernel.open()
-	return w.kernel, nil
+	w.agent.open()
+	return w.agent, nil
 }
 
 // fakeTask is a worker's task: it exits when told, and takes signals.
@@ -183,7 +183,7 @@ func (t *fakeTask) exitedAlready() bool {
 	}
 }
 
-// fakeKernel runs "code" that the tests name:
+// fakeAgent runs "code" that the tests name:
 //
 //	ok                the call completes
 //	stops-on-sigint   runs until SIGINT, then ends with KeyboardInterrupt
@@ -193,7 +193,7 @@ func (t *fakeTask) exitedAlready() bool {
 //	streams           prints two lines as it runs, then completes
 //	dies              the task exits (137) and the connection drops
 //	drops             the connection drops; the task lives on
-type fakeKernel struct {
+type fakeAgent struct {
 	task *fakeTask
 	busy atomic.Bool // a call of an earlier daemon's runs: no handshake until SIGINT
 
@@ -203,14 +203,14 @@ type fakeKernel struct {
 	count  int
 }
 
-func (k *fakeKernel) open() {
+func (k *fakeAgent) open() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.closed = make(chan struct{})
 	k.err = nil
 }
 
-func (k *fakeKernel) closeWith(err error) {
+func (k *fakeAgent) closeWith(err error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.err == nil {
@@ -221,25 +221,25 @@ func (k *fakeKernel) closeWith(err error) {
 	}
 }
 
-func (k *fakeKernel) Err() error {
+func (k *fakeAgent) Err() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.err
 }
 
-func (k *fakeKernel) Close() error {
+func (k *fakeAgent) Close() error {
 	k.closeWith(agent.ErrClosed)
 	return nil
 }
 
-func (k *fakeKernel) Check(ctx context.Context) error {
+func (k *fakeAgent) Check(ctx context.Context) error {
 	if err := k.Err(); err != nil {
 		return err
 	}
 	return nil
 }
 
-func (k *fakeKernel) Start(code, language string, sink func(agent.Event)) (kernelCall, error) {
+func (k *fakeAgent) Start(code, language string, sink func(agent.Event)) (agentCall, error) {
 	if err := k.Err(); err != nil {
 		return nil, err
 	}
@@ -383,8 +383,8 @@ func (c fakeContainers) Destroy(ctx context.Context, id string) error {
 	fw.destroyed = append(fw.destroyed, id)
 	fw.mu.Unlock()
 	if w != nil {
-		if w.kernel != nil {
-			w.kernel.Close()
+		if w.agent != nil {
+			w.agent.Close()
 		}
 		w.task.stop()
 	}

@@ -81,8 +81,8 @@ func (d *Daemon) finish(ctx context.Context, w *worker) bool {
 	return true
 }
 
-// rebury tries again to destroy the workers whose destruction failed.
-func (d *Daemon) rebury() {
+// retryGraveyard tries again to destroy the workers whose destruction failed.
+func (d *Daemon) retryGraveyard() {
 	d.mu.Lock()
 	ws := make([]*worker, 0, len(d.graveyard))
 	for _, w := range d.graveyard {

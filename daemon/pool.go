@@ -40,9 +40,9 @@ func errAtCap(max int) error {
 		Detail: fmt.Sprintf("all workers are busy (max-total-workers is %d); retry later", max)}
 }
 
-// acquire takes a worker for a new session: an idle one at once; else, with room under the
+// takeWorker takes a worker for a new session: an idle one at once; else, with room under the
 // cap, the next one created; else a 503.
-func (d *Daemon) acquire(ctx context.Context) (*worker, error) {
+func (d *Daemon) takeWorker(ctx context.Context) (*worker, error) {
 	d.mu.Lock()
 	if d.closing {
 		d.mu.Unlock()
@@ -215,10 +215,10 @@ func (d *Daemon) createForPool() {
 // onExit is called when a worker's task ends. An idle worker is replaced at once; a
 // session's worker is dealt with by the session's next call, which knows whether the
 // kernel died in its code (and restarts it) or the worker was lost.
-func (d *Daemon) onExit(w *worker, l *life) {
+func (d *Daemon) onExit(w *worker, in *instance) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if w.life != l || !slices.Contains(d.idle, w) {
+	if w.current != in || !slices.Contains(d.idle, w) {
 		return
 	}
 	d.giveUpLocked(w, "task exited while idle")
@@ -237,7 +237,7 @@ func (d *Daemon) maintain() {
 			return
 		case <-health.C:
 			d.checkIdle()
-			d.rebury()
+			d.retryGraveyard()
 		case <-recycle.C:
 			d.recycleSessions()
 		}
@@ -248,14 +248,14 @@ func (d *Daemon) maintain() {
 func (d *Daemon) checkIdle() {
 	d.mu.Lock()
 	idle := slices.Clone(d.idle)
-	lives := make([]*life, len(idle))
+	lives := make([]*instance, len(idle))
 	for i, w := range idle {
-		lives[i] = w.life
+		lives[i] = w.current
 	}
 	d.mu.Unlock()
 	for i, w := range idle {
 		ctx, cancel := context.WithTimeout(d.bg, healthTimeout)
-		err := lives[i].kernel.Check(ctx)
+		err := lives[i].agent.Check(ctx)
 		cancel()
 		if err == nil || d.bg.Err() != nil {
 			continue

@@ -90,7 +90,7 @@ func TestPrewarmAndTake(t *testing.T) {
 	if st.IsInitializing || st.TotalWorkers != 3 || st.BusyWorkers != 0 || st.CreatingWorkers != 0 || st.IdleWorkersInPool != 3 {
 		t.Fatalf("after pre-warm: %+v", st)
 	}
-	w, err := d.acquire(context.Background())
+	w, err := d.takeWorker(context.Background())
 	if err != nil || w == nil {
 		t.Fatal(err)
 	}
@@ -105,11 +105,11 @@ func TestCapIs503WithRetryAfter(t *testing.T) {
 	d := testDaemon(t, 0, 2, f)
 	d.Start()
 	for i := 0; i < 2; i++ {
-		if _, err := d.acquire(context.Background()); err != nil {
+		if _, err := d.takeWorker(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err := d.acquire(context.Background())
+	_, err := d.takeWorker(context.Background())
 	var ae *api.Problem
 	if !errors.As(err, &ae) || ae.Kind != api.Busy || ae.RetryAfter <= 0 {
 		t.Fatalf("at the cap: %v", err)
@@ -121,7 +121,7 @@ func TestWaiterGetsTheNextWorkerAndCancelReturnsIt(t *testing.T) {
 	d := testDaemon(t, 0, 3, f)
 	d.Start()
 	got := make(chan error, 1)
-	go func() { _, err := d.acquire(context.Background()); got <- err }()
+	go func() { _, err := d.takeWorker(context.Background()); got <- err }()
 	waitFor(t, "creation for the waiter", func() bool { return d.Status().CreatingWorkers == 1 })
 	if st := d.Status(); st.TotalWorkers != 1 || st.IdleWorkers != 0 {
 		t.Fatalf("while creating: %+v", st)
@@ -133,7 +133,7 @@ func TestWaiterGetsTheNextWorkerAndCancelReturnsIt(t *testing.T) {
 
 	// A waiter that gives up does not lose the worker made for it.
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() { _, err := d.acquire(ctx); got <- err }()
+	go func() { _, err := d.takeWorker(ctx); got <- err }()
 	waitFor(t, "second creation", func() bool { return d.Status().CreatingWorkers == 1 })
 	cancel()
 	if err := <-got; err == nil {
@@ -148,13 +148,13 @@ func TestFailedCreationFailsTheWaiter(t *testing.T) {
 	f.fail.Store(true)
 	d := testDaemon(t, 0, 3, f)
 	d.Start()
-	_, err := d.acquire(context.Background())
+	_, err := d.takeWorker(context.Background())
 	var ae *api.Problem
 	if !errors.As(err, &ae) || ae.Kind != api.Busy || ae.Detail != "could not start a worker" {
 		t.Fatalf("err = %v", err)
 	}
 	f.fail.Store(false)
-	if _, err := d.acquire(context.Background()); err != nil {
+	if _, err := d.takeWorker(context.Background()); err != nil {
 		t.Fatalf("after the failure cleared: %v", err)
 	}
 }
@@ -183,7 +183,7 @@ func TestConcurrentAcquiresNeverExceedTheCap(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := d.acquire(context.Background()); err == nil {
+			if _, err := d.takeWorker(context.Background()); err == nil {
 				ok.Add(1)
 			} else {
 				refused.Add(1)
@@ -221,7 +221,7 @@ func TestCloseDestroysEverything(t *testing.T) {
 	d.cfg.DestroyOnStop = true
 	d.Start()
 	waitFor(t, "pre-warm", func() bool { return d.Status().IdleWorkers == 3 })
-	d.acquire(context.Background())
+	d.takeWorker(context.Background())
 	if err := d.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +230,7 @@ func TestCloseDestroysEverything(t *testing.T) {
 	if f.destroyed != f.made {
 		t.Fatalf("made %d, destroyed %d", f.made, f.destroyed)
 	}
-	if _, err := d.acquire(context.Background()); err == nil {
+	if _, err := d.takeWorker(context.Background()); err == nil {
 		t.Fatal("acquire after Close succeeded")
 	}
 }

@@ -124,9 +124,9 @@ func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string)
 		return nil, errors.New("its disk is not mounted")
 	}
 	deadline := time.Now().Add(adoptTimeout)
-	l := d.watch(w, a.task)
+	in := d.watch(w, a.task)
 	first, cancel := context.WithTimeout(ctx, busyAfter)
-	err = d.dial(first, w, l)
+	err = d.dial(first, w, in)
 	cancel()
 	if err != nil && !errors.Is(err, errAgentExited) {
 		// A call the earlier codeboxd left may still run: interrupt it, as its timeout
@@ -137,12 +137,12 @@ func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string)
 		}
 		rest, cancel := context.WithDeadline(ctx, deadline)
 		defer cancel()
-		err = d.dial(rest, w, l)
+		err = d.dial(rest, w, in)
 	}
 	if err != nil {
 		return nil, err
 	}
-	w.life = l
+	w.current = in
 	return w, nil
 }
 
@@ -227,7 +227,7 @@ func (d *Daemon) sweep(ctx context.Context, alive map[string]string) error {
 
 // assign gives session s a worker from the pool, recorded (see assignments) first.
 func (d *Daemon) assign(ctx context.Context, s *session) error {
-	w, err := d.acquire(ctx)
+	w, err := d.takeWorker(ctx)
 	if err != nil {
 		return err
 	}

@@ -117,7 +117,7 @@ func TestDestroyBeforeForget(t *testing.T) {
 		t.Fatalf("the retired worker is back in the pool: %+v", st)
 	}
 	f.failDestroy.Store(false)
-	d.rebury()
+	d.retryGraveyard()
 	if _, ok := d.assigned.get(w.id); ok {
 		t.Fatal("the record stays after the destruction succeeded")
 	}

@@ -46,7 +46,7 @@ const (
 	maxUIDRanges = (0x7FFE0000 - firstUIDBase) / runtime.IDRange
 )
 
-// worker is one container with its network, disk and kernel connection.
+// worker is one container with its network, disk and agent connection.
 type worker struct {
 	id      string
 	ip      net.IP
@@ -58,23 +58,24 @@ type worker struct {
 	// namespaces, whose user is host uid 1000).
 	uidBase uint32
 
-	// life is the current task and kernel connection; a kernel restart replaces it.
+	// current is the current task and agent connection; a kernel restart replaces it.
 	// Written under Daemon.mu by the holder of the worker's session turn.
-	life *life
+	current *instance
 }
 
-// life is one task of a worker and the kernel connection to it.
-type life struct {
-	task   task
-	kernel kernel
+// instance is one run of a worker: its task and the agent connection to it. A kernel
+// restart (a new task in the same container) makes a new one.
+type instance struct {
+	task  task
+	agent agentConn
 	// exited is closed when the task has ended; exitCode is valid after that.
 	exited   chan struct{}
 	exitCode uint32
 }
 
-func (l *life) hasExited() bool {
+func (in *instance) hasExited() bool {
 	select {
-	case <-l.exited:
+	case <-in.exited:
 		return true
 	default:
 		return false
@@ -166,7 +167,7 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 	}
 	started := time.Now()
 
-	if w.life, err = d.connect(ctx, w, task); err != nil {
+	if w.current, err = d.connect(ctx, w, task); err != nil {
 		return nil, fmt.Errorf("worker %s: %w", w.id, err)
 	}
 	d.log.Info("worker created", "worker", w.id, "ip", w.ip.String(),
@@ -194,32 +195,32 @@ var errAgentExited = errors.New("agent exited")
 
 // connect watches task and dials its agent until the kernel executes code, the task exits,
 // or the start timeout passes. The agent needs a moment to import IPython before it listens.
-func (d *Daemon) connect(ctx context.Context, w *worker, t task) (*life, error) {
-	l := d.watch(w, t)
-	if err := d.dial(ctx, w, l); err != nil {
+func (d *Daemon) connect(ctx context.Context, w *worker, t task) (*instance, error) {
+	in := d.watch(w, t)
+	if err := d.dial(ctx, w, in); err != nil {
 		return nil, err
 	}
-	return l, nil
+	return in, nil
 }
 
-// watch makes the life of task: its exit closes l.exited and reaches onExit.
-func (d *Daemon) watch(w *worker, t task) *life {
-	l := &life{task: t, exited: make(chan struct{})}
+// watch makes the instance of task: its exit closes in.exited and reaches onExit.
+func (d *Daemon) watch(w *worker, t task) *instance {
+	in := &instance{task: t, exited: make(chan struct{})}
 	go func() {
 		e, ok := <-t.Exited()
 		if !ok {
 			return // the task is being deleted or replaced
 		}
-		l.exitCode = e.Code
-		close(l.exited)
-		d.onExit(w, l)
+		in.exitCode = e.Code
+		close(in.exited)
+		d.onExit(w, in)
 	}()
-	return l
+	return in
 }
 
-// dial connects l's kernel: it dials the agent until the kernel executes code, the task
+// dial connects in's agent: it dials the agent until the kernel executes code, the task
 // exits, or ctx (at most the start timeout) ends.
-func (d *Daemon) dial(ctx context.Context, w *worker, l *life) error {
+func (d *Daemon) dial(ctx context.Context, w *worker, in *instance) error {
 	ctx, cancel := context.WithTimeout(ctx, agentStartTimeout)
 	defer cancel()
 	url := AgentURL(map[string]string{labelIP: w.ip.String()})
@@ -228,15 +229,15 @@ func (d *Daemon) dial(ctx context.Context, w *worker, l *life) error {
 		kc, err := d.dialer(ctx, url, w.token)
 		if err == nil {
 			if err = kc.Check(ctx); err == nil {
-				l.kernel = kc
+				in.agent = kc
 				return nil
 			}
 			kc.Close()
 		}
 		lastErr = err
 		select {
-		case <-l.exited:
-			return fmt.Errorf("%w with status %d before answering: %s", errAgentExited, l.exitCode, tail(w.logPath, 2048))
+		case <-in.exited:
+			return fmt.Errorf("%w with status %d before answering: %s", errAgentExited, in.exitCode, tail(w.logPath, 2048))
 		case <-ctx.Done():
 			return fmt.Errorf("agent did not answer: %w (last error: %v)", ctx.Err(), lastErr)
 		case <-time.After(25 * time.Millisecond):
@@ -247,18 +248,18 @@ func (d *Daemon) dial(ctx context.Context, w *worker, l *life) error {
 // restartKernel starts a new task in w's container after its kernel died: the session's
 // variables are gone, its files on /sandbox stay. The caller holds w's session turn.
 func (d *Daemon) restartKernel(ctx context.Context, w *worker) error {
-	old := w.life
-	old.kernel.Close()
+	old := w.current
+	old.agent.Close()
 	task, err := d.rt.Restart(ctx, w.id, w.logPath, runtime.LimitUserNamespace)
 	if err != nil {
 		return err
 	}
-	l, err := d.connect(ctx, w, task)
+	in, err := d.connect(ctx, w, task)
 	if err != nil {
 		return err
 	}
 	d.mu.Lock()
-	w.life = l
+	w.current = in
 	d.mu.Unlock()
 	d.metrics.kernelRestarts.Inc()
 	d.log.Info("kernel restarted", "worker", w.id, "exit_code", old.exitCode)
@@ -267,8 +268,8 @@ func (d *Daemon) restartKernel(ctx context.Context, w *worker) error {
 
 // destroyWorker tears a worker down completely.
 func (d *Daemon) destroyWorker(ctx context.Context, w *worker) error {
-	if w.life != nil {
-		w.life.kernel.Close()
+	if w.current != nil {
+		w.current.agent.Close()
 	}
 	start := time.Now()
 	err := d.destroyResources(ctx, w.id, w.nsPath, w.logPath)
