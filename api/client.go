@@ -215,12 +215,13 @@ func (c *Client) send(req *http.Request) (*http.Response, error) {
 // errorFrom turns a non-success answer into an *Error.
 func errorFrom(resp *http.Response) error {
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	e := &Error{Status: resp.StatusCode, Fields: map[string]any{}}
-	if json.Unmarshal(data, &e.Fields) == nil {
-		if d, ok := e.Fields["detail"].(string); ok {
-			e.Detail = d
+	e := &Error{Status: resp.StatusCode}
+	body := errorBody{Aftermath: &Aftermath{}}
+	if json.Unmarshal(data, &body) == nil {
+		e.Detail = body.Detail
+		if *body.Aftermath != (Aftermath{}) {
+			e.After = body.Aftermath
 		}
-		delete(e.Fields, "detail")
 	} else {
 		e.Detail = strings.TrimSpace(string(data))
 	}

@@ -63,15 +63,34 @@ func (k Kind) Status() int {
 	return http.StatusInternalServerError
 }
 
-// Problem is a Backend's failure: its kind, what the caller is told (Detail, and Fields in
+// Problem is a Backend's failure: its kind, what the caller is told (Detail, and After in
 // the body), when to retry, and the Cause, which is logged and never sent.
 type Problem struct {
 	Kind       Kind
 	Detail     string
-	Fields     map[string]any
+	After      *Aftermath
 	RetryAfter time.Duration
 	Cause      error
 }
+
+// Aftermath is what a call that failed left behind: the worker it ran on, what of the
+// session was kept, and what its code printed before it failed. Its fields go into the
+// error's body beside detail.
+type Aftermath struct {
+	WorkerID string `json:"worker_id,omitempty"`
+	// StatePreserved: the session kept its variables (a timeout; a released session).
+	StatePreserved *bool `json:"state_preserved,omitempty"`
+	// FilesKept: the files under /sandbox were kept.
+	FilesKept *bool `json:"files_kept,omitempty"`
+	// KernelRestarted: the kernel died and was restarted in the same worker (false: it
+	// could not be).
+	KernelRestarted *bool   `json:"kernel_restarted,omitempty"`
+	Stdout          *string `json:"stdout,omitempty"`
+	Stderr          *string `json:"stderr,omitempty"`
+}
+
+// Flag is a *bool of b, for Aftermath's fields.
+func Flag(b bool) *bool { return &b }
 
 // Fail makes a Problem of kind with a formatted detail.
 func Fail(kind Kind, format string, args ...any) *Problem {
@@ -89,5 +108,5 @@ func (p *Problem) Unwrap() error { return p.Cause }
 
 // httpError is the answer that says p.
 func (p *Problem) httpError() *Error {
-	return &Error{Status: p.Kind.Status(), Detail: p.Detail, Fields: p.Fields, RetryAfter: p.RetryAfter, Cause: p.Cause}
+	return &Error{Status: p.Kind.Status(), Detail: p.Detail, After: p.After, RetryAfter: p.RetryAfter, Cause: p.Cause}
 }

@@ -440,11 +440,7 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if detail == "" {
 		detail = "internal error"
 	}
-	body := map[string]any{}
-	for k, v := range e.Fields {
-		body[k] = v
-	}
-	body["detail"] = detail
+	body := errorBody{Detail: detail, Aftermath: e.After}
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
 	}

@@ -215,10 +215,11 @@ func TestClientAgainstHandler(t *testing.T) {
 	if err != nil || resp.Stdout != "hi\n" || b.lastReq.Timeout == nil || *b.lastReq.Timeout != 2 {
 		t.Fatalf("execute: %+v %v %+v", resp, err, b.lastReq)
 	}
-	b.execErr = &Error{Status: 504, Detail: "too slow", Fields: map[string]any{"state_preserved": true}}
+	b.execErr = &Error{Status: 504, Detail: "too slow", After: &Aftermath{StatePreserved: Flag(true), Stdout: new("started\n")}}
 	_, err = c.Execute(context.Background(), "u", "x", 0)
 	e, ok := err.(*Error)
-	if !ok || e.Status != 504 || e.Detail != "too slow" || e.Fields["state_preserved"] != true {
+	if !ok || e.Status != 504 || e.Detail != "too slow" || e.After == nil || e.After.StatePreserved == nil || !*e.After.StatePreserved ||
+		e.After.Stdout == nil || *e.After.Stdout != "started\n" || e.After.FilesKept != nil {
 		t.Fatalf("error: %#v", err)
 	}
 	if st, err := c.Status(context.Background()); err != nil || st.TotalWorkers != 3 {

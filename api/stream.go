@@ -126,7 +126,7 @@ func doneEvent(id string, resp *ExecuteResponse, err error) Event {
 		switch p.Kind {
 		case Timeout:
 			e.Status = DoneTimeout
-			e.StatePreserved, _ = p.Fields["state_preserved"].(bool)
+			e.StatePreserved = p.After != nil && p.After.StatePreserved != nil && *p.After.StatePreserved
 		case Busy:
 			e.Status, e.StatePreserved = DoneBusy, true
 		case Lost:
@@ -136,7 +136,9 @@ func doneEvent(id string, resp *ExecuteResponse, err error) Event {
 		default:
 			e.Status, e.StatePreserved = DoneError, true
 		}
-		e.WorkerID, _ = p.Fields["worker_id"].(string)
+		if p.After != nil {
+			e.WorkerID = p.After.WorkerID
+		}
 	case errors.As(err, &he):
 		e.Status, e.StatePreserved, e.Detail = DoneError, true, he.Detail
 		if he.Status >= 500 {

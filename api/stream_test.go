@@ -58,12 +58,12 @@ func (b *streamBackend) Execute(ctx context.Context, user string, req ExecuteReq
 			if b.cancelled != nil {
 				b.cancelled <- req.Code
 			}
-			return out.Reply(ctx, nil, &Problem{Kind: Timeout, Detail: "gone", Fields: map[string]any{"state_preserved": true}})
+			return out.Reply(ctx, nil, &Problem{Kind: Timeout, Detail: "gone", After: &Aftermath{StatePreserved: Flag(true)}})
 		}
 	case "panic":
 		panic("backend bug")
 	case "lost":
-		return out.Reply(ctx, nil, &Problem{Kind: Lost, Detail: "the worker died", Fields: map[string]any{"worker_id": "w9"}})
+		return out.Reply(ctx, nil, &Problem{Kind: Lost, Detail: "the worker died", After: &Aftermath{WorkerID: "w9"}})
 	}
 	return out.Reply(ctx, &ExecuteResponse{}, nil)
 }

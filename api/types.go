@@ -94,13 +94,19 @@ type Status struct {
 }
 
 // Error is an answer other than success: its Status and a JSON body {"detail": ...} plus
-// Fields. Cause is logged, never sent.
+// After's fields. Cause is logged, never sent.
 type Error struct {
 	Status     int
 	Detail     string
-	Fields     map[string]any
+	After      *Aftermath
 	RetryAfter time.Duration
 	Cause      error
+}
+
+// errorBody is an Error's JSON body.
+type errorBody struct {
+	Detail string `json:"detail"`
+	*Aftermath
 }
 
 func (e *Error) Error() string {

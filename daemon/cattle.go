@@ -57,7 +57,7 @@ func (d *Daemon) cattle(ctx context.Context, s *session, m mishap) error {
 			// Close dropped the connection, not the worker: it stays for the next codeboxd.
 			return &api.Problem{Kind: api.Busy, RetryAfter: retryAfter,
 				Detail: "codeboxd is restarting; the session and its worker are kept, retry shortly",
-				Fields: partialFields(w.id, m.partial, map[string]any{"files_kept": true})}
+				After:  aftermath(w.id, m.partial, api.Aftermath{FilesKept: api.Flag(true)})}
 		}
 		exited = d.waitExit(in)
 	}
@@ -68,7 +68,7 @@ func (d *Daemon) cattle(ctx context.Context, s *session, m mishap) error {
 	case m.what == timedOut && stopped && !languageLost:
 		d.log.Info("execute timed out", "worker", w.id, "timeout", m.timeout, "language", m.language, "state_preserved", true)
 		return &api.Problem{Kind: api.Timeout, Detail: timeoutDetail,
-			Fields: partialFields(w.id, m.partial, map[string]any{"state_preserved": true})}
+			After: aftermath(w.id, m.partial, api.Aftermath{StatePreserved: api.Flag(true)})}
 
 	// Code runs past its limit and ignores SIGINT: the worker is destroyed (unless a release
 	// is destroying it already).
@@ -79,7 +79,7 @@ func (d *Daemon) cattle(ctx context.Context, s *session, m mishap) error {
 		d.log.Info("execute timed out", "worker", w.id, "timeout", m.timeout, "language", m.language, "state_preserved", false)
 		return &api.Problem{Kind: api.Timeout,
 			Detail: timeoutDetail + "; the kernel did not stop, so the worker was replaced and the session's state is lost",
-			Fields: partialFields(w.id, m.partial, map[string]any{"state_preserved": false})}
+			After:  aftermath(w.id, m.partial, api.Aftermath{StatePreserved: api.Flag(false)})}
 
 	// A JavaScript/TypeScript or bash interpreter outlived its interrupt: the agent killed
 	// it; it starts afresh on its language's next call. (One that exits during a call is
@@ -88,7 +88,7 @@ func (d *Daemon) cattle(ctx context.Context, s *session, m mishap) error {
 		d.log.Info("execute timed out", "worker", w.id, "timeout", m.timeout, "language", m.language, "state_preserved", false)
 		return &api.Problem{Kind: api.Timeout,
 			Detail: timeoutDetail + fmt.Sprintf("; the %s interpreter did not stop, so it was restarted and its state is lost", m.language),
-			Fields: partialFields(w.id, m.partial, map[string]any{"state_preserved": false})}
+			After:  aftermath(w.id, m.partial, api.Aftermath{StatePreserved: api.Flag(false)})}
 
 	// The connection dropped and the task exited (the memory limit, os._exit): a new task in
 	// the same container, so the files on /sandbox stay.
@@ -104,12 +104,12 @@ func (d *Daemon) cattle(ctx context.Context, s *session, m mishap) error {
 			d.dropWorker(ctx, s, "kernel restart failed")
 			return &api.Problem{Kind: api.Lost,
 				Detail: fmt.Sprintf("the kernel died during the call (%s) and could not be restarted; the session was reset and its files are lost", why),
-				Fields: partialFields(w.id, m.partial, map[string]any{"files_kept": false, "kernel_restarted": false})}
+				After:  aftermath(w.id, m.partial, api.Aftermath{FilesKept: api.Flag(false), KernelRestarted: api.Flag(false)})}
 		}
 		s.fresh = true
 		return &api.Problem{Kind: api.Lost,
 			Detail: fmt.Sprintf("the kernel died during the call (%s); it was restarted in the same worker: variables are lost, files under /sandbox were kept", why),
-			Fields: partialFields(w.id, m.partial, map[string]any{"files_kept": true, "kernel_restarted": true})}
+			After:  aftermath(w.id, m.partial, api.Aftermath{FilesKept: api.Flag(true), KernelRestarted: api.Flag(true)})}
 
 	// The connection dropped and the task runs on: the worker is unreachable, or it sent
 	// frames outside a call. It is destroyed.
@@ -121,7 +121,7 @@ func (d *Daemon) cattle(ctx context.Context, s *session, m mishap) error {
 		d.dropWorker(ctx, s, why)
 		return &api.Problem{Kind: api.Lost,
 			Detail: "the worker became unreachable during the call; it was replaced and the session's state is lost",
-			Fields: partialFields(w.id, m.partial, map[string]any{"files_kept": false})}
+			After:  aftermath(w.id, m.partial, api.Aftermath{FilesKept: api.Flag(false)})}
 
 	// The session's task exited between calls (killed from outside): the worker is
 	// destroyed; the call after this one starts afresh.
@@ -129,7 +129,7 @@ func (d *Daemon) cattle(ctx context.Context, s *session, m mishap) error {
 		d.dropWorker(ctx, s, "task exited between calls")
 		return &api.Problem{Kind: api.Lost,
 			Detail: fmt.Sprintf("this session's worker stopped (exit status %d) since its last call; its state is lost and the next call starts afresh", in.exitCode),
-			Fields: map[string]any{"worker_id": w.id, "files_kept": false}}
+			After:  &api.Aftermath{WorkerID: w.id, FilesKept: api.Flag(false)}}
 	}
 }
 

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strconv"
 	"strings"
@@ -112,9 +113,10 @@ func TestCattle(t *testing.T) {
 			if r.p == nil || r.p.Kind != row.want.kind {
 				t.Fatalf("answer %+v, want kind %v", r.p, row.want.kind)
 			}
+			fields := bodyFields(t, r.p.After)
 			for k, v := range row.want.fields {
-				if r.p.Fields[k] != v {
-					t.Errorf("field %s = %v, want %v (%+v)", k, r.p.Fields[k], v, r.p.Fields)
+				if fields[k] != v {
+					t.Errorf("field %s = %v, want %v (%+v)", k, fields[k], v, fields)
 				}
 			}
 			if got := fw.wasDestroyed(w.id); got != row.want.destroyed {
@@ -243,4 +245,21 @@ func TestNoCreationBeforeStart(t *testing.T) {
 	}
 	d.Start()
 	waitFor(t, "the pool filled after Start", func() bool { return d.Status().IdleWorkers == 1 })
+}
+
+// bodyFields is an Aftermath as the fields of an error body.
+func bodyFields(t *testing.T, a *api.Aftermath) map[string]any {
+	t.Helper()
+	m := map[string]any{}
+	if a == nil {
+		return m
+	}
+	b, err := json.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

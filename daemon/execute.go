@@ -79,7 +79,7 @@ func outcome(resp *api.ExecuteResponse, err error) string {
 		return outcomeOK
 	case errors.As(err, &p) && p.Kind == api.Timeout:
 		return outcomeTimeout
-	case errors.As(err, &p) && p.Fields["kernel_restarted"] != nil:
+	case errors.As(err, &p) && p.After != nil && p.After.KernelRestarted != nil:
 		return outcomeKernelDied
 	case errors.Is(err, context.Canceled):
 		return outcomeCancelled
@@ -142,7 +142,7 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code, language strin
 		// Release destroys the worker as soon as this call gives the session back.
 		return nil, &api.Problem{Kind: api.Lost,
 			Detail: "the session was released during the call; its worker was destroyed",
-			Fields: partialFields(w.id, res, map[string]any{"state_preserved": false, "files_kept": false})}
+			After:  aftermath(w.id, res, api.Aftermath{StatePreserved: api.Flag(false), FilesKept: api.Flag(false)})}
 	}
 
 	// Out of time, or the caller went away.

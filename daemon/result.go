@@ -60,15 +60,11 @@ func toResponse(workerID string, r *agent.Result, took time.Duration) *api.Execu
 	return resp
 }
 
-// partialFields is the output a call produced before it failed, for the error body.
-func partialFields(workerID string, r *agent.Result, extra map[string]any) map[string]any {
-	f := map[string]any{"worker_id": workerID}
+// aftermath is a, with the failed call's worker and the output it produced first.
+func aftermath(workerID string, r *agent.Result, a api.Aftermath) *api.Aftermath {
+	a.WorkerID = workerID
 	if r != nil {
-		f["stdout"] = r.Stdout
-		f["stderr"] = r.Stderr
+		a.Stdout, a.Stderr = &r.Stdout, &r.Stderr
 	}
-	for k, v := range extra {
-		f[k] = v
-	}
-	return f
+	return &a
 }

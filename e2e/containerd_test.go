@@ -302,7 +302,7 @@ func TestContainerdRestart(t *testing.T) {
 	}
 	_, err := d.client.Execute(ctx, users[2], "while True: pass", 2*time.Second)
 	var ae *api.Error
-	if !errors.As(err, &ae) || ae.Status != 504 || ae.Fields["state_preserved"] != true {
+	if !errors.As(err, &ae) || ae.Status != 504 || !flagIs(afterOf(ae).StatePreserved, true) {
 		t.Fatalf("a timeout while containerd is down: %v, want 504 with the state preserved", err)
 	}
 	_, err = d.client.Execute(ctx, "e2e-cr-new-"+randomHex(3), "1", 0)

@@ -449,3 +449,14 @@ func eventually(t *testing.T, limit time.Duration, what string, cond func() bool
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// afterOf is what a failed call's answer says it left (zero when it says nothing).
+func afterOf(e *api.Error) api.Aftermath {
+	if e.After == nil {
+		return api.Aftermath{}
+	}
+	return *e.After
+}
+
+// flagIs reports whether an answer's optional flag is present and want.
+func flagIs(p *bool, want bool) bool { return p != nil && *p == want }

@@ -174,7 +174,7 @@ path.join("a", "b")`)); v != "'a/b'" {
 			start := time.Now()
 			_, err := run(t, c.language, c.code, 1)
 			var ae *api.Error
-			if !errors.As(err, &ae) || ae.Status != 504 || ae.Fields["state_preserved"] != true {
+			if !errors.As(err, &ae) || ae.Status != 504 || !flagIs(afterOf(ae).StatePreserved, true) {
 				t.Fatalf("%s %q: %v", c.language, c.code, err)
 			}
 			if took := time.Since(start); took > 10*time.Second {
@@ -189,7 +189,7 @@ path.join("a", "b")`)); v != "'a/b'" {
 	t.Run("a stubborn interpreter is restarted, the others keep their state", func(t *testing.T) {
 		_, err := run(t, "bash", "trap '' INT; while :; do :; done", 1)
 		var ae *api.Error
-		if !errors.As(err, &ae) || ae.Status != 504 || ae.Fields["state_preserved"] != false || !strings.Contains(ae.Detail, "bash") {
+		if !errors.As(err, &ae) || ae.Status != 504 || !flagIs(afterOf(ae).StatePreserved, false) || !strings.Contains(ae.Detail, "bash") {
 			t.Fatalf("bash busy loop: %v", err)
 		}
 		if resp := ok(t, "bash", `echo "name=${name:-unset}"`); resp.Stdout != "name=unset\n" {
@@ -198,7 +198,7 @@ path.join("a", "b")`)); v != "'a/b'" {
 		// JavaScript that loops after an await is out of SIGINT's reach: killed, its state lost.
 		ok(t, "javascript", "globalThis.marker = 1")
 		_, err = run(t, "javascript", "await 0; while (true) {}", 1)
-		if !errors.As(err, &ae) || ae.Status != 504 || ae.Fields["state_preserved"] != false {
+		if !errors.As(err, &ae) || ae.Status != 504 || !flagIs(afterOf(ae).StatePreserved, false) {
 			t.Fatalf("javascript loop after await: %v", err)
 		}
 		if v := value(ok(t, "javascript", "typeof marker")); v != "'undefined'" {

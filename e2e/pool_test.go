@@ -132,7 +132,7 @@ func TestPool(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 		_, err := d.client.Execute(context.Background(), "e2e-pool-b", "kept", 0)
 		var ae *api.Error
-		if !errors.As(err, &ae) || ae.Status != 503 || ae.Fields["files_kept"] != false {
+		if !errors.As(err, &ae) || ae.Status != 503 || !flagIs(afterOf(ae).FilesKept, false) {
 			t.Fatalf("want 503 for the lost worker, got %v", err)
 		}
 		r2 := d.exec(t, "e2e-pool-b", "'fresh'")
@@ -239,7 +239,7 @@ while True:
         pass
 `, 0)
 		var ae *api.Error
-		if !errors.As(err, &ae) || ae.Status != 504 || ae.Fields["state_preserved"] != false {
+		if !errors.As(err, &ae) || ae.Status != 504 || !flagIs(afterOf(ae).StatePreserved, false) {
 			t.Fatalf("want 504 state_preserved false, got %v", err)
 		}
 		r2 := d.exec(t, "e2e-stubborn", "gone_soon")
@@ -257,7 +257,7 @@ while True:
 		_, err := d.client.Execute(ctx, "e2e-exit", "import os\nos._exit(1)", 0)
 		var ae *api.Error
 		if !errors.As(err, &ae) || ae.Status != 503 || !strings.Contains(ae.Detail, "kernel died") ||
-			ae.Fields["files_kept"] != true || ae.Fields["kernel_restarted"] != true {
+			!flagIs(afterOf(ae).FilesKept, true) || !flagIs(afterOf(ae).KernelRestarted, true) {
 			t.Fatalf("want 503 kernel died with files kept, got %#v", err)
 		}
 		r2 := d.exec(t, "e2e-exit", "open('/sandbox/keep.txt').read()")

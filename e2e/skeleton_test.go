@@ -116,14 +116,14 @@ func TestTimeoutInterruptsAndKeepsState(t *testing.T) {
 	start := time.Now()
 	_, err := d.client.Execute(context.Background(), user, "import time\nprint('started', flush=True)\nwhile True: time.sleep(0.05)", 0)
 	var ae *api.Error
-	if !errors.As(err, &ae) || ae.Status != 504 || ae.Fields["state_preserved"] != true {
+	if !errors.As(err, &ae) || ae.Status != 504 || !flagIs(afterOf(ae).StatePreserved, true) {
 		t.Fatalf("err = %#v", err)
 	}
 	if took := time.Since(start); took > 10*time.Second {
 		t.Fatalf("timeout answered after %s", took)
 	}
-	if ae.Fields["stdout"] != "started\n" {
-		t.Fatalf("partial output lost: %v", ae.Fields)
+	if a := afterOf(ae); a.Stdout == nil || *a.Stdout != "started\n" {
+		t.Fatalf("partial output lost: %+v", a)
 	}
 	if r := d.exec(t, user, "kept"); r.ResultText == nil || *r.ResultText != "'yes'" {
 		t.Fatalf("state after interrupt: %+v", r)

@@ -389,27 +389,27 @@ func describe(err error) string {
 	var e *api.Error
 	// An error of no known kind says nothing of the daemon's internals, as REST's 500.
 	detail, kind, retry := "internal error (see codeboxd's log)", api.Internal, time.Duration(0)
-	var fields map[string]any
+	var after *api.Aftermath
 	var bad badInput
 	switch {
 	case errors.As(err, &bad):
 		detail = string(bad)
 	case errors.As(err, &p):
-		detail, kind, retry, fields = p.Detail, p.Kind, p.RetryAfter, p.Fields
+		detail, kind, retry, after = p.Detail, p.Kind, p.RetryAfter, p.After
 		if kind == api.Internal {
 			detail = "internal error (see codeboxd's log)"
 		}
 	case errors.As(err, &e):
-		detail, retry, fields = e.Detail, e.RetryAfter, e.Fields
+		detail, retry, after = e.Detail, e.RetryAfter, e.After
 		if e.Status >= 500 && e.Detail == "" {
 			detail = "internal error (see codeboxd's log)"
 		}
 	}
 	msg := detail
-	if kind == api.Timeout || fields["state_preserved"] != nil {
-		if kept, ok := fields["state_preserved"].(bool); ok && kept {
+	if after != nil && after.StatePreserved != nil {
+		if *after.StatePreserved {
 			msg += " (the session kept its state)"
-		} else if ok {
+		} else {
 			msg += " (the session lost its state: variables must be defined again)"
 		}
 	}

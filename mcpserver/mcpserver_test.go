@@ -211,8 +211,8 @@ func TestRunCode(t *testing.T) {
 		err  error
 		want string
 	}{
-		{&api.Problem{Kind: api.Timeout, Detail: "ran past 1s", Fields: map[string]any{"state_preserved": true}}, "ran past 1s (the session kept its state)"},
-		{&api.Problem{Kind: api.Timeout, Detail: "ran past 1s", Fields: map[string]any{"state_preserved": false}}, "ran past 1s (the session lost its state: variables must be defined again)"},
+		{&api.Problem{Kind: api.Timeout, Detail: "ran past 1s", After: &api.Aftermath{StatePreserved: api.Flag(true)}}, "ran past 1s (the session kept its state)"},
+		{&api.Problem{Kind: api.Timeout, Detail: "ran past 1s", After: &api.Aftermath{StatePreserved: api.Flag(false)}}, "ran past 1s (the session lost its state: variables must be defined again)"},
 		{&api.Problem{Kind: api.Busy, Detail: "no worker free", RetryAfter: 2 * time.Second}, "no worker free (retry in 2 s)"},
 		{&api.Problem{Kind: api.Internal, Detail: "secret internals"}, "internal error (see codeboxd's log)"},
 	} {
