@@ -216,7 +216,7 @@ func (c *Client) send(req *http.Request) (*http.Response, error) {
 func errorFrom(resp *http.Response) error {
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	e := &Error{Status: resp.StatusCode}
-	body := errorBody{Aftermath: &Aftermath{}}
+	body := ErrorBody{Aftermath: &Aftermath{}}
 	if json.Unmarshal(data, &body) == nil {
 		e.Detail = body.Detail
 		if *body.Aftermath != (Aftermath{}) {

@@ -105,8 +105,3 @@ func (p *Problem) Error() string {
 }
 
 func (p *Problem) Unwrap() error { return p.Cause }
-
-// httpError is the answer that says p.
-func (p *Problem) httpError() *Error {
-	return &Error{Status: p.Kind.Status(), Detail: p.Detail, After: p.After, RetryAfter: p.RetryAfter, Cause: p.Cause}
-}

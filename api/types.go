@@ -1,5 +1,7 @@
-// Package api owns codeboxd's REST API (docs/API.md): the JSON types, the HTTP handlers over a
-// Backend, and a Go client for the same API. It knows nothing of containers or kernels.
+// Package api is the contract of codeboxd's REST API (docs/API.md): its JSON types, the
+// domain's failures (Problem and its kinds), the Backend and Output interfaces the daemon
+// implements, the OpenAPI document, and a Go client for the same API. It links nothing of
+// HTTP serving (package apiserver) and knows nothing of containers or kernels.
 package api
 
 import (
@@ -40,7 +42,7 @@ func (r *ExecuteRequest) Validate(maxTimeout time.Duration) error {
 		return Errorf(http.StatusUnprocessableEntity, "timeout must be at most %g seconds", maxTimeout.Seconds())
 	}
 	if r.Language != "" && !slices.Contains(Languages, r.Language) {
-		return Errorf(http.StatusBadRequest, "unknown language %q: it must be one of %s", echo(r.Language), strings.Join(Languages, ", "))
+		return Errorf(http.StatusBadRequest, "unknown language %q: it must be one of %s", Echo(r.Language), strings.Join(Languages, ", "))
 	}
 	return nil
 }
@@ -103,8 +105,8 @@ type Error struct {
 	Cause      error
 }
 
-// errorBody is an Error's JSON body.
-type errorBody struct {
+// ErrorBody is an Error's JSON body: detail beside the aftermath's fields.
+type ErrorBody struct {
 	Detail string `json:"detail"`
 	*Aftermath
 }
@@ -222,3 +224,15 @@ const (
 	TokenFile = "auth_token"
 	TokenEnv  = "AUTH_TOKEN"
 )
+
+// maxEcho bounds what an answer repeats of a caller's value.
+const maxEcho = 64
+
+// Echo is what an answer repeats of a caller's string: a prefix, never the whole of
+// what may be megabytes.
+func Echo(s string) string {
+	if len(s) <= maxEcho {
+		return s
+	}
+	return strings.ToValidUTF8(s[:maxEcho], "") + "…"
+}

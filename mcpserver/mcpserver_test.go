@@ -19,6 +19,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/apiserver"
 )
 
 // fakeBackend is the daemon as the tools see it: sessions of files and canned answers.
@@ -99,7 +100,7 @@ func serve(t *testing.T, b api.Backend, cfg Config) (*Handler, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(api.NewHandler(b, api.ServerConfig{Token: "t0ken", MCP: h, MaxExecTimeout: time.Minute}))
+	srv := httptest.NewServer(apiserver.NewHandler(b, apiserver.ServerConfig{Token: "t0ken", MCP: h, MaxExecTimeout: time.Minute}))
 	t.Cleanup(srv.Close)
 	return h, srv.URL + "/mcp"
 }

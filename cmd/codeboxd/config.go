@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/apiserver"
 	"github.com/codebox/codebox/daemon"
 	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/transfer"
@@ -140,7 +140,7 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.DurationVar(&c.FileTimeout, "file-timeout", 10*time.Minute, "longest one file download or upload may take")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate (chain) file: the API, console, streams and MCP are served over TLS; reread on SIGHUP")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key file of --tls-cert")
-	fs.IntVar(&c.RequestMemoryMB, "request-memory-mb", api.DefaultHeldBytes>>20, "bytes of callers' requests held at once, over all callers (bodies being read, code queued or running), MB; past it, 503")
+	fs.IntVar(&c.RequestMemoryMB, "request-memory-mb", apiserver.DefaultHeldBytes>>20, "bytes of callers' requests held at once, over all callers (bodies being read, code queued or running), MB; past it, 503")
 	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiles at /debug/pprof/ on --metrics-listen (for loopback Host names only)")
 	fs.StringVar(&c.TrustedProxies, "trusted-proxies", "", "comma-separated CIDRs or IPs of proxies in front of codeboxd (a load balancer): exempt from the per-address connection bound, and their X-Forwarded-For names the caller")
 	fs.DurationVar(&c.FirewallCheck, "firewall-check-interval", 30*time.Second, "how often the firewall's hooks are checked and put first again when other rules got above them")

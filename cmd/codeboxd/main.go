@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/apiserver"
 	"github.com/codebox/codebox/connguard"
 	"github.com/codebox/codebox/console"
 	"github.com/codebox/codebox/daemon"
@@ -225,12 +226,12 @@ func serve(cfg config) error {
 			a, ok := netip.AddrFromSlice(ip)
 			return ok && slices.ContainsFunc(trusted, func(p netip.Prefix) bool { return p.Contains(a.Unmap()) })
 		}})
-	handler := api.NewHandler(d, api.ServerConfig{Token: token, CORSOrigins: cfg.corsOrigins(), Log: log,
+	handler := apiserver.NewHandler(d, apiserver.ServerConfig{Token: token, CORSOrigins: cfg.corsOrigins(), Log: log,
 		MaxFileBytes: int64(cfg.MaxFileMB) << 20, FileTimeout: cfg.FileTimeout, MaxExecTimeout: cfg.MaxExecTimeout,
 		Console: page, MCP: tools, TrustedProxies: trusted, HeldBytes: int64(cfg.RequestMemoryMB) << 20})
 	srv := &http.Server{
 		Handler: handler,
-		// The handlers set the body and answer deadlines of each call (api.ServerConfig); the
+		// The handlers set the body and answer deadlines of each call (apiserver.ServerConfig); the
 		// server bounds what comes before and between calls.
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,

@@ -1,4 +1,9 @@
-package api
+// Package apiserver serves the API of package api over HTTP: the route table, handlers over
+// an api.Backend, authentication, CORS, deadlines and the bounds on what callers may hold
+// (connections aside: package connguard), the websocket and server-sent event streams with
+// their outboxes, the seed's older routes, and the one mapping of a Problem's kind to an
+// HTTP status. It mounts the console and the MCP endpoint it is given.
+package apiserver
 
 import (
 	"bytes"
@@ -17,84 +22,15 @@ import (
 
 	"github.com/julienschmidt/httprouter"
 
+	"github.com/codebox/codebox/api"
 	"github.com/codebox/codebox/connguard"
 )
 
-// OpenAPI is the API's OpenAPI 3 document, checked against Routes by a test.
-//
-//go:embed openapi.json
-var OpenAPI []byte
-
 func serveOpenAPI(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "application/json")
-	w.Write(OpenAPI)
+	w.Write(api.OpenAPI)
 	return nil
 }
-
-// Backend is what the handlers serve: the daemon, or a fake in tests.
-type Backend interface {
-	// Execute runs req.Code in userUUID's session and hands the outcome to out.Reply while
-	// the session is still held, so a caller that reads its answer slowly holds up its own
-	// session, never the daemon's memory: a session has at most one answer in flight. A
-	// *ExecuteResponse with Error set is a 400 (the code raised); an *Error is any other
-	// non-200 answer. Execute returns Reply's error (the caller went away).
-	Execute(ctx context.Context, userUUID string, req ExecuteRequest, out Output) error
-	// Release destroys the session's worker; no session is not an error.
-	Release(ctx context.Context, userUUID string) error
-	Status() Status
-	// Ping reports whether the daemon can reach containerd.
-	Ping(ctx context.Context) error
-
-	// The file calls. Batch calls answer per file (see FilesResponse).
-	ImportFiles(ctx context.Context, userUUID string, files []FileImport) (*FilesResponse, error)
-	ExportFiles(ctx context.Context, userUUID string, files []FileExport) (*FilesResponse, error)
-	DeleteFiles(ctx context.Context, userUUID string, files []FileRef) (*FilesResponse, error)
-	// PutFile stores body as the file at path (e.g. /sandbox/a.csv).
-	PutFile(ctx context.Context, userUUID, path string, body io.Reader) (*FileResult, error)
-	// GetFile hands the file at path to send while the session is held; send's context
-	// ends when the call must (released session, file timeout).
-	GetFile(ctx context.Context, userUUID, path string, send func(ctx context.Context, name string, modTime time.Time, content io.ReadSeeker) error) error
-	// ListFiles returns one page: at most limit entries after offset.
-	ListFiles(ctx context.Context, userUUID, path string, offset, limit int) (*ListResponse, error)
-}
-
-// Output receives what an execute produces.
-type Output interface {
-	// Reply is the call's answer: resp, or an error (an *Error for a non-200 answer). It is
-	// called once, with the session held; ctx ends when the session is released.
-	Reply(ctx context.Context, resp *ExecuteResponse, err error) error
-}
-
-// ReplyFunc is an Output that only takes the answer.
-type ReplyFunc func(ctx context.Context, resp *ExecuteResponse, err error) error
-
-// Reply implements Output.
-func (f ReplyFunc) Reply(ctx context.Context, resp *ExecuteResponse, err error) error {
-	return f(ctx, resp, err)
-}
-
-// Collect runs an execute on b and returns its answer: for callers in the same process.
-func Collect(ctx context.Context, b Backend, userUUID string, req ExecuteRequest) (*ExecuteResponse, error) {
-	var resp *ExecuteResponse
-	var rerr error
-	err := b.Execute(ctx, userUUID, req, ReplyFunc(func(_ context.Context, r *ExecuteResponse, err error) error {
-		resp, rerr = r, err
-		return nil
-	}))
-	if rerr != nil {
-		return nil, rerr
-	}
-	return resp, err
-}
-
-// SessionHeader names, on an answer that reached a session (2xx, 400 from code that
-// raised, a websocket's 101), the session's user_uuid. A load balancer keeps where sessions
-// live from these answers (HAProxy's stick store-response), never from requests, which
-// anyone may send.
-const SessionHeader = "X-Codebox-Session"
-
-// MaxJSONBody bounds a JSON request body; larger ones get 413.
-const MaxJSONBody = 8 << 20
 
 // ServerConfig configures the handlers.
 type ServerConfig struct {
@@ -141,7 +77,7 @@ type Console interface {
 }
 
 type server struct {
-	b     Backend
+	b     api.Backend
 	cfg   ServerConfig
 	token []byte
 	log   *slog.Logger
@@ -157,31 +93,36 @@ type server struct {
 // defaultWriteTimeout bounds writing an answer to a caller that reads slowly.
 const defaultWriteTimeout = time.Minute
 
-// Route is one route of the API, for the router and for checking the OpenAPI document.
-type Route struct {
-	Method, Path string
-	Auth         bool
+// route is one route of the API: the router's and the OpenAPI document's (a test keeps
+// them the same).
+type route struct {
+	method, path string
+	auth         bool // needs the key (the stream authenticates itself: see ws.go)
+	h            handlerFunc
 }
 
-// Routes lists the API's routes.
-var Routes = []Route{
-	{http.MethodGet, "/healthz", false},
-	{http.MethodGet, "/openapi.json", false},
-	{http.MethodPost, "/api/v1/execute", true},
-	// The stream authenticates itself: a browser sends the token in its first message.
-	{http.MethodGet, "/api/v1/stream", false},
-	{http.MethodPost, "/api/v1/release", true},
-	{http.MethodGet, "/api/v1/status", true},
-	{http.MethodPost, "/api/v1/files", true},
-	{http.MethodDelete, "/api/v1/files", true},
-	{http.MethodPost, "/api/v1/files/export", true},
-	{http.MethodPut, "/api/v1/files/content", true},
-	{http.MethodGet, "/api/v1/files/content", true},
-	{http.MethodGet, "/api/v1/files/list", true},
-	// The seed's older form, for its own clients: user_uuid in the body.
-	{http.MethodPost, "/execute", true},
-	{http.MethodPost, "/release", true},
-	{http.MethodGet, "/status", true},
+// routes is the API's route table.
+func (s *server) routes() []route {
+	b := s.b
+	return []route{
+		{http.MethodGet, "/healthz", false, s.healthz},
+		{http.MethodGet, "/openapi.json", false, serveOpenAPI},
+		{http.MethodPost, "/api/v1/execute", true, s.execute},
+		// A browser sends the token in the socket's first message.
+		{http.MethodGet, "/api/v1/stream", false, s.stream},
+		{http.MethodPost, "/api/v1/release", true, s.release},
+		{http.MethodGet, "/api/v1/status", true, s.status},
+		{http.MethodPost, "/api/v1/files", true, batch(s, b.ImportFiles, http.StatusCreated)},
+		{http.MethodDelete, "/api/v1/files", true, batch(s, b.DeleteFiles, http.StatusNoContent)},
+		{http.MethodPost, "/api/v1/files/export", true, batch(s, b.ExportFiles, http.StatusOK)},
+		{http.MethodPut, "/api/v1/files/content", true, s.putFile},
+		{http.MethodGet, "/api/v1/files/content", true, s.getFile},
+		{http.MethodGet, "/api/v1/files/list", true, s.listFiles},
+		// The seed's older form, for its own clients: user_uuid in the body.
+		{http.MethodPost, "/execute", true, s.execute},
+		{http.MethodPost, "/release", true, s.legacyRelease},
+		{http.MethodGet, "/status", true, s.legacyStatus},
+	}
 }
 
 // Handler is the API's HTTP handler.
@@ -201,7 +142,7 @@ func (h *Handler) Shutdown(ctx context.Context) {
 }
 
 // NewHandler returns the API's HTTP handler.
-func NewHandler(b Backend, cfg ServerConfig) *Handler {
+func NewHandler(b api.Backend, cfg ServerConfig) *Handler {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -214,32 +155,9 @@ func NewHandler(b Backend, cfg ServerConfig) *Handler {
 	s := &server{b: b, cfg: cfg, token: []byte(cfg.Token), log: cfg.Log,
 		failures: newSampler(cfg.Log, failureLogInterval, failureLogBurst), limits: currentStreamLimits(),
 		held: budget{max: cfg.HeldBytes}}
-	handlers := map[string]handlerFunc{
-		"GET /healthz":         s.healthz,
-		"GET /openapi.json":    serveOpenAPI,
-		"POST /api/v1/execute": s.execute,
-		"GET /api/v1/stream":   s.stream,
-		"POST /api/v1/release": s.release,
-		"GET /api/v1/status":   s.status,
-
-		"POST /api/v1/files":        batch(s, b.ImportFiles, http.StatusCreated),
-		"DELETE /api/v1/files":      batch(s, b.DeleteFiles, http.StatusNoContent),
-		"POST /api/v1/files/export": batch(s, b.ExportFiles, http.StatusOK),
-		"PUT /api/v1/files/content": s.putFile,
-		"GET /api/v1/files/content": s.getFile,
-		"GET /api/v1/files/list":    s.listFiles,
-
-		"POST /execute": s.execute,
-		"POST /release": s.legacyRelease,
-		"GET /status":   s.legacyStatus,
-	}
 	r := httprouter.New()
-	for _, rt := range Routes {
-		h := handlers[rt.Method+" "+rt.Path]
-		if h == nil {
-			panic("api: no handler for " + rt.Method + " " + rt.Path)
-		}
-		r.Handler(rt.Method, rt.Path, s.wrap(h, rt.Auth))
+	for _, rt := range s.routes() {
+		r.Handler(rt.method, rt.path, s.wrap(rt.h, rt.auth))
 	}
 	if cfg.Console != nil {
 		page := s.wrap(func(w http.ResponseWriter, r *http.Request) error {
@@ -269,10 +187,10 @@ func NewHandler(b Backend, cfg ServerConfig) *Handler {
 		}
 	}
 	r.NotFound = s.wrap(func(w http.ResponseWriter, r *http.Request) error {
-		return Errorf(http.StatusNotFound, "not found")
+		return api.Errorf(http.StatusNotFound, "not found")
 	}, false)
 	r.MethodNotAllowed = s.wrap(func(w http.ResponseWriter, r *http.Request) error {
-		return Errorf(http.StatusMethodNotAllowed, "method not allowed")
+		return api.Errorf(http.StatusMethodNotAllowed, "method not allowed")
 	}, false)
 	r.HandleOPTIONS = true
 	r.GlobalOPTIONS = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -333,7 +251,7 @@ func (s *server) wrap(h handlerFunc, auth bool) http.Handler {
 		switch {
 		case auth && !s.authorized(r):
 			w.Header().Set("WWW-Authenticate", `Bearer realm="codebox"`)
-			err = Errorf(http.StatusUnauthorized, "missing or invalid token")
+			err = api.Errorf(http.StatusUnauthorized, "missing or invalid token")
 		case auth:
 			connguard.Authenticated(r.Context())
 			// An answer for one caller's key is nobody else's to keep.
@@ -417,17 +335,17 @@ func (s *server) cors(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
-	var e *Error
-	var p *Problem
+	var e *api.Error
+	var p *api.Problem
 	switch {
 	case errors.As(err, &p): // the domain's failure: its kind says the status
-		e = p.httpError()
-		if p.Kind == Internal {
+		e = &api.Error{Status: p.Kind.Status(), Detail: p.Detail, After: p.After, RetryAfter: p.RetryAfter, Cause: p.Cause}
+		if p.Kind == api.Internal {
 			e.Detail = "" // internals are logged, not sent
 		}
 	case errors.As(err, &e): // the HTTP layer's own (a malformed body, a bad parameter)
 	default:
-		e = &Error{Status: http.StatusInternalServerError, Cause: err}
+		e = &api.Error{Status: http.StatusInternalServerError, Cause: err}
 	}
 	// The cause of a failure the daemon did not mean (not an overload, not a caller gone
 	// away), sampled like the access lines: a flood of them is one more way to flood the log.
@@ -435,12 +353,12 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		s.failures.record(r.Context(), slog.LevelError, e.Status, "request failed", "method", r.Method, "path", r.URL.Path, "status", e.Status, "err", e.Cause)
 	}
 	// Only an answer from the session says where it lives (see SessionHeader).
-	w.Header().Del(SessionHeader)
+	w.Header().Del(api.SessionHeader)
 	detail := e.Detail
 	if detail == "" {
 		detail = "internal error"
 	}
-	body := errorBody{Detail: detail, Aftermath: e.After}
+	body := api.ErrorBody{Detail: detail, Aftermath: e.After}
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
 	}
@@ -456,7 +374,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 	return enc.Encode(v)
 }
 
-var errEmptyBody = Errorf(http.StatusBadRequest, "request body is empty")
+var errEmptyBody = api.Errorf(http.StatusBadRequest, "request body is empty")
 
 // decodeJSON reads a bounded JSON body into v: 413 when too large, 400 when malformed,
 // 422 when a field has the wrong type.
@@ -469,18 +387,18 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	err = dec.Decode(v)
 	if err == nil {
 		if _, terr := dec.Token(); terr != io.EOF {
-			return Errorf(http.StatusBadRequest, "request body must be one JSON object")
+			return api.Errorf(http.StatusBadRequest, "request body must be one JSON object")
 		}
 		return nil
 	}
 	var typeErr *json.UnmarshalTypeError
 	switch {
 	case errors.As(err, &typeErr):
-		return Errorf(http.StatusUnprocessableEntity, "field %q must be of type %s", typeErr.Field, typeErr.Type)
+		return api.Errorf(http.StatusUnprocessableEntity, "field %q must be of type %s", typeErr.Field, typeErr.Type)
 	case errors.Is(err, io.EOF):
 		return errEmptyBody
 	default:
-		return Errorf(http.StatusBadRequest, "malformed JSON: %v", err)
+		return api.Errorf(http.StatusBadRequest, "malformed JSON: %v", err)
 	}
 }
 
@@ -490,9 +408,9 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 // callers that announce large bodies and send them slowly are refused at once.
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	c := chargeOf(r)
-	tooLarge := Errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes", MaxJSONBody)
+	tooLarge := api.Errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes", api.MaxJSONBody)
 	if n := r.ContentLength; n >= 0 {
-		if n > MaxJSONBody {
+		if n > api.MaxJSONBody {
 			return nil, tooLarge
 		}
 		if c != nil && !c.take(2*n) {
@@ -500,12 +418,12 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 		}
 		data := make([]byte, n)
 		if _, err := io.ReadFull(r.Body, data); err != nil {
-			return nil, Errorf(http.StatusBadRequest, "request body ended before its Content-Length")
+			return nil, api.Errorf(http.StatusBadRequest, "request body ended before its Content-Length")
 		}
 		return data, nil
 	}
 	var buf bytes.Buffer
-	_, err := buf.ReadFrom(chargedBody{http.MaxBytesReader(w, r.Body, MaxJSONBody), c})
+	_, err := buf.ReadFrom(chargedBody{http.MaxBytesReader(w, r.Body, api.MaxJSONBody), c})
 	var maxErr *http.MaxBytesError
 	switch {
 	case errors.As(err, &maxErr):
@@ -513,7 +431,7 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	case errors.Is(err, errOverBudget):
 		return nil, overBudget()
 	case err != nil:
-		return nil, Errorf(http.StatusBadRequest, "reading the request body: %v", err)
+		return nil, api.Errorf(http.StatusBadRequest, "reading the request body: %v", err)
 	}
 	return buf.Bytes(), nil
 }
@@ -533,7 +451,7 @@ func (s *server) healthz(w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 	defer cancel()
 	if err := s.b.Ping(ctx); err != nil {
-		return &Error{Status: http.StatusServiceUnavailable, RetryAfter: 2 * time.Second, Cause: err,
+		return &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: 2 * time.Second, Cause: err,
 			Detail: "containerd is unreachable: sessions with a worker keep running, new sessions are refused until it is back"}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -541,7 +459,7 @@ func (s *server) healthz(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *server) execute(w http.ResponseWriter, r *http.Request) error {
-	var req ExecuteRequest
+	var req api.ExecuteRequest
 	if err := decodeJSON(w, r, &req); err != nil {
 		return err
 	}
@@ -550,21 +468,21 @@ func (s *server) execute(w http.ResponseWriter, r *http.Request) error {
 	case user == "":
 		user = req.UserUUID
 	case req.UserUUID != "" && req.UserUUID != user:
-		return Errorf(http.StatusUnprocessableEntity, "user_uuid in the query and in the body differ")
+		return api.Errorf(http.StatusUnprocessableEntity, "user_uuid in the query and in the body differ")
 	}
-	if err := ValidateUserUUID(user); err != nil {
+	if err := api.ValidateUserUUID(user); err != nil {
 		return err
 	}
 	if err := req.Validate(s.cfg.MaxExecTimeout); err != nil {
 		return err
 	}
-	w.Header().Set(SessionHeader, user)
+	w.Header().Set(api.SessionHeader, user)
 	if wantsEvents(r) {
 		return s.executeEvents(w, r, user, req)
 	}
 	s.longCall(w, s.cfg.MaxExecTimeout+2*time.Minute)
 	answered := false
-	err := s.b.Execute(r.Context(), user, req, ReplyFunc(func(ctx context.Context, resp *ExecuteResponse, err error) error {
+	err := s.b.Execute(r.Context(), user, req, api.ReplyFunc(func(ctx context.Context, resp *api.ExecuteResponse, err error) error {
 		answered = true
 		// The session waits while the answer is written: for a minute at most, and a
 		// released session cuts it off.
@@ -626,9 +544,9 @@ func (s *server) releaseUser(w http.ResponseWriter, r *http.Request) (string, er
 	case user == "":
 		user = body.UserUUID
 	case body.UserUUID != "" && body.UserUUID != user:
-		return "", Errorf(http.StatusUnprocessableEntity, "user_uuid in the query and in the body differ")
+		return "", api.Errorf(http.StatusUnprocessableEntity, "user_uuid in the query and in the body differ")
 	}
-	if err := ValidateUserUUID(user); err != nil {
+	if err := api.ValidateUserUUID(user); err != nil {
 		return "", err
 	}
 	s.longCall(w, defaultWriteTimeout)

@@ -1,10 +1,12 @@
-package api
+package apiserver
 
 import (
 	"encoding/json"
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/codebox/codebox/api"
 )
 
 // TestOpenAPIMatchesRoutes keeps the OpenAPI document and the router from drifting apart.
@@ -13,7 +15,7 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 		OpenAPI string                                `json:"openapi"`
 		Paths   map[string]map[string]json.RawMessage `json:"paths"`
 	}
-	if err := json.Unmarshal(OpenAPI, &doc); err != nil {
+	if err := json.Unmarshal(api.OpenAPI, &doc); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.HasPrefix(doc.OpenAPI, "3.") {
@@ -25,12 +27,12 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 			documented = append(documented, strings.ToUpper(method)+" "+path)
 		}
 	}
-	for _, r := range Routes {
-		routed = append(routed, r.Method+" "+r.Path)
+	for _, r := range NewHandler(&fakeBackend{}, ServerConfig{}).s.routes() {
+		routed = append(routed, r.method+" "+r.path)
 	}
 	sort.Strings(documented)
 	sort.Strings(routed)
 	if strings.Join(documented, "\n") != strings.Join(routed, "\n") {
-		t.Fatalf("OpenAPI and router differ:\ndocumented:\n%s\n\nrouted:\n%s", strings.Join(documented, "\n"), strings.Join(routed, "\n"))
+		t.Fatalf("api.OpenAPI and router differ:\ndocumented:\n%s\n\nrouted:\n%s", strings.Join(documented, "\n"), strings.Join(routed, "\n"))
 	}
 }

@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"encoding/json"
@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/codebox/codebox/api"
 )
 
 // TestAPIReferenceMatchesOpenAPI keeps docs/API.md, the reference a person reads, naming
@@ -18,7 +20,7 @@ func TestAPIReferenceMatchesOpenAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	var doc map[string]any
-	if err := json.Unmarshal(OpenAPI, &doc); err != nil {
+	if err := json.Unmarshal(api.OpenAPI, &doc); err != nil {
 		t.Fatal(err)
 	}
 
@@ -28,8 +30,8 @@ func TestAPIReferenceMatchesOpenAPI(t *testing.T) {
 		documented = append(documented, m[1]+" "+m[2])
 	}
 	var routed []string
-	for _, r := range Routes {
-		routed = append(routed, r.Method+" "+r.Path)
+	for _, r := range NewHandler(&fakeBackend{}, ServerConfig{}).s.routes() {
+		routed = append(routed, r.method+" "+r.path)
 	}
 	sort.Strings(documented)
 	sort.Strings(routed)

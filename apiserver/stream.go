@@ -1,89 +1,16 @@
-package api
+package apiserver
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/codebox/codebox/api"
 )
-
-// Event is one message of a streamed execute: the websocket of GET /api/v1/stream, or the
-// server-sent events of POST /api/v1/execute with Accept: text/event-stream. A call's
-// events come in order, each with its id: stdout and stderr (Text), display (Data), result
-// (Data, ExecutionCount), error (Ename, Evalue, Traceback), then exactly one done. An
-// error event with Ename "ProtocolError" answers a message the stream could not take.
-type Event struct {
-	Type string `json:"type"`
-	ID   string `json:"id,omitempty"`
-
-	Text           string                     `json:"text,omitempty"`
-	Data           map[string]json.RawMessage `json:"data,omitempty"`
-	ExecutionCount int                        `json:"execution_count,omitempty"`
-	Ename          string                     `json:"ename,omitempty"`
-	Evalue         string                     `json:"evalue,omitempty"`
-	Traceback      []string                   `json:"traceback,omitempty"`
-	// ExitCode is a bash call's exit status when it was not 0 (error, Ename "ExitStatus").
-	ExitCode *int `json:"exit_code,omitempty"`
-
-	// done: how the call ended (Done*), whether the session kept its state, how much
-	// output did not reach the caller, whether the call created the session; Detail says
-	// more when it did not end well.
-	Status         string  `json:"status,omitempty"`
-	StatePreserved bool    `json:"state_preserved,omitempty"`
-	DurationMS     float64 `json:"duration_ms,omitempty"`
-	DroppedBytes   int64   `json:"dropped_bytes,omitempty"`
-	NewSession     bool    `json:"new_session,omitempty"`
-	WorkerID       string  `json:"worker_id,omitempty"`
-	Detail         string  `json:"detail,omitempty"`
-}
-
-// Event types.
-const (
-	EventStdout  = "stdout"
-	EventStderr  = "stderr"
-	EventDisplay = "display"
-	EventResult  = "result"
-	EventError   = "error"
-	EventDone    = "done"
-)
-
-// Statuses of a done event.
-const (
-	DoneOK          = "ok"
-	DoneError       = "error"
-	DoneTimeout     = "timeout"
-	DoneInterrupted = "interrupted"
-	DoneDied        = "died"
-	DoneBusy        = "busy"
-)
-
-// ProtocolError is the Ename of an error event that answers a message the stream could not
-// take (not JSON, an unknown type, a missing or repeated id).
-const ProtocolError = "ProtocolError"
-
-// MarshalJSON writes a done event with all its fields, and others without empty ones.
-func (e Event) MarshalJSON() ([]byte, error) {
-	type plain Event
-	if e.Type != EventDone {
-		return json.Marshal(plain(e))
-	}
-	return json.Marshal(struct {
-		Type           string  `json:"type"`
-		ID             string  `json:"id,omitempty"`
-		Status         string  `json:"status"`
-		StatePreserved bool    `json:"state_preserved"`
-		ExecutionCount int     `json:"execution_count"`
-		DurationMS     float64 `json:"duration_ms"`
-		DroppedBytes   int64   `json:"dropped_bytes"`
-		NewSession     bool    `json:"new_session"`
-		WorkerID       string  `json:"worker_id,omitempty"`
-		Detail         string  `json:"detail,omitempty"`
-	}{e.Type, e.ID, e.Status, e.StatePreserved, e.ExecutionCount, e.DurationMS, e.DroppedBytes, e.NewSession, e.WorkerID, e.Detail})
-}
 
 // size is what an event holds of the caller's output: what a stream's buffer counts.
-func (e Event) size() int64 {
+func eventSize(e api.Event) int64 {
 	n := len(e.Text) + len(e.Evalue) + len(e.Ename)
 	for k, v := range e.Data {
 		n += len(k) + len(v)
@@ -94,58 +21,47 @@ func (e Event) size() int64 {
 	return int64(n)
 }
 
-// Streamer is an Output that also takes what a call produces as it happens.
-type Streamer interface {
-	Output
-	// Stream receives the call's output as it arrives, in order. It must not block: a
-	// caller that reads slowly has its output dropped (and counted), never waited for.
-	Stream(Event)
-	// Started hands over the call's interrupt (SIGINT to its kernel) once the code was
-	// sent; the interrupt does nothing after the call ended.
-	Started(interrupt func())
-}
-
 // doneEvent says how a call ended: its answer, or the failure that ended it.
-func doneEvent(id string, resp *ExecuteResponse, err error) Event {
-	e := Event{Type: EventDone, ID: id}
-	var p *Problem
-	var he *Error
+func doneEvent(id string, resp *api.ExecuteResponse, err error) api.Event {
+	e := api.Event{Type: api.EventDone, ID: id}
+	var p *api.Problem
+	var he *api.Error
 	switch {
 	case err == nil:
-		e.Status, e.StatePreserved = DoneOK, resp.StatePreserved == nil || *resp.StatePreserved
+		e.Status, e.StatePreserved = api.DoneOK, resp.StatePreserved == nil || *resp.StatePreserved
 		if resp.Error != nil {
-			e.Status, e.Detail = DoneError, resp.Detail
+			e.Status, e.Detail = api.DoneError, resp.Detail
 		}
 		if resp.Interrupted {
-			e.Status = DoneInterrupted
+			e.Status = api.DoneInterrupted
 		}
 		e.ExecutionCount, e.DurationMS, e.NewSession, e.WorkerID = resp.ExecutionCount, resp.DurationMS, resp.NewSession, resp.WorkerID
 		e.DroppedBytes = resp.DroppedBytes
 	case errors.As(err, &p):
 		e.Detail = p.Detail
 		switch p.Kind {
-		case Timeout:
-			e.Status = DoneTimeout
+		case api.Timeout:
+			e.Status = api.DoneTimeout
 			e.StatePreserved = p.After != nil && p.After.StatePreserved != nil && *p.After.StatePreserved
-		case Busy:
-			e.Status, e.StatePreserved = DoneBusy, true
-		case Lost:
-			e.Status = DoneDied
-		case Internal:
-			e.Status, e.StatePreserved, e.Detail = DoneError, true, "internal error"
+		case api.Busy:
+			e.Status, e.StatePreserved = api.DoneBusy, true
+		case api.Lost:
+			e.Status = api.DoneDied
+		case api.Internal:
+			e.Status, e.StatePreserved, e.Detail = api.DoneError, true, "internal error"
 		default:
-			e.Status, e.StatePreserved = DoneError, true
+			e.Status, e.StatePreserved = api.DoneError, true
 		}
 		if p.After != nil {
 			e.WorkerID = p.After.WorkerID
 		}
 	case errors.As(err, &he):
-		e.Status, e.StatePreserved, e.Detail = DoneError, true, he.Detail
+		e.Status, e.StatePreserved, e.Detail = api.DoneError, true, he.Detail
 		if he.Status >= 500 {
-			e.Status = DoneBusy
+			e.Status = api.DoneBusy
 		}
 	default:
-		e.Status, e.StatePreserved, e.Detail = DoneError, true, "internal error"
+		e.Status, e.StatePreserved, e.Detail = api.DoneError, true, "internal error"
 	}
 	return e
 }
@@ -173,7 +89,7 @@ type outbox struct {
 }
 
 type queued struct {
-	e      Event
+	e      api.Event
 	output bool
 }
 
@@ -182,8 +98,8 @@ func newOutbox() *outbox {
 }
 
 // output queues a piece of a call's output, or drops and counts it when too much waits.
-func (o *outbox) output(e Event) {
-	n := e.size()
+func (o *outbox) output(e api.Event) {
+	n := eventSize(e)
 	o.mu.Lock()
 	if o.closed {
 		o.mu.Unlock()
@@ -202,7 +118,7 @@ func (o *outbox) output(e Event) {
 
 // note queues an event that is not output; false when too many wait already (the reader
 // is gone or does not read).
-func (o *outbox) note(e Event) bool {
+func (o *outbox) note(e api.Event) bool {
 	o.mu.Lock()
 	if o.closed {
 		o.mu.Unlock()
@@ -212,7 +128,7 @@ func (o *outbox) note(e Event) bool {
 		o.mu.Unlock()
 		return false
 	}
-	if e.Type == EventDone { // what was dropped of the call, and nothing more is
+	if e.Type == api.EventDone { // what was dropped of the call, and nothing more is
 		e.DroppedBytes += o.dropped[e.ID]
 		delete(o.dropped, e.ID)
 	}
@@ -233,7 +149,7 @@ func (o *outbox) signal() {
 // next waits for the next event; false when the outbox is closed and empty, or ctx ended.
 // A tick of idle while nothing waits returns with the third result true (the writer's
 // keep-alive).
-func (o *outbox) next(ctx context.Context, idle <-chan time.Time) (Event, bool, bool) {
+func (o *outbox) next(ctx context.Context, idle <-chan time.Time) (api.Event, bool, bool) {
 	for {
 		o.mu.Lock()
 		if len(o.queue) > 0 {
@@ -241,7 +157,7 @@ func (o *outbox) next(ctx context.Context, idle <-chan time.Time) (Event, bool, 
 			o.queue[0] = queued{}
 			o.queue = o.queue[1:]
 			if q.output {
-				o.bytes -= q.e.size()
+				o.bytes -= eventSize(q.e)
 			} else {
 				o.notes--
 			}
@@ -251,14 +167,14 @@ func (o *outbox) next(ctx context.Context, idle <-chan time.Time) (Event, bool, 
 		closed := o.closed
 		o.mu.Unlock()
 		if closed {
-			return Event{}, false, false
+			return api.Event{}, false, false
 		}
 		select {
 		case <-o.wake:
 		case <-idle:
-			return Event{}, true, true
+			return api.Event{}, true, true
 		case <-ctx.Done():
-			return Event{}, false, false
+			return api.Event{}, false, false
 		}
 	}
 }
@@ -289,7 +205,7 @@ type streamCall struct {
 // errNotReading: a stream's client does not read its answers (see maxNotes).
 var errNotReading = errors.New("the client does not read its answers")
 
-func (c *streamCall) Stream(e Event) {
+func (c *streamCall) Stream(e api.Event) {
 	e.ID = c.id
 	c.box.output(e)
 }
@@ -316,22 +232,22 @@ func (c *streamCall) interrupt() {
 	c.cancel()
 }
 
-func (c *streamCall) Reply(ctx context.Context, resp *ExecuteResponse, err error) error {
+func (c *streamCall) Reply(ctx context.Context, resp *api.ExecuteResponse, err error) error {
 	c.mu.Lock()
 	early := c.early
 	c.closed = true
 	c.mu.Unlock()
 	e := doneEvent(c.id, resp, err)
-	if early && err != nil && e.Status != DoneDied {
+	if early && err != nil && e.Status != api.DoneDied {
 		// Stopped by cancelling the call: while it waited (nothing of the session was
 		// touched), or as its code was sent (the kernel was interrupted as on a timeout).
 		e.Detail = "interrupted before the code ran"
-		if e.Status == DoneTimeout {
+		if e.Status == api.DoneTimeout {
 			e.Detail = "interrupted as the code started"
 		} else {
 			e.StatePreserved = true
 		}
-		e.Status = DoneInterrupted
+		e.Status = api.DoneInterrupted
 	}
 	if !c.box.note(e) {
 		return errNotReading

@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"context"
@@ -15,19 +15,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/codebox/codebox/api"
 	"github.com/gorilla/websocket"
 )
 
 type fakeBackend struct {
 	lastUser string
-	lastReq  ExecuteRequest
+	lastReq  api.ExecuteRequest
 	execErr  error
-	resp     *ExecuteResponse
+	resp     *api.ExecuteResponse
 	released []string
 	pingErr  error
 }
 
-func (f *fakeBackend) Execute(ctx context.Context, user string, req ExecuteRequest, out Output) error {
+func (f *fakeBackend) Execute(ctx context.Context, user string, req api.ExecuteRequest, out api.Output) error {
 	f.lastUser, f.lastReq = user, req
 	if f.execErr != nil {
 		return out.Reply(ctx, nil, f.execErr)
@@ -38,46 +39,46 @@ func (f *fakeBackend) Release(ctx context.Context, user string) error {
 	f.released = append(f.released, user)
 	return nil
 }
-func (f *fakeBackend) ImportFiles(ctx context.Context, user string, files []FileImport) (*FilesResponse, error) {
+func (f *fakeBackend) ImportFiles(ctx context.Context, user string, files []api.FileImport) (*api.FilesResponse, error) {
 	f.lastUser = user
-	resp := &FilesResponse{Success: true}
+	resp := &api.FilesResponse{Success: true}
 	for _, fl := range files {
 		if fl.Name == "bad" {
 			resp.Success = false
-			resp.Errors = append(resp.Errors, FileFailure{Path: fl.Path, Name: fl.Name, Detail: "refused"})
+			resp.Errors = append(resp.Errors, api.FileFailure{Path: fl.Path, Name: fl.Name, Detail: "refused"})
 			continue
 		}
-		resp.Results = append(resp.Results, FileResult{FullPath: "/sandbox/" + fl.Name, Size: 3})
+		resp.Results = append(resp.Results, api.FileResult{FullPath: "/sandbox/" + fl.Name, Size: 3})
 	}
 	return resp, nil
 }
-func (f *fakeBackend) ExportFiles(ctx context.Context, user string, files []FileExport) (*FilesResponse, error) {
-	return &FilesResponse{Success: true}, nil
+func (f *fakeBackend) ExportFiles(ctx context.Context, user string, files []api.FileExport) (*api.FilesResponse, error) {
+	return &api.FilesResponse{Success: true}, nil
 }
-func (f *fakeBackend) DeleteFiles(ctx context.Context, user string, files []FileRef) (*FilesResponse, error) {
-	return &FilesResponse{Success: true}, nil
+func (f *fakeBackend) DeleteFiles(ctx context.Context, user string, files []api.FileRef) (*api.FilesResponse, error) {
+	return &api.FilesResponse{Success: true}, nil
 }
-func (f *fakeBackend) PutFile(ctx context.Context, user, path string, body io.Reader) (*FileResult, error) {
+func (f *fakeBackend) PutFile(ctx context.Context, user, path string, body io.Reader) (*api.FileResult, error) {
 	b, _ := io.ReadAll(body)
-	return &FileResult{FullPath: path, Size: int64(len(b))}, nil
+	return &api.FileResult{FullPath: path, Size: int64(len(b))}, nil
 }
 func (f *fakeBackend) GetFile(ctx context.Context, user, path string, send func(context.Context, string, time.Time, io.ReadSeeker) error) error {
 	if path != "/sandbox/a.csv" {
-		return &Error{Status: 404, Detail: "not found"}
+		return &api.Error{Status: 404, Detail: "not found"}
 	}
 	return send(ctx, "a.csv", time.Unix(0, 0), strings.NewReader("x,y\n1,2\n"))
 }
-func (f *fakeBackend) ListFiles(ctx context.Context, user, path string, offset, limit int) (*ListResponse, error) {
-	return &ListResponse{Path: path, Entries: []FileEntry{{Name: "a.csv", Size: 8, Type: "file"}}}, nil
+func (f *fakeBackend) ListFiles(ctx context.Context, user, path string, offset, limit int) (*api.ListResponse, error) {
+	return &api.ListResponse{Path: path, Entries: []api.FileEntry{{Name: "a.csv", Size: 8, Type: "file"}}}, nil
 }
-func (f *fakeBackend) Status() Status {
-	return Status{TotalWorkers: 3, IdleWorkers: 1, IdleWorkersInPool: 1}
+func (f *fakeBackend) Status() api.Status {
+	return api.Status{TotalWorkers: 3, IdleWorkers: 1, IdleWorkersInPool: 1}
 }
 func (f *fakeBackend) Ping(ctx context.Context) error { return f.pingErr }
 
 const tok = "s3cret"
 
-func serve(t *testing.T, b Backend) *httptest.Server {
+func serve(t *testing.T, b api.Backend) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewServer(NewHandler(b, ServerConfig{Token: tok, CORSOrigins: []string{"https://app.example"}, MaxExecTimeout: 300 * time.Second}))
 	t.Cleanup(srv.Close)
@@ -122,7 +123,7 @@ func TestAuth(t *testing.T) {
 }
 
 func TestExecuteValidation(t *testing.T) {
-	b := &fakeBackend{resp: &ExecuteResponse{WorkerID: "w"}}
+	b := &fakeBackend{resp: &api.ExecuteResponse{WorkerID: "w"}}
 	srv := serve(t, b)
 	cases := []struct {
 		path, body string
@@ -146,7 +147,7 @@ func TestExecuteValidation(t *testing.T) {
 		{"/api/v1/execute?user_uuid=u1", `{"code":`, 400},
 		{"/api/v1/execute?user_uuid=u1", ``, 400},
 		{"/api/v1/execute?user_uuid=u1", `{"code":"1"} {}`, 400},
-		{"/api/v1/execute?user_uuid=u1", `{"code":"` + strings.Repeat("x", MaxJSONBody) + `"}`, 413},
+		{"/api/v1/execute?user_uuid=u1", `{"code":"` + strings.Repeat("x", api.MaxJSONBody) + `"}`, 413},
 	}
 	for _, c := range cases {
 		resp, body := call(t, srv, "POST", c.path, c.body, auth)
@@ -163,13 +164,13 @@ func TestExecuteValidation(t *testing.T) {
 }
 
 func TestExecuteStatusMapping(t *testing.T) {
-	b := &fakeBackend{resp: &ExecuteResponse{WorkerID: "w", Detail: "NameError: x", Error: &ExecError{Ename: "NameError"}}}
+	b := &fakeBackend{resp: &api.ExecuteResponse{WorkerID: "w", Detail: "NameError: x", Error: &api.ExecError{Ename: "NameError"}}}
 	srv := serve(t, b)
 	resp, body := call(t, srv, "POST", "/api/v1/execute?user_uuid=u", `{"code":"x"}`, auth)
 	if resp.StatusCode != 400 || body["detail"] != "NameError: x" || body["error"] == nil {
 		t.Fatalf("code error: %d %v", resp.StatusCode, body)
 	}
-	b.execErr = &Error{Status: 503, Detail: "busy", RetryAfter: 1500 * time.Millisecond}
+	b.execErr = &api.Error{Status: 503, Detail: "busy", RetryAfter: 1500 * time.Millisecond}
 	resp, body = call(t, srv, "POST", "/api/v1/execute?user_uuid=u", `{"code":"x"}`, auth)
 	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "2" || body["detail"] != "busy" {
 		t.Fatalf("503: %d %v %v", resp.StatusCode, resp.Header, body)
@@ -208,16 +209,16 @@ func TestRoutingErrorsAndCORS(t *testing.T) {
 }
 
 func TestClientAgainstHandler(t *testing.T) {
-	b := &fakeBackend{resp: &ExecuteResponse{WorkerID: "w1", Stdout: "hi\n"}}
+	b := &fakeBackend{resp: &api.ExecuteResponse{WorkerID: "w1", Stdout: "hi\n"}}
 	srv := serve(t, b)
-	c := NewClient(srv.URL, tok)
+	c := api.NewClient(srv.URL, tok)
 	resp, err := c.Execute(context.Background(), "u", "print('hi')", 2*time.Second)
 	if err != nil || resp.Stdout != "hi\n" || b.lastReq.Timeout == nil || *b.lastReq.Timeout != 2 {
 		t.Fatalf("execute: %+v %v %+v", resp, err, b.lastReq)
 	}
-	b.execErr = &Error{Status: 504, Detail: "too slow", After: &Aftermath{StatePreserved: Flag(true), Stdout: new("started\n")}}
+	b.execErr = &api.Error{Status: 504, Detail: "too slow", After: &api.Aftermath{StatePreserved: api.Flag(true), Stdout: new("started\n")}}
 	_, err = c.Execute(context.Background(), "u", "x", 0)
-	e, ok := err.(*Error)
+	e, ok := err.(*api.Error)
 	if !ok || e.Status != 504 || e.Detail != "too slow" || e.After == nil || e.After.StatePreserved == nil || !*e.After.StatePreserved ||
 		e.After.Stdout == nil || *e.After.Stdout != "started\n" || e.After.FilesKept != nil {
 		t.Fatalf("error: %#v", err)
@@ -225,7 +226,7 @@ func TestClientAgainstHandler(t *testing.T) {
 	if st, err := c.Status(context.Background()); err != nil || st.TotalWorkers != 3 {
 		t.Fatalf("status: %+v %v", st, err)
 	}
-	if err := NewClient(srv.URL, "bad").Release(context.Background(), "u"); err == nil || err.(*Error).Status != 401 {
+	if err := api.NewClient(srv.URL, "bad").Release(context.Background(), "u"); err == nil || err.(*api.Error).Status != 401 {
 		t.Fatalf("bad token: %v", err)
 	}
 }
@@ -280,21 +281,21 @@ type slowBackend struct {
 	took time.Duration
 }
 
-func (s *slowBackend) ListFiles(ctx context.Context, user, path string, offset, limit int) (*ListResponse, error) {
+func (s *slowBackend) ListFiles(ctx context.Context, user, path string, offset, limit int) (*api.ListResponse, error) {
 	select {
 	case <-time.After(s.took):
-		return &ListResponse{Path: path, Entries: []FileEntry{}}, nil
+		return &api.ListResponse{Path: path, Entries: []api.FileEntry{}}, nil
 	case <-ctx.Done():
-		return nil, &Error{Status: 503, Detail: "cancelled", Cause: ctx.Err()}
+		return nil, &api.Error{Status: 503, Detail: "cancelled", Cause: ctx.Err()}
 	}
 }
 
-func (s *slowBackend) Execute(ctx context.Context, user string, req ExecuteRequest, out Output) error {
+func (s *slowBackend) Execute(ctx context.Context, user string, req api.ExecuteRequest, out api.Output) error {
 	select {
 	case <-time.After(s.took):
-		return out.Reply(ctx, &ExecuteResponse{WorkerID: "w"}, nil)
+		return out.Reply(ctx, &api.ExecuteResponse{WorkerID: "w"}, nil)
 	case <-ctx.Done():
-		return out.Reply(ctx, nil, &Error{Status: 503, Detail: "cancelled", Cause: ctx.Err()})
+		return out.Reply(ctx, nil, &api.Error{Status: 503, Detail: "cancelled", Cause: ctx.Err()})
 	}
 }
 
@@ -338,7 +339,7 @@ func TestFailedRequestsAreSampled(t *testing.T) {
 		defer mu.Unlock()
 		return logs.Write(p)
 	}), nil))
-	b := &fakeBackend{execErr: &Error{Status: 503, Detail: "busy", RetryAfter: time.Second}}
+	b := &fakeBackend{execErr: &api.Error{Status: 503, Detail: "busy", RetryAfter: time.Second}}
 	s := &server{b: b, cfg: ServerConfig{Token: tok, BodyReadTimeout: time.Minute}, token: []byte(tok), log: log,
 		failures: newSampler(log, 300*time.Millisecond, 3)}
 	h := s.wrap(s.execute, true)
@@ -389,10 +390,10 @@ type blockingBackend struct {
 	release chan struct{}
 }
 
-func (b *blockingBackend) Execute(ctx context.Context, user string, req ExecuteRequest, out Output) error {
+func (b *blockingBackend) Execute(ctx context.Context, user string, req api.ExecuteRequest, out api.Output) error {
 	b.entered <- struct{}{}
 	<-b.release
-	return out.Reply(ctx, &ExecuteResponse{WorkerID: "w"}, nil)
+	return out.Reply(ctx, &api.ExecuteResponse{WorkerID: "w"}, nil)
 }
 
 // TestHeldBytesBudget: one budget bounds what the server holds of all callers' requests:
@@ -428,7 +429,7 @@ func TestHeldBytesBudget(t *testing.T) {
 	}
 	defer conn.Close()
 	send(t, conn, map[string]any{"type": "execute", "id": "w1", "code": strings.Repeat("y", 300<<10)})
-	if got := untilDone(t, conn, "w1"); got[len(got)-1].Status != DoneBusy || !strings.Contains(got[0].Evalue, "holds as much") {
+	if got := untilDone(t, conn, "w1"); got[len(got)-1].Status != api.DoneBusy || !strings.Contains(got[0].Evalue, "holds as much") {
 		t.Fatalf("a websocket call over the budget: %+v", got)
 	}
 	send(t, conn, map[string]any{"type": "execute", "id": "w2", "code": strings.Repeat("y", 400<<10)})

@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/codebox/codebox/api"
 	"github.com/gorilla/websocket"
 )
 
@@ -26,46 +27,46 @@ type streamBackend struct {
 
 const floodBytes = 50 << 20
 
-func (b *streamBackend) Execute(ctx context.Context, user string, req ExecuteRequest, out Output) error {
+func (b *streamBackend) Execute(ctx context.Context, user string, req api.ExecuteRequest, out api.Output) error {
 	b.mu.Lock()
 	b.ran = append(b.ran, req.Code)
 	b.mu.Unlock()
-	st := out.(Streamer)
+	st := out.(api.Streamer)
 	switch req.Code {
 	case "print3":
 		for i := range 3 {
-			st.Stream(Event{Type: EventStdout, Text: strings.Repeat("x", i+1) + "\n"})
+			st.Stream(api.Event{Type: api.EventStdout, Text: strings.Repeat("x", i+1) + "\n"})
 		}
-		return out.Reply(ctx, &ExecuteResponse{ExecutionCount: 1, WorkerID: "w"}, nil)
+		return out.Reply(ctx, &api.ExecuteResponse{ExecutionCount: 1, WorkerID: "w"}, nil)
 	case "flood":
 		const chunk = 64 << 10
 		for range floodBytes / chunk { // each piece its own memory, as decoded from frames
-			st.Stream(Event{Type: EventStdout, Text: strings.Repeat("y", chunk)})
+			st.Stream(api.Event{Type: api.EventStdout, Text: strings.Repeat("y", chunk)})
 		}
-		return out.Reply(ctx, &ExecuteResponse{ExecutionCount: 2, DroppedBytes: 7}, nil)
+		return out.Reply(ctx, &api.ExecuteResponse{ExecutionCount: 2, DroppedBytes: 7}, nil)
 	case "raise":
-		st.Stream(Event{Type: EventError, Ename: "ValueError", Evalue: "bad", Traceback: []string{"tb"}})
-		return out.Reply(ctx, &ExecuteResponse{Error: &ExecError{Ename: "ValueError", Evalue: "bad"}, Detail: "ValueError: bad"}, nil)
+		st.Stream(api.Event{Type: api.EventError, Ename: "ValueError", Evalue: "bad", Traceback: []string{"tb"}})
+		return out.Reply(ctx, &api.ExecuteResponse{Error: &api.ExecError{Ename: "ValueError", Evalue: "bad"}, Detail: "ValueError: bad"}, nil)
 	case "wait": // runs until interrupted, or the caller goes away
 		stopped := make(chan struct{})
 		var once sync.Once
 		st.Started(func() { once.Do(func() { close(stopped) }) })
-		st.Stream(Event{Type: EventStdout, Text: "started\n"})
+		st.Stream(api.Event{Type: api.EventStdout, Text: "started\n"})
 		select {
 		case <-stopped:
-			return out.Reply(ctx, &ExecuteResponse{Interrupted: true, Error: &ExecError{Ename: "KeyboardInterrupt"}}, nil)
+			return out.Reply(ctx, &api.ExecuteResponse{Interrupted: true, Error: &api.ExecError{Ename: "KeyboardInterrupt"}}, nil)
 		case <-ctx.Done():
 			if b.cancelled != nil {
 				b.cancelled <- req.Code
 			}
-			return out.Reply(ctx, nil, &Problem{Kind: Timeout, Detail: "gone", After: &Aftermath{StatePreserved: Flag(true)}})
+			return out.Reply(ctx, nil, &api.Problem{Kind: api.Timeout, Detail: "gone", After: &api.Aftermath{StatePreserved: api.Flag(true)}})
 		}
 	case "panic":
 		panic("backend bug")
 	case "lost":
-		return out.Reply(ctx, nil, &Problem{Kind: Lost, Detail: "the worker died", After: &Aftermath{WorkerID: "w9"}})
+		return out.Reply(ctx, nil, &api.Problem{Kind: api.Lost, Detail: "the worker died", After: &api.Aftermath{WorkerID: "w9"}})
 	}
-	return out.Reply(ctx, &ExecuteResponse{}, nil)
+	return out.Reply(ctx, &api.ExecuteResponse{}, nil)
 }
 
 func (b *streamBackend) codes() []string {
@@ -98,14 +99,14 @@ func send(t *testing.T, conn *websocket.Conn, m map[string]any) {
 }
 
 // next reads one event, as raw fields and as an Event.
-func next(t *testing.T, conn *websocket.Conn) (Event, map[string]any) {
+func next(t *testing.T, conn *websocket.Conn) (api.Event, map[string]any) {
 	t.Helper()
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	_, data, err := conn.ReadMessage()
 	if err != nil {
 		t.Fatalf("read: %v", err)
 	}
-	var e Event
+	var e api.Event
 	var raw map[string]any
 	if err := json.Unmarshal(data, &e); err != nil {
 		t.Fatal(err)
@@ -115,13 +116,13 @@ func next(t *testing.T, conn *websocket.Conn) (Event, map[string]any) {
 }
 
 // untilDone reads the events up to call id's done.
-func untilDone(t *testing.T, conn *websocket.Conn, id string) []Event {
+func untilDone(t *testing.T, conn *websocket.Conn, id string) []api.Event {
 	t.Helper()
-	var got []Event
+	var got []api.Event
 	for {
 		e, _ := next(t, conn)
 		got = append(got, e)
-		if e.Type == EventDone && e.ID == id {
+		if e.Type == api.EventDone && e.ID == id {
 			return got
 		}
 	}
@@ -150,7 +151,7 @@ func TestStreamEventsAndDone(t *testing.T) {
 	var texts []string
 	for range 3 {
 		e, _ := next(t, conn)
-		if e.Type != EventStdout || e.ID != "c1" {
+		if e.Type != api.EventStdout || e.ID != "c1" {
 			t.Fatalf("event %+v", e)
 		}
 		texts = append(texts, e.Text)
@@ -159,7 +160,7 @@ func TestStreamEventsAndDone(t *testing.T) {
 		t.Fatalf("stdout %q", texts)
 	}
 	done, raw := next(t, conn)
-	if done.Type != EventDone || done.ID != "c1" || done.Status != DoneOK || !done.StatePreserved || done.ExecutionCount != 1 {
+	if done.Type != api.EventDone || done.ID != "c1" || done.Status != api.DoneOK || !done.StatePreserved || done.ExecutionCount != 1 {
 		t.Fatalf("done %+v", done)
 	}
 	// A done event has all its fields, false and zero ones too.
@@ -171,11 +172,11 @@ func TestStreamEventsAndDone(t *testing.T) {
 
 	send(t, conn, map[string]any{"type": "execute", "id": "c2", "code": "raise"})
 	got := untilDone(t, conn, "c2")
-	if len(got) != 2 || got[0].Type != EventError || got[0].Ename != "ValueError" || got[1].Status != DoneError || got[1].Detail != "ValueError: bad" {
+	if len(got) != 2 || got[0].Type != api.EventError || got[0].Ename != "ValueError" || got[1].Status != api.DoneError || got[1].Detail != "ValueError: bad" {
 		t.Fatalf("raise: %+v", got)
 	}
 	send(t, conn, map[string]any{"type": "execute", "id": "c3", "code": "lost"})
-	if got := untilDone(t, conn, "c3"); got[0].Status != DoneDied || got[0].StatePreserved || got[0].WorkerID != "w9" {
+	if got := untilDone(t, conn, "c3"); got[0].Status != api.DoneDied || got[0].StatePreserved || got[0].WorkerID != "w9" {
 		t.Fatalf("lost: %+v", got)
 	}
 }
@@ -214,7 +215,7 @@ func TestStreamAuth(t *testing.T) {
 	conn := dialStream(t, srv, nil)
 	send(t, conn, map[string]any{"type": "auth", "token": tok})
 	send(t, conn, map[string]any{"type": "execute", "id": "c1", "code": "print3"})
-	if got := untilDone(t, conn, "c1"); got[len(got)-1].Status != DoneOK {
+	if got := untilDone(t, conn, "c1"); got[len(got)-1].Status != api.DoneOK {
 		t.Fatalf("after auth: %+v", got)
 	}
 	// A wrong one closes the socket, saying why; so does anything else first.
@@ -267,11 +268,11 @@ func TestStreamInterrupt(t *testing.T) {
 	send(t, conn, map[string]any{"type": "interrupt", "id": "c2"})
 	send(t, conn, map[string]any{"type": "interrupt", "id": "c1"})
 	got := untilDone(t, conn, "c1")
-	if d := got[len(got)-1]; d.Status != DoneInterrupted || !d.StatePreserved {
+	if d := got[len(got)-1]; d.Status != api.DoneInterrupted || !d.StatePreserved {
 		t.Fatalf("c1 done %+v", d)
 	}
 	got = untilDone(t, conn, "c2")
-	if len(got) != 1 || got[0].Status != DoneInterrupted || !got[0].StatePreserved {
+	if len(got) != 1 || got[0].Status != api.DoneInterrupted || !got[0].StatePreserved {
 		t.Fatalf("c2: %+v", got)
 	}
 	if codes := b.codes(); len(codes) != 1 {
@@ -279,7 +280,7 @@ func TestStreamInterrupt(t *testing.T) {
 	}
 	// The socket goes on.
 	send(t, conn, map[string]any{"type": "execute", "id": "c3", "code": "print3"})
-	if got := untilDone(t, conn, "c3"); got[len(got)-1].Status != DoneOK {
+	if got := untilDone(t, conn, "c3"); got[len(got)-1].Status != api.DoneOK {
 		t.Fatalf("c3: %+v", got)
 	}
 }
@@ -309,7 +310,7 @@ func TestStreamBadInput(t *testing.T) {
 			send(t, conn, m.(map[string]any))
 		}
 		e, _ := next(t, conn)
-		if e.Type != EventError || e.Ename != ProtocolError || e.Evalue == "" || e.ID != "" {
+		if e.Type != api.EventError || e.Ename != api.ProtocolError || e.Evalue == "" || e.ID != "" {
 			t.Fatalf("message %v: event %+v", m, e)
 		}
 	}
@@ -321,13 +322,13 @@ func TestStreamBadInput(t *testing.T) {
 	} {
 		send(t, conn, m)
 		got := untilDone(t, conn, m["id"].(string))
-		if len(got) != 2 || got[0].Ename != ProtocolError || got[0].ID != m["id"] || got[1].Status != DoneError {
+		if len(got) != 2 || got[0].Ename != api.ProtocolError || got[0].ID != m["id"] || got[1].Status != api.DoneError {
 			t.Fatalf("%v: %+v", m, got)
 		}
 	}
 	// The running call was not disturbed; it ends when asked.
 	send(t, conn, map[string]any{"type": "interrupt", "id": "run"})
-	if got := untilDone(t, conn, "run"); got[len(got)-1].Status != DoneInterrupted {
+	if got := untilDone(t, conn, "run"); got[len(got)-1].Status != api.DoneInterrupted {
 		t.Fatalf("run: %+v", got)
 	}
 	if codes := b.codes(); len(codes) != 1 {
@@ -342,7 +343,7 @@ func TestStreamBadInput(t *testing.T) {
 		send(t, conn, map[string]any{"type": "execute", "id": string(rune('a' + i)), "code": "print3"})
 	}
 	got := untilDone(t, conn, string(rune('a'+maxStreamCalls-1)))
-	if d := got[len(got)-1]; d.Status != DoneBusy {
+	if d := got[len(got)-1]; d.Status != api.DoneBusy {
 		t.Fatalf("call over the limit: %+v", got)
 	}
 
@@ -397,7 +398,7 @@ func TestStreamSlowReaderCostsABoundedBuffer(t *testing.T) {
 	var got int64
 	for {
 		e, _ := next(t, conn)
-		if e.Type == EventDone {
+		if e.Type == api.EventDone {
 			if got+e.DroppedBytes != floodBytes+7 || e.DroppedBytes <= 7 {
 				t.Fatalf("received %d + dropped %d != %d", got, e.DroppedBytes, floodBytes+7)
 			}
@@ -410,14 +411,14 @@ func TestStreamSlowReaderCostsABoundedBuffer(t *testing.T) {
 func TestOutboxBoundsNotes(t *testing.T) {
 	o := newOutbox()
 	for i := range maxNotes {
-		if !o.note(Event{Type: EventError}) {
+		if !o.note(api.Event{Type: api.EventError}) {
 			t.Fatalf("note %d refused", i)
 		}
 	}
-	if o.note(Event{Type: EventDone}) {
+	if o.note(api.Event{Type: api.EventDone}) {
 		t.Fatal("note past the bound accepted")
 	}
-	if !o.note(Event{Type: closeEvent}) {
+	if !o.note(api.Event{Type: closeEvent}) {
 		t.Fatal("the close cue must always queue")
 	}
 }
@@ -462,14 +463,14 @@ func TestEventStreamChecksLikeREST(t *testing.T) {
 	if resp := post(`{"code":"print3"}`, "text/event-stream;q=0, application/json"); resp.Header.Get("Content-Type") != "application/json" {
 		t.Fatalf("q=0: %s", resp.Header.Get("Content-Type"))
 	}
-	var got []Event
-	for e, err := range NewClient(srv.URL, tok).Stream(context.Background(), "u1", ExecuteRequest{Code: "panic"}) {
+	var got []api.Event
+	for e, err := range api.NewClient(srv.URL, tok).Stream(context.Background(), "u1", api.ExecuteRequest{Code: "panic"}) {
 		if err != nil {
 			t.Fatalf("panic: %v after %+v", err, got)
 		}
 		got = append(got, e)
 	}
-	if len(got) != 1 || got[0].Status != DoneError || got[0].Detail != "internal error" {
+	if len(got) != 1 || got[0].Status != api.DoneError || got[0].Detail != "internal error" {
 		t.Fatalf("panic: %+v", got)
 	}
 }
@@ -477,26 +478,26 @@ func TestEventStreamChecksLikeREST(t *testing.T) {
 func TestExecuteEventStream(t *testing.T) {
 	b := &streamBackend{}
 	srv := serve(t, b)
-	c := NewClient(srv.URL, tok)
-	var got []Event
-	for e, err := range c.Stream(context.Background(), "u1", ExecuteRequest{Code: "print3"}) {
+	c := api.NewClient(srv.URL, tok)
+	var got []api.Event
+	for e, err := range c.Stream(context.Background(), "u1", api.ExecuteRequest{Code: "print3"}) {
 		if err != nil {
 			t.Fatal(err)
 		}
 		got = append(got, e)
 	}
-	if len(got) != 4 || got[0].Text != "x\n" || got[3].Type != EventDone || got[3].Status != DoneOK {
+	if len(got) != 4 || got[0].Text != "x\n" || got[3].Type != api.EventDone || got[3].Status != api.DoneOK {
 		t.Fatalf("events %+v", got)
 	}
 	// The request's checks answer as without streaming.
-	for e, err := range c.Stream(context.Background(), "u1", ExecuteRequest{Code: " "}) {
-		var ae *Error
+	for e, err := range c.Stream(context.Background(), "u1", api.ExecuteRequest{Code: " "}) {
+		var ae *api.Error
 		if !errors.As(err, &ae) || ae.Status != 422 || e.Type != "" {
 			t.Fatalf("empty code: %+v %v", e, err)
 		}
 	}
-	for _, err := range NewClient(srv.URL, "wrong").Stream(context.Background(), "u1", ExecuteRequest{Code: "print3"}) {
-		var ae *Error
+	for _, err := range api.NewClient(srv.URL, "wrong").Stream(context.Background(), "u1", api.ExecuteRequest{Code: "print3"}) {
+		var ae *api.Error
 		if !errors.As(err, &ae) || ae.Status != 401 {
 			t.Fatalf("wrong token: %v", err)
 		}
@@ -528,8 +529,8 @@ func TestExecuteEventStream(t *testing.T) {
 
 func TestEventStreamClientGoneInterruptsTheCall(t *testing.T) {
 	b := &streamBackend{cancelled: make(chan string, 1)}
-	c := NewClient(serve(t, b).URL, tok)
-	for e, err := range c.Stream(context.Background(), "u1", ExecuteRequest{Code: "wait"}) {
+	c := api.NewClient(serve(t, b).URL, tok)
+	for e, err := range c.Stream(context.Background(), "u1", api.ExecuteRequest{Code: "wait"}) {
 		if err != nil || e.Text != "started\n" {
 			t.Fatalf("%+v %v", e, err)
 		}
@@ -555,7 +556,7 @@ func TestStreamBoundsWhatAClientSends(t *testing.T) {
 	} {
 		send(t, conn, m)
 		e, _ := next(t, conn)
-		if e.Ename != ProtocolError || len(e.Evalue) > 512 {
+		if e.Ename != api.ProtocolError || len(e.Evalue) > 512 {
 			t.Fatalf("error event of %d bytes: %.200s", len(e.Evalue), e.Evalue)
 		}
 	}
@@ -564,7 +565,7 @@ func TestStreamBoundsWhatAClientSends(t *testing.T) {
 	send(t, conn, map[string]any{"type": "execute", "id": "run", "code": "wait"})
 	next(t, conn)
 	send(t, conn, map[string]any{"type": "execute", "id": "run", "code": ""})
-	if e, _ := next(t, conn); e.ID != "" || e.Ename != ProtocolError {
+	if e, _ := next(t, conn); e.ID != "" || e.Ename != api.ProtocolError {
 		t.Fatalf("taken id: %+v", e)
 	}
 	// The code queued on a socket is bounded like one REST body per connection.
@@ -573,12 +574,12 @@ func TestStreamBoundsWhatAClientSends(t *testing.T) {
 		send(t, conn, map[string]any{"type": "execute", "id": id, "code": code})
 	}
 	got := untilDone(t, conn, "q3")
-	if d := got[len(got)-1]; d.Status != DoneBusy || !strings.Contains(d.Detail, "bytes of code") {
+	if d := got[len(got)-1]; d.Status != api.DoneBusy || !strings.Contains(d.Detail, "bytes of code") {
 		t.Fatalf("third 7 MiB call: %+v", got)
 	}
 	// A timeout over the daemon's limit never reaches it.
 	send(t, conn, map[string]any{"type": "execute", "id": "t", "code": "1", "timeout": 301})
-	if got := untilDone(t, conn, "t"); got[0].Ename != ProtocolError || got[1].Status != DoneError {
+	if got := untilDone(t, conn, "t"); got[0].Ename != api.ProtocolError || got[1].Status != api.DoneError {
 		t.Fatalf("timeout over the limit: %+v", got)
 	}
 	send(t, conn, map[string]any{"type": "interrupt", "id": "run"})
@@ -588,11 +589,11 @@ func TestStreamBoundsWhatAClientSends(t *testing.T) {
 func TestStreamBackendPanicStillAnswers(t *testing.T) {
 	conn := dialStream(t, serve(t, &streamBackend{}), authHeader())
 	send(t, conn, map[string]any{"type": "execute", "id": "p", "code": "panic"})
-	if got := untilDone(t, conn, "p"); got[0].Status != DoneError || got[0].Detail != "internal error" {
+	if got := untilDone(t, conn, "p"); got[0].Status != api.DoneError || got[0].Detail != "internal error" {
 		t.Fatalf("panic: %+v", got)
 	}
 	send(t, conn, map[string]any{"type": "execute", "id": "ok", "code": "print3"})
-	if got := untilDone(t, conn, "ok"); got[len(got)-1].Status != DoneOK {
+	if got := untilDone(t, conn, "ok"); got[len(got)-1].Status != api.DoneOK {
 		t.Fatalf("after a panic: %+v", got)
 	}
 }
@@ -633,7 +634,7 @@ func TestStreamUnauthenticatedBudget(t *testing.T) {
 	}
 	withToken := dialStream(t, srv, authHeader())
 	send(t, withToken, map[string]any{"type": "execute", "id": "c1", "code": "print3"})
-	if got := untilDone(t, withToken, "c1"); got[len(got)-1].Status != DoneOK {
+	if got := untilDone(t, withToken, "c1"); got[len(got)-1].Status != api.DoneOK {
 		t.Fatalf("a socket with the token in its headers: %+v", got)
 	}
 	// Once authenticated, the first socket leaves the budget: another may wait.

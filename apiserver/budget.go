@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"sync/atomic"
 	"time"
+
+	"github.com/codebox/codebox/api"
 )
 
 // DefaultHeldBytes is the daemon-wide budget of bytes held for callers' requests when
@@ -40,8 +42,8 @@ func (b *budget) give(n int64) { b.used.Add(-n) }
 // errOverBudget: the daemon holds as much of callers' requests as it may.
 var errOverBudget = errors.New("codeboxd holds as many request bytes as it may")
 
-func overBudget() *Error {
-	return &Error{Status: http.StatusServiceUnavailable, RetryAfter: 2 * time.Second,
+func overBudget() *api.Error {
+	return &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: 2 * time.Second,
 		Detail: "codeboxd holds as much of callers' requests as it may: retry shortly"}
 }
 

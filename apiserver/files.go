@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"context"
@@ -7,37 +7,39 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/codebox/codebox/api"
 )
 
 // userOf validates the user_uuid query parameter, and names the session in the answer.
 func userOf(w http.ResponseWriter, r *http.Request) (string, error) {
 	u := r.URL.Query().Get("user_uuid")
-	if err := ValidateUserUUID(u); err != nil {
+	if err := api.ValidateUserUUID(u); err != nil {
 		return "", err
 	}
-	w.Header().Set(SessionHeader, u)
+	w.Header().Set(api.SessionHeader, u)
 	return u, nil
 }
 
 // decodeFiles reads a batch body: 1..MaxFilesPerCall files.
 func decodeFiles[T any](w http.ResponseWriter, r *http.Request) ([]T, error) {
-	var req FilesRequest[T]
+	var req api.FilesRequest[T]
 	if err := decodeJSON(w, r, &req); err != nil {
 		return nil, err
 	}
 	switch {
 	case len(req.Files) == 0:
-		return nil, Errorf(http.StatusUnprocessableEntity, "files must list at least one file")
-	case len(req.Files) > MaxFilesPerCall:
-		return nil, Errorf(http.StatusBadRequest, "at most %d files a call, not %d", MaxFilesPerCall, len(req.Files))
+		return nil, api.Errorf(http.StatusUnprocessableEntity, "files must list at least one file")
+	case len(req.Files) > api.MaxFilesPerCall:
+		return nil, api.Errorf(http.StatusBadRequest, "at most %d files a call, not %d", api.MaxFilesPerCall, len(req.Files))
 	}
 	return req.Files, nil
 }
 
 // writeFiles answers a batch call: ok when every file succeeded, 207 otherwise.
-func writeFiles(w http.ResponseWriter, ok int, resp *FilesResponse) {
+func writeFiles(w http.ResponseWriter, ok int, resp *api.FilesResponse) {
 	if resp.Results == nil {
-		resp.Results = []FileResult{}
+		resp.Results = []api.FileResult{}
 	}
 	status := ok
 	if !resp.Success {
@@ -52,7 +54,7 @@ func writeFiles(w http.ResponseWriter, ok int, resp *FilesResponse) {
 
 // batch serves one of the batch file calls: decode and bound the list, run it, answer ok
 // or 207.
-func batch[T any](s *server, run func(ctx context.Context, user string, files []T) (*FilesResponse, error), ok int) handlerFunc {
+func batch[T any](s *server, run func(ctx context.Context, user string, files []T) (*api.FilesResponse, error), ok int) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		user, err := userOf(w, r)
 		if err != nil {
@@ -88,7 +90,7 @@ func (s *server) putFile(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if s.cfg.MaxFileBytes > 0 && r.ContentLength > s.cfg.MaxFileBytes {
-		return Errorf(http.StatusRequestEntityTooLarge, "the body (%d bytes) is larger than the file size limit (%d bytes)", r.ContentLength, s.cfg.MaxFileBytes)
+		return api.Errorf(http.StatusRequestEntityTooLarge, "the body (%d bytes) is larger than the file size limit (%d bytes)", r.ContentLength, s.cfg.MaxFileBytes)
 	}
 	rc := http.NewResponseController(w)
 	s.fileDeadline(rc)
@@ -139,7 +141,7 @@ func intParam(r *http.Request, name string, def, maxValue int) (int, error) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 0 || n > maxValue {
-		return 0, Errorf(http.StatusUnprocessableEntity, "%s must be an integer from 0 to %d, not %q", name, maxValue, v)
+		return 0, api.Errorf(http.StatusUnprocessableEntity, "%s must be an integer from 0 to %d, not %q", name, maxValue, v)
 	}
 	return n, nil
 }
@@ -157,12 +159,12 @@ func (s *server) listFiles(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	limit, err := intParam(r, "limit", MaxListEntries, MaxListEntries)
+	limit, err := intParam(r, "limit", api.MaxListEntries, api.MaxListEntries)
 	if err != nil {
 		return err
 	}
 	if limit == 0 {
-		return Errorf(http.StatusUnprocessableEntity, "limit must be from 1 to %d", MaxListEntries)
+		return api.Errorf(http.StatusUnprocessableEntity, "limit must be from 1 to %d", api.MaxListEntries)
 	}
 	s.longCall(w, s.cfg.FileTimeout+defaultWriteTimeout)
 	resp, err := s.b.ListFiles(r.Context(), user, p, offset, limit)

@@ -1,16 +1,18 @@
-package api
+package apiserver
 
 import (
 	"net/http"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/codebox/codebox/api"
 )
 
 // The seed's older form: user_uuid in the body, POST /release answering 200 with a
 // sentence, GET /status with the older field names.
 func TestLegacyRoutes(t *testing.T) {
-	b := &fakeBackend{resp: &ExecuteResponse{WorkerID: "w-1", Stdout: "500\n"}}
+	b := &fakeBackend{resp: &api.ExecuteResponse{WorkerID: "w-1", Stdout: "500\n"}}
 	srv := serve(t, b)
 
 	resp, body := call(t, srv, "POST", "/execute", `{"user_uuid": "alice", "code": "print(500)"}`, auth)

@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"bytes"
@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/codebox/codebox/api"
 )
 
 // sseKeepAlive is how often a quiet event stream gets a comment line, so that proxies
@@ -36,7 +38,7 @@ func wantsEvents(r *http.Request) bool {
 // executeEvents answers an execute as server-sent events: the call's output as it
 // arrives, then done. Past the request's checks the answer is 200 and every outcome is a
 // done event. The caller interrupts by closing the connection (the session is kept).
-func (s *server) executeEvents(w http.ResponseWriter, r *http.Request, user string, req ExecuteRequest) error {
+func (s *server) executeEvents(w http.ResponseWriter, r *http.Request, user string, req api.ExecuteRequest) error {
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -100,13 +102,13 @@ func (s *server) executeEvents(w http.ResponseWriter, r *http.Request, user stri
 	answered := call.closed
 	call.mu.Unlock()
 	if !answered { // a backend that returned without answering
-		call.Reply(ctx, nil, &Problem{Kind: Internal, Detail: "no answer"})
+		call.Reply(ctx, nil, &api.Problem{Kind: api.Internal, Detail: "no answer"})
 	}
 	return nil
 }
 
 // writeSSE writes e as one server-sent event: its type, and its JSON on one line.
-func writeSSE(w io.Writer, e Event) {
+func writeSSE(w io.Writer, e api.Event) {
 	io.WriteString(w, "event: "+e.Type+"\ndata: ")
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)

@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/codebox/codebox/api"
 	"github.com/gorilla/websocket"
 )
 
@@ -24,13 +25,11 @@ const (
 	// maxAuthMessage bounds the first message of a socket not yet authenticated.
 	maxAuthMessage = 4 << 10
 	// maxStreamMessage bounds a message: an execute's code may be as large as over REST.
-	maxStreamMessage = MaxJSONBody + 64<<10
+	maxStreamMessage = api.MaxJSONBody + 64<<10
 	// maxStreamCalls bounds the calls a socket has queued or running, and
 	// maxQueuedCode the code they hold: over REST a connection holds one body.
 	maxStreamCalls = 16
-	maxQueuedCode  = 2 * MaxJSONBody
-	// maxEcho bounds what an error event repeats of a client's message.
-	maxEcho = 64
+	maxQueuedCode  = 2 * api.MaxJSONBody
 	// maxCallID bounds a call's id, which every event of the call repeats.
 	maxCallID = 128
 	// readIdle is how long the server waits for any message or pong before it takes the
@@ -108,7 +107,7 @@ type wsStream struct {
 
 type wsCall struct {
 	streamCall
-	req ExecuteRequest
+	req api.ExecuteRequest
 	ctx context.Context
 }
 
@@ -116,16 +115,16 @@ type wsCall struct {
 func (s *server) stream(w http.ResponseWriter, r *http.Request) error {
 	// A page of another origin never gets as far as a place or a token check.
 	if !s.originAllowed(r) {
-		return Errorf(http.StatusForbidden, "origin %q is not allowed", echo(r.Header.Get("Origin")))
+		return api.Errorf(http.StatusForbidden, "origin %q is not allowed", api.Echo(r.Header.Get("Origin")))
 	}
 	user := r.URL.Query().Get("user_uuid")
-	if err := ValidateUserUUID(user); err != nil {
+	if err := api.ValidateUserUUID(user); err != nil {
 		return err
 	}
 	authed := false
 	if r.Header.Get("X-Auth-Token") != "" || r.Header.Get("Authorization") != "" {
 		if !s.authorized(r) {
-			return Errorf(http.StatusUnauthorized, "missing or invalid token")
+			return api.Errorf(http.StatusUnauthorized, "missing or invalid token")
 		}
 		authed = true
 	}
@@ -135,11 +134,11 @@ func (s *server) stream(w http.ResponseWriter, r *http.Request) error {
 	src := s.clientIP(r)
 	if authed {
 		if !s.streams.reserve(s.limits.max) {
-			return &Error{Status: http.StatusServiceUnavailable, RetryAfter: 5 * time.Second,
+			return &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: 5 * time.Second,
 				Detail: fmt.Sprintf("%d streams are open, the most codeboxd keeps", s.limits.max)}
 		}
 	} else if !s.streams.reserveUnauth(src, s.limits.unauth, s.limits.unauthPerSource) {
-		return &Error{Status: http.StatusServiceUnavailable, RetryAfter: 5 * time.Second,
+		return &api.Error{Status: http.StatusServiceUnavailable, RetryAfter: 5 * time.Second,
 			Detail: "too many streams are waiting for their auth message; send the token in the X-Auth-Token header, or retry"}
 	}
 	defer func() {
@@ -155,7 +154,7 @@ func (s *server) stream(w http.ResponseWriter, r *http.Request) error {
 			writeJSON(w, status, map[string]any{"detail": reason.Error()})
 		},
 	}
-	conn, err := up.Upgrade(w, r, http.Header{SessionHeader: {user}})
+	conn, err := up.Upgrade(w, r, http.Header{api.SessionHeader: {user}})
 	if err != nil {
 		return nil // answered by up.Error
 	}
@@ -309,9 +308,9 @@ func (st *wsStream) handle(data []byte) bool {
 	if err := json.Unmarshal(data, &m); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return st.protocolError("", "field %q must be of type %s", echo(te.Field), te.Type)
+			return st.protocolError("", "field %q must be of type %s", api.Echo(te.Field), te.Type)
 		}
-		return st.protocolError("", "message is not a JSON object: %s", echo(err.Error()))
+		return st.protocolError("", "message is not a JSON object: %s", api.Echo(err.Error()))
 	}
 	switch m.Type {
 	case "execute":
@@ -340,22 +339,13 @@ func (st *wsStream) handle(data []byte) bool {
 	case "":
 		return st.protocolError("", "message has no type")
 	default:
-		return st.protocolError("", "unknown message type %q: execute, interrupt", echo(m.Type))
+		return st.protocolError("", "unknown message type %q: execute, interrupt", api.Echo(m.Type))
 	}
-}
-
-// echo is what an error event repeats of a client's string: a prefix, never the whole of
-// what may be megabytes.
-func echo(s string) string {
-	if len(s) <= maxEcho {
-		return s
-	}
-	return strings.ToValidUTF8(s[:maxEcho], "") + "…"
 }
 
 // protocolError answers a message the stream could not take.
 func (st *wsStream) protocolError(id, format string, args ...any) bool {
-	return st.box.note(Event{Type: EventError, ID: id, Ename: ProtocolError, Evalue: fmt.Sprintf(format, args...),
+	return st.box.note(api.Event{Type: api.EventError, ID: id, Ename: api.ProtocolError, Evalue: fmt.Sprintf(format, args...),
 		Traceback: []string{}})
 }
 
@@ -374,7 +364,7 @@ func (st *wsStream) execute(m clientMessage) bool {
 	}
 	ctx, cancel := context.WithCancel(st.ctx)
 	c := &wsCall{streamCall: streamCall{id: m.ID, box: st.box, cancel: cancel}, ctx: ctx,
-		req: ExecuteRequest{Code: m.Code, Language: m.Language, Timeout: m.Timeout}}
+		req: api.ExecuteRequest{Code: m.Code, Language: m.Language, Timeout: m.Timeout}}
 	if err := c.req.Validate(st.s.cfg.MaxExecTimeout); err != nil {
 		return st.reject(c, err)
 	}
@@ -382,13 +372,13 @@ func (st *wsStream) execute(m clientMessage) bool {
 	var refuse error
 	switch {
 	case st.draining:
-		refuse = &Problem{Kind: Busy, Detail: "codeboxd is shutting down"}
+		refuse = &api.Problem{Kind: api.Busy, Detail: "codeboxd is shutting down"}
 	case len(st.calls) >= maxStreamCalls:
-		refuse = &Problem{Kind: Busy, Detail: fmt.Sprintf("%d calls are queued or running on this socket already", maxStreamCalls)}
+		refuse = &api.Problem{Kind: api.Busy, Detail: fmt.Sprintf("%d calls are queued or running on this socket already", maxStreamCalls)}
 	case st.code+len(m.Code) > maxQueuedCode:
-		refuse = &Problem{Kind: Busy, Detail: fmt.Sprintf("the calls queued on this socket hold %d bytes of code already", st.code)}
+		refuse = &api.Problem{Kind: api.Busy, Detail: fmt.Sprintf("the calls queued on this socket hold %d bytes of code already", st.code)}
 	case !st.s.held.take(int64(len(m.Code))): // given back when the call leaves the queue (run)
-		refuse = &Problem{Kind: Busy, Detail: "codeboxd holds as much of callers' requests as it may: retry shortly"}
+		refuse = &api.Problem{Kind: api.Busy, Detail: "codeboxd holds as much of callers' requests as it may: retry shortly"}
 	default:
 		st.calls = append(st.calls, c)
 		st.code += len(m.Code)
@@ -409,8 +399,8 @@ func (st *wsStream) execute(m clientMessage) bool {
 func (st *wsStream) reject(c *wsCall, err error) bool {
 	defer c.cancel()
 	detail := "internal error"
-	var he *Error
-	var p *Problem
+	var he *api.Error
+	var p *api.Problem
 	if errors.As(err, &he) {
 		detail = he.Detail
 	} else if errors.As(err, &p) {
@@ -433,15 +423,15 @@ func (st *wsStream) run() {
 		switch {
 		case c != nil && c.ctx.Err() != nil:
 			// Interrupted while queued (its done says so), or the socket ended.
-			err = c.Reply(c.ctx, nil, &Problem{Kind: Busy, Detail: "the call was cancelled before it ran", Cause: c.ctx.Err()})
+			err = c.Reply(c.ctx, nil, &api.Problem{Kind: api.Busy, Detail: "the call was cancelled before it ran", Cause: c.ctx.Err()})
 		case c != nil && draining:
-			if !st.reject(c, &Problem{Kind: Busy, Detail: "codeboxd is shutting down"}) {
+			if !st.reject(c, &api.Problem{Kind: api.Busy, Detail: "codeboxd is shutting down"}) {
 				err = errNotReading
 			}
 		case c != nil:
 			err = st.runCall(c)
 		case draining:
-			st.box.note(Event{Type: closeEvent})
+			st.box.note(api.Event{Type: closeEvent})
 			return
 		default:
 			if st.ctx.Err() != nil {
@@ -478,7 +468,7 @@ func (st *wsStream) runCall(c *wsCall) (err error) {
 		answered := c.closed
 		c.mu.Unlock()
 		if !answered {
-			if rerr := c.Reply(c.ctx, nil, &Problem{Kind: Internal, Detail: "no answer"}); rerr != nil {
+			if rerr := c.Reply(c.ctx, nil, &api.Problem{Kind: api.Internal, Detail: "no answer"}); rerr != nil {
 				err = rerr
 			}
 		}
@@ -523,7 +513,7 @@ func (st *wsStream) write() {
 	}
 }
 
-func (st *wsStream) writeEvent(e Event) error {
+func (st *wsStream) writeEvent(e api.Event) error {
 	w, err := st.conn.NextWriter(websocket.TextMessage)
 	if err != nil {
 		return err
