@@ -2,12 +2,11 @@ package api
 
 import (
 	"fmt"
-	"net/http"
 	"time"
 )
 
-// Kind is what went wrong in a Backend call, in the domain's words; the API alone decides
-// which HTTP status says it (Kind.Status).
+// Kind is what went wrong in a Backend call, in the domain's words; the HTTP server alone
+// decides which status says it (apiserver's statusOf; docs/API.md lists them).
 type Kind int
 
 const (
@@ -37,31 +36,6 @@ const (
 	// Upstream: another server (an object store) failed a transfer.
 	Upstream
 )
-
-// Status is the HTTP status of a kind.
-func (k Kind) Status() int {
-	switch k {
-	case Invalid:
-		return http.StatusUnprocessableEntity
-	case BadRequest:
-		return http.StatusBadRequest
-	case NotFound:
-		return http.StatusNotFound
-	case Forbidden:
-		return http.StatusForbidden
-	case Conflict:
-		return http.StatusConflict
-	case TooLarge:
-		return http.StatusRequestEntityTooLarge
-	case Busy, Lost:
-		return http.StatusServiceUnavailable
-	case Timeout:
-		return http.StatusGatewayTimeout
-	case Upstream:
-		return http.StatusBadGateway
-	}
-	return http.StatusInternalServerError
-}
 
 // Problem is a Backend's failure: its kind, what the caller is told (Detail, and After in
 // the body), when to retry, and the Cause, which is logged and never sent.

@@ -339,7 +339,7 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var p *api.Problem
 	switch {
 	case errors.As(err, &p): // the domain's failure: its kind says the status
-		e = &api.Error{Status: p.Kind.Status(), Detail: p.Detail, After: p.After, RetryAfter: p.RetryAfter, Cause: p.Cause}
+		e = &api.Error{Status: statusOf(p.Kind), Detail: p.Detail, After: p.After, RetryAfter: p.RetryAfter, Cause: p.Cause}
 		if p.Kind == api.Internal {
 			e.Detail = "" // internals are logged, not sent
 		}
@@ -363,6 +363,31 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
 	}
 	writeJSON(w, e.Status, body)
+}
+
+// statusOf is the HTTP status that says a failure of kind k.
+func statusOf(k api.Kind) int {
+	switch k {
+	case api.Invalid:
+		return http.StatusUnprocessableEntity
+	case api.BadRequest:
+		return http.StatusBadRequest
+	case api.NotFound:
+		return http.StatusNotFound
+	case api.Forbidden:
+		return http.StatusForbidden
+	case api.Conflict:
+		return http.StatusConflict
+	case api.TooLarge:
+		return http.StatusRequestEntityTooLarge
+	case api.Busy, api.Lost:
+		return http.StatusServiceUnavailable
+	case api.Timeout:
+		return http.StatusGatewayTimeout
+	case api.Upstream:
+		return http.StatusBadGateway
+	}
+	return http.StatusInternalServerError
 }
 
 // writeJSON answers v; an error means the caller went away or read too slowly.
