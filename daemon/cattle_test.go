@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"strconv"
 	"strings"
 	"syscall"
@@ -215,7 +216,7 @@ func labelsFor(fw *fakeWorld, id string) runtime.WorkerSpec {
 	fw.nextIP++
 	ip := "10.99.1." + strconv.Itoa(fw.nextIP)
 	fw.mu.Unlock()
-	return runtime.WorkerSpec{ID: id, Labels: map[string]string{labelIP: ip, labelNetNS: "/fake/netns/" + id}}
+	return runtime.WorkerSpec{ID: id, Labels: Labels{IP: net.ParseIP(ip), NetNS: "/fake/netns/" + id}.Encode()}
 }
 
 // TestNoCreationBeforeStart: an adopted worker that exits while Recover still runs asks for a

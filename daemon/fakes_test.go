@@ -338,7 +338,7 @@ type fakeContainers struct{ fw *fakeWorld }
 
 func (c fakeContainers) Start(ctx context.Context, s runtime.WorkerSpec) (task, error) {
 	fw := c.fw
-	w := &fakeWorker{id: s.ID, ip: s.Labels[labelIP]}
+	w := &fakeWorker{id: s.ID, ip: ParseLabels(s.Labels).IP.String()}
 	fw.mu.Lock()
 	fw.workers[s.ID] = w
 	fw.byIP[w.ip] = w

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -74,7 +72,8 @@ func (d *Daemon) Recover(ctx context.Context) error {
 		w, err := results[id].w, results[id].err
 		if err != nil {
 			d.log.Warn("worker not adopted; destroying it", "worker", id, "err", err)
-			w := &worker{id: id, nsPath: labels[labelNetNS], logPath: d.logPath(id), uidBase: uidBaseOf(labels)}
+			l := ParseLabels(labels)
+			w := &worker{id: id, nsPath: l.NetNS, logPath: d.logPath(id), uidBase: l.UIDBase}
 			d.mu.Lock()
 			d.uidRanges[w.uidBase] = true
 			d.mu.Unlock()
@@ -108,8 +107,8 @@ func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string)
 	if err != nil {
 		return nil, err
 	}
-	w := &worker{id: id, ip: net.ParseIP(labels[labelIP]), nsPath: labels[labelNetNS], logPath: d.logPath(id), created: a.created,
-		uidBase: uidBaseOf(labels)}
+	l := ParseLabels(labels)
+	w := &worker{id: id, ip: l.IP, nsPath: l.NetNS, logPath: d.logPath(id), created: a.created, uidBase: l.UIDBase}
 	for _, kv := range a.env {
 		if v, ok := strings.CutPrefix(kv, AgentTokenEnv+"="); ok {
 			w.token = v
@@ -146,13 +145,6 @@ func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string)
 	return w, nil
 }
 
-// uidBaseOf reads a worker's host uid range from its labels; 0 for a worker made before
-// user namespaces.
-func uidBaseOf(labels map[string]string) uint32 {
-	base, _ := strconv.ParseUint(labels[labelUIDBase], 10, 32)
-	return uint32(base)
-}
-
 // Cleanup removes what codeboxd left on the host: containers whose task is not running
 // (with all: every container), then disks, namespaces, CNI allocations and logs of no
 // remaining container. It returns how many workers remain.
@@ -170,11 +162,11 @@ func (d *Daemon) Cleanup(ctx context.Context, all bool) (int, error) {
 				errs = append(errs, err)
 			}
 			if running {
-				alive[id] = labels[labelNetNS]
+				alive[id] = ParseLabels(labels).NetNS
 				continue
 			}
 		}
-		if err := d.destroyResources(ctx, id, labels[labelNetNS], d.logPath(id)); err != nil {
+		if err := d.destroyResources(ctx, id, ParseLabels(labels).NetNS, d.logPath(id)); err != nil {
 			errs = append(errs, err)
 			continue
 		}

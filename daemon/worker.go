@@ -22,19 +22,15 @@ import (
 // where a later codeboxd finds it).
 const AgentTokenEnv = "CODEBOX_AGENT_TOKEN"
 
-// AgentURL is the websocket of the agent of the worker with these labels.
-func AgentURL(labels map[string]string) string {
-	return fmt.Sprintf("ws://%s%s", net.JoinHostPort(labels[labelIP], strconv.Itoa(agentPort)), agent.ChannelsPath)
+// AgentURL is the websocket of the agent of a worker at ip.
+func AgentURL(ip net.IP) string {
+	return fmt.Sprintf("ws://%s%s", net.JoinHostPort(ip.String(), strconv.Itoa(agentPort)), agent.ChannelsPath)
 }
 
 const (
 	agentPort = 8888
 	// agentStartTimeout bounds how long a new worker's agent may take to answer.
 	agentStartTimeout = 60 * time.Second
-	// Labels that let a later codeboxd find a worker's resources from containerd alone.
-	labelNetNS   = "io.codebox.netns"
-	labelIP      = "io.codebox.ip"
-	labelUIDBase = "io.codebox.uidbase"
 )
 
 // Workers' host uid ranges: from firstUIDBase, runtime.IDRange each, maxUIDRanges of them.
@@ -155,8 +151,7 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 			"CODEBOX_AGENT_PORT=" + strconv.Itoa(agentPort),
 			"CODEBOX_MAX_OUTPUT_BYTES=" + strconv.Itoa(agent.AgentMaxOutputBytes),
 		},
-		Labels: map[string]string{labelNetNS: w.nsPath, labelIP: w.ip.String(),
-			labelUIDBase: strconv.FormatUint(uint64(w.uidBase), 10)},
+		Labels:         Labels{NetNS: w.nsPath, IP: w.ip, UIDBase: w.uidBase}.Encode(),
 		LogPath:        w.logPath,
 		SandboxSource:  disk.MountPoint,
 		SandboxOptions: blockdev.BindOptions,
@@ -223,7 +218,7 @@ func (d *Daemon) watch(w *worker, t task) *instance {
 func (d *Daemon) dial(ctx context.Context, w *worker, in *instance) error {
 	ctx, cancel := context.WithTimeout(ctx, agentStartTimeout)
 	defer cancel()
-	url := AgentURL(map[string]string{labelIP: w.ip.String()})
+	url := AgentURL(w.ip)
 	var lastErr error
 	for {
 		kc, err := d.dialer(ctx, url, w.token)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/api"
+	cbd "github.com/codebox/codebox/daemon"
 )
 
 // testHost is an HTTP server in a network namespace this test makes and routes from the
@@ -77,7 +78,7 @@ func workerIP(t *testing.T, workerID string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return labels["io.codebox.ip"]
+	return cbd.ParseLabels(labels).IP.String()
 }
 
 // attack runs code that prints BLOCKED (and why) when the sandbox holds, OPEN otherwise.

@@ -369,7 +369,7 @@ func agentConns(ctx context.Context, o options, c *api.Client, prefix string, us
 				token = v
 			}
 		}
-		kc, err := agent.Dial(ctx, daemon.AgentURL(a.Labels), token, agent.Options{})
+		kc, err := agent.Dial(ctx, daemon.AgentURL(daemon.ParseLabels(a.Labels).IP), token, agent.Options{})
 		if err != nil {
 			return nil, err
 		}
