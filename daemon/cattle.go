@@ -136,7 +136,7 @@ func (d *Daemon) cattle(ctx context.Context, s *session, m mishap) error {
 // interruptWithin interrupts a call out of time until its kernel is idle again or the
 // interrupt grace passes (a release meanwhile cuts the grace short). stopped: it came back.
 func (d *Daemon) interruptWithin(ctx context.Context, s *session, in *instance, call agentCall) (res *agent.Result, stopped bool) {
-	graceCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), interruptGrace)
+	graceCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.timings.interruptGrace)
 	defer cancel()
 	stop := context.AfterFunc(s.ended, cancel)
 	defer stop()
@@ -150,7 +150,7 @@ func (d *Daemon) waitExit(in *instance) bool {
 	if !errors.Is(in.agent.Err(), agent.ErrMisbehaved) {
 		select {
 		case <-in.exited:
-		case <-time.After(exitGrace):
+		case <-time.After(d.timings.exitGrace):
 		}
 	}
 	return in.hasExited()

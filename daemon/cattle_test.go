@@ -38,8 +38,6 @@ func run(t *testing.T, d *Daemon, user, code string, timeout float64) (*api.Exec
 // TestCattle is the cattle table of docs/ARCHITECTURE.md, row by row: what the daemon
 // answers when a call goes wrong, and what becomes of the worker.
 func TestCattle(t *testing.T) {
-	interruptGrace, exitGrace, interruptEvery = 300*time.Millisecond, 300*time.Millisecond, 50*time.Millisecond
-	t.Cleanup(func() { interruptGrace, exitGrace, interruptEvery = 3*time.Second, 3*time.Second, 250*time.Millisecond })
 
 	type want struct {
 		kind      api.Kind
@@ -84,6 +82,8 @@ func TestCattle(t *testing.T) {
 	} {
 		t.Run(row.name, func(t *testing.T) {
 			fw := newWorld(t)
+			fw.timings = timings{interruptGrace: 300 * time.Millisecond, exitGrace: 300 * time.Millisecond,
+				interruptEvery: 50 * time.Millisecond, busyAfter: defaultTimings.busyAfter}
 			d := fw.daemon(Config{})
 			d.Start()
 			first, p := run(t, d, "u", "ok", 0)
@@ -152,8 +152,10 @@ func TestCattle(t *testing.T) {
 // TestRecoverDecisions: a new codeboxd adopts what its records say served a session or the
 // pool, and destroys what was retired, what it has no record of, and what cannot be adopted.
 func TestRecoverDecisions(t *testing.T) {
-	busyAfterWas := busyAfter
 	fw := newWorld(t)
+	// carol's worker (below) answers once interrupted: after busyAfter.
+	fw.timings = defaultTimings
+	fw.timings.busyAfter = 200 * time.Millisecond
 	// The workers an earlier codeboxd left.
 	d0 := fw.daemon(Config{})
 	for _, id := range []string{"w-idle", "w-alice", "w-retired", "w-unknown", "w-dead", "w-busy"} {
@@ -179,8 +181,6 @@ func TestRecoverDecisions(t *testing.T) {
 	busy.task.mu.Lock()
 	busy.task.onSignal = func(syscall.Signal) { busy.agent.busy.Store(false) }
 	busy.task.mu.Unlock()
-	busyAfter = 200 * time.Millisecond
-	t.Cleanup(func() { busyAfter = busyAfterWas })
 
 	d := fw.daemon(Config{})
 	if err := d.Recover(context.Background()); err != nil {

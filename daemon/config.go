@@ -21,6 +21,25 @@ type Config struct {
 	FileAllowlist   []string // CIDRs, IPs or host names transfers may reach although private
 }
 
+// timings are the daemon's waits that tests shorten.
+type timings struct {
+	// interruptGrace is how long a kernel has, after SIGINT, to become idle again before
+	// its worker is given up.
+	interruptGrace time.Duration
+	// interruptEvery is how often a kernel that has not stopped is sent SIGINT again.
+	interruptEvery time.Duration
+	// exitGrace is how long a call whose connection dropped waits to learn whether the task
+	// exited (the kernel died) or not (the worker is unreachable).
+	exitGrace time.Duration
+	// busyAfter is how long an adopted worker's kernel has to answer before it is taken to be
+	// busy with a call the earlier codeboxd left (its main thread runs user code, so it does
+	// not answer): it is interrupted, and has the rest of adoptTimeout.
+	busyAfter time.Duration
+}
+
+var defaultTimings = timings{interruptGrace: 3 * time.Second, interruptEvery: 250 * time.Millisecond,
+	exitGrace: 3 * time.Second, busyAfter: 2 * time.Second}
+
 // MaxWorkers is the most workers a host can have: each gets its own range of host uids
 // (see worker.go), with some left for workers being destroyed.
 const MaxWorkers = maxUIDRanges - 64

@@ -38,9 +38,7 @@ type Daemon struct {
 	// transfers bounds file downloads and uploads in flight across all requests.
 	transfers chan struct{}
 
-	// create and destroy make and tear down one worker; tests of the pool replace them.
-	create  func(context.Context) (*worker, error)
-	destroy func(context.Context, *worker) error
+	timings timings
 
 	bg      context.Context // ends at Close: stops creations and maintenance
 	stop    context.CancelFunc
@@ -80,7 +78,8 @@ func New(cfg Config, log *slog.Logger, deps Deps) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	return build(cfg, log, parts{rt: containerd{deps.Runtime}, net: deps.Network, disks: store, dial: dialAgent, image: deps.Image})
+	return build(cfg, log, parts{rt: containerd{deps.Runtime}, net: deps.Network, disks: store, dial: dialAgent,
+		image: deps.Image, timings: defaultTimings})
 }
 
 // parts are what a daemon is built from (fakes, in the unit tests).
@@ -88,8 +87,9 @@ type parts struct {
 	rt    containers
 	net   network
 	disks disks
-	dial  dialAgentFunc
-	image *runtime.Image
+	dial    dialAgentFunc
+	image   *runtime.Image
+	timings timings
 }
 
 func build(cfg Config, log *slog.Logger, p parts) (*Daemon, error) {
@@ -108,7 +108,7 @@ func build(cfg Config, log *slog.Logger, p parts) (*Daemon, error) {
 	}
 	bg, stop := context.WithCancel(context.Background())
 	d := &Daemon{
-		cfg: cfg, log: log, rt: p.rt, net: p.net, disks: p.disks, dialer: p.dial, image: p.image,
+		cfg: cfg, log: log, rt: p.rt, net: p.net, disks: p.disks, dialer: p.dial, image: p.image, timings: p.timings,
 		xfer: transfer.NewClient(guard, cfg.FileTimeout), transfers: make(chan struct{}, maxParallelTransfers),
 		metrics: newMetrics(), assigned: assigned,
 		bg: bg, stop: stop,
@@ -118,7 +118,6 @@ func build(cfg Config, log *slog.Logger, p parts) (*Daemon, error) {
 		uidRanges:    map[uint32]bool{},
 		initializing: true,
 	}
-	d.create, d.destroy = d.createWorker, d.destroyWorker
 	return d, nil
 }
 

@@ -13,16 +13,6 @@ import (
 	"github.com/codebox/codebox/api"
 )
 
-// Graces, variables so the unit tests can shorten them.
-var (
-	// interruptGrace is how long a kernel has, after SIGINT, to become idle again before
-	// its worker is given up.
-	interruptGrace = 3 * time.Second
-	// exitGrace is how long a call whose connection dropped waits to learn whether the task
-	// exited (the kernel died) or not (the worker is unreachable).
-	exitGrace = 3 * time.Second
-)
-
 const (
 	// retryAfter is what a caller turned away is told to wait.
 	retryAfter = 2 * time.Second
@@ -149,9 +139,6 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code, language strin
 	return nil, d.cattle(ctx, s, mishap{what: timedOut, inst: in, call: call, timeout: timeout, language: language})
 }
 
-// interruptEvery is how often a kernel that has not stopped is sent SIGINT again.
-var interruptEvery = 250 * time.Millisecond
-
 // interrupt sends SIGINT until the kernel is idle or ctx ends. Once is not always enough: a
 // signal that lands as the code is sent, before the agent runs it, is ignored (the agent
 // never interrupts itself), and the code would run on.
@@ -160,7 +147,7 @@ func (d *Daemon) interrupt(ctx context.Context, workerID string, t task, call ag
 		if err := t.Signal(syscall.SIGINT); err != nil {
 			d.log.Warn("interrupt failed", "worker", workerID, "err", err)
 		}
-		waitCtx, cancel := context.WithTimeout(ctx, interruptEvery)
+		waitCtx, cancel := context.WithTimeout(ctx, d.timings.interruptEvery)
 		res, err := call.Wait(waitCtx)
 		cancel()
 		if err == nil || ctx.Err() != nil || errors.Is(err, agent.ErrClosed) {

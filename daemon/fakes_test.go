@@ -39,6 +39,11 @@ type fakeWorld struct {
 	restarted []string
 	down      bool // containerd unreachable
 
+	// factory, when set, gates and fails container starts and destructions.
+	factory *fakeFactory
+	// timings are the daemon's; zero: defaultTimings.
+	timings timings
+
 	// Recovery: what containerd lists, and which adoptions fail.
 	managed   map[string]map[string]string
 	noAdopt   map[string]bool
@@ -77,8 +82,12 @@ func (fw *fakeWorld) daemon(cfg Config) *Daemon {
 	if cfg.MaxFileMB == 0 {
 		cfg.MaxFileMB = 1
 	}
+	tm := fw.timings
+	if tm == (timings{}) {
+		tm = defaultTimings
+	}
 	d, err := build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)),
-		parts{rt: fakeContainers{fw}, net: fakeNetwork{fw}, disks: fakeDisks{fw}, dial: fw.dial})
+		parts{rt: fakeContainers{fw}, net: fakeNetwork{fw}, disks: fakeDisks{fw}, dial: fw.dial, timings: tm})
 	if err != nil {
 		fw.t.Fatal(err)
 	}
@@ -338,6 +347,11 @@ type fakeContainers struct{ fw *fakeWorld }
 
 func (c fakeContainers) Start(ctx context.Context, s runtime.WorkerSpec) (task, error) {
 	fw := c.fw
+	if f := fw.factory; f != nil {
+		if err := f.start(ctx); err != nil {
+			return nil, err
+		}
+	}
 	w := &fakeWorker{id: s.ID, ip: ParseLabels(s.Labels).IP.String()}
 	fw.mu.Lock()
 	fw.workers[s.ID] = w
@@ -372,6 +386,11 @@ func (c fakeContainers) Adopt(ctx context.Context, id string) (*adopted, error) 
 
 func (c fakeContainers) Destroy(ctx context.Context, id string) error {
 	fw := c.fw
+	if f := fw.factory; f != nil {
+		if err := f.destroy(); err != nil {
+			return err
+		}
+	}
 	fw.mu.Lock()
 	if fw.down {
 		fw.mu.Unlock()

@@ -65,7 +65,7 @@ func (d *Daemon) unregisterLocked(w *worker) bool {
 // finish destroys w; then forgets its record and frees its uid range, or parks it in the
 // graveyard when the destruction failed.
 func (d *Daemon) finish(ctx context.Context, w *worker) bool {
-	if err := d.destroy(ctx, w); err != nil {
+	if err := d.destroyWorker(ctx, w); err != nil {
 		d.mu.Lock()
 		d.graveyard[w.id] = w
 		d.mu.Unlock()

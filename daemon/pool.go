@@ -147,9 +147,6 @@ func (d *Daemon) refill() {
 
 // containerdUp reports whether containerd serves, as far as the runtime knows.
 func (d *Daemon) containerdUp() bool {
-	if d.rt == nil { // pool tests without containerd
-		return true
-	}
 	up, _ := d.rt.Available()
 	return up
 }
@@ -165,7 +162,7 @@ func (d *Daemon) updateInitializing() {
 func (d *Daemon) createForPool() {
 	defer d.wg.Done()
 	ctx, cancel := context.WithTimeout(d.bg, createTimeout)
-	w, err := d.create(ctx)
+	w, err := d.createWorker(ctx)
 	cancel()
 	if err == nil {
 		// Recorded before it can serve anyone: a worker without a record is destroyed by

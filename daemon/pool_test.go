@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,35 +12,36 @@ import (
 	"github.com/codebox/codebox/api"
 )
 
-// fakeFactory makes workers without containers, optionally slowly or failing.
+// fakeFactory gates and fails the fake world's container starts and destructions, and
+// counts them.
 type fakeFactory struct {
 	mu        sync.Mutex
 	made      int
 	destroyed int
-	gate      chan struct{} // when set, each creation waits for a value
+	gate      chan struct{} // when set, each start waits for a value
 	fail      atomic.Bool
 	// failDestroy makes destructions fail (containerd unreachable, say).
 	failDestroy atomic.Bool
 }
 
-func (f *fakeFactory) create(ctx context.Context) (*worker, error) {
+func (f *fakeFactory) start(ctx context.Context) error {
 	if f.gate != nil {
 		select {
 		case <-f.gate:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
 		}
 	}
 	if f.fail.Load() {
-		return nil, errors.New("image broken")
+		return errors.New("image broken")
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.made++
-	return &worker{id: fmt.Sprintf("w-%d", f.made), created: time.Now()}, nil
+	return nil
 }
 
-func (f *fakeFactory) destroy(ctx context.Context, w *worker) error {
+func (f *fakeFactory) destroy() error {
 	if f.failDestroy.Load() {
 		return errors.New("containerd unreachable")
 	}
@@ -52,19 +51,12 @@ func (f *fakeFactory) destroy(ctx context.Context, w *worker) error {
 	return nil
 }
 
+// testDaemon is a daemon on a fake world whose starts and destructions f controls.
 func testDaemon(t *testing.T, minIdle, maxTotal int, f *fakeFactory) *Daemon {
 	t.Helper()
-	bg, stop := context.WithCancel(context.Background())
-	d := &Daemon{
-		cfg: Config{MinIdleWorkers: minIdle, MaxTotalWorkers: maxTotal, RecycleInterval: time.Hour, IdleTimeout: time.Hour},
-		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		bg:  bg, stop: stop,
-		sessions: map[string]*session{}, workers: map[string]*worker{}, graveyard: map[string]*worker{}, initializing: true,
-		create: f.create, destroy: f.destroy, metrics: newMetrics(),
-		assigned: &assignments{path: t.TempDir() + "/sessions.json", m: map[string]record{}},
-	}
-	t.Cleanup(func() { d.Close(context.Background()) })
-	return d
+	fw := newWorld(t)
+	fw.factory = f
+	return fw.daemon(Config{MinIdleWorkers: minIdle, MaxTotalWorkers: maxTotal})
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

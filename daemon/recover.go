@@ -14,12 +14,8 @@ import (
 	"github.com/codebox/codebox/api"
 )
 
-// adoptTimeout bounds how long an adopted worker's kernel may take to answer, and busyAfter
-// how long it has before it is taken to be busy with a call the earlier codeboxd left (its
-// main thread runs user code, so it does not answer): it is interrupted, and has the rest
-// of adoptTimeout. A variable, so the unit tests can shorten it.
-var busyAfter = 2 * time.Second
-
+// adoptTimeout bounds how long an adopted worker's kernel may take to answer (see
+// timings.busyAfter).
 const (
 	adoptTimeout = 10 * time.Second
 	// parallelAdoptions bounds the workers taken over at once: they are independent, and
@@ -124,7 +120,7 @@ func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string)
 	}
 	deadline := time.Now().Add(adoptTimeout)
 	in := d.watch(w, a.task)
-	first, cancel := context.WithTimeout(ctx, busyAfter)
+	first, cancel := context.WithTimeout(ctx, d.timings.busyAfter)
 	err = d.dial(first, w, in)
 	cancel()
 	if err != nil && !errors.Is(err, errAgentExited) {

@@ -159,7 +159,7 @@ func TestAssignmentsOfTheFirstFormatAreRead(t *testing.T) {
 }
 
 func TestExecTimeoutRefusesWhatNoDurationExpresses(t *testing.T) {
-	d := &Daemon{cfg: Config{ExecTimeout: 30 * time.Second, MaxExecTimeout: 300 * time.Second}}
+	d := newWorld(t).daemon(Config{ExecTimeout: 30 * time.Second, MaxExecTimeout: 300 * time.Second})
 	f := func(v float64) *float64 { return &v }
 	for _, bad := range []*float64{f(0), f(-1), f(math.NaN()), f(math.Inf(1)), f(1e10), f(1e300), f(300.5)} {
 		_, err := d.execTimeout(bad)
