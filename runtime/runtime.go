@@ -43,6 +43,8 @@ type Runtime struct {
 	logSink     string
 	logMaxBytes int64
 
+	// tasks is what the watchers ask of containerd (the client; a fake in tests).
+	tasks    taskAPI
 	mu       sync.Mutex
 	watching map[string]watched // container id → its task's watcher
 	health   health
@@ -87,7 +89,8 @@ func Connect(ctx context.Context, address, namespace string, log *slog.Logger) (
 		}
 		return nil, fmt.Errorf("containerd at %s: %w", address, err)
 	}
-	return &Runtime{client: c, address: address, namespace: namespace, log: log, watching: map[string]watched{}}, nil
+	return &Runtime{client: c, address: address, namespace: namespace, log: log, tasks: clientTasks{c},
+		watching: map[string]watched{}}, nil
 }
 
 // Close stops watching tasks and closes the connection.

@@ -136,7 +136,7 @@ func (r *Runtime) await(ctx context.Context, id string, status <-chan client.Exi
 			var e Exit
 			var done bool
 			var err error
-			status, e, done, err = r.rewait(ctx, id)
+			status, e, done, err = r.tasks.Rewait(ctx, id)
 			if done {
 				return e, true
 			}
@@ -153,16 +153,25 @@ func (r *Runtime) await(ctx context.Context, id string, status <-chan client.Exi
 	}
 }
 
-// rewait looks at the task of container id after containerd came back: gone (its shim
-// died meanwhile), stopped (it exited meanwhile: containerd kept its status), or running,
-// and then waits on it again.
-func (r *Runtime) rewait(ctx context.Context, id string) (<-chan client.ExitStatus, Exit, bool, error) {
+// taskAPI is what the watchers ask of containerd.
+type taskAPI interface {
+	IsServing(ctx context.Context) (bool, error)
+	// Rewait looks at the task of container id after containerd came back: gone (its shim
+	// died meanwhile), stopped (it exited meanwhile: containerd kept its status), or
+	// running, and then waits on it again. done: the task ended, as e says.
+	Rewait(ctx context.Context, id string) (status <-chan client.ExitStatus, e Exit, done bool, err error)
+}
+
+// clientTasks is taskAPI on containerd's client.
+type clientTasks struct{ *client.Client }
+
+func (c clientTasks) Rewait(ctx context.Context, id string) (<-chan client.ExitStatus, Exit, bool, error) {
 	callCtx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
-	c, err := r.client.LoadContainer(callCtx, id)
+	ctr, err := c.LoadContainer(callCtx, id)
 	if err == nil {
 		var t client.Task
-		t, err = c.Task(callCtx, nil)
+		t, err = ctr.Task(callCtx, nil)
 		if err == nil {
 			var st client.Status
 			st, err = t.Status(callCtx)
@@ -220,7 +229,7 @@ func (r *Runtime) markDown(err error) {
 func (r *Runtime) pollServing(back chan struct{}) {
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		ok, err := r.client.IsServing(ctx)
+		ok, err := r.tasks.IsServing(ctx)
 		cancel()
 		if err == nil && ok {
 			r.health.mu.Lock()
