@@ -124,20 +124,46 @@ def now_iso():
 
 
 class Budget:
-    """Counts the bytes of output one execute may still send. Guarded by Agent.lock."""
+    """The output one execute may still send, in bytes of JSON. The only place that counts
+    it: stream text, displays and the error (which goes out twice, as the error message and
+    in the execute_reply) all take from it, so what a call sends stays within the daemon's
+    frame limit whatever user code prints. Its own lock: user code's threads and the fd
+    pumps write while the main thread publishes."""
 
     def __init__(self, limit):
+        self.lock = threading.Lock()
         self.limit = limit
         self.used = 0
         self.dropped = 0
 
     def take(self, n):
-        """Reserves n bytes; returns how many of them fit."""
-        room = max(0, self.limit - self.used)
-        granted = min(n, room)
-        self.used += granted
-        self.dropped += n - granted
-        return granted
+        """Reserves n bytes; returns how many of them fit (the rest counts as dropped)."""
+        with self.lock:
+            granted = min(n, max(0, self.limit - self.used))
+            self.used += granted
+            self.dropped += n - granted
+            return granted
+
+    def fit(self, text):
+        """The longest start of text whose JSON fits, which is taken."""
+        with self.lock:
+            room = max(0, self.limit - self.used)
+            cut = text[:room]
+            size = len(encode(cut)) - 2  # without the quotes
+            while size > room:
+                cut = cut[:len(cut) * room // size]
+                size = len(encode(cut)) - 2
+            self.used += size
+            self.dropped += len(text) - len(cut)
+            return cut
+
+    def close(self):
+        """Ends the call's output: returns the bytes dropped, and makes room for the marker
+        that says so."""
+        with self.lock:
+            if self.dropped:
+                self.limit = self.used + len(TRUNCATION_MARKER) + 32
+            return self.dropped
 
 
 class Request:
@@ -157,26 +183,13 @@ class Request:
         self.lean = isinstance(content, dict) and content.get("codebox_lean") is True
 
 
-class Agent:
-    def __init__(self, max_output):
-        self.max_output = max_output
+class Framer:
+    """Jupyter messages: a header with this agent's session and a counted msg_id, the
+    parent's header, the content, encoded as the daemon reads them."""
+
+    def __init__(self):
         self.session = uuid.uuid4().hex
         self.counter = itertools.count(1)  # msg_ids: the session and a count, as ipykernel
-        self.shell = None
-        self.current = None  # the Request being executed
-        self.executing = False
-        self.lock = threading.Lock()  # guards current, pending, outbox and flush_armed
-        self.pending = []  # [name, text] chunks not yet made into frames
-        self.outbox = []  # (connection, frame) not yet written
-        self.flush_armed = False  # the flusher will send what gathers within its period
-        self.flush_wanted = threading.Event()
-        self.write_lock = threading.Lock()  # one writer at a time, in outbox order
-        self.error = None  # the error content of the current execute, if it raised
-        self.fd_readers = []  # pipes that carry what is written to fds 1 and 2
-        self.interpreters = {}  # "javascript", "bash": codebox_languages.Interpreter
-        self.counts = {}  # calls per interpreter besides IPython: their execution_count
-
-    # ---- sending -------------------------------------------------------------------
 
     def frame(self, msg_type, content, parent, channel):
         return encode({
@@ -194,21 +207,45 @@ class Agent:
             "channel": channel,
         })
 
+
+class Outbox:
+    """Output on its way to the daemon: stream text gathering into frames, frames waiting
+    for one write per connection, and the flusher thread that sends them while code runs."""
+
+    def __init__(self, framer):
+        self.framer = framer
+        self.lock = threading.Lock()  # guards current, pending, queue and flush_armed
+        self.current = None  # the Request being executed
+        self.executing = False  # user code runs (only then does a SIGINT interrupt)
+        self.pending = []  # [name, text] chunks not yet made into frames
+        self.queue = []  # (connection, frame) not yet written
+        self.flush_armed = False  # the flusher will send what gathers within its period
+        self.flush_wanted = threading.Event()
+        self.write_lock = threading.Lock()  # one writer at a time, in queue order
+
+    def begin(self, req):
+        with self.lock:
+            self.current = req
+
+    def end(self):
+        with self.lock:
+            self.current = None
+
     def send(self, req, msg_type, content, channel="iopub"):
         """Queues a frame; it is written by deliver() or by the flusher."""
-        data = self.frame(msg_type, content, req.header, channel)
+        data = self.framer.frame(msg_type, content, req.header, channel)
         with self.lock:
-            self.outbox.append((req.conn, data))
+            self.queue.append((req.conn, data))
             if self.flush_armed or not self.executing:
                 return
             self.flush_armed = True
         self.flush_wanted.set()
 
     def deliver(self):
-        """Writes the outbox, each connection's frames in one write."""
+        """Writes the queue, each connection's frames in one write."""
         with self.write_lock:
             with self.lock:
-                queued, self.outbox = self.outbox, []
+                queued, self.queue = self.queue, []
             if not queued:
                 return
             by_conn = {}
@@ -243,9 +280,9 @@ class Agent:
             except Exception as exc:  # keep streaming for the next cell; the execute's end delivers
                 log(f"timed flush failed: {exc!r}")
 
-    # ---- output of user code -------------------------------------------------------
-
     def write_stream(self, name, text):
+        """Output of user code (print, the fd pumps, an interpreter's pipes), within the
+        current execute's budget."""
         with self.lock:
             req = self.current
             if req is None:
@@ -275,9 +312,9 @@ class Agent:
                 return
             for name, text in chunks:
                 for i in range(0, len(text), STREAM_CHUNK_CHARS):
-                    data = self.frame("stream", {"name": name, "text": text[i:i + STREAM_CHUNK_CHARS]},
-                                      req.header, "iopub")
-                    self.outbox.append((req.conn, data))
+                    data = self.framer.frame("stream", {"name": name, "text": text[i:i + STREAM_CHUNK_CHARS]},
+                                             req.header, "iopub")
+                    self.queue.append((req.conn, data))
 
     def publish(self, msg_type, content):
         """Sends display_data / execute_result / error after the output before it."""
@@ -286,59 +323,55 @@ class Agent:
         if req is None:
             return
         size = len(encode(content))
-        with self.lock:
-            fits = req.budget.take(size) == size
-        if not fits:
+        if req.budget.take(size) != size:
             content = dict(content)
             content["data"] = {"text/plain": "[codebox: output dropped, over the output limit]"}
             content["metadata"] = {}
         self.send(req, msg_type, content)
 
-    def fit(self, req, text):
-        """The longest start of text whose JSON fits the budget, which it is charged. Under
-        self.lock."""
-        room = max(0, req.budget.limit - req.budget.used)
-        cut = text[:room]
-        size = len(encode(cut)) - 2  # without the quotes
-        while size > room:
-            cut = cut[:len(cut) * room // size]
-            size = len(encode(cut)) - 2
-        req.budget.used += size
-        if len(cut) < len(text):
-            req.budget.dropped += len(text) - len(cut)
-        return cut
+
+class Agent:
+    """Dispatch and execution: answers the daemon's requests, runs code in IPython or a
+    language interpreter, and turns what it raised into the error the daemon reads."""
+
+    def __init__(self, max_output):
+        self.max_output = max_output
+        self.outbox = Outbox(Framer())
+        self.shell = None
+        self.error = None  # the error content of the current execute, if it raised
+        self.fd_readers = []  # pipes that carry what is written to fds 1 and 2
+        self.interpreters = {}  # "javascript", "bash": codebox_languages.Interpreter
+        self.counts = {}  # calls per interpreter besides IPython: their execution_count
 
     def show_error(self, etype, evalue, stb, extra=None):
-        """The exception of the current execute, within its output budget: it is sent twice
-        (the error message and the execute_reply), so an unbounded one could exceed the
-        daemon's frame limit and cost the worker."""
-        self.flush()
-        req = self.current
+        """The exception of the current execute, within its output budget."""
+        out = self.outbox
+        out.flush()
+        req = out.current
         if req is None:
             return
         try:
             value = str(evalue)
         except Exception as exc:  # a __str__ of user code's own that raises
             value = f"<unprintable {type(evalue).__name__}: {type(exc).__name__}>"
-        lines = list(itertools.islice(stb, 200))
-        with self.lock:
-            error = {"ename": self.fit(req, str(getattr(etype, "__name__", etype))[:256]),
-                     "evalue": self.fit(req, value), "traceback": []}
-            for line in lines:
-                line = self.fit(req, str(line))
-                if not line:
-                    break
-                error["traceback"].append(line)
+        budget = req.budget
+        error = {"ename": budget.fit(str(getattr(etype, "__name__", etype))[:256]),
+                 "evalue": budget.fit(value), "traceback": []}
+        for line in itertools.islice(stb, 200):
+            line = budget.fit(str(line))
+            if not line:
+                break
+            error["traceback"].append(line)
         error.update(extra or {})
         self.error = error
-        self.send(req, "error", self.error)
+        out.send(req, "error", self.error)
 
     # ---- requests ------------------------------------------------------------------
 
     def on_sigint(self, signum, frame):
         # Only user code is interruptible; a SIGINT that arrives while the agent itself is
         # working (between executes) must not break the agent.
-        if self.executing:
+        if self.outbox.executing:
             raise KeyboardInterrupt
 
     def handle(self, conn, raw):
@@ -355,7 +388,7 @@ class Agent:
             handler(self, conn, msg)
         except KeyboardInterrupt:  # a SIGINT that came after user code ended
             pass
-        self.deliver()
+        self.outbox.deliver()
 
     def settle_fds(self):
         """Gives output still in the fd pipes a moment (at most ~20 ms) to reach the
@@ -372,7 +405,7 @@ class Agent:
 
     def kernel_info(self, conn, msg):
         req = Request(conn, msg, self.max_output)
-        self.send(req, "kernel_info_reply", {
+        self.outbox.send(req, "kernel_info_reply", {
             "status": "ok",
             "protocol_version": PROTOCOL_VERSION,
             "implementation": "codebox-agent",
@@ -395,8 +428,9 @@ class Agent:
         # execution count, no displayed value.
         silent = bool(content.get("silent", False))
         store_history = bool(content.get("store_history", not silent)) and not silent
+        out = self.outbox
         if not req.lean:
-            self.send(req, "status", {"execution_state": "busy"})
+            out.send(req, "status", {"execution_state": "busy"})
         problem = None
         if not isinstance(code, str):
             problem = "code must be a string"
@@ -408,23 +442,18 @@ class Agent:
                 "traceback": [], "execution_count": self.shell.execution_count,
             })
             return
-        with self.lock:
-            self.current = req
+        out.begin(req)
         self.error = None
         state_lost = False
         if INTERPRETERS[language] is None:
             count = self.run_python(code, store_history, silent)
         else:
             count, state_lost = self.run_other(INTERPRETERS[language], language, code)
-        with self.lock:
-            dropped = req.budget.dropped
-            if dropped:  # room for the marker itself
-                req.budget.limit += len(TRUNCATION_MARKER) + 32
+        dropped = req.budget.close()
         if dropped:
-            self.write_stream("stderr", TRUNCATION_MARKER.format(dropped))
-        self.flush()
-        with self.lock:
-            self.current = None
+            out.write_stream("stderr", TRUNCATION_MARKER.format(dropped))
+        out.flush()
+        out.end()
         if self.error is not None:
             reply = dict(self.error, status="error", execution_count=count)
         else:
@@ -440,9 +469,9 @@ class Agent:
         """Ends an execute: its reply, then (unless the client asked for lean) idle."""
         if req.lean:
             content["codebox_lean"] = True
-        self.send(req, "execute_reply", content, channel="shell")
+        self.outbox.send(req, "execute_reply", content, channel="shell")
         if not req.lean:
-            self.send(req, "status", {"execution_state": "idle"})
+            self.outbox.send(req, "status", {"execution_state": "idle"})
 
     def run_python(self, code, store_history, silent):
         """Runs code in IPython; returns the execution count."""
@@ -451,13 +480,13 @@ class Agent:
             signal.signal(signal.SIGINT, self.on_sigint)
         interrupted_outside = False
         try:
-            self.executing = True
+            self.outbox.executing = True
             result = self.shell.run_cell(code, store_history=store_history, silent=silent)
         except KeyboardInterrupt:
             interrupted_outside = True
             result = None
         finally:
-            self.executing = False
+            self.outbox.executing = False
         if interrupted_outside:
             self.show_error(KeyboardInterrupt, "", ["KeyboardInterrupt"])
         self.settle_fds()
@@ -468,7 +497,7 @@ class Agent:
         execution count and whether the interpreter's state was lost."""
         interp = self.interpreters.get(name)
         if interp is None:
-            interp = self.interpreters[name] = codebox_languages.Interpreter(name, self.write_stream)
+            interp = self.interpreters[name] = codebox_languages.Interpreter(name, self.outbox.write_stream)
         self.counts[name] = count = self.counts.get(name, 0) + 1
         # The interpreter takes SIGINT for the call's length (it passes it on); the agent's
         # own handler, which raises only while Python code runs, stays quiet until then.
@@ -496,7 +525,7 @@ class Agent:
         if reply.get("status") == "ok":
             value = reply.get("value")
             if isinstance(value, str):
-                self.publish("execute_result", {"data": {"text/plain": value}, "metadata": {},
+                self.outbox.publish("execute_result", {"data": {"text/plain": value}, "metadata": {},
                                                 "execution_count": count})
         else:
             tb = reply.get("traceback")
@@ -527,7 +556,7 @@ class Stream(io.TextIOBase):
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if text:
-            self.agent.write_stream(self.name, text)
+            self.agent.outbox.write_stream(self.name, text)
         return len(text)
 
     def writable(self):
@@ -555,16 +584,16 @@ def make_shell(agent):
 
         def finish_displayhook(self):
             self.content["execution_count"] = self.prompt_count
-            agent.publish("execute_result", self.content)
+            agent.outbox.publish("execute_result", self.content)
 
     class AgentDisplayPublisher(DisplayPublisher):
         def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):
             msg_type = "update_display_data" if update else "display_data"
-            agent.publish(msg_type, {"data": data, "metadata": metadata or {},
+            agent.outbox.publish(msg_type, {"data": data, "metadata": metadata or {},
                                      "transient": transient or {}})
 
         def clear_output(self, wait=False):
-            agent.publish("clear_output", {"wait": wait})
+            agent.outbox.publish("clear_output", {"wait": wait})
 
     class AgentShell(InteractiveShell):
         displayhook_class = Type(AgentDisplayHook)
@@ -629,7 +658,7 @@ def capture_fds(agent):
                 return
             text = decoder.decode(data)
             if text:
-                agent.write_stream(name, text)
+                agent.outbox.write_stream(name, text)
 
     for fd, name in ((1, "stdout"), (2, "stderr")):
         r, w = os.pipe()
@@ -641,7 +670,7 @@ def capture_fds(agent):
 
 class Connection:
     """One client's websocket: the sans-I/O protocol state and its socket. Reads happen on
-    the main thread only; writes go through Agent.deliver (under its write lock) or, for
+    the main thread only; writes go through Outbox.deliver (under its write lock) or, for
     protocol replies, on the main thread between executes."""
 
     def __init__(self, sock, expected):
@@ -759,7 +788,7 @@ class Server:
                     log(f"connection dropped: {exc!r}")
                     messages = []
                     conn.closed = True
-                with agent.write_lock:
+                with agent.outbox.write_lock:
                     conn.write_pending()
                 for raw in messages:
                     agent.handle(conn, raw)
@@ -786,7 +815,7 @@ def main():
     sys.stderr = Stream(agent, "stderr")
 
     server = Server(agent, token, port)
-    threading.Thread(target=agent.flusher, daemon=True, name="flusher").start()
+    threading.Thread(target=agent.outbox.flusher, daemon=True, name="flusher").start()
     log.open()
     log(f"listening on port {port}")
     capture_fds(agent)
