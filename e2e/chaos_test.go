@@ -182,15 +182,11 @@ func TestChaos(t *testing.T) {
 	}
 	var faults []*fault
 	healthy := func(dd *daemon) time.Time {
-		deadline := time.Now().Add(time.Minute)
-		for time.Now().Before(deadline) {
-			if code, _, _ := dd.request(t, "GET", "/healthz", "", nil); code == 200 {
-				return time.Now()
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		t.Fatal("codeboxd did not become healthy within a minute")
-		return time.Time{}
+		eventually(t, time.Minute, "codeboxd healthy", func() bool {
+			code, _, _ := dd.request(t, "GET", "/healthz", "", nil)
+			return code == 200
+		})
+		return time.Now()
 	}
 
 	// 1. codeboxd killed and started again: every call fails while it is down; all sessions
@@ -363,17 +359,14 @@ func summarise(o outcome) string {
 // waitFresh waits until s's calls since t came back in a new session.
 func waitFresh(t *testing.T, s *chaosSession, since time.Time) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for time.Now().Before(deadline) {
+	eventually(t, time.Minute, s.user+" reporting a new session after the fault", func() bool {
 		for _, o := range s.since(since) {
 			if o.status == 200 && o.fresh {
-				return
+				return true
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	got := s.since(since)
-	t.Fatalf("%s never reported a new session after the fault; its last calls: %+v", s.user, got[max(0, len(got)-5):])
+		return false
+	})
 }
 
 func killOwnTask(t *testing.T, c *ownContainerd, id string) {

@@ -216,11 +216,8 @@ func startOwnDaemonAs(t *testing.T, c *ownContainerd, token string, flags ...str
 	}
 	// Registered first, so it runs after the daemon has stopped.
 	t.Cleanup(func() {
-		out, err := exec.Command(env.bin, "cleanup", "--all", "--containerd-address", c.socket,
-			"--containerd-namespace", ownNamespace, "--worker-bridge", bridge, "--worker-subnet", subnet,
-			"--state-dir", stateDir).CombinedOutput()
-		if err != nil {
-			t.Errorf("codeboxd cleanup: %v: %s", err, out)
+		if err := runCleanup(cleanupTarget{containerd: c.socket, namespace: ownNamespace, stateDir: stateDir}); err != nil {
+			t.Error(err)
 		}
 	})
 	d := startDaemonAs(t, token, append([]string{"--containerd-address", c.socket, "--containerd-namespace", ownNamespace,
@@ -319,16 +316,10 @@ func TestContainerdRestart(t *testing.T) {
 	if err := <-inFlight; err != nil {
 		t.Fatalf("the call in flight across the restart: %v", err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if code, _, _ := d.request(t, "GET", "/healthz", "", nil); code == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("healthz did not recover within 30 s of containerd's return")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	eventually(t, 30*time.Second, "healthz recovering after containerd's return", func() bool {
+		code, _, _ := d.request(t, "GET", "/healthz", "", nil)
+		return code == 200
+	})
 	for i, u := range users {
 		want := fmt.Sprintf("(%d, '%d')", []int{100, 1, 2}[i], i)
 		r := d.exec(t, u, "x, open('/sandbox/f').read()")

@@ -11,7 +11,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -308,7 +307,7 @@ func TestLargeTransferMemory(t *testing.T) {
 	user := "e2e-big-" + randomHex(3)
 	ctx := context.Background()
 	d.exec(t, user, "1")
-	before := peakRSS(t, d.cmd.Process.Pid)
+	before := procBytes(t, d.cmd.Process.Pid, "VmHWM")
 	const size = 100 << 20
 	data, _ := io.ReadAll(io.LimitReader(rand.NewChaCha8([32]byte{1}), size))
 	want := sha(data)
@@ -343,28 +342,13 @@ func TestLargeTransferMemory(t *testing.T) {
 	if sha(store.get("back")) != want {
 		t.Fatal("import/export round trip changed the bytes")
 	}
-	after := peakRSS(t, d.cmd.Process.Pid)
+	after := procBytes(t, d.cmd.Process.Pid, "VmHWM")
 	t.Logf("100 MB: direct upload %.0f MB/s, direct download %.0f MB/s, import %.0f MB/s, export %.0f MB/s; daemon peak RSS %d MB before, %d MB after",
 		mbps(put), mbps(get), mbps(importTime), mbps(exportTime), before>>20, after>>20)
 	if after-before > 32<<20 {
 		t.Fatalf("the daemon's peak RSS grew by %d MB moving 100 MB: not streaming", (after-before)>>20)
 	}
 	d.client.Release(ctx, user)
-}
-
-func peakRSS(t *testing.T, pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	t.Fatal("no VmHWM")
-	return 0
 }
 
 func statusOf(err error) int {

@@ -53,10 +53,8 @@ func cleanupFleetNode(t *testing.T, n *fleetNode) {
 		return
 	}
 	defer os.RemoveAll(stateDir)
-	if out, err := exec.Command(env.bin, "cleanup", "--all", "--containerd-address", env.containerd,
-		"--containerd-namespace", n.ns, "--worker-bridge", n.bridge, "--worker-subnet", n.subnet,
-		"--state-dir", stateDir).CombinedOutput(); err != nil {
-		t.Errorf("%s: codeboxd cleanup: %v: %s", n.name, err, out)
+	if err := runCleanup(cleanupTarget{namespace: n.ns, bridge: n.bridge, subnet: n.subnet, stateDir: stateDir}); err != nil {
+		t.Errorf("%s: %v", n.name, err)
 	}
 	if _, err := net.InterfaceByName(n.bridge); err == nil {
 		if out, err := exec.Command("ip", "link", "delete", n.bridge).CombinedOutput(); err != nil {

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -84,11 +85,8 @@ func removeTestNetwork() error {
 		return err
 	}
 	defer os.RemoveAll(stateDir)
-	out, err := exec.Command(env.bin, "cleanup", "--all", "--containerd-address", env.containerd,
-		"--containerd-namespace", namespace, "--worker-bridge", bridge, "--worker-subnet", subnet,
-		"--state-dir", stateDir).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("codeboxd cleanup: %v: %s", err, out)
+	if err := runCleanup(cleanupTarget{stateDir: stateDir}); err != nil {
+		return err
 	}
 	if _, err := net.InterfaceByName(bridge); err == nil {
 		if out, err := exec.Command("ip", "link", "delete", bridge).CombinedOutput(); err != nil {
@@ -429,12 +427,59 @@ func pruneImages() error {
 // (`codeboxd cleanup --all`), for tests whose daemons leave their workers running.
 func cleanupAll(t *testing.T, stateDir string) {
 	t.Helper()
-	out, err := exec.Command(env.bin, "cleanup", "--all", "--containerd-address", env.containerd,
-		"--containerd-namespace", namespace, "--worker-bridge", bridge, "--worker-subnet", subnet,
-		"--state-dir", stateDir).CombinedOutput()
-	if err != nil {
-		t.Errorf("codeboxd cleanup --all: %v: %s", err, out)
+	if err := runCleanup(cleanupTarget{stateDir: stateDir}); err != nil {
+		t.Error(err)
 	}
+}
+
+// cleanupTarget is what `codeboxd cleanup --all` is pointed at; empty fields are the
+// tests' own (containerd, namespace, bridge, subnet).
+type cleanupTarget struct {
+	containerd, namespace, bridge, subnet, stateDir string
+}
+
+// runCleanup runs `codeboxd cleanup --all` on target.
+func runCleanup(c cleanupTarget) error {
+	def := func(v, d string) string {
+		if v == "" {
+			return d
+		}
+		return v
+	}
+	out, err := exec.Command(env.bin, "cleanup", "--all", "--containerd-address", def(c.containerd, env.containerd),
+		"--containerd-namespace", def(c.namespace, namespace), "--worker-bridge", def(c.bridge, bridge),
+		"--worker-subnet", def(c.subnet, subnet), "--state-dir", c.stateDir).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("codeboxd cleanup --all: %v: %s", err, out)
+	}
+	return nil
+}
+
+// procStatus is a field of /proc/PID/status (e.g. "VmRSS", "Uid"): its words after the
+// colon.
+func procStatus(t *testing.T, pid int, field string) []string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return strings.Fields(v)
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return nil
+}
+
+// procBytes is a memory field of /proc/PID/status (VmRSS, VmHWM), in bytes.
+func procBytes(t *testing.T, pid int, field string) int64 {
+	t.Helper()
+	kb, err := strconv.ParseInt(procStatus(t, pid, field)[0], 10, 64)
+	if err != nil {
+		t.Fatalf("%s of %d: %v", field, pid, err)
+	}
+	return kb << 10
 }
 
 // eventually polls cond every 50 ms until it holds, or fails the test naming what did not

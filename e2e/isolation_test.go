@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -257,15 +258,9 @@ print("processes", sorted(int(p) for p in os.listdir("/proc") if p.isdigit()))
 			if err != nil {
 				t.Fatal(err)
 			}
-			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", task.Pid()))
+			uid, err := strconv.Atoi(procStatus(t, int(task.Pid()), "Uid")[0])
 			if err != nil {
 				t.Fatal(err)
-			}
-			var uid int
-			for _, line := range strings.Split(string(b), "\n") {
-				if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
-					fmt.Sscan(f[1], &uid)
-				}
 			}
 			return uid
 		}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -198,31 +197,13 @@ func asCloseError(err error, ce **websocket.CloseError) bool {
 	return ok
 }
 
-// rssOf is a process's resident memory, bytes.
-func rssOf(t *testing.T, pid int) int64 {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			var kb int64
-			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
-			return kb << 10
-		}
-	}
-	t.Fatal("no VmRSS")
-	return 0
-}
-
 // TestHeldRequestBytesAreBounded: 40 callers with the key each send an execute body of
 // 8 MB, all but its last bytes, and stall. Each connection's own bound (8 MiB) held, but
 // nothing bounded them all: the daemon held them all at once. Now one budget
 // (--request-memory-mb, 64 here) does, and callers past it get 503 with Retry-After.
 func TestHeldRequestBytesAreBounded(t *testing.T) {
 	d := startDaemon(t, "--request-memory-mb", "64")
-	before := rssOf(t, d.cmd.Process.Pid)
+	before := procBytes(t, d.cmd.Process.Pid, "VmRSS")
 	const callers, size = 40, 8<<20 - 1024
 	body := `{"code": "` + strings.Repeat("x", size-12) + `"}`
 	var refused atomic.Int64
@@ -251,7 +232,7 @@ func TestHeldRequestBytesAreBounded(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	held := rssOf(t, d.cmd.Process.Pid)
+	held := procBytes(t, d.cmd.Process.Pid, "VmRSS")
 	close(conns)
 	for c := range conns {
 		c.Close()

@@ -181,15 +181,13 @@ func TestPullFromLoopbackRegistry(t *testing.T) {
 
 func waitForPort(t *testing.T, addr string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+	eventually(t, 30*time.Second, addr+" listening", func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
 			c.Close()
-			return
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("%s did not listen", addr)
+		return err == nil
+	})
 }
 
 // deleteNamespace removes a namespace the test made, with its images (and so, after the

@@ -226,12 +226,12 @@ func TestStreaming(t *testing.T) {
 		defer d.client.Release(ctx, user)
 		d.exec(t, user, "1")
 		ws := dialWS(t, d, user, true)
-		before := rss(t, d.cmd.Process.Pid)
+		before := procBytes(t, d.cmd.Process.Pid, "VmRSS")
 		ws.send(map[string]any{"type": "execute", "id": "flood", "code": "import sys\nfor _ in range(50):\n    sys.stdout.write('x' * (1 << 20))"})
 		// Nobody reads while the cell writes 50 MB; the daemon's memory is sampled.
 		var peak int64
 		for deadline := time.Now().Add(4 * time.Second); time.Now().Before(deadline); {
-			peak = max(peak, rss(t, d.cmd.Process.Pid))
+			peak = max(peak, procBytes(t, d.cmd.Process.Pid, "VmRSS"))
 			time.Sleep(50 * time.Millisecond)
 		}
 		var received int64
