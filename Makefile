@@ -20,7 +20,7 @@ IMAGE_ARCHIVE  = $(CACHE_DIR)/worker-$(VARIANT)-$(IMAGE_HASH).oci.tar
 PREFIX     ?= /usr/local
 DESTDIR    ?=
 
-.PHONY: all build deps node-deps image image-full run bench test test-unit test-agent test-clients test-e2e test-fleet test-chaos test-image-full test-full-image test-systemd test-install lint install uninstall clean
+.PHONY: all build deps test-deps node-deps image image-full run bench test test-unit test-agent test-clients test-e2e test-fleet test-chaos test-image-full test-systemd test-install lint install uninstall clean
 
 all: build
 
@@ -30,11 +30,16 @@ build:
 	$(GO) build -o bin/codebox ./cmd/codebox
 	$(GO) build -o bin/codebox-bench ./cmd/codebox-bench
 
+# deps: what running codeboxd and building its image take; test-deps: what the tests and
+# the benchmarks drive it with besides (never installed by `make run`).
 deps:
 	@scripts/install-deps.sh
 
+test-deps:
+	@scripts/install-deps.sh test
+
 # The Node clients of the end-to-end tests (playwright-core, the MCP SDK), pinned.
-node-deps: deps
+node-deps: test-deps
 	@scripts/install-node-deps.sh
 
 image: deps
@@ -51,7 +56,7 @@ run: deps image build
 
 # bench: the figures of docs/benchmarks.md (table on stdout; JSON and charts in
 # bench-results/). BENCH_FLAGS passes e.g. --users 25 --requests 100.
-bench: deps image build
+bench: test-deps image build
 	addr=$$(scripts/ensure-containerd.sh); \
 	bin/codebox-bench --codeboxd bin/codeboxd --containerd-address "$$addr" \
 		--image "$(IMAGE_REF)" --archive "$(IMAGE_ARCHIVE)" --out bench-results --charts docs/bench $(BENCH_FLAGS)
@@ -66,7 +71,7 @@ e2e = addr=$$(scripts/ensure-containerd.sh); mkdir -p test-artifacts; \
 		$(GO) test -count=1 -v $(1) ./e2e/ 2>&1 | tee test-artifacts/e2e.log \
 		|| { scripts/test-failures.sh test-artifacts/e2e.log; exit 1; }
 
-test: deps node-deps image build lint test-unit test-agent test-clients test-systemd test-install test-e2e
+test: test-deps node-deps image build lint test-unit test-agent test-clients test-systemd test-install test-e2e
 
 test-unit:
 	$(GO) test -race -count=1 -timeout 5m $$($(GO) list ./... | grep -v /e2e)
@@ -74,11 +79,11 @@ test-unit:
 	# (go.dev/issue/75804) and fails with "context deadline exceeded" under load.
 	$(GO) test -run '^$$' -fuzz FuzzCleanDir -fuzztime 300000x -parallel 2 ./sandboxfs/
 
-test-agent:
+test-agent: test-deps
 	/usr/bin/python3 -m unittest discover -s images/agent -p 'test_*.py' -v
 
 # The Python client against a stub server (its live tests are part of test-e2e).
-test-clients:
+test-clients: test-deps
 	PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 -m unittest discover -s clients/python/tests -p 'test_unit.py' -v
 
 test-e2e: build node-deps
@@ -97,17 +102,15 @@ test-chaos: build
 
 # One real task per capability family in a full worker, through the API; writes
 # docs/CAPABILITIES.md from what the image holds.
-test-image-full:
-	@$(MAKE) --no-print-directory test-full-image VARIANT=full
-
-test-full-image: deps image build
+test-image-full: VARIANT = full
+test-image-full: test-deps image build
 	$(call e2e,-timeout 30m -run TestFullImage,CODEBOX_E2E_FULL=1 CODEBOX_CAPABILITIES_OUT="$(CURDIR)/docs/CAPABILITIES.md")
 
 # The unit must pass systemd-analyze verify without a warning (its exit status alone
 # ignores parse errors); then it runs under a real systemd: a Debian tree booted with
 # systemd-nspawn, codebox installed with `make install`, started, executed, restarted
 # (scripts/systemd-boot/test.sh).
-test-systemd: build image
+test-systemd: test-deps build image
 	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	sed "s|$(PREFIX)/bin/codeboxd|$(CURDIR)/bin/codeboxd|g" systemd/codeboxd.service > "$$tmp/codeboxd.service"; \
 	out=$$(systemd-analyze verify "$$tmp/codeboxd.service" 2>&1) || { echo "$$out"; exit 1; }; \
@@ -154,7 +157,7 @@ uninstall:
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 # The CLI depends on api alone: it builds for other systems than the daemon's.
-lint: $(TOOLS)/staticcheck
+lint: test-deps $(TOOLS)/staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(TOOLS)/staticcheck ./...
@@ -167,4 +170,4 @@ $(TOOLS)/staticcheck:
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 clean:
-	rm -rf bin
+	rm -rf bin test-artifacts bench-results
