@@ -84,9 +84,9 @@ func New(cfg Config, log *slog.Logger, deps Deps) (*Daemon, error) {
 
 // parts are what a daemon is built from (fakes, in the unit tests).
 type parts struct {
-	rt    containers
-	net   network
-	disks disks
+	rt      containers
+	net     network
+	disks   disks
 	dial    dialAgentFunc
 	image   *runtime.Image
 	timings timings
