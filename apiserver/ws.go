@@ -282,6 +282,11 @@ func (st *wsStream) readMessage(limit int64, c *charge) ([]byte, error) {
 		return nil, err
 	}
 	data, err := io.ReadAll(io.LimitReader(chargedBody{r, c}, limit+1))
+	if errors.Is(err, errOverBudget) {
+		// The rest of the message is read and dropped, never held: a socket closed with
+		// it unread would be reset, and the client would not learn why.
+		io.Copy(io.Discard, io.LimitReader(r, limit))
+	}
 	if err != nil {
 		return nil, err
 	}
