@@ -267,7 +267,10 @@ func (g *Guard) note() {
 
 // Stats are the guard's counts.
 type Stats struct {
-	Open, Unauthenticated     int
+	Open, Unauthenticated int
+	// IdleUnauthenticated are the unauthenticated connections between requests: those
+	// that may be closed to make room.
+	IdleUnauthenticated       int
 	Refused, Evicted, Expired int64
 }
 
@@ -275,7 +278,13 @@ type Stats struct {
 func (g *Guard) Stats() Stats {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return Stats{Open: len(g.conns), Unauthenticated: g.unauth,
+	idle := 0
+	for _, tc := range g.conns {
+		if tc.idle && !tc.authed && !tc.closed {
+			idle++
+		}
+	}
+	return Stats{Open: len(g.conns), Unauthenticated: g.unauth, IdleUnauthenticated: idle,
 		Refused: g.refused.Load(), Evicted: g.evicted.Load(), Expired: g.expired.Load()}
 }
 

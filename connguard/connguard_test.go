@@ -88,7 +88,7 @@ func TestIdleUnauthenticatedMakeRoom(t *testing.T) {
 		}
 		held = append(held, cl)
 	}
-	waitFor(t, "4 idle", func() bool { return g.Stats().Unauthenticated == 4 })
+	waitFor(t, "4 idle", func() bool { s := g.Stats(); return s.Unauthenticated == 4 && s.IdleUnauthenticated == 4 })
 	fresh := dial(t, addr, "127.0.0.2")
 	if !fresh.get("/open") {
 		t.Fatal("a fifth connection of the source was not served")
