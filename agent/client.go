@@ -216,21 +216,52 @@ func (c *Client) Start(code, language string, sink func(Event)) (*Call, error) {
 	return c.start(code, language, false, sink)
 }
 
+// StartSession tells the agent its worker now serves a session: env is set for everything
+// the session runs, and its working directory is /sandbox again, where the session's disk
+// was just mounted over the empty mount point. A silent execute carries it (our
+// extension, codebox_session), so the reply is an execute_reply like any other.
+func (c *Client) StartSession(ctx context.Context, env map[string]string) error {
+	call, err := c.send1(func(content map[string]any) {
+		content["code"] = ""
+		content["codebox_session"] = map[string]any{"env": env}
+	}, true, nil)
+	if err != nil {
+		return err
+	}
+	defer call.Finish()
+	res, err := call.Wait(ctx)
+	if err != nil {
+		return err
+	}
+	if res.Status != "ok" {
+		return fmt.Errorf("session start: status %q: %+v", res.Status, res.Error)
+	}
+	return nil
+}
+
 func (c *Client) start(code, language string, silent bool, sink func(Event)) (*Call, error) {
-	c.callMu.Lock()
-	content := map[string]any{
-		"code": code, "silent": silent, "store_history": !silent,
-		"user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true,
+	return c.send1(func(content map[string]any) {
+		content["code"] = code
 		// Our agent's extension: send the first output at once rather than gathering
 		// it for a flush period, for a caller watching it arrive.
-		"codebox_stream": sink != nil,
-		// Our agent's extension too: no busy and idle status around the call, the reply
-		// last (and marked so; an agent that does not know it sends them as before).
+		content["codebox_stream"] = sink != nil
+		if language != "" {
+			content["language"] = language // our agent's extension too
+		}
+	}, silent, sink)
+}
+
+// send1 sends one execute_request whose content set completes.
+func (c *Client) send1(set func(map[string]any), silent bool, sink func(Event)) (*Call, error) {
+	c.callMu.Lock()
+	content := map[string]any{
+		"silent": silent, "store_history": !silent,
+		"user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true,
+		// Our agent's extension: no busy and idle status around the call, the reply last
+		// (and marked so; an agent that does not know it sends them as before).
 		"codebox_lean": true,
 	}
-	if language != "" {
-		content["language"] = language // our agent's extension too
-	}
+	set(content)
 	p, err := c.send("execute_request", content, sink)
 	if err != nil {
 		c.callMu.Unlock()

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // These tests use real loop devices and mounts, so they need root.
@@ -17,13 +20,30 @@ func needRoot(t *testing.T) {
 	}
 }
 
-func TestCreateMountRemove(t *testing.T) {
-	needRoot(t)
+// newStore is a store in a temporary directory, its shared mount undone at the end.
+func newStore(t testing.TB) *Store {
 	s, err := NewStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := s.Create(context.Background(), "w-test", 32, 1<<30+1000) // a uid of a user namespace's range
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
+func TestCreateMountRemove(t *testing.T) {
+	needRoot(t)
+	s := newStore(t)
+	if _, err := s.Prepare("w-test"); err != nil {
+		t.Fatal(err)
+	}
+	if s.Mounted("w-test") {
+		t.Fatal("a prepared mount point counts as a mounted disk")
+	}
+	d, err := s.Make(context.Background(), "w-test", 32, 1<<30+1000) // a uid of a user namespace's range
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,12 +111,12 @@ func TestCreateMountRemove(t *testing.T) {
 
 func TestCreateRejectsBadIDs(t *testing.T) {
 	needRoot(t)
-	s, err := NewStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newStore(t)
 	for _, id := range []string{"", "..", "a/b"} {
-		if _, err := s.Create(context.Background(), id, 16, 1000); err == nil {
+		if _, err := s.Prepare(id); err == nil {
+			t.Errorf("mount point %q prepared", id)
+		}
+		if _, err := s.Make(context.Background(), id, 16, 1000); err == nil {
 			t.Errorf("id %q accepted", id)
 		}
 	}
@@ -134,16 +154,101 @@ func BenchmarkCreateRemove(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("skipped: needs root")
 	}
-	s, err := NewStore(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
+	s := newStore(b)
 	for i := 0; i < b.N; i++ {
-		if _, err := s.Create(context.Background(), "w-bench", 500, 1000); err != nil {
+		if _, err := s.Prepare("w-bench"); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.Make(context.Background(), "w-bench", 500, 1000); err != nil {
 			b.Fatal(err)
 		}
 		if err := s.Remove("w-bench"); err != nil {
 			b.Fatal(err)
 		}
 	}
+}
+
+// The store's mounts directory is a shared mount: a mount made under it later reaches every
+// bind of it that is its slave (as a container's /sandbox is).
+func TestMountsPropagateToSlaves(t *testing.T) {
+	needRoot(t)
+	s := newStore(t)
+	mp, err := s.Prepare("w-prop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Remove("w-prop") })
+	slave := t.TempDir()
+	if err := unix.Mount(mp, slave, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(slave, unix.MNT_DETACH) })
+	if err := unix.Mount("", slave, "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Make(context.Background(), "w-prop", 16, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(mp, "seen"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(slave, "seen")); err != nil {
+		t.Fatalf("the disk mounted after the bind did not reach it: %v", err)
+	}
+	if err := s.Remove("w-prop"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(slave, "seen")); err == nil {
+		t.Fatal("the disk's unmount did not reach the bind")
+	}
+}
+
+// A mounted disk grows online where the host lets root resize a mounted ext4
+// (CAP_SYS_RESOURCE); elsewhere Grow says so, and the disk is as it was.
+func TestGrow(t *testing.T) {
+	needRoot(t)
+	s := newStore(t)
+	if _, err := s.Prepare("w-grow"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Remove("w-grow") })
+	if _, err := s.Make(context.Background(), "w-grow", 32, 1000); err != nil {
+		t.Fatal(err)
+	}
+	_, before, err := s.Usage("w-grow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Grow(context.Background(), "w-grow", 64)
+	_, after, uerr := s.Usage("w-grow")
+	if uerr != nil {
+		t.Fatal(uerr)
+	}
+	if hasCapSysResource(t) {
+		if err != nil || after < before+24<<20 {
+			t.Fatalf("grow with CAP_SYS_RESOURCE: %v; size %d -> %d", err, before, after)
+		}
+		return
+	}
+	if !errors.Is(err, ErrCannotGrow) || after != before {
+		t.Fatalf("grow without CAP_SYS_RESOURCE: %v; size %d -> %d, want ErrCannotGrow and no change", err, before, after)
+	}
+}
+
+func hasCapSysResource(t *testing.T) bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return caps&(1<<unix.CAP_SYS_RESOURCE) != 0
+		}
+	}
+	t.Fatal("no CapEff")
+	return false
 }

@@ -110,6 +110,25 @@ func shimFor(cmdline []byte, namespace, address string) (string, bool) {
 // stopShims ends the shims: SIGTERM, which a shim takes as the order to shut down, then
 // SIGKILL to those still there after 5 s (one wait for all). A shim whose pid no longer
 // names it (it ended, the pid was reused) is left alone. It returns those it signalled.
+// stopShimOf stops the shim of container id, if one runs: for a container that was just
+// deleted, whose shim nothing else will stop.
+func (r *Runtime) stopShimOf(id string) error {
+	var mine []shim
+	for _, s := range shimsOf(r.namespace, r.address) {
+		if s.id == id {
+			mine = append(mine, s)
+		}
+	}
+	if len(mine) == 0 {
+		return nil
+	}
+	stopped, err := stopShims(mine)
+	for _, s := range stopped {
+		r.log.Warn("stopped the shim a cut-short task creation left", "worker", id, "pid", s.pid)
+	}
+	return err
+}
+
 func stopShims(shims []shim) ([]shim, error) {
 	var errs []error
 	var stopped []shim

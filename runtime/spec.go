@@ -49,13 +49,12 @@ type WorkerSpec struct {
 	// UIDBase starts the worker's own range of IDRange host uids and gids: per-user
 	// kernel limits (pipe buffers, processes, message queues) are not shared with other
 	// workers or host accounts.
-	UIDBase  uint32
-	CPU      float64  // cores (CFS quota)
-	MemoryMB int      // memory limit
-	Pids     int      // pids limit
-	Env      []string // added to the image's environment (the agent's token and port)
-	// SandboxSource is the host mount of the worker's virtual disk, bind-mounted at
-	// /sandbox with SandboxOptions (the host mount's flags, which runc does not inherit).
+	UIDBase   uint32
+	Resources Resources
+	Env       []string // added to the image's environment (the agent's token and port)
+	// SandboxSource is the host mount point of the worker's virtual disk, bind-mounted at
+	// /sandbox with SandboxOptions (the host mount's flags, which runc does not inherit,
+	// and rslave: the disk is mounted there when a session takes the worker).
 	SandboxSource  string
 	SandboxOptions []string
 	Labels         map[string]string
@@ -78,7 +77,7 @@ func workerOpts(s WorkerSpec) []oci.SpecOpts {
 		withIdentity(),
 		withUserNamespace(s.UIDBase),
 		withLeastPrivilege(),
-		withResources(s.CPU, s.MemoryMB, s.Pids),
+		withResources(s.Resources),
 		withNetwork(s.NetNSPath),
 		withMounts(s.SandboxSource, s.SandboxOptions),
 		oci.WithProcessCwd(SandboxDir),
@@ -131,13 +130,13 @@ func withIdentity() oci.SpecOpts {
 
 // withResources sets the cgroup limits: CPU quota, memory (swap not allowed beyond it),
 // pids.
-func withResources(cpu float64, memoryMB, pids int) oci.SpecOpts {
-	memory := int64(memoryMB) << 20
+func withResources(res Resources) oci.SpecOpts {
+	memory := int64(res.MemoryMB) << 20
 	return oci.Compose(
-		oci.WithCPUCFS(int64(cpu*cfsPeriod), cfsPeriod),
+		oci.WithCPUCFS(int64(res.CPU*cfsPeriod), cfsPeriod),
 		oci.WithMemoryLimit(uint64(memory)),
 		oci.WithMemorySwap(memory),
-		oci.WithPidsLimit(int64(pids)),
+		oci.WithPidsLimit(int64(res.Pids)),
 	)
 }
 

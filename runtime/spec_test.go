@@ -18,7 +18,7 @@ func TestWorkerSpec(t *testing.T) {
 	ctx := namespaces.WithNamespace(context.Background(), "codebox")
 	ws := WorkerSpec{
 		ID: "w-test", NetNSPath: "/run/codebox/netns/codebox0/w-test", UIDBase: 0x70000000,
-		CPU: 1.5, MemoryMB: 1024, Pids: 512, Env: []string{"CODEBOX_AGENT_TOKEN=t"},
+		Resources: Resources{CPU: 1.5, MemoryMB: 1024, Pids: 512}, Env: []string{"CODEBOX_AGENT_TOKEN=t"},
 		SandboxSource: "/var/lib/codeboxd/mounts/w-test", SandboxOptions: []string{"rbind", "rw", "nosuid", "nodev", "noexec", "nosymfollow"},
 	}
 	s, err := oci.GenerateSpec(ctx, nil, &containers.Container{ID: ws.ID}, workerOpts(ws)...)

@@ -51,6 +51,12 @@ func (r *Runtime) Start(ctx context.Context, s WorkerSpec) (_ *Task, err error) 
 			if derr := r.Destroy(context.WithoutCancel(ctx), s.ID); derr != nil {
 				err = fmt.Errorf("%w (and clean-up failed: %v)", err, derr)
 			}
+			// A task Create that containerd's restart cut short leaves its shim running
+			// with nothing in containerd to list it (containerd#6860): stop it now rather
+			// than at the next start's sweep.
+			if derr := r.stopShimOf(s.ID); derr != nil {
+				err = fmt.Errorf("%w (and its shim: %v)", err, derr)
+			}
 		}
 	}()
 	return r.startTask(ctx, c, s.ID, s.LogPath, s.BeforeStart)

@@ -53,6 +53,7 @@ AGENT_VERSION = "0.1.0"
 # per print() while output still arrives promptly.
 STREAM_FLUSH_SECONDS = 0.05
 CHANNELS_PATH = "/api/kernel/channels"
+SANDBOX = "/sandbox"
 MAX_MESSAGE_BYTES = 64 << 20
 SEND_TIMEOUT_SECONDS = 30
 TRUNCATION_MARKER = "\n[codebox: output truncated, {} bytes dropped]\n"
@@ -431,6 +432,9 @@ class Agent:
         out = self.outbox
         if not req.lean:
             out.send(req, "status", {"execution_state": "busy"})
+        session = content.get("codebox_session")
+        if isinstance(session, dict):
+            self.start_session(session)
         problem = None
         if not isinstance(code, str):
             problem = "code must be a string"
@@ -464,6 +468,22 @@ class Agent:
         if state_lost:
             reply["codebox_state_lost"] = True
         self.reply(req, reply)
+
+    def start_session(self, spec):
+        """codebox_session (our extension of execute_request): the worker now serves a
+        session. Its env is set for everything it runs from now on (interpreters and
+        processes start later, and inherit it), and the working directory is /sandbox again:
+        the session's disk was just mounted over the empty mount point the agent started in."""
+        env = spec.get("env")
+        if isinstance(env, dict):
+            for name, value in env.items():
+                if isinstance(name, str) and isinstance(value, str) and name and "=" not in name \
+                        and "\0" not in name and "\0" not in value:
+                    os.environ[name] = value
+        try:
+            os.chdir(SANDBOX)
+        except OSError as exc:
+            log(f"chdir {SANDBOX}: {exc!r}")
 
     def reply(self, req, content):
         """Ends an execute: its reply, then (unless the client asked for lean) idle."""

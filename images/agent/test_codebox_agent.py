@@ -133,6 +133,16 @@ class AgentTest(unittest.TestCase):
 
 
 class ExecuteTest(AgentTest):
+    def test_session_start_sets_env_for_code_and_subprocesses(self):
+        frames = self.session.request("execute_request", {
+            "code": "", "silent": True,
+            "codebox_session": {"env": {"GREETING": "hi there", "BAD=NAME": "x", "NUL": "a\u0000b"}}})
+        self.assertEqual(of_type(frames, "execute_reply")[0]["content"]["status"], "ok")
+        frames = self.session.execute("import os, subprocess\n"
+                                      "print(os.environ.get('GREETING'), 'BAD=NAME' in os.environ, 'NUL' in os.environ)\n"
+                                      "print(subprocess.run(['sh', '-c', 'echo $GREETING'], capture_output=True, text=True).stdout, end='')")
+        self.assertEqual(stdout(frames), "hi there False False\nhi there\n")
+
     def test_state_persists_and_value_is_returned(self):
         self.session.execute("counter = 41")
         frames = self.session.execute("counter += 1\nprint('side')\ncounter")
