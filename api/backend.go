@@ -37,6 +37,14 @@ type Backend interface {
 	GetFile(ctx context.Context, userUUID, path string, send func(ctx context.Context, name string, modTime time.Time, content io.ReadSeeker) error) error
 	// ListFiles returns one page: at most limit entries after offset.
 	ListFiles(ctx context.Context, userUUID, path string, offset, limit int) (*ListResponse, error)
+
+	// Sessions as resources: the caller (CallerOf) is a tenant, whose sessions alone it
+	// sees, or a session's access token, which reaches its session alone.
+	CreateSession(ctx context.Context, req CreateSessionRequest) (*Session, error)
+	ListSessions(ctx context.Context, q SessionQuery) (*SessionList, error)
+	GetSession(ctx context.Context, id string) (*Session, error)
+	UpdateSession(ctx context.Context, id string, req UpdateSessionRequest) (*Session, error)
+	DeleteSession(ctx context.Context, id string) error
 }
 
 // Output receives what an execute produces.

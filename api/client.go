@@ -216,11 +216,14 @@ func (c *Client) send(req *http.Request) (*http.Response, error) {
 func errorFrom(resp *http.Response) error {
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	e := &Error{Status: resp.StatusCode}
-	body := ErrorBody{Aftermath: &Aftermath{}}
+	body := ErrorBody{Aftermath: &Aftermath{}, PreviousSession: &PreviousSession{}}
 	if json.Unmarshal(data, &body) == nil {
-		e.Detail = body.Detail
+		e.Detail, e.Field = body.Detail, body.Field
 		if *body.Aftermath != (Aftermath{}) {
 			e.After = body.Aftermath
+		}
+		if body.PreviousSession.EndedReason != "" {
+			e.Ended = body.PreviousSession
 		}
 	} else {
 		e.Detail = strings.TrimSpace(string(data))

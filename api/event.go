@@ -28,8 +28,10 @@ type Event struct {
 	DurationMS     float64 `json:"duration_ms,omitempty"`
 	DroppedBytes   int64   `json:"dropped_bytes,omitempty"`
 	NewSession     bool    `json:"new_session,omitempty"`
-	WorkerID       string  `json:"worker_id,omitempty"`
-	Detail         string  `json:"detail,omitempty"`
+	// PreviousSession: see ExecuteResponse.
+	PreviousSession *PreviousSession `json:"previous_session,omitempty"`
+	WorkerID        string           `json:"worker_id,omitempty"`
+	Detail          string           `json:"detail,omitempty"`
 }
 
 // Event types.
@@ -63,17 +65,19 @@ func (e Event) MarshalJSON() ([]byte, error) {
 		return json.Marshal(plain(e))
 	}
 	return json.Marshal(struct {
-		Type           string  `json:"type"`
-		ID             string  `json:"id,omitempty"`
-		Status         string  `json:"status"`
-		StatePreserved bool    `json:"state_preserved"`
-		ExecutionCount int     `json:"execution_count"`
-		DurationMS     float64 `json:"duration_ms"`
-		DroppedBytes   int64   `json:"dropped_bytes"`
-		NewSession     bool    `json:"new_session"`
-		WorkerID       string  `json:"worker_id,omitempty"`
-		Detail         string  `json:"detail,omitempty"`
-	}{e.Type, e.ID, e.Status, e.StatePreserved, e.ExecutionCount, e.DurationMS, e.DroppedBytes, e.NewSession, e.WorkerID, e.Detail})
+		Type           string           `json:"type"`
+		ID             string           `json:"id,omitempty"`
+		Status         string           `json:"status"`
+		StatePreserved bool             `json:"state_preserved"`
+		ExecutionCount int              `json:"execution_count"`
+		DurationMS     float64          `json:"duration_ms"`
+		DroppedBytes   int64            `json:"dropped_bytes"`
+		NewSession     bool             `json:"new_session"`
+		WorkerID       string           `json:"worker_id,omitempty"`
+		Detail         string           `json:"detail,omitempty"`
+		Previous       *PreviousSession `json:"previous_session,omitempty"`
+	}{e.Type, e.ID, e.Status, e.StatePreserved, e.ExecutionCount, e.DurationMS, e.DroppedBytes, e.NewSession, e.WorkerID, e.Detail,
+		e.PreviousSession})
 }
 
 // Streamer is an Output that also takes what a call produces as it happens.

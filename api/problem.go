@@ -40,11 +40,20 @@ const (
 // Problem is a Backend's failure: its kind, what the caller is told (Detail, and After in
 // the body), when to retry, and the Cause, which is logged and never sent.
 type Problem struct {
-	Kind       Kind
-	Detail     string
-	After      *Aftermath
+	Kind   Kind
+	Detail string
+	// Field is the request's field a refusal (422) is about, e.g. "limits.memory_mb".
+	Field string
+	After *Aftermath
+	// Ended says why the session a call named ended (a 404 of ?create=false).
+	Ended      *PreviousSession
 	RetryAfter time.Duration
 	Cause      error
+}
+
+// Refuse is an Invalid problem about a request's field.
+func Refuse(field, format string, args ...any) *Problem {
+	return &Problem{Kind: Invalid, Field: field, Detail: fmt.Sprintf(format, args...)}
 }
 
 // Aftermath is what a call that failed left behind: the worker it ran on, what of the

@@ -60,10 +60,13 @@ type ExecuteResponse struct {
 	DurationMS     float64                      `json:"duration_ms"`
 	// NewSession is set when this call created the session: its first call, or the first
 	// after the session was released, recycled or lost.
-	NewSession bool       `json:"new_session"`
-	Truncated  bool       `json:"truncated,omitempty"`
-	Detail     string     `json:"detail,omitempty"`
-	Error      *ExecError `json:"error,omitempty"`
+	NewSession bool `json:"new_session"`
+	// PreviousSession, when this call made the session in place of an earlier one of the
+	// same id that ended, says why that one ended.
+	PreviousSession *PreviousSession `json:"previous_session,omitempty"`
+	Truncated       bool             `json:"truncated,omitempty"`
+	Detail          string           `json:"detail,omitempty"`
+	Error           *ExecError       `json:"error,omitempty"`
 	// StatePreserved is false (and only then present) when the call's language
 	// interpreter ended or was killed during it: its state is lost, the others' are not.
 	StatePreserved *bool `json:"state_preserved,omitempty"`
@@ -100,7 +103,9 @@ type Status struct {
 type Error struct {
 	Status     int
 	Detail     string
+	Field      string
 	After      *Aftermath
+	Ended      *PreviousSession
 	RetryAfter time.Duration
 	Cause      error
 }
@@ -108,7 +113,9 @@ type Error struct {
 // ErrorBody is an Error's JSON body: detail beside the aftermath's fields.
 type ErrorBody struct {
 	Detail string `json:"detail"`
+	Field  string `json:"field,omitempty"`
 	*Aftermath
+	*PreviousSession
 }
 
 func (e *Error) Error() string {

@@ -8,7 +8,6 @@ package apiserver
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
 	_ "embed"
 	"encoding/json"
 	"errors"
@@ -60,6 +59,11 @@ type ServerConfig struct {
 	// TrustedProxies are the addresses of proxies (a load balancer) whose requests say in
 	// X-Forwarded-For where they come from; per-source bounds apply to that address.
 	TrustedProxies []netip.Prefix
+	// Auth says whose a credential is; nil: Token is the one key, an admin's of the
+	// default tenant.
+	Auth Authenticator
+	// AuthFailed, when set, counts a failed authentication (reason: missing or invalid).
+	AuthFailed func(reason string)
 }
 
 // MCP is the Model Context Protocol endpoint's handler.
@@ -77,10 +81,10 @@ type Console interface {
 }
 
 type server struct {
-	b     api.Backend
-	cfg   ServerConfig
-	token []byte
-	log   *slog.Logger
+	b    api.Backend
+	cfg  ServerConfig
+	auth Authenticator
+	log  *slog.Logger
 	// failures logs answers of 500 and over, one line each up to a few per interval and
 	// a count for the rest: under overload every request would otherwise write a line.
 	failures *sampler
@@ -97,7 +101,7 @@ const defaultWriteTimeout = time.Minute
 // them the same).
 type route struct {
 	method, path string
-	auth         bool // needs the key (the stream authenticates itself: see ws.go)
+	who          access
 	h            handlerFunc
 }
 
@@ -105,23 +109,28 @@ type route struct {
 func (s *server) routes() []route {
 	b := s.b
 	return []route{
-		{http.MethodGet, "/healthz", false, s.healthz},
-		{http.MethodGet, "/openapi.json", false, serveOpenAPI},
-		{http.MethodPost, "/api/v1/execute", true, s.execute},
+		{http.MethodGet, "/healthz", public, s.healthz},
+		{http.MethodGet, "/openapi.json", public, serveOpenAPI},
+		{http.MethodPost, "/api/v1/execute", keyed, s.execute},
 		// A browser sends the token in the socket's first message.
-		{http.MethodGet, "/api/v1/stream", false, s.stream},
-		{http.MethodPost, "/api/v1/release", true, s.release},
-		{http.MethodGet, "/api/v1/status", true, s.status},
-		{http.MethodPost, "/api/v1/files", true, batch(s, b.ImportFiles, http.StatusCreated)},
-		{http.MethodDelete, "/api/v1/files", true, batch(s, b.DeleteFiles, http.StatusNoContent)},
-		{http.MethodPost, "/api/v1/files/export", true, batch(s, b.ExportFiles, http.StatusOK)},
-		{http.MethodPut, "/api/v1/files/content", true, s.putFile},
-		{http.MethodGet, "/api/v1/files/content", true, s.getFile},
-		{http.MethodGet, "/api/v1/files/list", true, s.listFiles},
+		{http.MethodGet, "/api/v1/stream", selfish, s.stream},
+		{http.MethodPost, "/api/v1/release", keyed, s.release},
+		{http.MethodGet, "/api/v1/status", admin, s.status},
+		{http.MethodPost, "/api/v1/files", keyed, batch(s, b.ImportFiles, http.StatusCreated)},
+		{http.MethodDelete, "/api/v1/files", keyed, batch(s, b.DeleteFiles, http.StatusNoContent)},
+		{http.MethodPost, "/api/v1/files/export", keyed, batch(s, b.ExportFiles, http.StatusOK)},
+		{http.MethodPut, "/api/v1/files/content", keyed, s.putFile},
+		{http.MethodGet, "/api/v1/files/content", keyed, s.getFile},
+		{http.MethodGet, "/api/v1/files/list", keyed, s.listFiles},
+		{http.MethodPost, "/api/v1/sessions", keyed, s.createSession},
+		{http.MethodGet, "/api/v1/sessions", keyed, s.listSessions},
+		{http.MethodGet, "/api/v1/sessions/:id", keyed, s.getSession},
+		{http.MethodPatch, "/api/v1/sessions/:id", keyed, s.updateSession},
+		{http.MethodDelete, "/api/v1/sessions/:id", keyed, s.deleteSession},
 		// The seed's older form, for its own clients: user_uuid in the body.
-		{http.MethodPost, "/execute", true, s.execute},
-		{http.MethodPost, "/release", true, s.legacyRelease},
-		{http.MethodGet, "/status", true, s.legacyStatus},
+		{http.MethodPost, "/execute", keyed, s.execute},
+		{http.MethodPost, "/release", keyed, s.legacyRelease},
+		{http.MethodGet, "/status", admin, s.legacyStatus},
 	}
 }
 
@@ -152,18 +161,22 @@ func NewHandler(b api.Backend, cfg ServerConfig) *Handler {
 	if cfg.HeldBytes <= 0 {
 		cfg.HeldBytes = DefaultHeldBytes
 	}
-	s := &server{b: b, cfg: cfg, token: []byte(cfg.Token), log: cfg.Log,
+	auth := cfg.Auth
+	if auth == nil {
+		auth = tokenAuth(cfg.Token)
+	}
+	s := &server{b: b, cfg: cfg, auth: auth, log: cfg.Log,
 		failures: newSampler(cfg.Log, failureLogInterval, failureLogBurst), limits: currentStreamLimits(),
 		held: budget{max: cfg.HeldBytes}}
 	r := httprouter.New()
 	for _, rt := range s.routes() {
-		r.Handler(rt.method, rt.path, s.wrap(rt.h, rt.auth))
+		r.Handler(rt.method, rt.path, s.wrap(rt.h, rt.who))
 	}
 	if cfg.Console != nil {
 		page := s.wrap(func(w http.ResponseWriter, r *http.Request) error {
 			cfg.Console.ServeHTTP(w, r)
 			return nil
-		}, false)
+		}, public)
 		for _, p := range cfg.Console.Paths() {
 			r.Handler(http.MethodGet, p, page)
 			r.Handler(http.MethodHead, p, page)
@@ -181,17 +194,17 @@ func NewHandler(b api.Backend, cfg ServerConfig) *Handler {
 			r.Body = chargedReadCloser{chargedBody{r.Body, chargeOf(r)}, r.Body}
 			cfg.MCP.ServeHTTP(w, r)
 			return nil
-		}, true)
+		}, keyed)
 		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
 			r.Handler(m, "/mcp", mcp)
 		}
 	}
 	r.NotFound = s.wrap(func(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(http.StatusNotFound, "not found")
-	}, false)
+	}, public)
 	r.MethodNotAllowed = s.wrap(func(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(http.StatusMethodNotAllowed, "method not allowed")
-	}, false)
+	}, public)
 	r.HandleOPTIONS = true
 	r.GlobalOPTIONS = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.cors(w, r)
@@ -230,7 +243,7 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 }
 
 // wrap adds CORS, authentication, error mapping and one log line per request.
-func (s *server) wrap(h handlerFunc, auth bool) http.Handler {
+func (s *server) wrap(h handlerFunc, who access) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		w := &statusWriter{ResponseWriter: rw}
@@ -248,16 +261,21 @@ func (s *server) wrap(h handlerFunc, auth bool) http.Handler {
 		defer held.release()
 		r = r.WithContext(withCharge(r.Context(), held))
 		var err error
-		switch {
-		case auth && !s.authorized(r):
-			w.Header().Set("WWW-Authenticate", `Bearer realm="codebox"`)
-			err = api.Errorf(http.StatusUnauthorized, "missing or invalid token")
-		case auth:
-			connguard.Authenticated(r.Context())
-			// An answer for one caller's key is nobody else's to keep.
-			w.Header().Set("Cache-Control", "no-store")
-			err = h(w, r)
-		default:
+		if who == keyed || who == admin {
+			var ctx context.Context
+			if ctx, err = s.callerOf(r, credential(r)); err == nil {
+				r = r.WithContext(ctx)
+				connguard.Authenticated(ctx)
+				// An answer for one caller's key is nobody else's to keep.
+				w.Header().Set("Cache-Control", "no-store")
+				if who == admin && !api.CallerOf(ctx).Admin {
+					err = api.Errorf(http.StatusForbidden, "this needs an admin key")
+				}
+			} else if statusOf401(err) {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="codebox"`)
+			}
+		}
+		if err == nil {
 			err = h(w, r)
 		}
 		if err != nil {
@@ -306,14 +324,9 @@ func (s *server) trusted(a netip.Addr) bool {
 	return false
 }
 
-func (s *server) authorized(r *http.Request) bool {
-	got := r.Header.Get("X-Auth-Token")
-	if got == "" {
-		if a := r.Header.Get("Authorization"); len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
-			got = a[7:]
-		}
-	}
-	return got != "" && subtle.ConstantTimeCompare([]byte(got), s.token) == 1
+func statusOf401(err error) bool {
+	var e *api.Error
+	return errors.As(err, &e) && e.Status == http.StatusUnauthorized
 }
 
 func (s *server) cors(w http.ResponseWriter, r *http.Request) {
@@ -326,7 +339,7 @@ func (s *server) cors(w http.ResponseWriter, r *http.Request) {
 			h := w.Header()
 			h.Set("Access-Control-Allow-Origin", origin)
 			h.Add("Vary", "Origin")
-			h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
+			h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS")
 			h.Set("Access-Control-Allow-Headers", "Content-Type, X-Auth-Token, Authorization")
 			h.Set("Access-Control-Max-Age", "600")
 			return
@@ -339,7 +352,8 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var p *api.Problem
 	switch {
 	case errors.As(err, &p): // the domain's failure: its kind says the status
-		e = &api.Error{Status: statusOf(p.Kind), Detail: p.Detail, After: p.After, RetryAfter: p.RetryAfter, Cause: p.Cause}
+		e = &api.Error{Status: statusOf(p.Kind), Detail: p.Detail, Field: p.Field, After: p.After, Ended: p.Ended,
+			RetryAfter: p.RetryAfter, Cause: p.Cause}
 		if p.Kind == api.Internal {
 			e.Detail = "" // internals are logged, not sent
 		}
@@ -358,7 +372,7 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if detail == "" {
 		detail = "internal error"
 	}
-	body := api.ErrorBody{Detail: detail, Aftermath: e.After}
+	body := api.ErrorBody{Detail: detail, Field: e.Field, Aftermath: e.After, PreviousSession: e.Ended}
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
 	}

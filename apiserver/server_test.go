@@ -26,6 +26,52 @@ type fakeBackend struct {
 	resp     *api.ExecuteResponse
 	released []string
 	pingErr  error
+
+	// The session calls: what the last one was given.
+	mu         sync.Mutex
+	lastCaller api.Caller
+	mayCreate  bool
+	lastCreate api.CreateSessionRequest
+	lastUpdate api.UpdateSessionRequest
+	lastQuery  api.SessionQuery
+	lastID     string
+}
+
+func (f *fakeBackend) saw(ctx context.Context, id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lastCaller, f.mayCreate, f.lastID = api.CallerOf(ctx), api.MayCreate(ctx), id
+}
+
+func (f *fakeBackend) CreateSession(ctx context.Context, req api.CreateSessionRequest) (*api.Session, error) {
+	f.saw(ctx, req.SessionID)
+	f.lastCreate = req
+	return &api.Session{SessionID: req.SessionID, State: api.SessionRunning, AccessToken: "cbs_x"}, nil
+}
+
+func (f *fakeBackend) ListSessions(ctx context.Context, q api.SessionQuery) (*api.SessionList, error) {
+	f.saw(ctx, "")
+	f.lastQuery = q
+	return &api.SessionList{Sessions: []api.Session{}}, nil
+}
+
+func (f *fakeBackend) GetSession(ctx context.Context, id string) (*api.Session, error) {
+	f.saw(ctx, id)
+	if id == "gone" {
+		return nil, &api.Problem{Kind: api.NotFound, Detail: "ended", Ended: &api.PreviousSession{EndedReason: api.EndIdleTimeout}}
+	}
+	return &api.Session{SessionID: id, State: api.SessionRunning}, nil
+}
+
+func (f *fakeBackend) UpdateSession(ctx context.Context, id string, req api.UpdateSessionRequest) (*api.Session, error) {
+	f.saw(ctx, id)
+	f.lastUpdate = req
+	return &api.Session{SessionID: id}, nil
+}
+
+func (f *fakeBackend) DeleteSession(ctx context.Context, id string) error {
+	f.saw(ctx, id)
+	return nil
 }
 
 func (f *fakeBackend) Execute(ctx context.Context, user string, req api.ExecuteRequest, out api.Output) error {
@@ -340,9 +386,9 @@ func TestFailedRequestsAreSampled(t *testing.T) {
 		return logs.Write(p)
 	}), nil))
 	b := &fakeBackend{execErr: &api.Error{Status: 503, Detail: "busy", RetryAfter: time.Second}}
-	s := &server{b: b, cfg: ServerConfig{Token: tok, BodyReadTimeout: time.Minute}, token: []byte(tok), log: log,
+	s := &server{b: b, cfg: ServerConfig{Token: tok, BodyReadTimeout: time.Minute}, auth: tokenAuth(tok), log: log,
 		failures: newSampler(log, 300*time.Millisecond, 3)}
-	h := s.wrap(s.execute, true)
+	h := s.wrap(s.execute, keyed)
 	for i := 0; i < 200; i++ {
 		req := httptest.NewRequest("POST", "/api/v1/execute?user_uuid=u", strings.NewReader(`{"code":"1"}`))
 		req.Header.Set("X-Auth-Token", tok)

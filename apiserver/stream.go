@@ -36,6 +36,7 @@ func doneEvent(id string, resp *api.ExecuteResponse, err error) api.Event {
 			e.Status = api.DoneInterrupted
 		}
 		e.ExecutionCount, e.DurationMS, e.NewSession, e.WorkerID = resp.ExecutionCount, resp.DurationMS, resp.NewSession, resp.WorkerID
+		e.PreviousSession = resp.PreviousSession
 		e.DroppedBytes = resp.DroppedBytes
 	case errors.As(err, &p):
 		e.Detail = p.Detail

@@ -2,7 +2,6 @@ package apiserver
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/connguard"
 	"github.com/gorilla/websocket"
 )
 
@@ -122,10 +122,13 @@ func (s *server) stream(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	authed := false
-	if r.Header.Get("X-Auth-Token") != "" || r.Header.Get("Authorization") != "" {
-		if !s.authorized(r) {
-			return api.Errorf(http.StatusUnauthorized, "missing or invalid token")
+	if cred := credential(r); cred != "" {
+		ctx, err := s.callerOf(r, cred)
+		if err != nil {
+			return err
 		}
+		r = r.WithContext(ctx)
+		connguard.Authenticated(ctx)
 		authed = true
 	}
 	// The place is taken before the upgrade answers, so that sockets opened at once cannot
@@ -167,10 +170,12 @@ func (s *server) stream(w http.ResponseWriter, r *http.Request) error {
 	st.ctx, st.cancel = context.WithCancelCause(context.WithoutCancel(r.Context()))
 	defer st.cancel(nil)
 	if !authed {
-		if !st.authenticate() {
+		ctx, ok := st.authenticate(r)
+		if !ok {
 			st.conn.Close()
 			return nil
 		}
+		st.ctx = ctx
 		if !s.streams.promote(src, s.limits.max) {
 			st.closeWith(websocket.CloseTryAgainLater, fmt.Sprintf("%d streams are open, the most codeboxd keeps", s.limits.max))
 			return nil
@@ -219,8 +224,9 @@ func (st *wsStream) serve() {
 	st.s.log.Debug("stream closed", "user", st.user, "calls", st.ran, "why", err)
 }
 
-// authenticate waits for the auth message of a socket whose request had no token.
-func (st *wsStream) authenticate() bool {
+// authenticate waits for the auth message of a socket whose request had no token, and
+// returns the socket's context carrying who the caller is.
+func (st *wsStream) authenticate(r *http.Request) (context.Context, bool) {
 	st.conn.SetReadDeadline(time.Now().Add(st.s.limits.auth))
 	data, err := st.readMessage(maxAuthMessage, nil)
 	if err != nil {
@@ -228,18 +234,19 @@ func (st *wsStream) authenticate() bool {
 		if errors.As(err, &ne) && ne.Timeout() {
 			st.closeWith(websocket.ClosePolicyViolation, `authentication required: send {"type": "auth", "token": "..."} first`)
 		}
-		return false
+		return nil, false
 	}
 	var m clientMessage
 	if json.Unmarshal(data, &m) != nil || m.Type != "auth" {
 		st.closeWith(websocket.ClosePolicyViolation, `the first message must be {"type": "auth", "token": "..."}`)
-		return false
+		return nil, false
 	}
-	if m.Token == "" || subtle.ConstantTimeCompare([]byte(m.Token), st.s.token) != 1 {
+	ctx, err := st.s.callerOf(r.WithContext(st.ctx), m.Token)
+	if err != nil {
 		st.closeWith(websocket.ClosePolicyViolation, "invalid token")
-		return false
+		return nil, false
 	}
-	return true
+	return ctx, true
 }
 
 // read takes the client's messages until the socket ends; it returns why.

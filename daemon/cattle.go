@@ -99,7 +99,10 @@ func (d *Daemon) cattle(ctx context.Context, s *session, m mishap) error {
 		}
 		restartCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), agentStartTimeout)
 		defer cancel()
-		if err := d.restartKernel(restartCtx, w); err != nil {
+		d.mu.Lock()
+		sh := s.shape
+		d.mu.Unlock()
+		if err := d.restartKernel(restartCtx, w, sh); err != nil {
 			d.log.Error("kernel restart failed", "worker", w.id, "err", err)
 			d.dropWorker(ctx, s, "kernel restart failed")
 			return &api.Problem{Kind: api.Lost,
@@ -162,13 +165,11 @@ func (d *Daemon) isClosing() bool {
 	return d.closing
 }
 
-// dropWorker gives up the session's worker; the session's next call gets a new one. The
-// caller holds the turn.
+// dropWorker gives up the session's worker: the session ends (worker_lost), and a call
+// that names it later gets a new one, told why. The caller holds the turn.
 func (d *Daemon) dropWorker(ctx context.Context, s *session, why string) {
-	w := s.worker
-	if w == nil {
+	if s.worker == nil {
 		return
 	}
-	s.worker = nil
-	d.giveUp(context.WithoutCancel(ctx), w, why)
+	d.endHeld(s, api.EndWorkerLost, why)
 }

@@ -166,7 +166,8 @@ func TestRecoverDecisions(t *testing.T) {
 		fw.mu.Lock()
 		fw.managed[id] = spec.Labels
 		fw.mu.Unlock()
-		fakeDisks{fw}.Create(context.Background(), id, 1, 0)
+		fakeDisks{fw}.Prepare(id)
+		fakeDisks{fw}.Make(context.Background(), id, 1, 0)
 	}
 	d0.assigned.set("w-idle", record{State: stateIdle})
 	d0.assigned.set("w-alice", record{State: stateSession, User: "alice"})
@@ -232,7 +233,8 @@ func TestNoCreationBeforeStart(t *testing.T) {
 	fw.mu.Lock()
 	fw.managed["w-idle"] = spec.Labels
 	fw.mu.Unlock()
-	fakeDisks{fw}.Create(context.Background(), "w-idle", 1, 0)
+	fakeDisks{fw}.Prepare("w-idle")
+	fakeDisks{fw}.Make(context.Background(), "w-idle", 1, 0)
 	d0.assigned.set("w-idle", record{State: stateIdle})
 
 	d := fw.daemon(Config{MinIdleWorkers: 1})

@@ -19,6 +19,16 @@ type Config struct {
 	MaxFileMB       int
 	FileTimeout     time.Duration
 	FileAllowlist   []string // CIDRs, IPs or host names transfers may reach although private
+
+	// Sessions' shapes: the most a session may ask for, its lifetime by default and at
+	// most (0: none), and how long an ended session is remembered.
+	MaxSessionCPU    float64
+	MaxSessionRAMMB  int
+	MaxSessionDiskMB int
+	MaxSessionPids   int
+	SessionTTL       time.Duration
+	MaxSessionTTL    time.Duration
+	EndedRetention   time.Duration
 }
 
 // timings are the daemon's waits that tests shorten.

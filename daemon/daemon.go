@@ -49,15 +49,19 @@ type Daemon struct {
 	pingAt  time.Time
 	pingErr error
 
+	// ended remembers why sessions ended (ended.go).
+	ended *endedStore
+
 	mu            sync.Mutex
-	sessions      map[string]*session
-	workers       map[string]*worker // every live worker, idle or in a session
-	graveyard     map[string]*worker // retired workers whose destruction failed, retried
-	uidRanges     map[uint32]bool    // host uid ranges of workers that exist (see takeUIDRange)
-	idle          []*worker          // healthy workers no session has
-	waiters       []*waiter          // new sessions waiting for a worker being created
-	creating      int                // workers being created (counted against the cap)
-	initializing  bool               // the pre-warm has not reached min idle yet
+	sessions      map[sessionKey]*session
+	tokens        map[[32]byte]sessionKey // sessions' access tokens (their sha256)
+	workers       map[string]*worker      // every live worker, idle or in a session
+	graveyard     map[string]*worker      // retired workers whose destruction failed, retried
+	uidRanges     map[uint32]bool         // host uid ranges of workers that exist (see takeUIDRange)
+	idle          []*worker               // healthy workers no session has
+	waiters       []*waiter               // new sessions waiting for a worker being created
+	creating      int                     // workers being created (counted against the cap)
+	initializing  bool                    // the pre-warm has not reached min idle yet
 	closing       bool
 	refillPending bool      // a delayed refill is scheduled
 	failures      int       // consecutive failed creations
@@ -102,6 +106,10 @@ func build(cfg Config, log *slog.Logger, p parts) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	ended, err := loadEnded(cfg.StateDir, cfg.EndedRetention, log)
+	if err != nil {
+		return nil, err
+	}
 	guard, err := transfer.NewGuard(cfg.FileAllowlist)
 	if err != nil {
 		return nil, err
@@ -112,7 +120,9 @@ func build(cfg Config, log *slog.Logger, p parts) (*Daemon, error) {
 		xfer: transfer.NewClient(guard, cfg.FileTimeout), transfers: make(chan struct{}, maxParallelTransfers),
 		metrics: newMetrics(), assigned: assigned,
 		bg: bg, stop: stop,
-		sessions:     map[string]*session{},
+		sessions:     map[sessionKey]*session{},
+		tokens:       map[[32]byte]sessionKey{},
+		ended:        ended,
 		workers:      map[string]*worker{},
 		graveyard:    map[string]*worker{},
 		uidRanges:    map[uint32]bool{},
@@ -155,10 +165,25 @@ func (d *Daemon) Close(ctx context.Context) error {
 	for _, w := range d.workers {
 		ws = append(ws, w)
 	}
+	var sessions []*session
+	for _, s := range d.sessions {
+		s.stopExpiryLocked()
+		sessions = append(sessions, s)
+	}
+	d.mu.Unlock()
+	if d.cfg.DestroyOnStop {
+		// Their workers go below; what is remembered is why.
+		for _, s := range sessions {
+			d.unregister(s, api.EndDestroyedOnStop)
+		}
+	}
+	d.mu.Lock()
 	d.workers = map[string]*worker{}
 	d.idle = nil
-	d.sessions = map[string]*session{}
+	d.sessions = map[sessionKey]*session{}
+	d.tokens = map[[32]byte]sessionKey{}
 	d.mu.Unlock()
+	defer d.ended.flush()
 
 	if !d.cfg.DestroyOnStop {
 		for _, w := range ws {
@@ -181,7 +206,10 @@ func (d *Daemon) Close(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return d.disks.Close() // no worker is left to see its disks
 }
 
 // Warm reports whether the pre-warm has reached min idle.

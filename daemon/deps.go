@@ -28,6 +28,9 @@ type containers interface {
 	Running(ctx context.Context, id string) (bool, error)
 	Ping(ctx context.Context) error
 	Available() (bool, error)
+	// Update changes a running worker's limits; Usage reads what it uses.
+	Update(ctx context.Context, id string, res runtime.Resources) error
+	Usage(id string) (runtime.Usage, error)
 }
 
 // task is a worker's running task.
@@ -52,14 +55,24 @@ type network interface {
 	Sweep(ctx context.Context, alive map[string]string) ([]string, error)
 }
 
-// disks are the workers' virtual disks (blockdev.Store).
+// disks are the workers' virtual disks (blockdev.Store): a mount point from the worker's
+// creation, the disk made and mounted there when a session takes the worker.
 type disks interface {
-	Create(ctx context.Context, id string, sizeMB, owner int) (*blockdev.Disk, error)
+	Prepare(id string) (mountPoint string, err error)
+	Make(ctx context.Context, id string, sizeMB, owner int) (*blockdev.Disk, error)
+	// Grow grows a mounted disk (errCannotGrow: the host does not allow it).
+	Grow(ctx context.Context, id string, sizeMB int) error
+	Usage(id string) (used, total int64, err error)
 	Remove(id string) error
 	List() ([]string, error)
 	Mounted(id string) bool
 	MountPoint(id string) string
+	// Close undoes the store's own mount, once no worker is left.
+	Close() error
 }
+
+// errCannotGrow: the host does not let codeboxd grow a mounted disk.
+var errCannotGrow = blockdev.ErrCannotGrow
 
 // agentConn is the connection to a worker's agentConn agent (agent.Client).
 type agentConn interface {
@@ -68,6 +81,8 @@ type agentConn interface {
 	Start(code, language string, sink func(agent.Event)) (agentCall, error)
 	// Check proves the kernel runs code.
 	Check(ctx context.Context) error
+	// StartSession sets the session's env and moves the agent onto its disk.
+	StartSession(ctx context.Context, env map[string]string) error
 	// Err is nil while the connection is usable.
 	Err() error
 	Close() error

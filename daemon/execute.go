@@ -123,6 +123,9 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code, language strin
 	case err == nil:
 		resp := toResponse(w.id, res, time.Since(start))
 		resp.NewSession = newSession
+		if newSession && s.previous != nil {
+			resp.PreviousSession, s.previous = s.previous, nil
+		}
 		resp.DroppedBytes = res.DroppedBytes
 		resp.Interrupted = intr.stopped(resp)
 		return resp, nil

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,6 +45,13 @@ type fakeWorld struct {
 	// timings are the daemon's; zero: defaultTimings.
 	timings timings
 
+	// Limits applied to workers (Update), their usage, whether disks can grow, an error
+	// Update returns.
+	limits     map[string]runtime.Resources
+	usage      map[string]runtime.Usage
+	cannotGrow bool
+	failUpdate error
+
 	// Recovery: what containerd lists, and which adoptions fail.
 	managed   map[string]map[string]string
 	noAdopt   map[string]bool
@@ -60,7 +68,8 @@ type fakeWorker struct {
 
 func newWorld(t *testing.T) *fakeWorld {
 	return &fakeWorld{t: t, dir: t.TempDir(), workers: map[string]*fakeWorker{}, byIP: map[string]*fakeWorker{},
-		managed: map[string]map[string]string{}, noAdopt: map[string]bool{}, noMounted: map[string]bool{}}
+		managed: map[string]map[string]string{}, noAdopt: map[string]bool{}, noMounted: map[string]bool{},
+		limits: map[string]runtime.Resources{}, usage: map[string]runtime.Usage{}}
 }
 
 // daemon builds a daemon on the fakes, with the real worker lifecycle.
@@ -210,6 +219,9 @@ type fakeAgent struct {
 	closed chan struct{}
 	err    error
 	count  int
+	env    map[string]string // the session's, from StartSession
+	// slow is code that takes delay to complete (as "ok" does at once).
+	delay time.Duration
 }
 
 func (k *fakeAgent) open() {
@@ -248,6 +260,16 @@ func (k *fakeAgent) Check(ctx context.Context) error {
 	return nil
 }
 
+func (k *fakeAgent) StartSession(ctx context.Context, env map[string]string) error {
+	if err := k.Err(); err != nil {
+		return err
+	}
+	k.mu.Lock()
+	k.env = env
+	k.mu.Unlock()
+	return nil
+}
+
 func (k *fakeAgent) Start(code, language string, sink func(agent.Event)) (agentCall, error) {
 	if err := k.Err(); err != nil {
 		return nil, err
@@ -259,9 +281,16 @@ func (k *fakeAgent) Start(code, language string, sink func(agent.Event)) (agentC
 	k.mu.Unlock()
 	c := &fakeCall{done: make(chan struct{})}
 	ok := func() { c.finish(&agent.Result{Status: "ok", ExecutionCount: n, Stdout: code + "\n"}, nil) }
+	k.mu.Lock()
+	delay := k.delay
+	k.mu.Unlock()
 	switch code {
 	case "ok", "1":
-		ok()
+		if delay > 0 {
+			time.AfterFunc(delay, ok)
+		} else {
+			ok()
+		}
 	case "stops-on-sigint":
 		k.task.mu.Lock()
 		k.task.onSignal = func(syscall.Signal) {
@@ -429,6 +458,22 @@ func (c fakeContainers) Running(ctx context.Context, id string) (bool, error) {
 
 func (c fakeContainers) Ping(ctx context.Context) error { return nil }
 
+func (c fakeContainers) Update(ctx context.Context, id string, res runtime.Resources) error {
+	c.fw.mu.Lock()
+	defer c.fw.mu.Unlock()
+	if c.fw.failUpdate != nil {
+		return c.fw.failUpdate
+	}
+	c.fw.limits[id] = res
+	return nil
+}
+
+func (c fakeContainers) Usage(id string) (runtime.Usage, error) {
+	c.fw.mu.Lock()
+	defer c.fw.mu.Unlock()
+	return c.fw.usage[id], nil
+}
+
 func (c fakeContainers) Available() (bool, error) {
 	c.fw.mu.Lock()
 	defer c.fw.mu.Unlock()
@@ -456,15 +501,52 @@ type fakeDisks struct{ fw *fakeWorld }
 
 func (s fakeDisks) MountPoint(id string) string { return filepath.Join(s.fw.dir, "mounts", id) }
 
-func (s fakeDisks) Create(ctx context.Context, id string, sizeMB, owner int) (*blockdev.Disk, error) {
+func (s fakeDisks) Prepare(id string) (string, error) {
 	mp := s.MountPoint(id)
-	if err := os.MkdirAll(mp, 0o755); err != nil {
+	return mp, os.MkdirAll(mp, 0o755)
+}
+
+// marker stands for a disk made and mounted: a file outside the mount point (whose files
+// are the session's).
+func (s fakeDisks) marker(id string) string { return filepath.Join(s.fw.dir, "made", id) }
+
+func (s fakeDisks) Make(ctx context.Context, id string, sizeMB, owner int) (*blockdev.Disk, error) {
+	mp := s.MountPoint(id)
+	if _, err := os.Stat(mp); err != nil {
+		return nil, err
+	}
+	os.MkdirAll(filepath.Dir(s.marker(id)), 0o755)
+	if err := os.WriteFile(s.marker(id), []byte(strconv.Itoa(sizeMB)), 0o644); err != nil {
 		return nil, err
 	}
 	return &blockdev.Disk{ID: id, MountPoint: mp}, nil
 }
 
-func (s fakeDisks) Remove(id string) error { return os.RemoveAll(s.MountPoint(id)) }
+func (s fakeDisks) Grow(ctx context.Context, id string, sizeMB int) error {
+	s.fw.mu.Lock()
+	cannot := s.fw.cannotGrow
+	s.fw.mu.Unlock()
+	if cannot {
+		return errCannotGrow
+	}
+	return os.WriteFile(s.marker(id), []byte(strconv.Itoa(sizeMB)), 0o644)
+}
+
+func (s fakeDisks) Usage(id string) (int64, int64, error) {
+	b, err := os.ReadFile(s.marker(id))
+	if err != nil {
+		return 0, 0, err
+	}
+	mb, _ := strconv.Atoi(string(b))
+	return 4096, int64(mb) << 20, nil
+}
+
+func (s fakeDisks) Close() error { return nil }
+
+func (s fakeDisks) Remove(id string) error {
+	os.Remove(s.marker(id))
+	return os.RemoveAll(s.MountPoint(id))
+}
 
 func (s fakeDisks) List() ([]string, error) {
 	entries, _ := os.ReadDir(filepath.Join(s.fw.dir, "mounts"))
@@ -478,6 +560,6 @@ func (s fakeDisks) List() ([]string, error) {
 func (s fakeDisks) Mounted(id string) bool {
 	s.fw.mu.Lock()
 	defer s.fw.mu.Unlock()
-	_, err := os.Stat(s.MountPoint(id))
+	_, err := os.Stat(s.marker(id))
 	return err == nil && !s.fw.noMounted[id]
 }

@@ -35,10 +35,11 @@ func (d *Daemon) withSandbox(ctx context.Context, user string, create bool, fn f
 }
 
 func (d *Daemon) withSandboxOf(ctx context.Context, user string, create bool, fn func(ctx context.Context, s *session, root *sandboxfs.Root) error) error {
+	create = create && api.MayCreate(ctx)
 	return d.withSession(ctx, user, create, func(ctx context.Context, s *session) error {
 		if s.worker == nil {
 			if !create {
-				return api.Fail(api.NotFound, "no session for this user_uuid")
+				return d.notFound(s.key)
 			}
 			if err := d.assign(ctx, s); err != nil {
 				return err

@@ -12,10 +12,13 @@ import (
 func TestUnrecordedPoolWorkerFreesItsUIDRange(t *testing.T) {
 	fw := newWorld(t)
 	d := fw.daemon(Config{MinIdleWorkers: 1, MaxTotalWorkers: 2})
-	// sessions.json is written through a temporary file: a directory in its place makes
+	// Records are files in <state-dir>/sessions: a file in that directory's place makes
 	// every write fail.
-	tmp := filepath.Join(d.cfg.StateDir, "sessions.json.tmp")
-	if err := os.Mkdir(tmp, 0o700); err != nil {
+	dir := filepath.Join(d.cfg.StateDir, "sessions")
+	if err := os.Rename(dir, dir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	d.Start()
@@ -34,7 +37,10 @@ func TestUnrecordedPoolWorkerFreesItsUIDRange(t *testing.T) {
 		t.Fatalf("%d uid ranges held with %d creations under way: the given-up worker's was not freed", ranges, creating)
 	}
 	// Once the file can be written again, the pool fills.
-	if err := os.Remove(tmp); err != nil {
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(dir+".away", dir); err != nil {
 		t.Fatal(err)
 	}
 	d.refill()

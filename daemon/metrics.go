@@ -17,6 +17,9 @@ type metrics struct {
 	destroyDuration prometheus.Histogram
 	kernelRestarts  prometheus.Counter
 	fileBytes       *prometheus.CounterVec
+	sessionsCreated prometheus.Counter
+	sessionsEnded   *prometheus.CounterVec
+	fitDuration     prometheus.Histogram
 }
 
 // Execution outcomes, the label of codebox_executions_total.
@@ -56,6 +59,15 @@ func newMetrics() *metrics {
 		fileBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "codebox_file_transfer_bytes_total", Help: "Bytes moved by the file calls, by direction (in: into workers, out: out of them).",
 		}, []string{"direction"}),
+		sessionsCreated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "codebox_sessions_created_total", Help: "Sessions made by POST /api/v1/sessions (implicit ones are not counted here).",
+		}),
+		sessionsEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "codebox_sessions_ended_total", Help: "Sessions that ended, by reason.",
+		}, []string{"reason"}),
+		fitDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "codebox_worker_fit_duration_seconds", Help: "Time to fit a pool worker to a new session: its disk, limits and env.", Buckets: latency,
+		}),
 	}
 }
 
@@ -63,7 +75,7 @@ func newMetrics() *metrics {
 func (d *Daemon) Register(reg prometheus.Registerer) error {
 	m := d.metrics
 	cs := []prometheus.Collector{m.executions, m.executeDuration, m.creates, m.createDuration,
-		m.destroys, m.destroyDuration, m.kernelRestarts, m.fileBytes}
+		m.destroys, m.destroyDuration, m.kernelRestarts, m.fileBytes, m.sessionsCreated, m.sessionsEnded, m.fitDuration}
 	gauge := func(name, help string, f func() int) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return float64(f()) })
 	}

@@ -89,6 +89,35 @@ func (d *Daemon) takeWorker(ctx context.Context) (*worker, error) {
 	}
 }
 
+// assign gives session s (whose turn the caller holds) a worker from the pool, recorded
+// (see assignments) first, then fitted to the session's shape: its disk, its limits, its
+// environment. A worker that cannot be fitted is given up.
+func (d *Daemon) assign(ctx context.Context, s *session) error {
+	w, err := d.takeWorker(ctx)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	sh := s.shape
+	d.mu.Unlock()
+	if err := d.assigned.set(w.id, d.sessionRecord(s, sh)); err != nil {
+		d.mu.Lock()
+		d.giveUpLocked(w, "could not record its session")
+		d.mu.Unlock()
+		return &api.Problem{Kind: api.Busy, RetryAfter: retryAfter,
+			Detail: "could not start a worker", Cause: fmt.Errorf("assign worker %s: %w", w.id, err)}
+	}
+	if err := d.fit(ctx, w, sh, true); err != nil {
+		d.giveUp(context.WithoutCancel(ctx), w, "could not be fitted to its session")
+		return &api.Problem{Kind: api.Busy, RetryAfter: retryAfter,
+			Detail: "could not prepare a worker for the session", Cause: err}
+	}
+	d.mu.Lock()
+	s.worker = w
+	d.mu.Unlock()
+	return nil
+}
+
 // refillLocked starts creations until idle + creating covers min-idle-workers plus the
 // waiting sessions, within the cap and the parallelism bound.
 func (d *Daemon) refillLocked() {
@@ -236,7 +265,7 @@ func (d *Daemon) maintain() {
 			d.checkIdle()
 			d.retryGraveyard()
 		case <-recycle.C:
-			d.recycleSessions()
+			d.sweepExpired()
 		}
 	}
 }

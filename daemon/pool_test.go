@@ -228,7 +228,7 @@ func TestCloseDestroysEverything(t *testing.T) {
 }
 
 func TestSessionsSerialiseInArrivalOrder(t *testing.T) {
-	s := newSession("u")
+	s := newSession(sessionKey{api.DefaultTenant, "u"}, shape{})
 	_, done, err := s.takeTurn(context.Background())
 	if err != nil {
 		t.Fatal(err)

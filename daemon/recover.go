@@ -58,7 +58,7 @@ func (d *Daemon) Recover(ctx context.Context) error {
 				defer wg.Done()
 				slots <- struct{}{}
 				defer func() { <-slots }()
-				a.w, a.err = d.adopt(ctx, id, labels)
+				a.w, a.err = d.adopt(ctx, id, labels, rec.State == stateSession)
 			}()
 		}
 	}
@@ -67,6 +67,9 @@ func (d *Daemon) Recover(ctx context.Context) error {
 		rec, _ := d.assigned.get(id)
 		w, err := results[id].w, results[id].err
 		if err != nil {
+			if rec.State == stateSession {
+				d.endRecorded(id, rec, api.EndWorkerLost)
+			}
 			d.log.Warn("worker not adopted; destroying it", "worker", id, "err", err)
 			l := ParseLabels(labels)
 			w := &worker{id: id, nsPath: l.NetNS, logPath: d.logPath(id), uidBase: l.UIDBase}
@@ -85,20 +88,63 @@ func (d *Daemon) Recover(ctx context.Context) error {
 		d.workers[id] = w
 		d.uidRanges[w.uidBase] = true
 		if rec.State == stateSession {
-			s := newSession(rec.User)
+			s := newSession(recordKey(rec), d.recordShape(rec))
 			s.worker = w
-			d.sessions[rec.User] = s
+			d.sessions[s.key] = s
+			if s.shape.token != ([32]byte{}) {
+				d.tokens[s.shape.token] = s.key
+			}
+			d.armExpiryLocked(s)
 		} else {
 			d.idle = append(d.idle, w)
 		}
 		d.mu.Unlock()
 		d.log.Info("worker adopted", "worker", id, "state", rec.State)
 	}
+	// Sessions whose worker is not there at all: the host restarted (or someone removed
+	// the container).
+	for _, id := range d.assigned.ids() {
+		if rec, _ := d.assigned.get(id); rec.State == stateSession {
+			if _, ok := managed[id]; !ok {
+				d.endRecorded(id, rec, api.EndHostRestart)
+			}
+		}
+	}
 	errs = append(errs, d.assigned.keep(alive))
 	return errors.Join(append(errs, d.sweep(ctx, alive))...)
 }
 
-func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string) (*worker, error) {
+// recordKey is the session a worker's record names.
+func recordKey(rec record) sessionKey {
+	tenant := rec.Tenant
+	if tenant == "" {
+		tenant = api.DefaultTenant
+	}
+	return sessionKey{tenant: tenant, id: rec.User}
+}
+
+// recordShape is the shape a worker's record gives its session: the default shape for a
+// record of a codeboxd before sessions had one.
+func (d *Daemon) recordShape(rec record) shape {
+	if rec.Shape == nil {
+		return d.defaultShape(time.Now())
+	}
+	return rec.Shape.shape()
+}
+
+// endRecorded remembers that the session of worker id's record ended for reason, found so
+// at start.
+func (d *Daemon) endRecorded(id string, rec record, reason string) {
+	key, sh := recordKey(rec), d.recordShape(rec)
+	d.ended.put(endedSession{Tenant: key.tenant, ID: key.id, Reason: reason, At: time.Now(), WorkerID: id,
+		Environment: sh.environment, Limits: sh.limits, Metadata: sh.metadata, CreatedAt: sh.created})
+	d.metrics.sessionsEnded.WithLabelValues(reason).Inc()
+	d.log.Info("session ended", "tenant", key.tenant, "session", key.id, "reason", reason, "worker", id)
+}
+
+// adopt attaches to worker id's running task and proves its kernel answers; a session's
+// worker must have its disk mounted, an idle one has none yet.
+func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string, session bool) (*worker, error) {
 	a, err := d.rt.Adopt(ctx, id)
 	if err != nil {
 		return nil, err
@@ -115,7 +161,7 @@ func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string)
 		return nil, errors.New("no network labels")
 	case w.token == "":
 		return nil, errors.New("no agent token in its spec")
-	case !d.disks.Mounted(id):
+	case session && !d.disks.Mounted(id):
 		return nil, errors.New("its disk is not mounted")
 	}
 	deadline := time.Now().Add(adoptTimeout)
@@ -169,6 +215,9 @@ func (d *Daemon) Cleanup(ctx context.Context, all bool) (int, error) {
 		d.log.Info("worker removed", "worker", id)
 	}
 	errs = append(errs, d.sweep(ctx, alive), d.assigned.keep(alive))
+	if len(alive) == 0 {
+		errs = append(errs, d.disks.Close())
+	}
 	return len(alive), errors.Join(errs...)
 }
 
@@ -211,21 +260,4 @@ func (d *Daemon) sweep(ctx context.Context, alive map[string]string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// assign gives session s a worker from the pool, recorded (see assignments) first.
-func (d *Daemon) assign(ctx context.Context, s *session) error {
-	w, err := d.takeWorker(ctx)
-	if err != nil {
-		return err
-	}
-	if err := d.assigned.set(w.id, record{State: stateSession, User: s.user}); err != nil {
-		d.mu.Lock()
-		d.giveUpLocked(w, "could not record its session")
-		d.mu.Unlock()
-		return &api.Problem{Kind: api.Busy, RetryAfter: retryAfter,
-			Detail: "could not start a worker", Cause: fmt.Errorf("assign worker %s: %w", w.id, err)}
-	}
-	s.worker = w
-	return nil
 }

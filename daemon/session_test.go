@@ -57,7 +57,7 @@ func TestReleaseCancelsTheCallInFlight(t *testing.T) {
 	}()
 	waitFor(t, "the second call to queue", func() bool {
 		d.mu.Lock()
-		s := d.sessions["u"]
+		s := d.sessions[sessionKey{api.DefaultTenant, "u"}]
 		d.mu.Unlock()
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -106,7 +106,7 @@ func TestDestroyBeforeForget(t *testing.T) {
 		t.Fatalf("after a failed destroy the record is %+v (present %v), want retired", rec, ok)
 	}
 	// What a restarted codeboxd reads.
-	again, err := loadAssignments(filepath.Dir(d.assigned.path))
+	again, err := loadAssignments(d.cfg.StateDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,6 +155,34 @@ func TestAssignmentsOfTheFirstFormatAreRead(t *testing.T) {
 	}
 	if rec, _ := a.get("w-1"); rec.State != stateSession || rec.User != "alice" {
 		t.Fatalf("%+v", rec)
+	}
+	// Taken over: one file per worker, the old file gone.
+	if _, err := os.Stat(filepath.Join(dir, "sessions.json")); !os.IsNotExist(err) {
+		t.Fatalf("sessions.json stays: %v", err)
+	}
+	again, err := loadAssignments(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ := again.get("w-1"); rec.State != stateSession || rec.User != "alice" {
+		t.Fatalf("after the migration: %+v", rec)
+	}
+}
+
+func TestAssignmentsOfTheSecondFormatAreRead(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "sessions.json"), []byte(`{"w-1":{"state":"idle"},"w-2":{"state":"session","user":"bob"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, err := loadAssignments(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r1, _ := a.get("w-1"); r1.State != stateIdle {
+		t.Fatalf("w-1: %+v", r1)
+	}
+	if r2, _ := a.get("w-2"); r2.State != stateSession || r2.User != "bob" || recordKey(r2) != (sessionKey{api.DefaultTenant, "bob"}) {
+		t.Fatalf("w-2: %+v", r2)
 	}
 }
 

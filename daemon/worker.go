@@ -9,12 +9,11 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/codebox/codebox/agent"
+	"github.com/codebox/codebox/api"
 	"github.com/codebox/codebox/blockdev"
-	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/runtime"
 )
 
@@ -116,24 +115,17 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 		}
 	}()
 
-	// The network and the disk do not depend on each other: make them at once.
-	var (
-		att     *netns.Attachment
-		disk    *blockdev.Disk
-		diskErr error
-		wg      sync.WaitGroup
-	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		disk, diskErr = d.disks.Create(ctx, w.id, d.cfg.WorkerDiskMB, runtime.HostUID(w.uidBase))
-	}()
-	att, err = d.net.Attach(ctx, w.id)
-	wg.Wait()
+	// The disk comes when a session takes the worker (fit): until then its container binds
+	// an empty mount point.
+	mountPoint, err := d.disks.Prepare(w.id)
+	if err != nil {
+		return nil, err
+	}
+	att, err := d.net.Attach(ctx, w.id)
 	if att != nil {
 		w.ip, w.nsPath = att.IP, att.NetNSPath
 	}
-	if err = errors.Join(err, diskErr); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	attached := time.Now()
@@ -143,9 +135,7 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 		Image:     d.image,
 		NetNSPath: w.nsPath,
 		UIDBase:   w.uidBase,
-		CPU:       d.cfg.WorkerCPU,
-		MemoryMB:  d.cfg.WorkerRAMMB,
-		Pids:      d.cfg.WorkerPids,
+		Resources: d.poolResources(),
 		Env: []string{
 			AgentTokenEnv + "=" + w.token,
 			"CODEBOX_AGENT_PORT=" + strconv.Itoa(agentPort),
@@ -153,7 +143,7 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 		},
 		Labels:         Labels{NetNS: w.nsPath, IP: w.ip, UIDBase: w.uidBase}.Encode(),
 		LogPath:        w.logPath,
-		SandboxSource:  disk.MountPoint,
+		SandboxSource:  mountPoint,
 		SandboxOptions: blockdev.BindOptions,
 		BeforeStart:    runtime.LimitUserNamespace,
 	})
@@ -166,7 +156,7 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 		return nil, fmt.Errorf("worker %s: %w", w.id, err)
 	}
 	d.log.Info("worker created", "worker", w.id, "ip", w.ip.String(),
-		"network_disk_ms", ms(attached.Sub(start)), "container_ms", ms(started.Sub(attached)),
+		"network_ms", ms(attached.Sub(start)), "container_ms", ms(started.Sub(attached)),
 		"kernel_ms", ms(time.Since(started)), "total_ms", ms(time.Since(start)))
 	return w, nil
 }
@@ -240,9 +230,45 @@ func (d *Daemon) dial(ctx context.Context, w *worker, in *instance) error {
 	}
 }
 
-// restartKernel starts a new task in w's container after its kernel died: the session's
-// variables are gone, its files on /sandbox stay. The caller holds w's session turn.
-func (d *Daemon) restartKernel(ctx context.Context, w *worker) error {
+// fit makes worker w the session's, of shape sh: its disk of the session's size, mounted
+// where the container sees it at /sandbox (unless makeDisk is false: a restarted kernel's
+// worker has it), its limits where they are not the pool's, the session's env in its
+// agent. The caller holds the session's turn.
+func (d *Daemon) fit(ctx context.Context, w *worker, sh shape, makeDisk bool) error {
+	start := time.Now()
+	if makeDisk {
+		if _, err := d.disks.Make(ctx, w.id, sh.limits.DiskMB, runtime.HostUID(w.uidBase)); err != nil {
+			return err
+		}
+	}
+	disked := time.Now()
+	if res := resourcesOf(sh.limits); res != d.poolResources() {
+		if err := d.rt.Update(ctx, w.id, res); err != nil {
+			return err
+		}
+	}
+	limited := time.Now()
+	if err := w.current.agent.StartSession(ctx, sh.env); err != nil {
+		return fmt.Errorf("start the session in the agent: %w", err)
+	}
+	d.metrics.fitDuration.Observe(time.Since(start).Seconds())
+	d.log.Debug("worker fitted", "worker", w.id, "disk_ms", ms(disked.Sub(start)), "limits_ms", ms(limited.Sub(disked)),
+		"agent_ms", ms(time.Since(limited)))
+	return nil
+}
+
+// resourcesOf are the cgroup limits of a session's limits.
+func resourcesOf(l api.Limits) runtime.Resources {
+	return runtime.Resources{CPU: l.CPU, MemoryMB: l.MemoryMB, Pids: l.Pids}
+}
+
+// poolResources are the limits the pool makes workers with.
+func (d *Daemon) poolResources() runtime.Resources { return resourcesOf(d.defaultLimits()) }
+
+// restartKernel starts a new task in w's container after its kernel died and fits it to
+// the session's shape sh again: the session's variables are gone, its files on /sandbox
+// stay. The caller holds w's session turn.
+func (d *Daemon) restartKernel(ctx context.Context, w *worker, sh shape) error {
 	old := w.current
 	old.agent.Close()
 	task, err := d.rt.Restart(ctx, w.id, w.logPath, runtime.LimitUserNamespace)
@@ -256,6 +282,9 @@ func (d *Daemon) restartKernel(ctx context.Context, w *worker) error {
 	d.mu.Lock()
 	w.current = in
 	d.mu.Unlock()
+	if err := d.fit(ctx, w, sh, false); err != nil {
+		return err
+	}
 	d.metrics.kernelRestarts.Inc()
 	d.log.Info("kernel restarted", "worker", w.id, "exit_code", old.exitCode)
 	return nil
@@ -273,8 +302,11 @@ func (d *Daemon) destroyWorker(ctx context.Context, w *worker) error {
 	if err != nil {
 		d.log.Error("worker destroy failed", "worker", w.id, "err", err)
 	} else {
-		d.log.Info("worker destroyed", "worker", w.id, "age_s", int(time.Since(w.created).Seconds()),
-			"destroy_ms", ms(time.Since(start)))
+		args := []any{"worker", w.id, "destroy_ms", ms(time.Since(start))}
+		if !w.created.IsZero() { // an adopted or half-made worker's age is not known
+			args = append(args, "age_s", int(time.Since(w.created).Seconds()))
+		}
+		d.log.Info("worker destroyed", args...)
 	}
 	return err
 }

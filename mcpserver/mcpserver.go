@@ -264,6 +264,16 @@ type writeIn struct {
 	Session  string `json:"session,omitempty" jsonschema:"Optional: the codebox session, as for run_code."`
 }
 
+type createSessionIn struct {
+	Session     string            `json:"session,omitempty" jsonschema:"Optional: the new session's name (1-128 of A-Z a-z 0-9 . _ -). Omit it to shape this MCP session's own sandbox. Pass the same name as session to run_code and the file tools."`
+	CPU         float64           `json:"cpu,omitempty" jsonschema:"CPU cores (default: the server's)."`
+	MemoryMB    int               `json:"memory_mb,omitempty" jsonschema:"Memory in MB (default: the server's). Code that needs more is killed and the sandbox's variables are lost."`
+	DiskMB      int               `json:"disk_mb,omitempty" jsonschema:"Size of the /sandbox disk in MB (default: the server's)."`
+	Timeout     float64           `json:"timeout,omitempty" jsonschema:"The sandbox's whole lifetime in seconds from now (default: none, or the server's); it ends then, even mid-call."`
+	IdleTimeout float64           `json:"idle_timeout,omitempty" jsonschema:"Seconds unused before the sandbox ends (default: the server's)."`
+	Metadata    map[string]string `json:"metadata,omitempty" jsonschema:"Labels to find the sandbox by (at most 32 string pairs)."`
+}
+
 type releaseIn struct {
 	Session string `json:"session,omitempty" jsonschema:"Optional: the codebox session to release (default: this MCP session's)."`
 }
@@ -321,6 +331,16 @@ func (h *Handler) addTools() error {
 	if err != nil {
 		return err
 	}
+	createSchema, err := schemaFor[createSessionIn](func(p map[string]*jsonschema.Schema) {
+		p["session"].Pattern = api.UserUUIDPattern
+		for _, f := range []string{"cpu", "memory_mb", "disk_mb", "timeout", "idle_timeout"} {
+			p[f].Minimum = ptr(0.0)
+		}
+		p["metadata"].MaxProperties = ptr(api.MaxMetadataPairs)
+	})
+	if err != nil {
+		return err
+	}
 
 	mcp.AddTool(h.server, &mcp.Tool{
 		Name:  "run_code",
@@ -353,6 +373,15 @@ func (h *Handler) addTools() error {
 		InputSchema: writeSchema,
 		Annotations: &mcp.ToolAnnotations{Title: "Write a file", DestructiveHint: ptr(true), IdempotentHint: true, OpenWorldHint: ptr(false)},
 	}, h.writeFile)
+	mcp.AddTool(h.server, &mcp.Tool{
+		Name:  "create_session",
+		Title: "Create a sandbox with its own limits",
+		Description: "Create a sandbox before running code in it, when it needs more (or less) CPU, memory or disk than the default, " +
+			"a lifetime, or labels. Call it before the first run_code of that session; without it run_code makes a default sandbox. " +
+			"Answers the sandbox's limits and when it expires.",
+		InputSchema: createSchema,
+		Annotations: &mcp.ToolAnnotations{Title: "Create a sandbox", OpenWorldHint: ptr(false)},
+	}, h.createSession)
 	mcp.AddTool(h.server, &mcp.Tool{
 		Name:        "release",
 		Title:       "Release the sandbox",
@@ -784,6 +813,35 @@ func (h *Handler) release(ctx context.Context, req *mcp.CallToolRequest, in rele
 		return toolError(err)
 	}
 	return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "released: the sandbox, its variables and files are gone; the next run_code starts a fresh one"}}}, nil, nil
+}
+
+func (h *Handler) createSession(ctx context.Context, req *mcp.CallToolRequest, in createSessionIn) (*mcp.CallToolResult, any, error) {
+	u, err := user(req, in.Session)
+	if err != nil {
+		return toolError(err)
+	}
+	creq := api.CreateSessionRequest{SessionID: u, Metadata: in.Metadata}
+	if in.CPU != 0 || in.MemoryMB != 0 || in.DiskMB != 0 {
+		creq.Limits = &api.Limits{CPU: in.CPU, MemoryMB: in.MemoryMB, DiskMB: in.DiskMB}
+	}
+	if in.Timeout != 0 {
+		creq.Timeout = &in.Timeout
+	}
+	if in.IdleTimeout != 0 {
+		creq.IdleTimeout = &in.IdleTimeout
+	}
+	s, err := h.cfg.Backend.CreateSession(ctx, creq)
+	if err != nil {
+		return toolError(err)
+	}
+	msg := fmt.Sprintf("created sandbox %q: %g CPU, %d MB memory, %d MB disk at /sandbox", s.SessionID, s.Limits.CPU, s.Limits.MemoryMB, s.Limits.DiskMB)
+	if s.ExpiresAt != nil {
+		msg += fmt.Sprintf("; it ends at %s", s.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	if in.Session != "" {
+		msg += fmt.Sprintf(`; pass session %q to run_code and the file tools`, s.SessionID)
+	}
+	return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: msg}}}, nil, nil
 }
 
 // stripSpace drops the white space base64 text may be wrapped with, in one copy.

@@ -23,6 +23,22 @@ import (
 )
 
 // fakeBackend is the daemon as the tools see it: sessions of files and canned answers.
+func (f *fakeBackend) CreateSession(ctx context.Context, req api.CreateSessionRequest) (*api.Session, error) {
+	return nil, api.Fail(api.Internal, "not in this fake")
+}
+func (f *fakeBackend) ListSessions(ctx context.Context, q api.SessionQuery) (*api.SessionList, error) {
+	return nil, api.Fail(api.Internal, "not in this fake")
+}
+func (f *fakeBackend) GetSession(ctx context.Context, id string) (*api.Session, error) {
+	return nil, api.Fail(api.Internal, "not in this fake")
+}
+func (f *fakeBackend) UpdateSession(ctx context.Context, id string, req api.UpdateSessionRequest) (*api.Session, error) {
+	return nil, api.Fail(api.Internal, "not in this fake")
+}
+func (f *fakeBackend) DeleteSession(ctx context.Context, id string) error {
+	return api.Fail(api.Internal, "not in this fake")
+}
+
 type fakeBackend struct {
 	mu       sync.Mutex
 	users    []string

@@ -64,9 +64,13 @@ frontend codebox
     # The nodes count connections per caller: run them with --trusted-proxies naming
     # this HAProxy, and they read the caller's address from here.
     option forwardfor
-    # The session a call belongs to: ?user_uuid= (REST, the stream), else the body's
-    # "user_uuid" (the seed's POST /execute and /release).
+    # The session a call belongs to: ?user_uuid= (REST, the stream); else the path's
+    # /api/v1/sessions/ID/...; else the body's "user_uuid" (the seed's POST /execute and
+    # /release) or, for POST /api/v1/sessions, its "session_id" (one made without a name is
+    # found by the stick table once its node answered).
     http-request set-var(txn.user) url_param(user_uuid)
+    http-request set-var(txn.user) path,field(5,/) if !{ var(txn.user) -m found } { path_beg /api/v1/sessions/ }
+    http-request set-var(txn.user) req.body,json_query('\$.session_id') if !{ var(txn.user) -m found } METH_POST { path /api/v1/sessions }
     http-request set-var(txn.user) req.body,json_query('\$.user_uuid') if !{ var(txn.user) -m found } METH_POST
     default_backend codeboxd
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/codebox/codebox/apiserver"
 	"github.com/codebox/codebox/daemon"
+	"github.com/codebox/codebox/keys"
 	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/transfer"
 )
@@ -57,6 +58,14 @@ type config struct {
 	TLSCert, TLSKey    string
 	Pprof              bool
 	RequestMemoryMB    int
+	APIKeys            string
+	MaxSessionCPU      float64
+	MaxSessionRAMMB    int
+	MaxSessionDiskMB   int
+	MaxSessionPids     int
+	SessionTTL         time.Duration
+	MaxSessionTTL      time.Duration
+	EndedRetention     time.Duration
 }
 
 // envName is the environment variable that sets a flag: --min-idle-workers is
@@ -144,6 +153,14 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiles at /debug/pprof/ on --metrics-listen (for loopback Host names only)")
 	fs.StringVar(&c.TrustedProxies, "trusted-proxies", "", "comma-separated CIDRs or IPs of proxies in front of codeboxd (a load balancer): exempt from the per-address connection bound, and their X-Forwarded-For names the caller")
 	fs.DurationVar(&c.FirewallCheck, "firewall-check-interval", 30*time.Second, "how often the firewall's hooks are checked and put first again when other rules got above them")
+	fs.StringVar(&c.APIKeys, "api-keys", "", "file of API keys, one a line: NAME KEY [admin] (mode 0600; reread on SIGHUP); each key is a tenant whose sessions no other sees; AUTH_TOKEN stays an admin key")
+	fs.Float64Var(&c.MaxSessionCPU, "max-session-cpu", 4, "the most CPU cores a session may ask for")
+	fs.IntVar(&c.MaxSessionRAMMB, "max-session-ram-mb", 8192, "the most memory a session may ask for, MB")
+	fs.IntVar(&c.MaxSessionDiskMB, "max-session-disk-mb", 10240, "the largest disk a session may ask for, MB")
+	fs.IntVar(&c.MaxSessionPids, "max-session-pids", 4096, "the most processes a session may ask for")
+	fs.DurationVar(&c.SessionTTL, "session-ttl", 0, "lifetime of a session that asks for none; 0: none")
+	fs.DurationVar(&c.MaxSessionTTL, "max-session-ttl", 0, "the longest lifetime a session may have (those asking for none too); 0: no cap")
+	fs.DurationVar(&c.EndedRetention, "ended-retention", 24*time.Hour, "how long why a session ended is remembered (at most 10,000 sessions)")
 	fs.StringVar(&c.FileAllowlist, "file-allowlist", "", "comma-separated CIDRs, IPs or host names downloads and uploads may reach although private (e.g. an internal object store)")
 	return fs
 }
@@ -208,6 +225,29 @@ func (c config) validate() error {
 		return fmt.Errorf("--worker-subnet %q must be an IPv4 CIDR", c.WorkerSubnet)
 	} else if ones, _ := ipnet.Mask.Size(); ones > 28 {
 		return fmt.Errorf("--worker-subnet %q is too small for a pool (at most /28)", c.WorkerSubnet)
+	}
+	switch {
+	case !(c.MaxSessionCPU >= c.WorkerCPU):
+		return fmt.Errorf("--max-session-cpu (%g) must not be below --worker-cpu (%g)", c.MaxSessionCPU, c.WorkerCPU)
+	case c.MaxSessionRAMMB < c.WorkerRAMMB:
+		return fmt.Errorf("--max-session-ram-mb (%d) must not be below --worker-ram-mb (%d)", c.MaxSessionRAMMB, c.WorkerRAMMB)
+	case c.MaxSessionDiskMB < c.WorkerDiskMB:
+		return fmt.Errorf("--max-session-disk-mb (%d) must not be below --worker-disk-mb (%d)", c.MaxSessionDiskMB, c.WorkerDiskMB)
+	case c.MaxSessionPids < c.WorkerPids:
+		return fmt.Errorf("--max-session-pids (%d) must not be below --worker-pids (%d)", c.MaxSessionPids, c.WorkerPids)
+	case c.SessionTTL < 0:
+		return fmt.Errorf("--session-ttl must not be negative, not %s", c.SessionTTL)
+	case c.MaxSessionTTL < 0:
+		return fmt.Errorf("--max-session-ttl must not be negative, not %s", c.MaxSessionTTL)
+	case c.MaxSessionTTL > 0 && c.SessionTTL > c.MaxSessionTTL:
+		return fmt.Errorf("--session-ttl (%s) must not exceed --max-session-ttl (%s)", c.SessionTTL, c.MaxSessionTTL)
+	case c.EndedRetention < 0:
+		return fmt.Errorf("--ended-retention must not be negative, not %s", c.EndedRetention)
+	}
+	if c.APIKeys != "" {
+		if _, err := keys.Load(c.APIKeys); err != nil {
+			return fmt.Errorf("--api-keys: %v", err)
+		}
 	}
 	if c.RequestMemoryMB < 16 {
 		return fmt.Errorf("--request-memory-mb must be at least 16 (an execute's body may hold 8 MB), not %d", c.RequestMemoryMB)
@@ -282,6 +322,9 @@ func (c config) daemonConfig() daemon.Config {
 		IdleTimeout: c.IdleTimeout, RecycleInterval: c.RecycleInterval,
 		StateDir: c.StateDir, DestroyOnStop: c.DestroyOnStop,
 		MaxFileMB: c.MaxFileMB, FileTimeout: c.FileTimeout, FileAllowlist: splitList(c.FileAllowlist),
+		MaxSessionCPU: c.MaxSessionCPU, MaxSessionRAMMB: c.MaxSessionRAMMB, MaxSessionDiskMB: c.MaxSessionDiskMB,
+		MaxSessionPids: c.MaxSessionPids, SessionTTL: c.SessionTTL, MaxSessionTTL: c.MaxSessionTTL,
+		EndedRetention: c.EndedRetention,
 	}
 }
 

@@ -36,6 +36,7 @@ import (
 	"github.com/codebox/codebox/console"
 	"github.com/codebox/codebox/daemon"
 	"github.com/codebox/codebox/firewall"
+	"github.com/codebox/codebox/keys"
 	"github.com/codebox/codebox/mcpserver"
 	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/runtime"
@@ -158,6 +159,10 @@ func serve(cfg config) error {
 	if err != nil {
 		return err
 	}
+	apiKeys, err := keys.New(token, api.DefaultTenant, cfg.APIKeys)
+	if err != nil {
+		return err
+	}
 	rt, err := runtime.Connect(ctx, cfg.ContainerdAddress, cfg.Namespace, log)
 	if err != nil {
 		return err
@@ -226,7 +231,10 @@ func serve(cfg config) error {
 			a, ok := netip.AddrFromSlice(ip)
 			return ok && slices.ContainsFunc(trusted, func(p netip.Prefix) bool { return p.Contains(a.Unmap()) })
 		}})
-	handler := apiserver.NewHandler(d, apiserver.ServerConfig{Token: token, CORSOrigins: cfg.corsOrigins(), Log: log,
+	authFailures := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "codebox_auth_failures_total",
+		Help: "Requests refused for a missing or invalid key or token."}, []string{"reason"})
+	handler := apiserver.NewHandler(d, apiserver.ServerConfig{Auth: authenticator{keys: apiKeys, sessions: d},
+		AuthFailed: func(reason string) { authFailures.WithLabelValues(reason).Inc() }, CORSOrigins: cfg.corsOrigins(), Log: log,
 		MaxFileBytes: int64(cfg.MaxFileMB) << 20, FileTimeout: cfg.FileTimeout, MaxExecTimeout: cfg.MaxExecTimeout,
 		Console: page, MCP: tools, TrustedProxies: trusted, HeldBytes: int64(cfg.RequestMemoryMB) << 20})
 	srv := &http.Server{
@@ -251,8 +259,14 @@ func serve(cfg config) error {
 	defer signal.Stop(hup)
 	go func() {
 		for range hup {
+			if cfg.APIKeys != "" {
+				if n, err := apiKeys.Reload(token, cfg.APIKeys); err != nil {
+					log.Error("SIGHUP: API keys not reloaded; the ones in use stay", "err", err)
+				} else {
+					log.Info("SIGHUP: API keys reloaded", "keys", n)
+				}
+			}
 			if cert == nil {
-				log.Info("SIGHUP: nothing to reload")
 				continue
 			}
 			if err := cert.reload(); err != nil {
@@ -263,7 +277,7 @@ func serve(cfg config) error {
 		}
 	}()
 	if cfg.MetricsListen != "" {
-		msrv, err := metricsServer(cfg.MetricsListen, cfg.Pprof, d, guard)
+		msrv, err := metricsServer(cfg.MetricsListen, cfg.Pprof, d, guard, authFailures)
 		if err != nil {
 			d.Close(context.Background())
 			return err
@@ -301,9 +315,10 @@ func serve(cfg config) error {
 
 // metricsServer serves Prometheus metrics (the daemon's, Go's and the process's) on addr,
 // and, withPprof, Go's profiles.
-func metricsServer(addr string, withPprof bool, d *daemon.Daemon, guard *connguard.Guard) (*http.Server, error) {
+func metricsServer(addr string, withPprof bool, d *daemon.Daemon, guard *connguard.Guard, more ...prometheus.Collector) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(more...)
 	connGauge := func(name, help string, f func(connguard.Stats) float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(guard.Stats()) })
 	}
@@ -400,4 +415,24 @@ func version() string {
 		}
 	}
 	return "dev"
+}
+
+// authenticator is the API's: a session's access token reaches its session; any other
+// credential is a key of --api-keys or the API token.
+type authenticator struct {
+	keys     *keys.Set
+	sessions interface {
+		SessionToken(token string) (api.Caller, bool)
+	}
+}
+
+func (a authenticator) Authenticate(cred string) (api.Caller, bool) {
+	if strings.HasPrefix(cred, api.AccessTokenPrefix) {
+		return a.sessions.SessionToken(cred)
+	}
+	k, ok := a.keys.Lookup(cred)
+	if !ok {
+		return api.Caller{}, false
+	}
+	return api.Caller{Tenant: k.Name, Admin: k.Admin}, true
 }

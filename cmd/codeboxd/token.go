@@ -11,40 +11,15 @@ import (
 	"strings"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/keys"
 )
-
-// minKeyLength is the shortest API key accepted: a generated one has 64 hex characters.
-const minKeyLength = 32
-
-// placeholders are values that ship in examples and templates; a key equal to one (or to a
-// run of one character) is what nobody chose.
-var placeholders = []string{"replace-with-a-random-token", "changeme", "change-me", "secret", "password",
-	"your-token-here", "your-api-key", "token", "example", "codebox"}
-
-// checkKey refuses a key an attacker could guess: too short, a placeholder, one character
-// repeated.
-func checkKey(key string) error {
-	lower := strings.ToLower(key)
-	for _, p := range placeholders {
-		if strings.Contains(lower, p) && len(lower) < len(p)+minKeyLength {
-			return fmt.Errorf("it is the placeholder %q (or nearly); generate one: openssl rand -hex 32", p)
-		}
-	}
-	if len(key) < minKeyLength {
-		return fmt.Errorf("it has %d characters, fewer than %d; generate one: openssl rand -hex 32", len(key), minKeyLength)
-	}
-	if strings.Count(key, key[:1]) == len(key) {
-		return errors.New("it is one character repeated; generate one: openssl rand -hex 32")
-	}
-	return nil
-}
 
 // loadToken returns the API token: envToken when set; otherwise the one in
 // <stateDir>/auth_token, generated (mode 0600) on first start. A weak token is refused; a
 // token file others may read is warned of.
 func loadToken(stateDir, envToken string, log *slog.Logger) (string, error) {
 	if t := strings.TrimSpace(envToken); t != "" {
-		if err := checkKey(t); err != nil {
+		if err := keys.Check(t); err != nil {
 			return "", fmt.Errorf("%s refused: %w", api.TokenEnv, err)
 		}
 		return t, nil
@@ -56,7 +31,7 @@ func loadToken(stateDir, envToken string, log *slog.Logger) (string, error) {
 		if t == "" {
 			return "", fmt.Errorf("token file %s is empty", path)
 		}
-		if err := checkKey(t); err != nil {
+		if err := keys.Check(t); err != nil {
 			return "", fmt.Errorf("the token in %s refused: %w", path, err)
 		}
 		if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {

@@ -1,0 +1,76 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// The session calls of the Go client (docs/API.md#sessions).
+
+// CreateSession makes a session with the shape asked for; its AccessToken reaches it alone.
+func (c *Client) CreateSession(ctx context.Context, req CreateSessionRequest) (*Session, error) {
+	var s Session
+	if err := c.do(ctx, http.MethodPost, "/api/v1/sessions", nil, req, &s, http.StatusCreated); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// Sessions lists one page of sessions.
+func (c *Client) Sessions(ctx context.Context, q SessionQuery) (*SessionList, error) {
+	v := url.Values{}
+	if len(q.Metadata) > 0 {
+		keys := make([]string, 0, len(q.Metadata))
+		for k := range q.Metadata {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			v.Set("metadata."+k, q.Metadata[k]) // the form a value with a comma needs too
+		}
+	}
+	for name, val := range map[string]string{"environment": q.Environment, "state": q.State, "page_token": q.PageToken, "tenant": q.Tenant} {
+		if val != "" {
+			v.Set(name, val)
+		}
+	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	var list SessionList
+	if err := c.do(ctx, http.MethodGet, "/api/v1/sessions", v, nil, &list, http.StatusOK); err != nil {
+		return nil, err
+	}
+	return &list, nil
+}
+
+// Session reads a session: a running one with its usage, or an ended one with why.
+func (c *Client) Session(ctx context.Context, id string) (*Session, error) {
+	var s Session
+	if err := c.do(ctx, http.MethodGet, sessionPath(id), nil, nil, &s, http.StatusOK); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// UpdateSession changes a running session (PATCH).
+func (c *Client) UpdateSession(ctx context.Context, id string, req UpdateSessionRequest) (*Session, error) {
+	var s Session
+	if err := c.do(ctx, http.MethodPatch, sessionPath(id), nil, req, &s, http.StatusOK); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// DeleteSession ends a session.
+func (c *Client) DeleteSession(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, sessionPath(id), nil, nil, nil, http.StatusNoContent)
+}
+
+func sessionPath(id string) string {
+	return "/api/v1/sessions/" + url.PathEscape(strings.TrimSpace(id))
+}
