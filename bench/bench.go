@@ -307,6 +307,61 @@ func FirstExecute(ctx context.Context, c *api.Client, name, prefix string, n int
 	return summarize(name, lat, n, len(lat), len(lat), time.Since(start), errs)
 }
 
+// ShapedCreate measures n sessions made with limits of their own from a warm pool (POST
+// /api/v1/sessions: a pool worker fitted with its disk, cgroup limits and env), waiting
+// before each until ready() says the pool is whole; the second result is each one's create
+// and first execute together. Each session is deleted afterwards.
+func ShapedCreate(ctx context.Context, c *api.Client, prefix string, n int, ready func(api.Status) bool) (create, first *Result) {
+	var lc, lf []time.Duration
+	errs := map[string]int{}
+	start := time.Now()
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		if err := waitStatus(ctx, c, ready); err != nil {
+			errs[err.Error()]++
+			break
+		}
+		id := fmt.Sprintf("%s-%d", prefix, i)
+		t := time.Now()
+		_, err := c.CreateSession(ctx, api.CreateSessionRequest{SessionID: id,
+			Limits: &api.Limits{CPU: 1.5, MemoryMB: 2048, DiskMB: 1000, Pids: 1024}, Env: map[string]string{"BENCH": "1"}})
+		made := time.Since(t)
+		if err == nil {
+			_, err = c.Execute(ctx, id, "1", 0)
+		}
+		if err != nil {
+			errs[errKey(err)]++
+		} else {
+			lc, lf = append(lc, made), append(lf, time.Since(t))
+		}
+		c.DeleteSession(ctx, id)
+	}
+	took := time.Since(start)
+	return summarize("create with limits: POST /sessions, warm pool", lc, n, len(lc), len(lc), took, errs),
+		summarize("create with limits, then its first execute", lf, n, len(lf), len(lf), took, errs)
+}
+
+// Resize measures n PATCHes of a running session's limits (memory and CPU, up and down in
+// turn: each an Update of the worker's cgroups through containerd).
+func Resize(ctx context.Context, c *api.Client, id string, n int) *Result {
+	var lat []time.Duration
+	errs := map[string]int{}
+	start := time.Now()
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		mem, cpu := 1024, 1.0
+		if i%2 == 0 {
+			mem, cpu = 1536, 1.5
+		}
+		t := time.Now()
+		_, err := c.UpdateSession(ctx, id, api.UpdateSessionRequest{Limits: &api.Limits{MemoryMB: mem, CPU: cpu}})
+		if err != nil {
+			errs[errKey(err)]++
+			continue
+		}
+		lat = append(lat, time.Since(t))
+	}
+	return summarize("PATCH of a session's limits (cgroups, live)", lat, n, len(lat), len(lat), time.Since(start), errs)
+}
+
 // WaitIdle waits until the pool has idle workers and none being created.
 func WaitIdle(ctx context.Context, c *api.Client, idle int) (time.Duration, error) {
 	start := time.Now()

@@ -403,7 +403,7 @@ func checkSettledResources(ctx context.Context, d *daemon, socket string) error 
 		if before.CreatingWorkers > 0 {
 			err = fmt.Errorf("%d workers still being created", before.CreatingWorkers)
 		} else {
-			err = checkOwnResources(socket, d.stateDir, before.TotalWorkers)
+			err = checkOwnResources(socket, d.stateDir, before.TotalWorkers, before.BusyWorkers)
 			after, serr := d.client.Status(ctx)
 			if serr != nil {
 				return serr
@@ -422,11 +422,12 @@ func checkSettledResources(ctx context.Context, d *daemon, socket string) error 
 	}
 }
 
-// checkOwnResources compares what exists with the number of live workers: containers,
-// their running tasks and shims, snapshots, disks mounted, loop devices, network
-// namespaces, CNI allocations; no lease of a creation is left; and the firewall's chains
+// checkOwnResources compares what exists with the number of live workers (containers, their
+// running tasks and shims, snapshots, network namespaces, CNI allocations) and of those
+// serving a session (disks mounted, their files and loop devices: a pool worker gets its
+// disk when a session takes it); no lease of a creation is left; and the firewall's chains
 // hold their rules.
-func checkOwnResources(socket, stateDir string, workers int) error {
+func checkOwnResources(socket, stateDir string, workers, sessions int) error {
 	cl, err := client.New(socket, client.WithDefaultNamespace(ownNamespace))
 	if err != nil {
 		return err
@@ -494,8 +495,12 @@ func checkOwnResources(socket, stateDir string, workers int) error {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		if counts[k] != workers {
-			problems = append(problems, fmt.Sprintf("%d %s", counts[k], k))
+		want := workers
+		if strings.HasPrefix(k, "disk") || k == "loop devices" {
+			want = sessions
+		}
+		if counts[k] != want {
+			problems = append(problems, fmt.Sprintf("%d %s (want %d)", counts[k], k, want))
 		}
 	}
 	problems = append(problems, orphans...)
@@ -504,7 +509,7 @@ func checkOwnResources(socket, stateDir string, workers int) error {
 		problems = append(problems, err.Error())
 	}
 	if len(problems) > 0 {
-		return fmt.Errorf("%d live workers, but %s", workers, strings.Join(problems, ", "))
+		return fmt.Errorf("%d live workers, %d of them in a session, but %s", workers, sessions, strings.Join(problems, ", "))
 	}
 	return nil
 }

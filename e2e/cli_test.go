@@ -60,3 +60,42 @@ func TestCLI(t *testing.T) {
 		t.Fatalf("release: %q %v", out, err)
 	}
 }
+
+// TestCLISessions drives `codebox sessions` against a daemon.
+func TestCLISessions(t *testing.T) {
+	d := startDaemon(t)
+	cli := filepath.Join(filepath.Dir(env.bin), "codebox")
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command(cli, append([]string{"--url", d.url}, args...)...)
+		cmd.Env = append(os.Environ(), "AUTH_TOKEN="+d.token)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := run("sessions", "create", "--id", "e2e-cli-s", "--memory-mb", "300", "--timeout", "10m", "-m", "team=cli", "-e", "GREETING=hi")
+	if err != nil || !strings.Contains(out, `"session_id": "e2e-cli-s"`) || !strings.Contains(out, `"memory_mb": 300`) || !strings.Contains(out, `"access_token": "cbs_`) {
+		t.Fatalf("sessions create: %q %v", out, err)
+	}
+	if out, err := run("exec", "-u", "e2e-cli-s", "import os; print(os.environ['GREETING'])"); err != nil || out != "hi\n" {
+		t.Fatalf("exec in the session: %q %v", out, err)
+	}
+	run("sessions", "create", "--id", "e2e-cli-other")
+	out, err = run("sessions", "ls", "-m", "team=cli")
+	if err != nil || !strings.Contains(out, "e2e-cli-s") || strings.Contains(out, "e2e-cli-other") || !strings.Contains(out, "team=cli") {
+		t.Fatalf("sessions ls -m: %q %v", out, err)
+	}
+	if out, err := run("sessions", "extend", "--timeout", "2h", "e2e-cli-s"); err != nil || !strings.Contains(out, `"expires_at"`) {
+		t.Fatalf("sessions extend: %q %v", out, err)
+	}
+	if out, err := run("sessions", "get", "e2e-cli-s"); err != nil || !strings.Contains(out, `"usage"`) {
+		t.Fatalf("sessions get: %q %v", out, err)
+	}
+	if out, err := run("sessions", "rm", "e2e-cli-s"); err != nil {
+		t.Fatalf("sessions rm: %q %v", out, err)
+	}
+	if out, err := run("sessions", "get", "e2e-cli-s"); err != nil || !strings.Contains(out, `"ended_reason": "released"`) {
+		t.Fatalf("sessions get after rm: %q %v", out, err)
+	}
+	if out, err := run("sessions", "create", "--memory-mb", "999999"); err == nil || !strings.Contains(out, "limits.memory_mb") {
+		t.Fatalf("a refused create: %q %v", out, err)
+	}
+}

@@ -308,6 +308,29 @@ func TestFleet(t *testing.T) {
 		}
 	}
 
+	// Sessions as resources through the router: made by POST with a session_id, then
+	// read, changed and ended by /api/v1/sessions/ID, each reaching the node that holds it
+	// (a call routed at random would miss two times in three).
+	const resources = 12
+	for i := 0; i < resources; i++ {
+		id := fmt.Sprintf("fleet-res-%02d", i)
+		if _, err := c.CreateSession(ctx, api.CreateSessionRequest{SessionID: id, Metadata: map[string]string{"via": "router"}}); err != nil {
+			t.Fatalf("create %s through the router: %v", id, err)
+		}
+		if s, err := c.Session(ctx, id); err != nil || s.State != api.SessionRunning {
+			t.Fatalf("GET %s through the router: %+v %v", id, s, err)
+		}
+		if _, err := c.UpdateSession(ctx, id, api.UpdateSessionRequest{Timeout: f64(600)}); err != nil {
+			t.Fatalf("PATCH %s through the router: %v", id, err)
+		}
+		if r, err := call(id, "'here'"); err != nil || r.NewSession {
+			t.Fatalf("execute in %s through the router: %+v %v", id, r, err)
+		}
+		if err := c.DeleteSession(ctx, id); err != nil {
+			t.Fatalf("DELETE %s through the router: %v", id, err)
+		}
+	}
+
 	// The router's own surface: the status page needs its credentials and changes nothing;
 	// where sessions live is learnt from the nodes' answers, so requests without a key fill
 	// no table.
@@ -325,8 +348,8 @@ func TestFleet(t *testing.T) {
 	}
 	entries := func() int { return strings.Count(rt.admin("show table codeboxd"), ": key=") }
 	before := entries()
-	if before != sessions {
-		t.Errorf("the stick table holds %d sessions, want %d:\n%s", before, sessions, rt.admin("show table codeboxd"))
+	if before != sessions+resources {
+		t.Errorf("the stick table holds %d sessions, want %d:\n%s", before, sessions+resources, rt.admin("show table codeboxd"))
 	}
 	for i := 0; i < 300; i++ {
 		resp, err := http.Post(rt.url+fmt.Sprintf("/api/v1/execute?user_uuid=flood-%d", i), "application/json", strings.NewReader(`{"code": "1"}`))

@@ -274,10 +274,10 @@ func startDaemonWith(t *testing.T, o daemonOptions, flags ...string) *daemon {
 		// A loop device is cleared once the last mount of its file system is gone, the
 		// container's included, which the kernel finishes a moment after the task is.
 		deadline := time.Now().Add(10 * time.Second)
-		left := diskLeftovers(d.stateDir)
+		left := diskLeftovers(d.stateDir, false)
 		for left != "" && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
-			left = diskLeftovers(d.stateDir)
+			left = diskLeftovers(d.stateDir, false)
 		}
 		if left != "" {
 			t.Errorf("after codeboxd stopped: %s", left)

@@ -99,12 +99,30 @@ func TestMCP(t *testing.T) {
 		t.Logf("tool %s: %s", tl.Name, tl.Description)
 	}
 	slices.Sort(names)
-	if want := []string{"list_files", "read_file", "release", "run_code", "write_file"}; !slices.Equal(names, want) {
+	if want := []string{"create_session", "list_files", "read_file", "release", "run_code", "write_file"}; !slices.Equal(names, want) {
 		t.Fatalf("tools %v, want %v", names, want)
 	}
 
+	// A sandbox with its own limits, made before its first code.
+	r := callTool(t, ctx, cs, "create_session", map[string]any{"session": "e2e-mcp-shaped", "memory_mb": 300, "timeout": 600,
+		"metadata": map[string]any{"by": "mcp"}})
+	if r.IsError || !strings.Contains(texts(r), "300 MB memory") || !strings.Contains(texts(r), "ends at") {
+		t.Fatalf("create_session: %s", texts(r))
+	}
+	r = callTool(t, ctx, cs, "run_code", map[string]any{"code": "print('shaped')", "session": "e2e-mcp-shaped"})
+	if r.IsError || !strings.Contains(texts(r), "shaped") {
+		t.Fatalf("run_code in the made session: %s", texts(r))
+	}
+	if s, err := d.client.Session(ctx, "e2e-mcp-shaped"); err != nil || s.Limits.MemoryMB != 300 || s.Metadata["by"] != "mcp" {
+		t.Fatalf("the session create_session made, through REST: %+v %v", s, err)
+	}
+	r = callTool(t, ctx, cs, "create_session", map[string]any{"session": "e2e-mcp-shaped"})
+	if !r.IsError || !strings.Contains(texts(r), "is running") {
+		t.Fatalf("create_session of a running session: %s", texts(r))
+	}
+
 	// State across calls; the first says it started the session.
-	r := callTool(t, ctx, cs, "run_code", map[string]any{"code": "x = 41\nprint('hello')"})
+	r = callTool(t, ctx, cs, "run_code", map[string]any{"code": "x = 41\nprint('hello')"})
 	if r.IsError || !strings.Contains(texts(r), "hello") || !strings.Contains(texts(r), "new session") {
 		t.Fatalf("first run_code: %+v %s", r, texts(r))
 	}

@@ -4,6 +4,7 @@
 //	codebox exec --stream -u USER CODE       print output as it arrives (Ctrl-C interrupts)
 //	codebox release -u USER                  end a session
 //	codebox status                           pool counts
+//	codebox sessions ls|create|get|extend|rm sessions as resources (limits, lifetime, metadata)
 //	codebox token                            print the API token from the state dir
 //	codebox files put -u USER LOCAL REMOTE   upload a file to /sandbox
 //	codebox files get -u USER REMOTE [LOCAL] download a file ('-' or none: stdout)
@@ -40,7 +41,14 @@ commands:
                                                       prints output as it arrives (with
                                                       --json: one event per line)
   release -u USER                                     destroy USER's session
-  status                                              show the worker pool
+  status                                              show the worker pool (admin keys)
+  sessions ls [-m KEY=VALUE]... [--state S] [--json]  list sessions (metadata AND-ed)
+  sessions create [--id ID] [--cpu N] [--memory-mb N] [--disk-mb N] [--pids N]
+                  [--timeout D] [--idle-timeout D] [-m KEY=VALUE]... [-e NAME=VALUE]...
+                                                      make a session with a shape of its own
+  sessions get SESSION                                a session, with its usage or why it ended
+  sessions extend [--timeout D] SESSION               restart its lifetime from now (default 1h)
+  sessions rm SESSION                                 end a session
   token                                               print the API token
   files put -u USER LOCAL /sandbox/PATH               upload a file
   files get -u USER /sandbox/PATH [LOCAL|-]           download a file
@@ -115,6 +123,8 @@ func run(args []string, stdout io.Writer) error {
 		return c.Release(ctx, *user)
 	case "files":
 		return filesCmd(ctx, c, rest, stdout)
+	case "sessions":
+		return sessionsCmd(ctx, c, rest, stdout)
 	case "status":
 		st, err := c.Status(ctx)
 		if err != nil {

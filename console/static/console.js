@@ -15,6 +15,8 @@
     release: $('release'), clear: $('clear'), editor: $('editor'), notice: $('notice'),
     output: $('output'), refresh: $('refresh'), path: $('path'), drop: $('drop'),
     upload: $('upload'), fileList: $('file-list'), filesNote: $('files-note'),
+    sessionList: $('session-list'), sessionsNote: $('sessions-note'), usage: $('usage'),
+    refreshSessions: $('refresh-sessions'),
   };
   const USER_RE = /^[A-Za-z0-9._-]{1,128}$/;
   const ROOT = '/sandbox/';
@@ -120,6 +122,7 @@
     dir = ROOT;
     notice(USER_RE.test(id) ? 'Session ' + id + ': its first call starts it.' : '');
     refreshFiles();
+    refreshSessions();
   }
 
   // --- the stream: one websocket per session id, opened on the first run
@@ -284,7 +287,12 @@
     if (typeof ev.duration_ms === 'number') parts.push(ev.duration_ms.toFixed(1) + ' ms');
     cell.state.textContent = parts.join(' · ');
     const notes = [];
-    if (ev.new_session) notes.push('A new session started with this call: no earlier state.');
+    if (ev.new_session) {
+      const prev = ev.previous_session;
+      notes.push('A new session started with this call: no earlier state.' +
+        (prev ? ' The earlier session of this id ended (' + prev.ended_reason + ') at ' + new Date(prev.ended_at).toLocaleString() + '.' : ''));
+      refreshSessions();
+    }
     if (['timeout', 'died'].includes(status)) {
       notes.push(ev.state_preserved ? 'The session kept its state.' : 'The session lost its state.');
     }
@@ -530,7 +538,79 @@
     if (e.dataTransfer && e.dataTransfer.files.length) upload([...e.dataTransfer.files]);
   });
 
-  // --- pool status, while the tab is visible
+  // --- sessions: the key's, with their metadata and time left; the current one's usage
+
+  function timeLeft(iso) {
+    if (!iso) return '—';
+    let s = Math.max(0, Math.round((Date.parse(iso) - Date.now()) / 1000));
+    const h = Math.floor(s / 3600); s -= h * 3600;
+    const m = Math.floor(s / 60); s -= m * 60;
+    return (h ? h + ' h ' : '') + (h || m ? m + ' min ' : '') + (h ? '' : s + ' s');
+  }
+
+  function showUsage(cur) {
+    if (!cur) { ui.usage.textContent = 'Session ' + ui.session.value + ': not started yet.'; return; }
+    if (cur.state === 'ended') {
+      ui.usage.textContent = 'Session ' + cur.session_id + ' ended (' + cur.ended_reason + ') at ' + new Date(cur.ended_at).toLocaleString() + '.';
+      return;
+    }
+    const u = cur.usage;
+    const l = cur.limits;
+    ui.usage.textContent = cur.session_id + ': ' + l.cpu + ' CPU · ' + l.memory_mb + ' MB · ' + l.disk_mb + ' MB disk' +
+      (u ? ' — used ' + u.cpu_seconds.toFixed(1) + ' s CPU · ' + humanSize(u.memory_bytes) + ' (peak ' + humanSize(u.memory_peak_bytes) +
+        ') · ' + humanSize(u.disk_used_bytes) + ' of ' + humanSize(u.disk_total_bytes) + ' · ' + u.processes + ' processes' : '');
+  }
+
+  function showSessions(list) {
+    ui.sessionList.replaceChildren();
+    for (const s of list) {
+      const meta = Object.entries(s.metadata || {}).map(([k, v]) => k + '=' + v).join(' ');
+      const name = el('td', {}, el('button', { type: 'button', class: 'link', text: s.session_id, title: 'Use this session', onclick: () => switchSession(s.session_id) }),
+        meta ? el('span', { class: 'meta', text: meta }) : null);
+      const end = el('button', { type: 'button', class: 'link', text: 'End', 'aria-label': 'End ' + s.session_id, onclick: () => endSession(s.session_id) });
+      ui.sessionList.append(el('tr', { 'data-session': s.session_id, class: s.session_id === ui.session.value ? 'current' : '' },
+        name, el('td', { class: 'left', text: timeLeft(s.expires_at) }), el('td', {}, end)));
+    }
+    ui.sessionsNote.textContent = list.length ? '' : 'No running session yet.';
+  }
+
+  let sessionsAsked = 0;
+  async function refreshSessions() {
+    if (!ui.token.value || document.hidden) return;
+    const mine = ++sessionsAsked;
+    try {
+      const list = await (await api('GET', '/api/v1/sessions', { query: { limit: '100' } })).json();
+      let cur = null;
+      if (USER_RE.test(ui.session.value)) {
+        try {
+          cur = await (await api('GET', '/api/v1/sessions/' + encodeURIComponent(ui.session.value))).json();
+        } catch (err) {
+          if (err.status !== 404) throw err;
+        }
+      }
+      if (mine !== sessionsAsked) return;
+      showSessions(list.sessions || []);
+      showUsage(cur);
+    } catch (err) {
+      if (mine === sessionsAsked) ui.sessionsNote.textContent = err.message;
+    }
+  }
+
+  async function endSession(id) {
+    if (!confirm('End session ' + id + '? Its variables and files are destroyed.')) return;
+    try {
+      await api('DELETE', '/api/v1/sessions/' + encodeURIComponent(id));
+      if (id === ui.session.value) closeSocket();
+    } catch (err) {
+      notice('Ending ' + id + ' failed: ' + err.message, true);
+    }
+    refreshSessions();
+    refreshFiles();
+  }
+
+  ui.refreshSessions.addEventListener('click', refreshSessions);
+
+  // --- pool status (admin keys), while the tab is visible
 
   async function refreshPool() {
     if (!ui.token.value || document.hidden) return;
@@ -539,15 +619,16 @@
       ui.pool.textContent = 'pool: ' + s.busy_workers + ' busy · ' + s.idle_workers + ' idle · ' + s.creating_workers +
         ' starting · ' + s.total_workers + '/' + s.max_total_workers + (s.is_initializing ? ' · initializing' : '');
     } catch (err) {
-      ui.pool.textContent = 'pool: ' + err.message;
+      ui.pool.textContent = err.status === 403 ? 'pool: for admin keys' : 'pool: ' + err.message;
     }
   }
-  setInterval(refreshPool, 5000);
-  document.addEventListener('visibilitychange', refreshPool);
+  setInterval(() => { refreshPool(); refreshSessions(); }, 5000);
+  document.addEventListener('visibilitychange', () => { refreshPool(); refreshSessions(); });
 
   function refreshAll() {
     refreshPool();
     refreshFiles();
+    refreshSessions();
   }
 
   updateButtons();

@@ -322,6 +322,30 @@ test('the seed\'s older API from a page of another origin (CORS preflight includ
   }
 });
 
+test('sessions panel: metadata and time left, the current session\'s usage, End ends it', async () => {
+  const id = 'console-made-' + Date.now();
+  const made = await fetch(URL_ + '/api/v1/sessions', {
+    method: 'POST', headers: { 'X-Auth-Token': TOKEN, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ session_id: id, timeout: 3600, metadata: { team: 'console' }, limits: { memory_mb: 300 } }),
+  });
+  assert.equal(made.status, 201, await made.text());
+  await page.locator('#refresh-sessions').click();
+  const row = page.locator(`#session-list tr[data-session="${id}"]`);
+  await row.waitFor();
+  assert.match(await row.innerText(), /team=console/);
+  assert.match(await row.locator('td.left').innerText(), /\d+ min/);
+  await row.getByRole('button', { name: id, exact: true }).click();
+  assert.equal(await page.getByLabel('Session', { exact: true }).inputValue(), id);
+  await page.locator('#usage').filter({ hasText: /300 MB · \d+ MB disk — used .* processes/ }).waitFor();
+  await run('print("in the made session")');
+  page.once('dialog', (d) => d.accept());
+  await row.getByRole('button', { name: 'End ' + id }).click();
+  await row.waitFor({ state: 'detached' });
+  await page.locator('#usage').filter({ hasText: 'ended (released)' }).waitFor();
+  const cell = await run('1 + 1');
+  assert.match(await cell.innerText(), /earlier session of this id ended \(released\)/);
+});
+
 test('no page errors and no CSP violations', () => {
   assert.deepEqual(problems, []);
 });

@@ -38,12 +38,24 @@ test('lists the tools with descriptions and schemas', async () => {
   c = await connect(TOKEN);
   const { tools } = await c.client.listTools();
   const names = tools.map((t) => t.name).sort();
-  assert.deepEqual(names, ['list_files', 'read_file', 'release', 'run_code', 'write_file']);
+  assert.deepEqual(names, ['create_session', 'list_files', 'read_file', 'release', 'run_code', 'write_file']);
   const run = tools.find((t) => t.name === 'run_code');
   assert.ok(run.description.length > 40);
   assert.deepEqual(run.inputSchema.required, ['code']);
   assert.deepEqual(run.inputSchema.properties.language.enum, ['python', 'javascript', 'typescript', 'bash']);
   assert.equal(c.client.getServerVersion().name, 'codebox');
+});
+
+test('create_session makes a sandbox with its own limits, then run_code uses it', async () => {
+  const id = 'ts-shaped-' + Date.now();
+  let r = await c.client.callTool({ name: 'create_session', arguments: { session: id, memory_mb: 300, timeout: 600 } });
+  assert.ok(!r.isError, text(r));
+  assert.match(text(r), /300 MB memory/);
+  r = await c.client.callTool({ name: 'run_code', arguments: { code: 'print("in", 6 * 7)', session: id } });
+  assert.equal(text(r).trim(), 'in 42');
+  r = await c.client.callTool({ name: 'create_session', arguments: { session: id, memory_mb: 99999999 } });
+  assert.ok(r.isError && /is running|memory_mb/.test(text(r)), text(r));
+  await c.client.callTool({ name: 'release', arguments: { session: id } });
 });
 
 test('state persists across run_code calls', async () => {

@@ -9,15 +9,21 @@
         for event in s.stream("for i in range(3): print(i)"):
             print(event.type, event.text)
 
+    s = client.create_session(memory_mb=2048, timeout=3600, metadata={"team": "research"})
+    for info in client.sessions(metadata={"team": "research"}):
+        print(info.session_id, info.expires_at)
+
 Standard library only; Python 3.9 or later.
 """
 
-from ._client import Client, Event, FileEntry, InsecureTransportWarning, Result, Session, Status
+from ._client import Client, Event, FileEntry, InsecureTransportWarning, Result, Session, SessionInfo, Status
 from ._errors import (
     AuthenticationError,
     BadRequestError,
     CodeboxError,
     CodeError,
+    ConflictError,
+    ForbiddenError,
     ExecutionTimeoutError,
     NotFoundError,
     TooLargeError,
@@ -30,13 +36,16 @@ __all__ = [
     "Client",
     "CodeError",
     "CodeboxError",
+    "ConflictError",
     "Event",
     "ExecutionTimeoutError",
     "FileEntry",
+    "ForbiddenError",
     "InsecureTransportWarning",
     "NotFoundError",
     "Result",
     "Session",
+    "SessionInfo",
     "Status",
     "TooLargeError",
     "UnavailableError",

@@ -48,6 +48,8 @@ class Result:
     #: True when this call created the session: nothing defined before it exists.
     new_session: bool = False
     worker_id: str = ""
+    #: When this call made the session in place of an ended one: {"ended_reason", "ended_at"}.
+    previous_session: Optional[Dict[str, Any]] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -73,8 +75,41 @@ class Result:
             duration_ms=d.get("duration_ms") or 0.0,
             new_session=bool(d.get("new_session")),
             worker_id=d.get("worker_id") or "",
+            previous_session=d.get("previous_session"),
             raw=d,
         )
+
+
+@dataclass
+class SessionInfo:
+    """A session as codeboxd shows it (docs/API.md#the-session-object): its shape, and for
+    a running one read alone its usage; an ended one says why it ended."""
+
+    session_id: str
+    state: str
+    environment: str = "default"
+    worker_id: str = ""
+    tenant: str = ""
+    #: cpu, memory_mb, disk_mb, pids in force.
+    limits: Dict[str, Any] = field(default_factory=dict)
+    metadata: Dict[str, str] = field(default_factory=dict)
+    env_names: List[str] = field(default_factory=list)
+    created_at: str = ""
+    last_activity_at: str = ""
+    expires_at: Optional[str] = None
+    idle_timeout: float = 0.0
+    #: Reaches this session alone; only in the answer that created it.
+    access_token: str = ""
+    #: cpu_seconds, memory_bytes, memory_peak_bytes, disk_used_bytes, disk_total_bytes, processes.
+    usage: Optional[Dict[str, Any]] = None
+    ended_at: Optional[str] = None
+    ended_reason: Optional[str] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, d: Dict[str, Any]) -> "SessionInfo":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "raw"}
+        return cls(**known, raw=d)
 
 
 @dataclass
@@ -176,6 +211,75 @@ class Client:
         """The session named user_uuid (1-128 of A-Z a-z 0-9 . _ -), or a new random one. It
         starts with its first call; `with client.session() as s:` releases it at the end."""
         return Session(self, user_uuid or "py-" + secrets.token_hex(8))
+
+    def create_session(self, session_id: Optional[str] = None, *, environment: Optional[str] = None,
+                       cpu: Optional[float] = None, memory_mb: Optional[int] = None, disk_mb: Optional[int] = None,
+                       pids: Optional[int] = None, timeout: Optional[float] = None, idle_timeout: Optional[float] = None,
+                       metadata: Optional[Dict[str, str]] = None, env: Optional[Dict[str, str]] = None) -> "Session":
+        """Makes a session with a shape of its own (POST /api/v1/sessions): limits, a lifetime
+        (timeout, seconds from now), an idle timeout, metadata to find it by, environment
+        variables set before its first code. Returns the Session; its info holds what
+        codeboxd answered, the access_token (which reaches this session alone) included."""
+        body: Dict[str, Any] = {}
+        if session_id:
+            body["session_id"] = session_id
+        if environment:
+            body["environment"] = environment
+        limits = {k: v for k, v in (("cpu", cpu), ("memory_mb", memory_mb), ("disk_mb", disk_mb), ("pids", pids)) if v is not None}
+        if limits:
+            body["limits"] = limits
+        for k, v in (("timeout", timeout), ("idle_timeout", idle_timeout), ("metadata", metadata), ("env", env)):
+            if v is not None:
+                body[k] = v
+        info = SessionInfo.from_json(self._json("POST", "/api/v1/sessions", payload=body, ok=(201,)))
+        s = Session(self, info.session_id)
+        s.info = info
+        return s
+
+    def sessions(self, metadata: Optional[Dict[str, str]] = None, state: Optional[str] = None,
+                 environment: Optional[str] = None, page_size: int = 100) -> Iterator[SessionInfo]:
+        """The key's sessions (an admin key's: every tenant's) whose metadata holds every pair
+        of metadata, oldest first; state is running (default), ended or all. Pages are
+        fetched as the iteration goes."""
+        query: Dict[str, str] = {"limit": str(page_size)}
+        for k, v in (metadata or {}).items():
+            query["metadata." + k] = v
+        if state:
+            query["state"] = state
+        if environment:
+            query["environment"] = environment
+        while True:
+            page = self._json("GET", "/api/v1/sessions", query)
+            for d in page.get("sessions") or []:
+                yield SessionInfo.from_json(d)
+            token = page.get("next_page_token")
+            if not token:
+                return
+            query["page_token"] = token
+
+    def get_session(self, session_id: str) -> SessionInfo:
+        """A session: running (with its usage) or ended (with ended_reason). NotFoundError
+        when the key never had it, or it was forgotten."""
+        return SessionInfo.from_json(self._json("GET", "/api/v1/sessions/" + urllib.parse.quote(session_id, safe="")))
+
+    def update_session(self, session_id: str, *, timeout: Optional[float] = None, idle_timeout: Optional[float] = None,
+                       metadata: Optional[Dict[str, str]] = None, cpu: Optional[float] = None,
+                       memory_mb: Optional[int] = None, disk_mb: Optional[int] = None, pids: Optional[int] = None) -> SessionInfo:
+        """Changes a running session (PATCH): timeout restarts its lifetime from now,
+        metadata replaces its metadata, the limits apply at once (memory below what it uses
+        raises ConflictError; the disk only grows)."""
+        body: Dict[str, Any] = {}
+        limits = {k: v for k, v in (("cpu", cpu), ("memory_mb", memory_mb), ("disk_mb", disk_mb), ("pids", pids)) if v is not None}
+        if limits:
+            body["limits"] = limits
+        for k, v in (("timeout", timeout), ("idle_timeout", idle_timeout), ("metadata", metadata)):
+            if v is not None:
+                body[k] = v
+        return SessionInfo.from_json(self._json("PATCH", "/api/v1/sessions/" + urllib.parse.quote(session_id, safe=""), payload=body))
+
+    def delete_session(self, session_id: str) -> None:
+        """Ends a session (DELETE): its worker, variables and files are destroyed."""
+        self._json("DELETE", "/api/v1/sessions/" + urllib.parse.quote(session_id, safe=""), ok=(204,))
 
     def status(self) -> Status:
         d = self._json("GET", "/api/v1/status")
@@ -310,6 +414,8 @@ class Session:
     def __init__(self, client: Client, user_uuid: str):
         self.client = client
         self.user_uuid = user_uuid
+        #: What codeboxd said of the session when Client.create_session made it.
+        self.info: Optional[SessionInfo] = None
 
     def __repr__(self) -> str:
         return f"Session({self.user_uuid!r})"
@@ -389,6 +495,14 @@ class Session:
                     c.close()
             else:
                 c.close()
+
+    def refresh(self) -> SessionInfo:
+        """The session as codeboxd shows it now, with its usage (Client.get_session)."""
+        return self.client.get_session(self.user_uuid)
+
+    def extend(self, timeout: float) -> SessionInfo:
+        """Restarts the session's lifetime: it ends timeout seconds from now."""
+        return self.client.update_session(self.user_uuid, timeout=timeout)
 
     def release(self) -> None:
         """Ends the session: its worker, variables and files are destroyed (no error when

@@ -27,7 +27,21 @@ class AuthenticationError(CodeboxError):
 
 
 class NotFoundError(CodeboxError):
-    """404: no such session or file."""
+    """404: no such session or file. ended_reason says why a session ended, when known."""
+
+    @property
+    def ended_reason(self) -> Optional[str]:
+        return self.body.get("ended_reason")
+
+
+class ForbiddenError(CodeboxError):
+    """403: refused by a rule (a key that is not an admin's, a session's access token used for
+    what it may not do)."""
+
+
+class ConflictError(CodeboxError):
+    """409: the target is not what the call needs (a session of that id runs; memory below
+    what the session uses)."""
 
 
 class TooLargeError(CodeboxError):
@@ -76,7 +90,9 @@ class CodeError(CodeboxError):
 _BY_STATUS = {
     400: BadRequestError,
     401: AuthenticationError,
+    403: ForbiddenError,
     404: NotFoundError,
+    409: ConflictError,
     413: TooLargeError,
     422: BadRequestError,
     503: UnavailableError,

@@ -109,6 +109,36 @@ class LiveTest(unittest.TestCase):
         self.assertEqual(st.max_total_workers, 2)
         self.assertTrue(self.client.healthy())
 
+    def test_sessions_as_resources(self):
+        s = self.client.create_session(memory_mb=256, timeout=600, metadata={"suite": "py", "run": "1"}, env={"GREETING": "hi"})
+        try:
+            self.assertEqual(s.info.limits["memory_mb"], 256)
+            self.assertEqual(s.info.env_names, ["GREETING"])
+            self.assertTrue(s.info.access_token.startswith("cbs_"))
+            self.assertEqual(s.run("import os; print(os.environ['GREETING'])").stdout, "hi\n")
+            self.assertEqual([i.session_id for i in self.client.sessions(metadata={"suite": "py"})], [s.user_uuid])
+            info = s.refresh()
+            self.assertGreater(info.usage["disk_total_bytes"], 0)
+            self.assertIsNotNone(s.extend(1200).expires_at)
+            with self.assertRaises(codebox.ConflictError):
+                self.client.create_session(s.user_uuid)
+            with self.assertRaises(codebox.BadRequestError) as cm:
+                self.client.create_session(memory_mb=10 ** 9)
+            self.assertEqual(cm.exception.body.get("field"), "limits.memory_mb")
+            # The session's access token reaches it, and nothing else.
+            tok = codebox.Client(URL, s.info.access_token)
+            self.assertEqual(tok.session(s.user_uuid).run("1 + 1").text, "2")
+            with self.assertRaises(codebox.ForbiddenError):
+                list(tok.sessions())
+            tok.close()
+        finally:
+            self.client.delete_session(s.user_uuid)
+        ended = self.client.get_session(s.user_uuid)
+        self.assertEqual((ended.state, ended.ended_reason), ("ended", "released"))
+        r = s.run("1")
+        self.assertEqual(r.previous_session["ended_reason"], "released")
+        s.release()
+
     def test_unavailable_carries_retry_after(self):
         # This daemon keeps at most two workers: two sessions hold them, a third waits.
         others = [self.client.session(), self.client.session()]

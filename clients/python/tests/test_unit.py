@@ -51,7 +51,7 @@ class Stub(http.server.BaseHTTPRequestHandler):
             # timeout.
             self.close_connection = True
 
-    do_GET = do_POST = do_PUT = do_DELETE = _answer
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer
 
     def log_message(self, *args):
         pass
@@ -69,6 +69,33 @@ class ClientTest(unittest.TestCase):
         self.client.close()
         self.server.shutdown()
         self.server.server_close()
+
+    def test_sessions(self):
+        Stub.routes["POST /api/v1/sessions"] = lambda h, body: (201, {}, dict(json.loads(body), session_id="s-1", state="running",
+                                                                              access_token="cbs_x", limits={"memory_mb": 256}))
+        s = self.client.create_session(memory_mb=256, timeout=60, metadata={"team": "a"}, env={"A": "1"})
+        sent = json.loads(Stub.requests[-1][3])
+        self.assertEqual(sent, {"limits": {"memory_mb": 256}, "timeout": 60, "metadata": {"team": "a"}, "env": {"A": "1"}})
+        self.assertEqual((s.user_uuid, s.info.access_token, s.info.limits), ("s-1", "cbs_x", {"memory_mb": 256}))
+        # Paging goes on until there is no next page; metadata goes as metadata.KEY.
+        pages = {"": {"sessions": [{"session_id": "a", "state": "running"}], "next_page_token": "t2"},
+                 "t2": {"sessions": [{"session_id": "b", "state": "running"}], "next_page_token": None}}
+
+        def listing(h, body):
+            from urllib.parse import parse_qs, urlsplit
+            q = parse_qs(urlsplit(h.path).query)
+            self.assertEqual(q["metadata.team"], ["a,b"])
+            return 200, {}, pages[q.get("page_token", [""])[0]]
+        Stub.routes["GET /api/v1/sessions"] = listing
+        self.assertEqual([i.session_id for i in self.client.sessions(metadata={"team": "a,b"})], ["a", "b"])
+        Stub.routes["PATCH /api/v1/sessions/a%2Fb"] = (409, {}, {"detail": "uses more", "field": "limits.memory_mb"})
+        with self.assertRaises(codebox.ConflictError) as cm:
+            self.client.update_session("a/b", memory_mb=1)
+        self.assertEqual(cm.exception.body["field"], "limits.memory_mb")
+        Stub.routes["GET /api/v1/sessions/gone"] = (404, {}, {"detail": "ended", "ended_reason": "idle_timeout"})
+        with self.assertRaises(codebox.NotFoundError) as cm:
+            self.client.get_session("gone")
+        self.assertEqual(cm.exception.ended_reason, "idle_timeout")
 
     def test_result(self):
         png = "iVBORw0KGgo="
