@@ -141,6 +141,13 @@ func run(o options) error {
 	rep.Figures["refill rate (workers/s)"] = 5 / warmup.Seconds()
 	rep.Results = append(rep.Results, bench.FirstExecute(ctx, d.client, "warm acquire: new session, warm pool", "warm", o.warm,
 		func(s api.Status) bool { return s.IdleWorkers >= 5 && s.CreatingWorkers == 0 }))
+	shaped, shapedFirst := bench.ShapedCreate(ctx, d.client, "shaped", o.warm,
+		func(s api.Status) bool { return s.IdleWorkers >= 5 && s.CreatingWorkers == 0 })
+	rep.Results = append(rep.Results, shaped, shapedFirst)
+	if _, err := d.client.CreateSession(ctx, api.CreateSessionRequest{SessionID: "resize"}); err == nil {
+		rep.Results = append(rep.Results, bench.Resize(ctx, d.client, "resize", o.warm))
+		d.client.DeleteSession(ctx, "resize")
+	}
 	for _, language := range api.Languages {
 		rep.Results = append(rep.Results, bench.Single(ctx, d.client, "single", language, o.single))
 	}
