@@ -418,7 +418,7 @@ var errEmptyBody = api.Errorf(http.StatusBadRequest, "request body is empty")
 // decodeJSON reads a bounded JSON body into v: 413 when too large, 400 when malformed,
 // 422 when a field has the wrong type.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
-	data, err := readBody(w, r)
+	data, err := readBody(w, r, api.MaxJSONBody)
 	if err != nil {
 		return err
 	}
@@ -441,15 +441,15 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	}
 }
 
-// readBody reads a JSON body of at most MaxJSONBody bytes, charging the request's share of
+// readBody reads a JSON body of at most limit bytes, charging the request's share of
 // the held-bytes budget twice what it holds (the body, and what is decoded from it) before
 // it holds it: a body announced by its Content-Length is charged before a byte is read, so
 // callers that announce large bodies and send them slowly are refused at once.
-func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
 	c := chargeOf(r)
-	tooLarge := api.Errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes", api.MaxJSONBody)
+	tooLarge := api.Errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes", limit)
 	if n := r.ContentLength; n >= 0 {
-		if n > api.MaxJSONBody {
+		if n > limit {
 			return nil, tooLarge
 		}
 		if c != nil && !c.take(2*n) {
@@ -462,7 +462,7 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 		return data, nil
 	}
 	var buf bytes.Buffer
-	_, err := buf.ReadFrom(chargedBody{http.MaxBytesReader(w, r.Body, api.MaxJSONBody), c})
+	_, err := buf.ReadFrom(chargedBody{http.MaxBytesReader(w, r.Body, limit), c})
 	var maxErr *http.MaxBytesError
 	switch {
 	case errors.As(err, &maxErr):

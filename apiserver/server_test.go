@@ -493,3 +493,54 @@ func TestHeldBytesBudget(t *testing.T) {
 		t.Fatalf("after the first call ended: %d", resp.StatusCode)
 	}
 }
+
+// The session routes: a field the request does not know is a 422 naming it, a body over
+// the shape's bound a 413 before it is decoded, and the caller reaches the backend.
+func TestSessionRoutes(t *testing.T) {
+	b := &fakeBackend{}
+	srv := httptest.NewServer(NewHandler(b, ServerConfig{Token: tok}))
+	t.Cleanup(srv.Close)
+	h := map[string]string{"X-Auth-Token": tok}
+	resp, body := call(t, srv, "POST", "/api/v1/sessions", `{"session_id": "s", "limitz": {}}`, h)
+	if resp.StatusCode != 422 || body["field"] != "limitz" {
+		t.Fatalf("an unknown field: %d %v", resp.StatusCode, body)
+	}
+	resp, body = call(t, srv, "POST", "/api/v1/sessions", `{"limits": {"memory_mb": "lots"}}`, h)
+	if resp.StatusCode != 422 || body["field"] != "limits.memory_mb" {
+		t.Fatalf("a field of the wrong type: %d %v", resp.StatusCode, body)
+	}
+	big := `{"metadata": {` + strings.Repeat(`"k": "v",`, 60_000) + `"k": "v"}}`
+	if resp, _ := call(t, srv, "POST", "/api/v1/sessions", big, h); resp.StatusCode != 413 {
+		t.Fatalf("a 540 KB body: %d, want 413", resp.StatusCode)
+	}
+	if resp, body := call(t, srv, "POST", "/api/v1/sessions", `{"session_id": "s", "metadata": {"a": "1"}}`, h); resp.StatusCode != 201 ||
+		body["access_token"] != "cbs_x" || resp.Header.Get(api.SessionHeader) != "s" {
+		t.Fatalf("create: %d %v", resp.StatusCode, body)
+	}
+	if resp, _ := call(t, srv, "GET", "/api/v1/sessions?metadata=team:a,run:1&metadata.note=x,y&state=all&limit=5", "", h); resp.StatusCode != 200 ||
+		b.lastQuery.Metadata["team"] != "a" || b.lastQuery.Metadata["run"] != "1" || b.lastQuery.Metadata["note"] != "x,y" ||
+		b.lastQuery.State != "all" || b.lastQuery.Limit != 5 {
+		t.Fatalf("list: %d %+v", resp.StatusCode, b.lastQuery)
+	}
+	if resp, _ := call(t, srv, "GET", "/api/v1/sessions?limit=0", "", h); resp.StatusCode != 422 {
+		t.Fatalf("limit=0: %d", resp.StatusCode)
+	}
+	if resp, body := call(t, srv, "GET", "/api/v1/sessions/gone", "", h); resp.StatusCode != 404 || body["ended_reason"] != "idle_timeout" {
+		t.Fatalf("an ended session: %d %v", resp.StatusCode, body)
+	}
+	if resp, _ := call(t, srv, "PATCH", "/api/v1/sessions/s", `{"metadata": {}}`, h); resp.StatusCode != 200 ||
+		b.lastUpdate.Metadata == nil || len(*b.lastUpdate.Metadata) != 0 {
+		t.Fatalf("PATCH clearing metadata: %d %+v", resp.StatusCode, b.lastUpdate)
+	}
+	if resp, _ := call(t, srv, "DELETE", "/api/v1/sessions/a%20b", "", h); resp.StatusCode != 422 {
+		t.Fatalf("a bad id: %d", resp.StatusCode)
+	}
+	// ?tenant= is an admin's; ?create=false reaches the backend.
+	if resp, _ := call(t, srv, "GET", "/api/v1/sessions/s?tenant=alice", "", h); resp.StatusCode != 200 ||
+		b.lastCaller != (api.Caller{Tenant: "alice", Admin: true, Operator: true}) {
+		t.Fatalf("an admin for alice: %d %+v", resp.StatusCode, b.lastCaller)
+	}
+	if resp, _ := call(t, srv, "GET", "/api/v1/sessions/s?create=maybe", "", h); resp.StatusCode != 422 {
+		t.Fatalf("create=maybe: %d", resp.StatusCode)
+	}
+}

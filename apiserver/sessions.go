@@ -115,11 +115,16 @@ func (s *server) deleteSession(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// maxShapeBody bounds the body of a session route.
+const maxShapeBody = 512 << 10
+
 // decodeStrict is decodeJSON for the newer routes: a field the request type does not have
 // is a 422 naming it, not silently ignored (a typo'd "limit" would otherwise make a session
 // without the limit asked for).
 func decodeStrict(w http.ResponseWriter, r *http.Request, v any) error {
-	data, err := readBody(w, r)
+	// A session's shape is small (env at most 256 KiB): a body of 8 MiB of metadata keys
+	// would be decoded whole, at many times its size, before a bound refused it.
+	data, err := readBody(w, r, maxShapeBody)
 	if err != nil {
 		return err
 	}

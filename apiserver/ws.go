@@ -91,6 +91,10 @@ type wsStream struct {
 	s    *server
 	conn *websocket.Conn
 	user string
+	// cred is what the socket authenticated with, checked again at each call: a key
+	// removed from the keys file, or a session's token whose session ended, stops working
+	// on sockets already open too.
+	cred string
 	box  *outbox
 	// ctx ends with the socket: the running call is interrupted, queued ones dropped.
 	ctx    context.Context
@@ -122,7 +126,8 @@ func (s *server) stream(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	authed := false
-	if cred := credential(r); cred != "" {
+	cred := credential(r)
+	if cred != "" {
 		ctx, err := s.callerOf(r, cred)
 		if err != nil {
 			return err
@@ -164,7 +169,7 @@ func (s *server) stream(w http.ResponseWriter, r *http.Request) error {
 	if sw, ok := w.(*statusWriter); ok {
 		sw.status = http.StatusSwitchingProtocols
 	}
-	st := &wsStream{s: s, conn: conn, user: user, box: newOutbox(), wake: make(chan struct{}, 1), active: time.Now()}
+	st := &wsStream{s: s, conn: conn, user: user, cred: cred, box: newOutbox(), wake: make(chan struct{}, 1), active: time.Now()}
 	// The request's context ends only when this handler returns: the socket's own ends
 	// with the socket, or when the daemon shuts down.
 	st.ctx, st.cancel = context.WithCancelCause(context.WithoutCancel(r.Context()))
@@ -246,6 +251,7 @@ func (st *wsStream) authenticate(r *http.Request) (context.Context, bool) {
 		st.closeWith(websocket.ClosePolicyViolation, "invalid token")
 		return nil, false
 	}
+	st.cred = m.Token
 	return ctx, true
 }
 
@@ -362,6 +368,10 @@ func (st *wsStream) protocolError(id, format string, args ...any) bool {
 }
 
 func (st *wsStream) execute(m clientMessage) bool {
+	if _, ok := st.s.auth.Authenticate(st.cred); !ok {
+		st.closeWith(websocket.ClosePolicyViolation, "the key or token of this socket is no longer valid")
+		return false
+	}
 	switch {
 	case m.ID == "":
 		return st.protocolError("", "execute needs an id: its events carry it")

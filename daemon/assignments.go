@@ -183,6 +183,22 @@ func (a *assignments) set(id string, r record) error {
 	return nil
 }
 
+// setIfSession rewrites the record of a worker that serves a session (its shape changed), and
+// only such a one: a worker retired or gone meanwhile must never be recorded as a session's
+// again, or a later codeboxd would adopt it.
+func (a *assignments) setIfSession(id string, r record) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if cur, ok := a.m[id]; !ok || cur.State != stateSession {
+		return nil
+	}
+	if err := writeJSON(filepath.Join(a.dir, id+".json"), r); err != nil {
+		return err
+	}
+	a.m[id] = r
+	return nil
+}
+
 // forget drops the record of a worker that is gone.
 func (a *assignments) forget(id string) error {
 	a.mu.Lock()

@@ -99,10 +99,14 @@ func (d *Daemon) cattle(ctx context.Context, s *session, m mishap) error {
 		}
 		restartCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), agentStartTimeout)
 		defer cancel()
+		// No PATCH between reading the shape and fitting the new task to it.
+		s.patchMu.Lock()
 		d.mu.Lock()
 		sh := s.shape
 		d.mu.Unlock()
-		if err := d.restartKernel(restartCtx, w, sh); err != nil {
+		err := d.restartKernel(restartCtx, w, sh)
+		s.patchMu.Unlock()
+		if err != nil {
 			d.log.Error("kernel restart failed", "worker", w.id, "err", err)
 			d.dropWorker(ctx, s, "kernel restart failed")
 			return &api.Problem{Kind: api.Lost,

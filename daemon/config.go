@@ -29,6 +29,9 @@ type Config struct {
 	SessionTTL       time.Duration
 	MaxSessionTTL    time.Duration
 	EndedRetention   time.Duration
+	// MaxSessionsPerTenant bounds the sessions one key runs at once (0: none), so that no
+	// tenant takes every worker.
+	MaxSessionsPerTenant int
 }
 
 // timings are the daemon's waits that tests shorten.

@@ -14,14 +14,17 @@ import (
 )
 
 // Ended sessions are remembered, so that a caller asking for one learns why it is gone:
-// for --ended-retention, at most maxEnded of them and about maxEndedBytes, the oldest
-// forgotten first. They are kept in <state-dir>/ended.json, written at most once a second
-// (a crash of codeboxd may forget the last second's), so they outlive restarts.
+// for --ended-retention, at most maxEnded of them (maxEndedPerTenant of one tenant, so that
+// one tenant's churn does not wipe the others') and about maxEndedBytes, the oldest
+// forgotten first. They are kept in <state-dir>/ended.json, written at most every
+// endedSaveWait (a crash of codeboxd may forget that last while's), so they outlive
+// restarts.
 
 const (
-	maxEnded      = 10_000
-	maxEndedBytes = 32 << 20
-	endedSaveWait = time.Second
+	maxEnded          = 10_000
+	maxEndedPerTenant = 2_000
+	maxEndedBytes     = 16 << 20
+	endedSaveWait     = 5 * time.Second
 )
 
 // endedSession is what is remembered of a session that ended.
@@ -55,18 +58,19 @@ type endedStore struct {
 	retention time.Duration
 	log       *slog.Logger
 
-	mu      sync.Mutex
-	list    []endedSession     // oldest first; entries with an empty ID are holes
-	head    int                // list[:head] are gone
-	byKey   map[sessionKey]int // index into list of a key's end
-	live    int
-	bytes   int
-	pending bool // a save is scheduled
+	mu       sync.Mutex
+	list     []endedSession     // oldest first; entries with an empty ID are holes
+	head     int                // list[:head] are gone
+	byKey    map[sessionKey]int // index into list of a key's end
+	byTenant map[string]int     // ends kept of each tenant
+	live     int
+	bytes    int
+	pending  bool // a save is scheduled
 }
 
 func loadEnded(stateDir string, retention time.Duration, log *slog.Logger) (*endedStore, error) {
 	s := &endedStore{path: filepath.Join(stateDir, "ended.json"), retention: retention, log: log,
-		byKey: map[sessionKey]int{}}
+		byKey: map[sessionKey]int{}, byTenant: map[string]int{}}
 	b, err := os.ReadFile(s.path)
 	if errors.Is(err, os.ErrNotExist) {
 		return s, nil
@@ -105,6 +109,14 @@ func (s *endedStore) add(e endedSession) {
 	s.byKey[key] = len(s.list) - 1
 	s.live++
 	s.bytes += e.size()
+	if s.byTenant[e.Tenant]++; s.byTenant[e.Tenant] > maxEndedPerTenant {
+		for i := s.head; i < len(s.list); i++ { // its oldest: near the head, as it churns
+			if s.list[i].Tenant == e.Tenant && s.list[i].ID != "" {
+				s.drop(i)
+				break
+			}
+		}
+	}
 }
 
 // drop makes list[i] a hole.
@@ -114,6 +126,9 @@ func (s *endedStore) drop(i int) {
 		return
 	}
 	delete(s.byKey, sessionKey{e.Tenant, e.ID})
+	if s.byTenant[e.Tenant]--; s.byTenant[e.Tenant] <= 0 {
+		delete(s.byTenant, e.Tenant)
+	}
 	s.live--
 	s.bytes -= e.size()
 	s.list[i] = endedSession{}

@@ -35,7 +35,7 @@ func (d *Daemon) withSandbox(ctx context.Context, user string, create bool, fn f
 }
 
 func (d *Daemon) withSandboxOf(ctx context.Context, user string, create bool, fn func(ctx context.Context, s *session, root *sandboxfs.Root) error) error {
-	create = create && api.MayCreate(ctx)
+	create = create && api.MayCreate(ctx) && api.CallerOf(ctx).Session == ""
 	return d.withSession(ctx, user, create, func(ctx context.Context, s *session) error {
 		if s.worker == nil {
 			if !create {

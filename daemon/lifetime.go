@@ -85,6 +85,10 @@ func (d *Daemon) finishEnd(s *session, why string) {
 	}
 }
 
+// minRecheck is the least time between two looks at a session in a call: a timer that
+// fires in a tight loop would take Daemon.mu from everyone.
+const minRecheck = time.Second
+
 // deadline is when s must be looked at next: its lifetime's end or its idle deadline,
 // whichever comes first. Under Daemon.mu.
 func (s *session) deadline() time.Time {
@@ -132,8 +136,8 @@ func (d *Daemon) checkExpiry(s *session) {
 		d.mu.Unlock()
 		return
 	}
-	if !s.tryTake() { // in a call: in use; look again an idle timeout after it
-		s.expiry.Reset(s.shape.idleTimeout)
+	if !s.tryTake() { // in a call: in use; look again an idle timeout later (a second at least)
+		s.expiry.Reset(max(s.shape.idleTimeout, minRecheck))
 		d.mu.Unlock()
 		return
 	}

@@ -93,6 +93,20 @@ func (d *Daemon) takeWorker(ctx context.Context) (*worker, error) {
 // (see assignments) first, then fitted to the session's shape: its disk, its limits, its
 // environment. A worker that cannot be fitted is given up.
 func (d *Daemon) assign(ctx context.Context, s *session) error {
+	if limit := d.cfg.MaxSessionsPerTenant; limit > 0 {
+		d.mu.Lock()
+		n := 0
+		for k, o := range d.sessions {
+			if k.tenant == s.key.tenant && o.worker != nil {
+				n++
+			}
+		}
+		d.mu.Unlock()
+		if n >= limit {
+			return &api.Problem{Kind: api.Busy, RetryAfter: retryAfter,
+				Detail: fmt.Sprintf("this key runs %d sessions, the most one key may (--max-sessions-per-tenant): end one first", n)}
+		}
+	}
 	w, err := d.takeWorker(ctx)
 	if err != nil {
 		return err

@@ -48,6 +48,7 @@ func (d *Daemon) CreateSession(ctx context.Context, req api.CreateSessionRequest
 	}
 	s := newSession(key, sh)
 	d.sessions[key] = s
+	d.armExpiryLocked(s)
 	d.mu.Unlock()
 
 	callCtx, done, err := s.takeTurn(ctx)
@@ -65,8 +66,11 @@ func (d *Daemon) CreateSession(ctx context.Context, req api.CreateSessionRequest
 		return nil, err
 	}
 	d.mu.Lock()
+	if d.sessions[key] != s || s.gone { // ended while it was being made
+		d.mu.Unlock()
+		return nil, d.notFound(key)
+	}
 	d.tokens[hash] = key
-	d.armExpiryLocked(s)
 	v := d.viewLocked(s, caller.Admin)
 	d.mu.Unlock()
 	v.AccessToken = token
@@ -272,7 +276,7 @@ func (d *Daemon) UpdateSession(ctx context.Context, id string, req api.UpdateSes
 	d.mu.Lock()
 	s := d.sessions[key]
 	d.mu.Unlock()
-	if s == nil || s.worker == nil {
+	if s == nil {
 		return nil, d.notFound(key)
 	}
 	s.patchMu.Lock()
@@ -306,7 +310,15 @@ func (d *Daemon) UpdateSession(ctx context.Context, id string, req api.UpdateSes
 		}
 	}
 	if next.limits != sh.limits {
-		if err := d.changeLimits(ctx, w, sh.limits, next.limits); err != nil {
+		applied, err := d.changeLimits(ctx, w, sh.limits, next.limits)
+		if err != nil {
+			if applied != sh.limits { // the disk grew before the rest failed: it stays grown
+				d.mu.Lock()
+				if d.sessions[key] == s {
+					s.shape.limits = applied
+				}
+				d.mu.Unlock()
+			}
 			return nil, err
 		}
 	}
@@ -319,7 +331,7 @@ func (d *Daemon) UpdateSession(ctx context.Context, id string, req api.UpdateSes
 	d.armExpiryLocked(s)
 	v := d.viewLocked(s, api.CallerOf(ctx).Admin)
 	d.mu.Unlock()
-	if err := d.assigned.set(w.id, d.sessionRecord(s, next)); err != nil {
+	if err := d.assigned.setIfSession(w.id, d.sessionRecord(s, next)); err != nil {
 		d.log.Warn("session record not updated", "session", key.id, "err", err)
 	}
 	return &v, nil
@@ -366,36 +378,39 @@ func (d *Daemon) sessionRecord(s *session, sh shape) record {
 	return record{State: stateSession, User: s.key.id, Tenant: tenant, Shape: sh.record()}
 }
 
-// changeLimits applies new limits to worker w (which has old): CPU, memory and pids through
-// its cgroups; the disk grown. Memory below what the session uses now is refused (409),
-// and so is a smaller disk (422).
-func (d *Daemon) changeLimits(ctx context.Context, w *worker, old, next api.Limits) error {
+// changeLimits applies new limits to worker w (which has old), the disk first (the change a
+// host may refuse), then CPU, memory and pids through its cgroups. Memory below what the
+// session uses now is refused (409), and so is a smaller disk (422). It returns the limits
+// in force afterwards: old, unless the disk grew before something else failed.
+func (d *Daemon) changeLimits(ctx context.Context, w *worker, old, next api.Limits) (api.Limits, error) {
 	if next.DiskMB < old.DiskMB {
-		return api.Refuse("limits.disk_mb", "limits.disk_mb cannot shrink (%d MB now)", old.DiskMB)
+		return old, api.Refuse("limits.disk_mb", "limits.disk_mb cannot shrink (%d MB now)", old.DiskMB)
 	}
 	if next.MemoryMB < old.MemoryMB {
 		if u, err := d.rt.Usage(w.id); err == nil && u.MemoryBytes > int64(next.MemoryMB)<<20 {
-			return &api.Problem{Kind: api.Conflict, Field: "limits.memory_mb",
+			return old, &api.Problem{Kind: api.Conflict, Field: "limits.memory_mb",
 				Detail: fmt.Sprintf("the session uses %d MB now, more than limits.memory_mb %d", u.MemoryBytes>>20, next.MemoryMB)}
 		}
+	}
+	inForce := old
+	if next.DiskMB > old.DiskMB {
+		if err := d.disks.Grow(ctx, w.id, next.DiskMB); err != nil {
+			if errors.Is(err, errCannotGrow) {
+				return old, &api.Problem{Kind: api.Conflict, Field: "limits.disk_mb", Detail: err.Error()}
+			}
+			return old, &api.Problem{Kind: api.Internal, Detail: "disk not grown", Cause: err}
+		}
+		inForce.DiskMB = next.DiskMB
 	}
 	if next.CPU != old.CPU || next.MemoryMB != old.MemoryMB || next.Pids != old.Pids {
 		err := d.rt.Update(ctx, w.id, runtime.Resources{CPU: next.CPU, MemoryMB: next.MemoryMB, Pids: next.Pids})
 		if err != nil {
 			if next.MemoryMB < old.MemoryMB {
-				return &api.Problem{Kind: api.Conflict, Field: "limits.memory_mb",
+				return inForce, &api.Problem{Kind: api.Conflict, Field: "limits.memory_mb",
 					Detail: "the kernel could not bring the session's memory under the new limit", Cause: err}
 			}
-			return &api.Problem{Kind: api.Internal, Detail: "limits not applied", Cause: err}
+			return inForce, &api.Problem{Kind: api.Internal, Detail: "limits not applied", Cause: err}
 		}
 	}
-	if next.DiskMB > old.DiskMB {
-		if err := d.disks.Grow(ctx, w.id, next.DiskMB); err != nil {
-			if errors.Is(err, errCannotGrow) {
-				return &api.Problem{Kind: api.Conflict, Field: "limits.disk_mb", Detail: err.Error()}
-			}
-			return &api.Problem{Kind: api.Internal, Detail: "disk not grown", Cause: err}
-		}
-	}
-	return nil
+	return next, nil
 }

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -310,7 +311,7 @@ func TestSessionLifetimes(t *testing.T) {
 		}
 	}
 	// The lifetime is hard: it ends a session in a call.
-	if _, err := d.CreateSession(ctx, api.CreateSessionRequest{SessionID: "ttl", Timeout: ptr(0.3)}); err != nil {
+	if _, err := d.CreateSession(ctx, api.CreateSessionRequest{SessionID: "ttl", Timeout: ptr(1)}); err != nil {
 		t.Fatal(err)
 	}
 	callDone := make(chan error, 1)
@@ -323,13 +324,13 @@ func TestSessionLifetimes(t *testing.T) {
 		t.Fatalf("the call the lifetime cut: %v", err)
 	}
 	// Idle: never while a call runs.
-	s, err := d.CreateSession(ctx, api.CreateSessionRequest{SessionID: "idle", IdleTimeout: ptr(0.2)})
+	s, err := d.CreateSession(ctx, api.CreateSessionRequest{SessionID: "idle", IdleTimeout: ptr(1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ag := fw.worker(s.WorkerID).agent
 	ag.mu.Lock()
-	ag.delay = 600 * time.Millisecond
+	ag.delay = 1500 * time.Millisecond
 	ag.mu.Unlock()
 	if _, err := api.Collect(ctx, d, "idle", api.ExecuteRequest{Code: "ok"}); err != nil {
 		t.Fatalf("a call longer than the idle timeout: %v", err)
@@ -365,7 +366,8 @@ func TestEndedStore(t *testing.T) {
 	now := time.Now()
 	s.put(endedSession{Tenant: "t", ID: "old", Reason: api.EndReleased, At: now.Add(-2 * time.Hour)})
 	for i := 0; i < maxEnded+5; i++ {
-		s.put(endedSession{Tenant: "t", ID: "s" + string(rune(i)), Reason: api.EndIdleTimeout, At: now})
+		tenant := "t" + strconv.Itoa(i%10)
+		s.put(endedSession{Tenant: tenant, ID: "s" + strconv.Itoa(i), Reason: api.EndIdleTimeout, At: now})
 	}
 	if _, ok := s.get(sessionKey{"t", "old"}); ok {
 		t.Fatal("an end past the retention is kept")
@@ -373,15 +375,87 @@ func TestEndedStore(t *testing.T) {
 	if n := len(s.all(func(endedSession) bool { return true })); n != maxEnded {
 		t.Fatalf("%d ends kept, want %d", n, maxEnded)
 	}
-	s.put(endedSession{Tenant: "t", ID: "last", Reason: api.EndTTLExpired, At: now})
+	// One tenant's churn keeps at most its share, never the others' ends.
+	for i := 0; i < maxEndedPerTenant+100; i++ {
+		s.put(endedSession{Tenant: "churner", ID: "c" + strconv.Itoa(i), Reason: api.EndReleased, At: now})
+	}
+	byTenant := map[string]int{}
+	for _, e := range s.all(func(endedSession) bool { return true }) {
+		byTenant[e.Tenant]++
+	}
+	if byTenant["churner"] != maxEndedPerTenant || byTenant["t3"] < 700 {
+		t.Fatalf("ends by tenant: %v", byTenant)
+	}
+	s.put(endedSession{Tenant: "t1", ID: "last", Reason: api.EndTTLExpired, At: now})
 	s.flush()
 	again, err := loadEnded(dir, time.Hour, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e, ok := again.get(sessionKey{"t", "last"}); !ok || e.Reason != api.EndTTLExpired {
+	if e, ok := again.get(sessionKey{"t1", "last"}); !ok || e.Reason != api.EndTTLExpired {
 		t.Fatalf("after a reload: %+v %v", e, ok)
 	}
 }
 
 func ptr(v float64) *float64 { return &v }
+
+// A key runs at most --max-sessions-per-tenant sessions; the others' are not counted.
+func TestSessionsPerTenant(t *testing.T) {
+	fw := newWorld(t)
+	d := fw.daemon(Config{MaxTotalWorkers: 6, WorkerCPU: 1, WorkerRAMMB: 512, WorkerDiskMB: 100, WorkerPids: 256,
+		MaxSessionCPU: 4, MaxSessionRAMMB: 4096, MaxSessionDiskMB: 2000, MaxSessionPids: 2048, MaxSessionsPerTenant: 2})
+	d.Start()
+	for i := 0; i < 2; i++ {
+		if _, err := d.CreateSession(as("greedy", false), api.CreateSessionRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := d.CreateSession(as("greedy", false), api.CreateSessionRequest{})
+	var p *api.Problem
+	if !errors.As(err, &p) || p.Kind != api.Busy || !strings.Contains(p.Detail, "--max-sessions-per-tenant") {
+		t.Fatalf("a third session of one key: %v", err)
+	}
+	if _, err := api.Collect(as("greedy", false), d, "implicit", api.ExecuteRequest{Code: "ok"}); kindOf(err) != api.Busy {
+		t.Fatalf("a third, implicit: %v", err)
+	}
+	if _, err := d.CreateSession(as("other", false), api.CreateSessionRequest{}); err != nil {
+		t.Fatalf("another key's: %v", err)
+	}
+}
+
+// A session's access token reaches its session while it lives, never a new one of its id;
+// the sweep copes with a session still being made (no worker yet, a deadline past).
+func TestTokenNeverCreates(t *testing.T) {
+	_, d := shapedDaemon(t)
+	s, err := d.CreateSession(as("alice", false), api.CreateSessionRequest{SessionID: "tok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := d.SessionToken(s.AccessToken)
+	tok := api.WithCaller(context.Background(), c)
+	if _, err := api.Collect(tok, d, "tok", api.ExecuteRequest{Code: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DeleteSession(tok, "tok"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := api.Collect(tok, d, "tok", api.ExecuteRequest{Code: "ok"}); kindOf(err) != api.NotFound {
+		t.Fatalf("the token after its session ended: %v, want 404", err)
+	}
+	// A session registered, in the middle of being made, with a deadline already past.
+	d.mu.Lock()
+	k := sessionKey{"alice", "making"}
+	made := newSession(k, shape{idleTimeout: time.Nanosecond, limits: d.defaultLimits()})
+	made.lastUsed.Store(0)
+	made.take(context.Background(), context.Background()) // its creation holds the turn
+	d.sessions[k] = made
+	d.armExpiryLocked(made)
+	d.mu.Unlock()
+	d.sweepExpired() // before the fix: a nil timer's Reset, under Daemon.mu
+	d.mu.Lock()
+	_, still := d.sessions[k]
+	d.mu.Unlock()
+	if !still {
+		t.Fatal("a session in the making was ended by the sweep")
+	}
+}

@@ -130,7 +130,8 @@ func (d *Daemon) withSession(ctx context.Context, id string, create bool, fn fun
 	if err != nil {
 		return err
 	}
-	create = create && api.MayCreate(ctx)
+	// A session's access token reaches its session while it lives, never a new one.
+	create = create && api.MayCreate(ctx) && api.CallerOf(ctx).Session == ""
 	for {
 		var s *session
 		if create {

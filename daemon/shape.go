@@ -91,10 +91,15 @@ func (d *Daemon) resolveLimits(req *api.Limits, base api.Limits) (api.Limits, er
 	return out, nil
 }
 
-// seconds checks a duration given in seconds: a finite number more than 0 and at most max.
+// minLifetime is the shortest timeout or idle timeout a session may have: a shorter one
+// ends it before a caller could use it, and its timer would fire in a loop.
+const minLifetime = time.Second
+
+// seconds checks a duration given in seconds: a finite number of at least a second and at
+// most max.
 func seconds(field string, v float64, max time.Duration) (time.Duration, error) {
-	if math.IsNaN(v) || math.IsInf(v, 0) || v <= 0 {
-		return 0, api.Refuse(field, "%s must be a positive number of seconds", field)
+	if math.IsNaN(v) || math.IsInf(v, 0) || v < minLifetime.Seconds() {
+		return 0, api.Refuse(field, "%s must be a number of seconds, at least %g", field, minLifetime.Seconds())
 	}
 	if v > max.Seconds() {
 		return 0, api.Refuse(field, "%s must be at most %g seconds", field, max.Seconds())
@@ -112,8 +117,8 @@ func (d *Daemon) lifetime(timeout *float64, now time.Time) (time.Time, error) {
 		switch t := *timeout; {
 		case t == 0:
 			ttl = 0
-		case math.IsNaN(t) || math.IsInf(t, 0) || t < 0:
-			return time.Time{}, api.Refuse("timeout", "timeout must be 0 (none) or a positive number of seconds")
+		case math.IsNaN(t) || math.IsInf(t, 0) || t < minLifetime.Seconds():
+			return time.Time{}, api.Refuse("timeout", "timeout must be 0 (none) or a number of seconds, at least %g", minLifetime.Seconds())
 		case cap > 0 && t > cap.Seconds():
 			return time.Time{}, api.Refuse("timeout", "timeout must be at most %g seconds (--max-session-ttl)", cap.Seconds())
 		case t > maxLifetime.Seconds():

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/api"
+	"github.com/gorilla/websocket"
 )
 
 // Sessions as resources (docs/API.md#sessions), with the real daemon: a shape of their own,
@@ -468,11 +470,33 @@ func TestTenants(t *testing.T) {
 	if _, err := tok.CreateSession(ctx, api.CreateSessionRequest{}); statusOf(err) != 403 {
 		t.Fatalf("the token creates a session: %v", err)
 	}
+	// A websocket opened with the token stops working when the session ends.
+	ws, _, err := websocket.DefaultDialer.Dial(strings.Replace(d.url, "http", "ws", 1)+"/api/v1/stream?user_uuid=only-alice",
+		http.Header{"X-Auth-Token": {onlyA.AccessToken}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
 	if err := tok.DeleteSession(ctx, "only-alice"); err != nil {
 		t.Fatalf("the token ends its session: %v", err)
 	}
 	if _, err := tok.Session(ctx, "only-alice"); statusOf(err) != 401 {
 		t.Fatalf("the token after its session ended: %v, want 401", err)
+	}
+	ws.WriteJSON(map[string]any{"type": "execute", "id": "after", "code": "1"})
+	ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		_, _, err := ws.ReadMessage()
+		var ce *websocket.CloseError
+		if errors.As(err, &ce) {
+			if ce.Code != websocket.ClosePolicyViolation {
+				t.Fatalf("the token's socket closed with %v", ce)
+			}
+			break
+		}
+		if err != nil {
+			t.Fatalf("the token's socket after its session ended: %v, want a close (1008)", err)
+		}
 	}
 
 	// SIGHUP rereads the keys: carol comes, alice goes; a broken file changes nothing.

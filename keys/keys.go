@@ -50,6 +50,13 @@ func Check(key string) error {
 	return nil
 }
 
+// reservedName is the tenant of the API token; sessionTokenPrefix starts every session
+// access token (api.AccessTokenPrefix): a key so named could never be told apart.
+const (
+	reservedName       = "default"
+	sessionTokenPrefix = "cbs_"
+)
+
 // namePattern is what a tenant's name may be.
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
@@ -158,6 +165,12 @@ func Load(path string) (map[[sha256.Size]byte]Key, error) {
 		name, key := f[0], f[1]
 		if !namePattern.MatchString(name) {
 			return nil, fmt.Errorf("%s:%d: the name must be 1..64 characters of A-Z a-z 0-9 . _ -", path, n)
+		}
+		if name == reservedName {
+			return nil, fmt.Errorf("%s:%d: the name %q is the API token's (AUTH_TOKEN)", path, n, name)
+		}
+		if strings.HasPrefix(key, sessionTokenPrefix) {
+			return nil, fmt.Errorf("%s:%d: the key of %q starts like a session's access token (%s)", path, n, name, sessionTokenPrefix)
 		}
 		if names[name] {
 			return nil, fmt.Errorf("%s:%d: the name %q is there twice", path, n, name)

@@ -80,6 +80,8 @@ func TestLoadRefuses(t *testing.T) {
 		"a bad name":         {"al/ice " + keyA + "\n", 0o600, ":1: the name must be"},
 		"a bad flag":         {"alice " + keyA + " root\n", 0o600, ":1: want"},
 		"a lone word":        {"alice\n", 0o600, ":1: want"},
+		"the token's name":   {"default " + keyA + "\n", 0o600, ":1: the name \"default\" is the API token's"},
+		"a token-like key":   {"alice cbs_" + keyA + "\n", 0o600, ":1: the key of \"alice\" starts like a session's access token"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Load(writeKeys(t, c.content, c.mode))

@@ -23,6 +23,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/jsonschema-go/jsonschema"
+	"github.com/modelcontextprotocol/go-sdk/auth"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/codebox/codebox/api"
@@ -65,7 +66,7 @@ type Config struct {
 type Handler struct {
 	cfg    Config
 	server *mcp.Server
-	http   *mcp.StreamableHTTPHandler
+	http   http.Handler
 
 	mu         sync.Mutex
 	calls      int             // POSTs being answered: tool calls among them
@@ -98,7 +99,7 @@ func New(cfg Config) (*Handler, error) {
 	if err := h.addTools(); err != nil {
 		return nil, err
 	}
-	h.http = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return h.server }, &mcp.StreamableHTTPOptions{
+	sdk := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return h.server }, &mcp.StreamableHTTPOptions{
 		SessionTimeout: cfg.SessionTimeout,
 		// Every request carries the API token, which a page that rebinds a name to
 		// 127.0.0.1 does not have; the SDK's Host check would also refuse a reverse proxy
@@ -106,7 +107,44 @@ func New(cfg Config) (*Handler, error) {
 		DisableLocalhostProtection: true,
 		MaxRequestBodyBytes:        api.MaxJSONBody,
 	})
+	// The caller the API authenticated goes to the SDK as the request's token info: the SDK
+	// then answers a session's later requests only for the same caller (another key with
+	// the session's id gets 403), and each tool call reads its caller from its own request
+	// (callerCtx), never from the context of the request that opened the session.
+	h.http = auth.RequireBearerToken(func(ctx context.Context, _ string, r *http.Request) (*auth.TokenInfo, error) {
+		c := api.CallerOf(r.Context())
+		return &auth.TokenInfo{UserID: identity(c), Extra: map[string]any{callerExtra: c}}, nil
+	}, &auth.RequireBearerTokenOptions{AllowMissingExpiration: true})(sdk)
 	return h, nil
+}
+
+const callerExtra = "codebox.caller"
+
+// serveSDK hands a request to the SDK. The API authenticated it already (X-Auth-Token or
+// a bearer); the SDK's middleware wants a bearer to hand to the verifier above, which
+// takes the caller from the request instead.
+func (h *Handler) serveSDK(w http.ResponseWriter, r *http.Request) {
+	if a := r.Header.Get("Authorization"); len(a) < 7 || !strings.EqualFold(a[:7], "bearer ") {
+		r = r.Clone(r.Context())
+		r.Header.Set("Authorization", "Bearer authenticated")
+	}
+	h.http.ServeHTTP(w, r)
+}
+
+// identity names a caller for the SDK's session check.
+func identity(c api.Caller) string {
+	return fmt.Sprintf("%q %q %t %t", c.Tenant, c.Session, c.Admin, c.Operator)
+}
+
+// callerCtx is ctx with the caller of the tool call's own request.
+func callerCtx(ctx context.Context, req *mcp.CallToolRequest) context.Context {
+	if req != nil && req.Extra != nil && req.Extra.TokenInfo != nil {
+		if c, ok := req.Extra.TokenInfo.Extra[callerExtra].(api.Caller); ok {
+			return api.WithCaller(ctx, c)
+		}
+	}
+	// No caller: refuse rather than act as the default tenant.
+	return api.WithCaller(ctx, api.Caller{Tenant: "\x00nobody", Session: "\x00none"})
 }
 
 const instructions = `codebox runs code in an isolated, persistent sandbox (a Linux container with no network access).
@@ -122,7 +160,7 @@ Call release when done to free the sandbox (it is also freed after an idle time)
 // (MaxResultBytes), bound the memory a caller that does not read can hold.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
-		h.http.ServeHTTP(w, r)
+		h.serveSDK(w, r)
 		return
 	}
 	id := r.Header.Get("Mcp-Session-Id")
@@ -161,7 +199,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		h.mu.Unlock()
 	}()
-	h.http.ServeHTTP(w, r)
+	h.serveSDK(w, r)
 }
 
 // sessions counts the open sessions this endpoint handed an Mcp-Session-Id: a request
@@ -459,6 +497,7 @@ func badf(format string, args ...any) error { return badInput(fmt.Sprintf(format
 var ansi = regexp.MustCompile("\x1b\\[[0-9;?]*[A-Za-z]")
 
 func (h *Handler) runCode(ctx context.Context, req *mcp.CallToolRequest, in runCodeIn) (*mcp.CallToolResult, any, error) {
+	ctx = callerCtx(ctx, req)
 	u, err := user(req, in.Session)
 	if err != nil {
 		return toolError(err)
@@ -693,6 +732,7 @@ func sandboxPath(p string) string {
 }
 
 func (h *Handler) listFiles(ctx context.Context, req *mcp.CallToolRequest, in listIn) (*mcp.CallToolResult, any, error) {
+	ctx = callerCtx(ctx, req)
 	u, err := user(req, in.Session)
 	if err != nil {
 		return toolError(err)
@@ -724,6 +764,7 @@ func (h *Handler) listFiles(ctx context.Context, req *mcp.CallToolRequest, in li
 }
 
 func (h *Handler) readFile(ctx context.Context, req *mcp.CallToolRequest, in pathIn) (*mcp.CallToolResult, any, error) {
+	ctx = callerCtx(ctx, req)
 	u, err := user(req, in.Session)
 	if err != nil {
 		return toolError(err)
@@ -779,6 +820,7 @@ func fileResult(p, name string, size int64, data []byte) *mcp.CallToolResult {
 }
 
 func (h *Handler) writeFile(ctx context.Context, req *mcp.CallToolRequest, in writeIn) (*mcp.CallToolResult, any, error) {
+	ctx = callerCtx(ctx, req)
 	u, err := user(req, in.Session)
 	if err != nil {
 		return toolError(err)
@@ -805,6 +847,7 @@ func (h *Handler) writeFile(ctx context.Context, req *mcp.CallToolRequest, in wr
 }
 
 func (h *Handler) release(ctx context.Context, req *mcp.CallToolRequest, in releaseIn) (*mcp.CallToolResult, any, error) {
+	ctx = callerCtx(ctx, req)
 	u, err := user(req, in.Session)
 	if err != nil {
 		return toolError(err)
@@ -816,6 +859,7 @@ func (h *Handler) release(ctx context.Context, req *mcp.CallToolRequest, in rele
 }
 
 func (h *Handler) createSession(ctx context.Context, req *mcp.CallToolRequest, in createSessionIn) (*mcp.CallToolResult, any, error) {
+	ctx = callerCtx(ctx, req)
 	u, err := user(req, in.Session)
 	if err != nil {
 		return toolError(err)

@@ -495,3 +495,63 @@ func TestCallsPerSessionBounded(t *testing.T) {
 		}
 	}
 }
+
+// keyAuth is two tenants' keys.
+type keyAuth map[string]api.Caller
+
+func (k keyAuth) Authenticate(c string) (api.Caller, bool) { v, ok := k[c]; return v, ok }
+
+// An MCP session acts for the caller of each request, and answers only the caller that
+// opened it: another key with the session's id is refused, never run as the opener.
+func TestMCPSessionBelongsToItsCaller(t *testing.T) {
+	var seen []api.Caller
+	var mu sync.Mutex
+	b := &fakeBackend{exec: func(ctx context.Context, req api.ExecuteRequest, out api.Output) error {
+		mu.Lock()
+		seen = append(seen, api.CallerOf(ctx))
+		mu.Unlock()
+		return out.Reply(ctx, &api.ExecuteResponse{Stdout: "ok\n"}, nil)
+	}}
+	h, err := New(Config{Backend: b, MaxExecTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := keyAuth{"key-a": {Tenant: "a"}, "key-b": {Tenant: "b"}}
+	srv := httptest.NewServer(apiserver.NewHandler(b, apiserver.ServerConfig{Auth: auth, MCP: h, MaxExecTimeout: time.Minute}))
+	t.Cleanup(srv.Close)
+	post := func(key, session, body string) *http.Response {
+		req, _ := http.NewRequest("POST", srv.URL+"/mcp", strings.NewReader(body))
+		req.Header.Set("X-Auth-Token", key)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		if session != "" {
+			req.Header.Set("Mcp-Session-Id", session)
+			req.Header.Set("Mcp-Protocol-Version", "2025-06-18")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	resp := post("key-a", "", `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`)
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	sid := resp.Header.Get("Mcp-Session-Id")
+	if resp.StatusCode != 200 || sid == "" {
+		t.Fatalf("initialize: %d %q", resp.StatusCode, sid)
+	}
+	post("key-a", sid, `{"jsonrpc":"2.0","method":"notifications/initialized"}`).Body.Close()
+	call := `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"run_code","arguments":{"code":"1"}}}`
+	if resp := post("key-b", sid, call); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("tenant b with tenant a's MCP session: %d, want 403", resp.StatusCode)
+	}
+	resp = post("key-a", sid, call)
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 1 || seen[0].Tenant != "a" {
+		t.Fatalf("the backend saw %+v, want one call of tenant a", seen)
+	}
+}

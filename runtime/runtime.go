@@ -204,6 +204,9 @@ func (r *Runtime) RemoveOrphans(ctx context.Context) ([]string, error) {
 		removed = append(removed, fmt.Sprintf("shim of %s (pid %d)", s.id, s.pid))
 	}
 	errs = append(errs, err)
+	cgroups, err := removeOrphanCgroups(cgroupRoot, r.namespace, exists)
+	removed = append(removed, cgroups...)
+	errs = append(errs, err)
 	return removed, errors.Join(errs...)
 }
 
@@ -225,7 +228,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 	if err := c.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete container %s: %w", id, err)
 	}
-	return nil
+	return removeWorkerCgroups(r.namespace, id)
 }
 
 // deleteTask kills and deletes the container's task, if it has one.

@@ -57,6 +57,10 @@ func (r *Runtime) Start(ctx context.Context, s WorkerSpec) (_ *Task, err error) 
 			if derr := r.stopShimOf(s.ID); derr != nil {
 				err = fmt.Errorf("%w (and its shim: %v)", err, derr)
 			}
+			// Its runc, gone with the shim, may have left cgroups Destroy found busy.
+			if derr := removeWorkerCgroups(r.namespace, s.ID); derr != nil {
+				err = fmt.Errorf("%w (and its cgroups: %v)", err, derr)
+			}
 		}
 	}()
 	return r.startTask(ctx, c, s.ID, s.LogPath, s.BeforeStart)

@@ -66,6 +66,7 @@ type config struct {
 	SessionTTL         time.Duration
 	MaxSessionTTL      time.Duration
 	EndedRetention     time.Duration
+	MaxTenantSessions  int
 }
 
 // envName is the environment variable that sets a flag: --min-idle-workers is
@@ -160,6 +161,7 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.IntVar(&c.MaxSessionPids, "max-session-pids", 4096, "the most processes a session may ask for")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", 0, "lifetime of a session that asks for none; 0: none")
 	fs.DurationVar(&c.MaxSessionTTL, "max-session-ttl", 0, "the longest lifetime a session may have (those asking for none too); 0: no cap")
+	fs.IntVar(&c.MaxTenantSessions, "max-sessions-per-tenant", 0, "the most sessions one key (tenant) runs at once; 0: no bound but --max-total-workers")
 	fs.DurationVar(&c.EndedRetention, "ended-retention", 24*time.Hour, "how long why a session ended is remembered (at most 10,000 sessions)")
 	fs.StringVar(&c.FileAllowlist, "file-allowlist", "", "comma-separated CIDRs, IPs or host names downloads and uploads may reach although private (e.g. an internal object store)")
 	return fs
@@ -241,6 +243,8 @@ func (c config) validate() error {
 		return fmt.Errorf("--max-session-ttl must not be negative, not %s", c.MaxSessionTTL)
 	case c.MaxSessionTTL > 0 && c.SessionTTL > c.MaxSessionTTL:
 		return fmt.Errorf("--session-ttl (%s) must not exceed --max-session-ttl (%s)", c.SessionTTL, c.MaxSessionTTL)
+	case c.MaxTenantSessions < 0:
+		return fmt.Errorf("--max-sessions-per-tenant must be 0 (none) or more, not %d", c.MaxTenantSessions)
 	case c.EndedRetention < 0:
 		return fmt.Errorf("--ended-retention must not be negative, not %s", c.EndedRetention)
 	}
@@ -324,7 +328,7 @@ func (c config) daemonConfig() daemon.Config {
 		MaxFileMB: c.MaxFileMB, FileTimeout: c.FileTimeout, FileAllowlist: splitList(c.FileAllowlist),
 		MaxSessionCPU: c.MaxSessionCPU, MaxSessionRAMMB: c.MaxSessionRAMMB, MaxSessionDiskMB: c.MaxSessionDiskMB,
 		MaxSessionPids: c.MaxSessionPids, SessionTTL: c.SessionTTL, MaxSessionTTL: c.MaxSessionTTL,
-		EndedRetention: c.EndedRetention,
+		EndedRetention: c.EndedRetention, MaxSessionsPerTenant: c.MaxTenantSessions,
 	}
 }
 
