@@ -10,12 +10,14 @@ RUN_FLAGS  ?= --min-idle-workers 2 --max-total-workers 10 --worker-cpu 1 --worke
 TOOLS      := $(CACHE_DIR)/tools
 STATICCHECK_VERSION := v0.8.2
 
-# The worker image variant (SPEC §4): slim for tests and CI, full for the seed's toolbox
-# (`make run VARIANT=full`).
-VARIANT        ?= slim
-IMAGE_HASH     = $(shell images/hash.sh $(VARIANT))
-IMAGE_REF      = codebox.local/worker:$(VARIANT)-$(IMAGE_HASH)
-IMAGE_ARCHIVE  = $(CACHE_DIR)/worker-$(VARIANT)-$(IMAGE_HASH).oci.tar
+# The worker image's recipe (docs/ENVIRONMENTS.md): images/recipes/slim for tests and CI,
+# images/recipes/full for the seed's toolbox (`make run RECIPE=images/recipes/full`), or a
+# directory of your own (`make image RECIPE=dir` prints the environment entry that serves it).
+RECIPE         ?= images/recipes/slim
+IMAGE_NAME     = $(notdir $(abspath $(RECIPE)))
+IMAGE_HASH     = $(shell images/hash.sh $(RECIPE))
+IMAGE_REF      = codebox.local/worker:$(IMAGE_NAME)-$(IMAGE_HASH)
+IMAGE_ARCHIVE  = $(CACHE_DIR)/worker-$(IMAGE_NAME)-$(IMAGE_HASH).oci.tar
 
 PREFIX     ?= /usr/local
 DESTDIR    ?=
@@ -24,7 +26,9 @@ DESTDIR    ?=
 
 all: build
 
+# codeboxd finds the agent it mounts into workers at ../lib/codebox/agent beside itself.
 build:
+	scripts/build-agent.sh lib/codebox/agent
 	$(GO) build -o bin/codeboxd ./cmd/codeboxd
 	$(GO) build -o bin/codebox-log-sink ./cmd/codebox-log-sink
 	$(GO) build -o bin/codebox ./cmd/codebox
@@ -43,11 +47,11 @@ node-deps: test-deps
 	@scripts/install-node-deps.sh
 
 image: deps
-	@images/build.sh $(VARIANT) "$(IMAGE_ARCHIVE)" "$(IMAGE_REF)"
+	@images/build.sh $(RECIPE) "$(IMAGE_ARCHIVE)" "$(IMAGE_REF)"
 
 # The full image is not part of `make test` (its first build takes long); see test-image-full.
 image-full:
-	@$(MAKE) --no-print-directory image VARIANT=full
+	@$(MAKE) --no-print-directory image RECIPE=images/recipes/full
 
 run: deps image build
 	addr=$$(scripts/ensure-containerd.sh); \
@@ -65,8 +69,9 @@ bench: test-deps image build
 # kept in test-artifacts/e2e.log; on a failure each failed test's own messages are printed
 # again at the end, where a viewer that shows the tail finds them.
 e2e = addr=$$(scripts/ensure-containerd.sh); mkdir -p test-artifacts; \
-	CODEBOX_E2E=1 CODEBOX_E2E_CONTAINERD="$$addr" CODEBOX_E2E_IMAGE="$(IMAGE_REF)" \
-	CODEBOX_E2E_ARCHIVE="$(IMAGE_ARCHIVE)" CODEBOX_E2E_BIN="$(CURDIR)/bin/codeboxd" \
+	images=$$(scripts/test-images.sh "$(CACHE_DIR)"); \
+	env $$images CODEBOX_E2E=1 CODEBOX_E2E_CONTAINERD="$$addr" CODEBOX_E2E_IMAGE="$(IMAGE_REF)" \
+	CODEBOX_E2E_ARCHIVE="$(IMAGE_ARCHIVE)" CODEBOX_E2E_BIN="$(CURDIR)/bin/codeboxd" CODEBOX_E2E_CACHE="$(CACHE_DIR)" \
 	CODEBOX_E2E_ARTIFACTS="$(CURDIR)/test-artifacts" $(2) \
 		$(GO) test -count=1 -v $(1) ./e2e/ 2>&1 | tee test-artifacts/e2e.log \
 		|| { scripts/test-failures.sh test-artifacts/e2e.log; exit 1; }
@@ -102,7 +107,7 @@ test-chaos: build
 
 # One real task per capability family in a full worker, through the API; writes
 # docs/CAPABILITIES.md from what the image holds.
-test-image-full: VARIANT = full
+test-image-full: RECIPE = images/recipes/full
 test-image-full: test-deps image build
 	$(call e2e,-timeout 30m -run TestFullImage,CODEBOX_E2E_FULL=1 CODEBOX_CAPABILITIES_OUT="$(CURDIR)/docs/CAPABILITIES.md")
 
@@ -122,7 +127,8 @@ test-install: build image
 	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(MAKE) -s install DESTDIR="$$tmp" >/dev/null; \
 	for f in $(PREFIX)/bin/codeboxd $(PREFIX)/bin/codebox-log-sink $(PREFIX)/bin/codebox /etc/systemd/system/codeboxd.service \
-	         /etc/default/codeboxd /var/lib/codeboxd/images/worker-$(VARIANT).oci.tar $(PREFIX)/share/doc/codebox/README.md; do \
+	         /etc/default/codeboxd /var/lib/codeboxd/images/worker-$(IMAGE_NAME).oci.tar $(PREFIX)/share/doc/codebox/README.md \
+	         $(PREFIX)/lib/codebox/agent/codebox_agent.py $(PREFIX)/lib/codebox/agent/tini $(PREFIX)/lib/codebox/agent/vendor/websockets/frames.py; do \
 		[ -s "$$tmp$$f" ] || { echo "install: $$f missing"; exit 1; }; done; \
 	grep -q '^CODEBOX_WORKER_IMAGE=$(IMAGE_REF)$$' "$$tmp/etc/default/codeboxd" || { echo "install: image not configured"; exit 1; }; \
 	[ "$$(stat -c %a "$$tmp/etc/default/codeboxd")" = 600 ] || { echo "install: /etc/default/codeboxd (where AUTH_TOKEN goes) is not 0600"; exit 1; }; \
@@ -130,7 +136,7 @@ test-install: build image
 	left=$$(find "$$tmp" -type f ! -path '*/etc/default/*'); \
 	if [ -n "$$left" ]; then echo "uninstall left: $$left"; exit 1; fi; echo "install/uninstall: ok"
 
-# install: binaries, systemd unit, settings, the worker image archive codeboxd imports on
+# install: binaries, the agent, systemd unit, settings, the worker image archive codeboxd imports on
 # its first start. Settings already in /etc/default/codeboxd are kept, but for the image.
 install: build image
 	install -D -m 0755 bin/codeboxd $(DESTDIR)$(PREFIX)/bin/codeboxd
@@ -138,12 +144,15 @@ install: build image
 	install -D -m 0755 bin/codebox $(DESTDIR)$(PREFIX)/bin/codebox
 	install -D -m 0644 systemd/codeboxd.service $(DESTDIR)/etc/systemd/system/codeboxd.service
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/codebox/README.md
-	install -D -m 0600 "$(IMAGE_ARCHIVE)" $(DESTDIR)/var/lib/codeboxd/images/worker-$(VARIANT).oci.tar
+	rm -rf $(DESTDIR)$(PREFIX)/lib/codebox/agent
+	mkdir -p $(DESTDIR)$(PREFIX)/lib/codebox
+	cp -r lib/codebox/agent $(DESTDIR)$(PREFIX)/lib/codebox/agent
+	install -D -m 0600 "$(IMAGE_ARCHIVE)" $(DESTDIR)/var/lib/codeboxd/images/worker-$(IMAGE_NAME).oci.tar
 	# AUTH_TOKEN may go in there: root's alone, an older install's file too.
 	[ -e $(DESTDIR)/etc/default/codeboxd ] || install -D -m 0600 systemd/codeboxd.default $(DESTDIR)/etc/default/codeboxd
 	chmod 0600 $(DESTDIR)/etc/default/codeboxd
 	sed -i '/^CODEBOX_WORKER_IMAGE=/d; /^CODEBOX_WORKER_IMAGE_ARCHIVE=/d' $(DESTDIR)/etc/default/codeboxd
-	printf 'CODEBOX_WORKER_IMAGE=%s\nCODEBOX_WORKER_IMAGE_ARCHIVE=%s\n' "$(IMAGE_REF)" /var/lib/codeboxd/images/worker-$(VARIANT).oci.tar >> $(DESTDIR)/etc/default/codeboxd
+	printf 'CODEBOX_WORKER_IMAGE=%s\nCODEBOX_WORKER_IMAGE_ARCHIVE=%s\n' "$(IMAGE_REF)" /var/lib/codeboxd/images/worker-$(IMAGE_NAME).oci.tar >> $(DESTDIR)/etc/default/codeboxd
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; echo "now: systemctl enable --now codeboxd"; fi
 
 # uninstall: stops the service, removes every worker and what install put; keeps
@@ -153,7 +162,8 @@ uninstall:
 	if [ -z "$(DESTDIR)" ] && [ -x $(PREFIX)/bin/codeboxd ]; then \
 		(set -a; [ -r /etc/default/codeboxd ] && . /etc/default/codeboxd; set +a; $(PREFIX)/bin/codeboxd cleanup --all) || true; fi
 	rm -f $(DESTDIR)$(PREFIX)/bin/codeboxd $(DESTDIR)$(PREFIX)/bin/codebox-log-sink $(DESTDIR)$(PREFIX)/bin/codebox $(DESTDIR)/etc/systemd/system/codeboxd.service
-	rm -f $(DESTDIR)$(PREFIX)/share/doc/codebox/README.md $(DESTDIR)/var/lib/codeboxd/images/worker-$(VARIANT).oci.tar
+	rm -f $(DESTDIR)$(PREFIX)/share/doc/codebox/README.md $(DESTDIR)/var/lib/codeboxd/images/worker-$(IMAGE_NAME).oci.tar
+	rm -rf $(DESTDIR)$(PREFIX)/lib/codebox
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 # The CLI depends on api alone: it builds for other systems than the daemon's.
@@ -170,4 +180,4 @@ $(TOOLS)/staticcheck:
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 clean:
-	rm -rf bin test-artifacts bench-results
+	rm -rf bin lib test-artifacts bench-results

@@ -239,6 +239,38 @@ func (c *Client) StartSession(ctx context.Context, env map[string]string) error 
 	return nil
 }
 
+// Seed runs an environment's seed cell for language, silently (no history, no execution
+// count): what it imports and defines is there for the session's first cell. Code that
+// raises is an error naming the exception.
+func (c *Client) Seed(ctx context.Context, code, language string) error {
+	call, err := c.start(code, language, true, nil)
+	if err != nil {
+		return err
+	}
+	defer call.Finish()
+	res, err := call.Wait(ctx)
+	if err != nil {
+		return err
+	}
+	if res.Status != "ok" {
+		if res.Error != nil {
+			return fmt.Errorf("%w %s: %s", ErrSeedFailed, res.Error.Ename, truncate(res.Error.Evalue, 300))
+		}
+		return fmt.Errorf("%w (status %q)", ErrSeedFailed, res.Status)
+	}
+	return nil
+}
+
+// ErrSeedFailed: a seed cell raised (it will in every worker of its environment).
+var ErrSeedFailed = errors.New("raised")
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
 func (c *Client) start(code, language string, silent bool, sink func(Event)) (*Call, error) {
 	return c.send1(func(content map[string]any) {
 		content["code"] = code

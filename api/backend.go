@@ -45,6 +45,9 @@ type Backend interface {
 	GetSession(ctx context.Context, id string) (*Session, error)
 	UpdateSession(ctx context.Context, id string, req UpdateSessionRequest) (*Session, error)
 	DeleteSession(ctx context.Context, id string) error
+
+	// Environments lists the environments; pool counts for admin callers.
+	Environments(ctx context.Context) ([]Environment, error)
 }
 
 // Output receives what an execute produces.

@@ -74,3 +74,12 @@ func (c *Client) DeleteSession(ctx context.Context, id string) error {
 func sessionPath(id string) string {
 	return "/api/v1/sessions/" + url.PathEscape(strings.TrimSpace(id))
 }
+
+// Environments lists the environments (pool counts for an admin key).
+func (c *Client) Environments(ctx context.Context) ([]Environment, error) {
+	var envs []Environment
+	if err := c.do(ctx, http.MethodGet, "/api/v1/environments", nil, nil, &envs, http.StatusOK); err != nil {
+		return nil, err
+	}
+	return envs, nil
+}

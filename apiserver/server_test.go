@@ -74,6 +74,14 @@ func (f *fakeBackend) DeleteSession(ctx context.Context, id string) error {
 	return nil
 }
 
+func (f *fakeBackend) Environments(ctx context.Context) ([]api.Environment, error) {
+	e := api.Environment{Name: "default", Image: "img", Languages: api.Languages, Available: true}
+	if api.CallerOf(ctx).Admin {
+		e.Pool = &api.EnvironmentPool{Idle: 1, MinIdle: 1, TargetIdle: 1, MaxTotal: 5}
+	}
+	return []api.Environment{e}, nil
+}
+
 func (f *fakeBackend) Execute(ctx context.Context, user string, req api.ExecuteRequest, out api.Output) error {
 	f.lastUser, f.lastReq = user, req
 	if f.execErr != nil {

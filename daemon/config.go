@@ -1,6 +1,10 @@
 package daemon
 
-import "time"
+import (
+	"time"
+
+	"github.com/codebox/codebox/environments"
+)
 
 // Config is what the daemon is told of codeboxd's flags.
 type Config struct {
@@ -32,6 +36,12 @@ type Config struct {
 	// MaxSessionsPerTenant bounds the sessions one key runs at once (0: none), so that no
 	// tenant takes every worker.
 	MaxSessionsPerTenant int
+
+	// Environments are the pools, resolved (environments.Resolve), the default first; nil:
+	// the default alone, of MinIdleWorkers.
+	Environments []environments.Environment
+	// AgentDir is the host directory of the kernel agent mounted into every worker.
+	AgentDir string
 }
 
 // timings are the daemon's waits that tests shorten.

@@ -1,7 +1,7 @@
-// Package daemon owns codeboxd's sessions and workers: the warm pool (pool.go), which
-// worker serves which user_uuid and in what order its calls run (session.go), how workers
-// are created, health-checked, restarted and destroyed (worker.go), and how a call that
-// times out or loses its worker is answered. It builds workers from runtime (containerd),
+// Package daemon owns codeboxd's sessions and workers: the environments' warm pools
+// (pool.go, environments.go), which worker serves which session and in what order its
+// calls run (session.go), how workers are created, seeded, health-checked, restarted and
+// destroyed (worker.go), and how a call that times out or loses its worker is answered. It builds workers from runtime (containerd),
 // netns (network), blockdev (disk) and kernel (the agent's protocol), and implements
 // api.Backend.
 package daemon
@@ -31,7 +31,6 @@ type Daemon struct {
 	net      network
 	disks    disks
 	dialer   dialAgentFunc
-	image    *runtime.Image
 	xfer     *transfer.Client
 	metrics  *metrics
 	assigned *assignments // which session each worker serves, for restarts
@@ -58,21 +57,19 @@ type Daemon struct {
 	workers       map[string]*worker      // every live worker, idle or in a session
 	graveyard     map[string]*worker      // retired workers whose destruction failed, retried
 	uidRanges     map[uint32]bool         // host uid ranges of workers that exist (see takeUIDRange)
-	idle          []*worker               // healthy workers no session has
-	waiters       []*waiter               // new sessions waiting for a worker being created
-	creating      int                     // workers being created (counted against the cap)
-	initializing  bool                    // the pre-warm has not reached min idle yet
+	pools         []*pool                 // one per environment, the default's first (pool.go)
+	initializing  bool                    // the pre-warm has not reached every floor yet
 	closing       bool
-	refillPending bool      // a delayed refill is scheduled
-	failures      int       // consecutive failed creations
-	backoffUntil  time.Time // no pool refills before this, after failures
+	refillPending bool // a delayed refill is scheduled
 }
 
 // Deps are the parts a daemon builds workers from.
 type Deps struct {
 	Runtime *runtime.Runtime
 	Network *netns.Network
-	Image   *runtime.Image // nil for a daemon that only cleans up
+	// Images are the environments' images, by environment name (none for a daemon that
+	// only cleans up).
+	Images map[string]*runtime.Image
 }
 
 // New returns a daemon serving from deps. Recover takes over what an earlier run left;
@@ -83,7 +80,7 @@ func New(cfg Config, log *slog.Logger, deps Deps) (*Daemon, error) {
 		return nil, err
 	}
 	return build(cfg, log, parts{rt: containerd{deps.Runtime}, net: deps.Network, disks: store, dial: dialAgent,
-		image: deps.Image, timings: defaultTimings})
+		images: deps.Images, timings: defaultTimings})
 }
 
 // parts are what a daemon is built from (fakes, in the unit tests).
@@ -92,7 +89,7 @@ type parts struct {
 	net     network
 	disks   disks
 	dial    dialAgentFunc
-	image   *runtime.Image
+	images  map[string]*runtime.Image
 	timings timings
 }
 
@@ -116,7 +113,7 @@ func build(cfg Config, log *slog.Logger, p parts) (*Daemon, error) {
 	}
 	bg, stop := context.WithCancel(context.Background())
 	d := &Daemon{
-		cfg: cfg, log: log, rt: p.rt, net: p.net, disks: p.disks, dialer: p.dial, image: p.image, timings: p.timings,
+		cfg: cfg, log: log, rt: p.rt, net: p.net, disks: p.disks, dialer: p.dial, timings: p.timings,
 		xfer: transfer.NewClient(guard, cfg.FileTimeout), transfers: make(chan struct{}, maxParallelTransfers),
 		metrics: newMetrics(), assigned: assigned,
 		bg: bg, stop: stop,
@@ -128,12 +125,17 @@ func build(cfg Config, log *slog.Logger, p parts) (*Daemon, error) {
 		uidRanges:    map[uint32]bool{},
 		initializing: true,
 	}
+	if d.pools, err = d.makePools(p.images); err != nil {
+		stop()
+		return nil, err
+	}
 	return d, nil
 }
 
-// Start pre-warms the pool and starts the maintenance loop (health checks, idle
-// recycling).
+// Start probes the environments' images, pre-warms their pools and starts the maintenance
+// loop (health checks, idle recycling).
 func (d *Daemon) Start() {
+	d.probeEnvironments(d.bg)
 	d.mu.Lock()
 	d.started = time.Now()
 	d.refillLocked()
@@ -152,10 +154,12 @@ func (d *Daemon) logPath(id string) string {
 func (d *Daemon) Close(ctx context.Context) error {
 	d.mu.Lock()
 	d.closing = true
-	for _, wt := range d.waiters {
-		wt.ch <- handout{err: &api.Problem{Kind: api.Busy, Detail: "codeboxd is shutting down", RetryAfter: retryAfter}}
+	for _, p := range d.pools {
+		for _, wt := range p.waiters {
+			wt.ch <- handout{err: &api.Problem{Kind: api.Busy, Detail: "codeboxd is shutting down", RetryAfter: retryAfter}}
+		}
+		p.waiters = nil
 	}
-	d.waiters = nil
 	d.mu.Unlock()
 	d.stop()
 	d.wg.Wait() // creations in flight end (and destroy what they made)
@@ -179,7 +183,9 @@ func (d *Daemon) Close(ctx context.Context) error {
 	}
 	d.mu.Lock()
 	d.workers = map[string]*worker{}
-	d.idle = nil
+	for _, p := range d.pools {
+		p.idle, p.live = nil, 0
+	}
 	d.sessions = map[sessionKey]*session{}
 	d.tokens = map[[32]byte]sessionKey{}
 	d.mu.Unlock()
@@ -236,13 +242,16 @@ func (d *Daemon) Ping(ctx context.Context) error {
 func (d *Daemon) Status() api.Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	idle := len(d.idle)
+	idle, creating, floors := d.idleLocked(), d.creatingLocked(), 0
+	for _, p := range d.pools {
+		floors += p.minIdle()
+	}
 	return api.Status{
-		TotalWorkers:      len(d.workers) + d.creating,
+		TotalWorkers:      len(d.workers) + creating,
 		BusyWorkers:       len(d.workers) - idle,
 		IdleWorkers:       idle,
-		CreatingWorkers:   d.creating,
-		MinIdleWorkers:    d.cfg.MinIdleWorkers,
+		CreatingWorkers:   creating,
+		MinIdleWorkers:    floors,
 		MaxTotalWorkers:   d.cfg.MaxTotalWorkers,
 		IsInitializing:    d.initializing,
 		IdleWorkersInPool: idle,

@@ -31,6 +31,8 @@ type containers interface {
 	// Update changes a running worker's limits; Usage reads what it uses.
 	Update(ctx context.Context, id string, res runtime.Resources) error
 	Usage(id string) (runtime.Usage, error)
+	// Probe asks an image what it offers, in a one-off container.
+	Probe(ctx context.Context, s runtime.ProbeSpec) (*runtime.Probe, error)
 }
 
 // task is a worker's running task.
@@ -44,6 +46,7 @@ type task interface {
 // adopted is a running worker an earlier codeboxd left, as containerd knows it.
 type adopted struct {
 	env     []string // its process's environment: the agent's token
+	image   string   // the reference it was made from
 	created time.Time
 	task    task
 }
@@ -83,6 +86,8 @@ type agentConn interface {
 	Check(ctx context.Context) error
 	// StartSession sets the session's env and moves the agent onto its disk.
 	StartSession(ctx context.Context, env map[string]string) error
+	// Seed runs an environment's seed cell (agent.ErrSeedFailed: it raised).
+	Seed(ctx context.Context, code, language string) error
 	// Err is nil while the connection is usable.
 	Err() error
 	Close() error
@@ -121,7 +126,7 @@ func (c containerd) Adopt(ctx context.Context, id string) (*adopted, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &adopted{env: a.Env, created: a.Created, task: a.Task}, nil
+	return &adopted{env: a.Env, image: a.Image, created: a.Created, task: a.Task}, nil
 }
 
 // agentClient adapts agent.Client to agentConn.

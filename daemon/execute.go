@@ -81,6 +81,12 @@ func outcome(resp *api.ExecuteResponse, err error) string {
 // Python). A streaming caller (st not nil) gets the output as it arrives and may
 // interrupt the code.
 func (d *Daemon) executeIn(ctx context.Context, s *session, code, language string, timeout time.Duration, st api.Streamer) (*api.ExecuteResponse, error) {
+	d.mu.Lock()
+	env := s.shape.environment
+	d.mu.Unlock()
+	if err := d.checkLanguage(env, language); err != nil {
+		return nil, err
+	}
 	newSession := s.fresh
 	if s.worker == nil {
 		if err := d.assign(ctx, s); err != nil {

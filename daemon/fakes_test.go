@@ -52,6 +52,13 @@ type fakeWorld struct {
 	cannotGrow bool
 	failUpdate error
 
+	// Environments: what each one's probe answers (by environment; none: python and bash),
+	// the exit code of its workers' agents at start (0: they answer), the seeds run.
+	probes     map[string]*runtime.Probe
+	exitAtBoot map[string]uint32
+	seeds      []string
+	images     map[string]string // container id → the image it was made from (Adopt)
+
 	// Recovery: what containerd lists, and which adoptions fail.
 	managed   map[string]map[string]string
 	noAdopt   map[string]bool
@@ -69,7 +76,8 @@ type fakeWorker struct {
 func newWorld(t *testing.T) *fakeWorld {
 	return &fakeWorld{t: t, dir: t.TempDir(), workers: map[string]*fakeWorker{}, byIP: map[string]*fakeWorker{},
 		managed: map[string]map[string]string{}, noAdopt: map[string]bool{}, noMounted: map[string]bool{},
-		limits: map[string]runtime.Resources{}, usage: map[string]runtime.Usage{}}
+		limits: map[string]runtime.Resources{}, usage: map[string]runtime.Usage{},
+		probes: map[string]*runtime.Probe{}, exitAtBoot: map[string]uint32{}, images: map[string]string{}}
 }
 
 // daemon builds a daemon on the fakes, with the real worker lifecycle.
@@ -125,7 +133,7 @@ func (fw *fakeWorld) wasDestroyed(id string) bool {
 func (fw *fakeWorld) newTask(w *fakeWorker) *fakeTask {
 	t := &fakeTask{exited: make(chan runtime.Exit, 1), done: make(chan struct{})}
 	w.task = t
-	w.agent = &fakeAgent{task: t}
+	w.agent = &fakeAgent{task: t, fw: fw}
 	return t
 }
 
@@ -213,6 +221,7 @@ func (t *fakeTask) exitedAlready() bool {
 //	drops             the connection drops; the task lives on
 type fakeAgent struct {
 	task *fakeTask
+	fw   *fakeWorld
 	busy atomic.Bool // a call of an earlier daemon's runs: no handshake until SIGINT
 
 	mu     sync.Mutex
@@ -267,6 +276,24 @@ func (k *fakeAgent) StartSession(ctx context.Context, env map[string]string) err
 	k.mu.Lock()
 	k.env = env
 	k.mu.Unlock()
+	return nil
+}
+
+// Seed records the seed; code "raise" raises, "hang" never finishes.
+func (k *fakeAgent) Seed(ctx context.Context, code, language string) error {
+	if err := k.Err(); err != nil {
+		return err
+	}
+	k.fw.mu.Lock()
+	k.fw.seeds = append(k.fw.seeds, language+": "+code)
+	k.fw.mu.Unlock()
+	switch code {
+	case "raise":
+		return fmt.Errorf("%w NameError: name 'x' is not defined", agent.ErrSeedFailed)
+	case "hang":
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	return nil
 }
 
@@ -381,12 +408,28 @@ func (c fakeContainers) Start(ctx context.Context, s runtime.WorkerSpec) (task, 
 			return nil, err
 		}
 	}
-	w := &fakeWorker{id: s.ID, ip: ParseLabels(s.Labels).IP.String()}
+	l := ParseLabels(s.Labels)
+	w := &fakeWorker{id: s.ID, ip: l.IP.String()}
 	fw.mu.Lock()
 	fw.workers[s.ID] = w
 	fw.byIP[w.ip] = w
+	code, exits := fw.exitAtBoot[l.Environment]
 	fw.mu.Unlock()
-	return fw.newTask(w), nil
+	t := fw.newTask(w)
+	if exits {
+		w.agent = nil // never answers
+		t.exit(code)
+	}
+	return t, nil
+}
+
+func (c fakeContainers) Probe(ctx context.Context, s runtime.ProbeSpec) (*runtime.Probe, error) {
+	c.fw.mu.Lock()
+	defer c.fw.mu.Unlock()
+	if p := c.fw.probes[s.Labels[labelEnv]]; p != nil {
+		return p, nil
+	}
+	return &runtime.Probe{Stdout: `{"python": "3.11.2", "ipython": "8.5.0", "languages": ["python", "bash"]}` + "\n"}, nil
 }
 
 func (c fakeContainers) Restart(ctx context.Context, id, logPath string, beforeStart func(pid uint32) error) (task, error) {
@@ -410,7 +453,7 @@ func (c fakeContainers) Adopt(ctx context.Context, id string) (*adopted, error) 
 	if w == nil || fw.noAdopt[id] {
 		return nil, fmt.Errorf("task of %s is not running", id)
 	}
-	return &adopted{env: []string{"CODEBOX_AGENT_TOKEN=t"}, created: time.Now(), task: w.task}, nil
+	return &adopted{env: []string{"CODEBOX_AGENT_TOKEN=t"}, image: fw.images[id], created: time.Now(), task: w.task}, nil
 }
 
 func (c fakeContainers) Destroy(ctx context.Context, id string) error {

@@ -12,7 +12,7 @@ import (
 //
 //  1. recorded retired in sessions.json, so that no later codeboxd adopts it even if what
 //     follows fails (another session's variables and files may be in it);
-//  2. unregistered: out of the live workers and the idle pool, which refills;
+//  2. unregistered: out of the live workers and its pool, which refills;
 //  3. destroyed, each step tolerating what is already gone;
 //  4. then its record forgotten and its host uid range freed — or, when the destruction
 //     failed, parked in the graveyard, where the maintenance loop tries again.
@@ -55,8 +55,11 @@ func (d *Daemon) unregisterLocked(w *worker) bool {
 		return false
 	}
 	delete(d.workers, w.id)
-	if i := slices.Index(d.idle, w); i >= 0 {
-		d.idle = slices.Delete(d.idle, i, i+1)
+	if p := d.poolOf(w.env); p != nil {
+		p.live--
+		if i := slices.Index(p.idle, w); i >= 0 {
+			p.idle = slices.Delete(p.idle, i, i+1)
+		}
 	}
 	d.refillLocked()
 	return true

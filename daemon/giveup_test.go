@@ -28,7 +28,7 @@ func TestUnrecordedPoolWorkerFreesItsUIDRange(t *testing.T) {
 		return len(fw.destroyed) >= 1
 	})
 	d.mu.Lock()
-	ranges, idle, creating := len(d.uidRanges), len(d.idle), d.creating
+	ranges, idle, creating := len(d.uidRanges), len(d.pools[0].idle), d.pools[0].creating
 	d.mu.Unlock()
 	if idle != 0 {
 		t.Fatalf("%d idle workers without a record", idle)

@@ -89,6 +89,7 @@ func (d *Daemon) Register(reg prometheus.Registerer) error {
 			defer d.mu.Unlock()
 			return len(d.sessions)
 		}),
+		poolCollector{d},
 	)
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {

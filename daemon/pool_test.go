@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/environments"
 )
 
 // fakeFactory gates and fails the fake world's container starts and destructions, and
@@ -82,7 +83,7 @@ func TestPrewarmAndTake(t *testing.T) {
 	if st.IsInitializing || st.TotalWorkers != 3 || st.BusyWorkers != 0 || st.CreatingWorkers != 0 || st.IdleWorkersInPool != 3 {
 		t.Fatalf("after pre-warm: %+v", st)
 	}
-	w, err := d.takeWorker(context.Background())
+	w, err := d.takeWorker(context.Background(), environments.Default)
 	if err != nil || w == nil {
 		t.Fatal(err)
 	}
@@ -97,11 +98,11 @@ func TestCapIs503WithRetryAfter(t *testing.T) {
 	d := testDaemon(t, 0, 2, f)
 	d.Start()
 	for i := 0; i < 2; i++ {
-		if _, err := d.takeWorker(context.Background()); err != nil {
+		if _, err := d.takeWorker(context.Background(), environments.Default); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err := d.takeWorker(context.Background())
+	_, err := d.takeWorker(context.Background(), environments.Default)
 	var ae *api.Problem
 	if !errors.As(err, &ae) || ae.Kind != api.Busy || ae.RetryAfter <= 0 {
 		t.Fatalf("at the cap: %v", err)
@@ -113,9 +114,10 @@ func TestWaiterGetsTheNextWorkerAndCancelReturnsIt(t *testing.T) {
 	d := testDaemon(t, 0, 3, f)
 	d.Start()
 	got := make(chan error, 1)
-	go func() { _, err := d.takeWorker(context.Background()); got <- err }()
-	waitFor(t, "creation for the waiter", func() bool { return d.Status().CreatingWorkers == 1 })
-	if st := d.Status(); st.TotalWorkers != 1 || st.IdleWorkers != 0 {
+	go func() { _, err := d.takeWorker(context.Background(), environments.Default); got <- err }()
+	// One creation for the waiter, and (the pool has now seen a session) one for its target.
+	waitFor(t, "creations for the waiter and the target", func() bool { return d.Status().CreatingWorkers == 2 })
+	if st := d.Status(); st.TotalWorkers != 2 || st.IdleWorkers != 0 {
 		t.Fatalf("while creating: %+v", st)
 	}
 	f.gate <- struct{}{}
@@ -123,16 +125,24 @@ func TestWaiterGetsTheNextWorkerAndCancelReturnsIt(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A waiter that gives up does not lose the worker made for it.
+	// A waiter that gives up does not lose the worker made for it: the creation it claimed
+	// ends in the pool.
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() { _, err := d.takeWorker(ctx); got <- err }()
-	waitFor(t, "second creation", func() bool { return d.Status().CreatingWorkers == 1 })
+	go func() { _, err := d.takeWorker(ctx, environments.Default); got <- err }()
+	waitFor(t, "the second waiter", func() bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return len(d.pools[0].waiters) == 1
+	})
 	cancel()
 	if err := <-got; err == nil {
 		t.Fatal("a cancelled waiter got a worker")
 	}
 	f.gate <- struct{}{}
 	waitFor(t, "worker parked as idle", func() bool { return d.Status().IdleWorkers == 1 })
+	if st := d.Status(); st.BusyWorkers != 1 || st.TotalWorkers > 3 {
+		t.Fatalf("after the cancelled waiter: %+v", st)
+	}
 }
 
 func TestFailedCreationFailsTheWaiter(t *testing.T) {
@@ -140,13 +150,15 @@ func TestFailedCreationFailsTheWaiter(t *testing.T) {
 	f.fail.Store(true)
 	d := testDaemon(t, 0, 3, f)
 	d.Start()
-	_, err := d.takeWorker(context.Background())
+	_, err := d.takeWorker(context.Background(), environments.Default)
 	var ae *api.Problem
 	if !errors.As(err, &ae) || ae.Kind != api.Busy || ae.Detail != "could not start a worker" {
 		t.Fatalf("err = %v", err)
 	}
+	// The creation for the pool's target fails too; then the failure clears.
+	waitFor(t, "the creations to end", func() bool { return d.Status().CreatingWorkers == 0 })
 	f.fail.Store(false)
-	if _, err := d.takeWorker(context.Background()); err != nil {
+	if _, err := d.takeWorker(context.Background(), environments.Default); err != nil {
 		t.Fatalf("after the failure cleared: %v", err)
 	}
 }
@@ -175,7 +187,7 @@ func TestConcurrentAcquiresNeverExceedTheCap(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := d.takeWorker(context.Background()); err == nil {
+			if _, err := d.takeWorker(context.Background(), environments.Default); err == nil {
 				ok.Add(1)
 			} else {
 				refused.Add(1)
@@ -213,7 +225,7 @@ func TestCloseDestroysEverything(t *testing.T) {
 	d.cfg.DestroyOnStop = true
 	d.Start()
 	waitFor(t, "pre-warm", func() bool { return d.Status().IdleWorkers == 3 })
-	d.takeWorker(context.Background())
+	d.takeWorker(context.Background(), environments.Default)
 	if err := d.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +234,7 @@ func TestCloseDestroysEverything(t *testing.T) {
 	if f.destroyed != f.made {
 		t.Fatalf("made %d, destroyed %d", f.made, f.destroyed)
 	}
-	if _, err := d.takeWorker(context.Background()); err == nil {
+	if _, err := d.takeWorker(context.Background(), environments.Default); err == nil {
 		t.Fatal("acquire after Close succeeded")
 	}
 }

@@ -84,11 +84,16 @@ func (d *Daemon) Recover(ctx context.Context) error {
 			continue
 		}
 		alive[id] = w.nsPath
+		sh := d.recordShape(rec)
 		d.mu.Lock()
 		d.workers[id] = w
 		d.uidRanges[w.uidBase] = true
+		p := d.poolOf(w.env) // nil: a session of an environment no longer configured
+		if p != nil {
+			p.live++
+		}
 		if rec.State == stateSession {
-			s := newSession(recordKey(rec), d.recordShape(rec))
+			s := newSession(recordKey(rec), sh)
 			s.worker = w
 			d.sessions[s.key] = s
 			if s.shape.token != ([32]byte{}) {
@@ -96,10 +101,10 @@ func (d *Daemon) Recover(ctx context.Context) error {
 			}
 			d.armExpiryLocked(s)
 		} else {
-			d.idle = append(d.idle, w)
+			p.idle = append(p.idle, w)
 		}
 		d.mu.Unlock()
-		d.log.Info("worker adopted", "worker", id, "state", rec.State)
+		d.log.Info("worker adopted", "worker", id, "environment", w.env, "state", rec.State)
 	}
 	// Sessions whose worker is not there at all: the host restarted (or someone removed
 	// the container).
@@ -127,7 +132,9 @@ func recordKey(rec record) sessionKey {
 // record of a codeboxd before sessions had one.
 func (d *Daemon) recordShape(rec record) shape {
 	if rec.Shape == nil {
-		return d.defaultShape(time.Now())
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return d.defaultShapeLocked(time.Now())
 	}
 	return rec.Shape.shape()
 }
@@ -150,7 +157,23 @@ func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string,
 		return nil, err
 	}
 	l := ParseLabels(labels)
-	w := &worker{id: id, ip: l.IP, nsPath: l.NetNS, logPath: d.logPath(id), created: a.created, uidBase: l.UIDBase}
+	w := &worker{id: id, ip: l.IP, nsPath: l.NetNS, logPath: d.logPath(id), created: a.created, uidBase: l.UIDBase, env: l.Environment}
+	if !session {
+		// An idle worker joins its environment's pool only as that environment is now.
+		d.mu.Lock()
+		p := d.poolOf(w.env)
+		var image string
+		if p != nil {
+			image = p.env.Image
+		}
+		d.mu.Unlock()
+		switch {
+		case p == nil:
+			return nil, fmt.Errorf("its environment %q is no longer configured", w.env)
+		case a.image != image:
+			return nil, fmt.Errorf("made from %s; environment %q now uses %s", a.image, w.env, image)
+		}
+	}
 	for _, kv := range a.env {
 		if v, ok := strings.CutPrefix(kv, AgentTokenEnv+"="); ok {
 			w.token = v

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/environments"
 	"github.com/codebox/codebox/runtime"
 )
 
@@ -80,12 +81,17 @@ func (d *Daemon) CreateSession(ctx context.Context, req api.CreateSessionRequest
 
 // newShape checks a create request against the caps and makes the session's shape.
 func (d *Daemon) newShape(req api.CreateSessionRequest, now time.Time) (shape, error) {
-	sh := shape{environment: DefaultEnvironment, created: now, idleTimeout: d.cfg.IdleTimeout}
-	if req.Environment != "" && req.Environment != DefaultEnvironment {
-		return sh, api.Refuse("environment", "unknown environment %q (known: %s)", api.Echo(req.Environment), DefaultEnvironment)
+	sh := shape{environment: environments.Default, created: now, idleTimeout: d.cfg.IdleTimeout}
+	if req.Environment != "" {
+		sh.environment = req.Environment
 	}
-	var err error
-	if sh.limits, err = d.resolveLimits(req.Limits, d.defaultLimits()); err != nil {
+	d.mu.Lock()
+	base, envDefaults, err := d.environmentShapeLocked(sh.environment)
+	d.mu.Unlock()
+	if err != nil {
+		return sh, err
+	}
+	if sh.limits, err = d.resolveLimits(req.Limits, base); err != nil {
 		return sh, err
 	}
 	if sh.expires, err = d.lifetime(req.Timeout, now); err != nil {
@@ -101,6 +107,15 @@ func (d *Daemon) newShape(req api.CreateSessionRequest, now time.Time) (shape, e
 	}
 	if sh.env, err = checkEnv(req.Env); err != nil {
 		return sh, err
+	}
+	// The environment's variables, then the session's over them.
+	for k, v := range envDefaults {
+		if _, ok := sh.env[k]; !ok {
+			if sh.env == nil {
+				sh.env = map[string]string{}
+			}
+			sh.env[k] = v
+		}
 	}
 	return sh, nil
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/environments"
 )
 
 // errReleased ends the call in flight when its session ends.
@@ -104,7 +105,7 @@ func (d *Daemon) lookup(key sessionKey) *session {
 	defer d.mu.Unlock()
 	s := d.sessions[key]
 	if s == nil {
-		s = newSession(key, d.defaultShape(time.Now()))
+		s = newSession(key, d.defaultShapeLocked(time.Now()))
 		if e, ok := d.ended.get(key); ok {
 			s.previous = &api.PreviousSession{EndedReason: e.Reason, EndedAt: e.At}
 		}
@@ -114,10 +115,12 @@ func (d *Daemon) lookup(key sessionKey) *session {
 	return s
 }
 
-// defaultShape is the shape of a session made by a call that names an unknown id.
-func (d *Daemon) defaultShape(now time.Time) shape {
-	expires, _ := d.lifetime(nil, now) // the operator's defaults are valid
-	return shape{environment: DefaultEnvironment, limits: d.defaultLimits(), created: now,
+// defaultShape is the shape of a session made by a call that names an unknown id: the
+// default environment's. The caller holds d.mu.
+func (d *Daemon) defaultShapeLocked(now time.Time) shape {
+	expires, _ := d.lifetime(nil, now)                               // the operator's defaults are valid
+	limits, env, _ := d.environmentShapeLocked(environments.Default) // the default always is
+	return shape{environment: environments.Default, limits: limits, env: env, created: now,
 		expires: expires, idleTimeout: d.cfg.IdleTimeout}
 }
 

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -113,8 +114,11 @@ func TestDestroyBeforeForget(t *testing.T) {
 	if rec, _ := again.get(w.id); rec.State != stateRetired {
 		t.Fatalf("on disk: %+v, want retired", rec)
 	}
-	if st := d.Status(); st.IdleWorkers != 0 {
-		t.Fatalf("the retired worker is back in the pool: %+v", st)
+	d.mu.Lock()
+	back := slices.Contains(d.pools[0].idle, w)
+	d.mu.Unlock()
+	if back {
+		t.Fatal("the retired worker is back in the pool")
 	}
 	f.failDestroy.Store(false)
 	d.retryGraveyard()
@@ -135,7 +139,7 @@ func TestNewPoolWorkersAreRecordedIdle(t *testing.T) {
 	d.Start()
 	waitFor(t, "pre-warm", func() bool { return d.Status().IdleWorkers == 2 })
 	d.mu.Lock()
-	idle := append([]*worker(nil), d.idle...)
+	idle := append([]*worker(nil), d.pools[0].idle...)
 	d.mu.Unlock()
 	for _, w := range idle {
 		if rec, _ := d.assigned.get(w.id); rec.State != stateIdle {

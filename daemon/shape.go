@@ -41,10 +41,8 @@ const (
 	maxIdleTimeout = 30 * 24 * time.Hour
 )
 
-// DefaultEnvironment names the environment of --worker-image and the worker flags.
-const DefaultEnvironment = "default"
-
-// defaultLimits are the limits of a session that asks for none.
+// defaultLimits are the limits of a session of the default environment that asks for
+// none: the worker flags.
 func (d *Daemon) defaultLimits() api.Limits {
 	return api.Limits{CPU: d.cfg.WorkerCPU, MemoryMB: d.cfg.WorkerRAMMB, DiskMB: d.cfg.WorkerDiskMB, Pids: d.cfg.WorkerPids}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/codebox/codebox/agent"
 	"github.com/codebox/codebox/api"
 	"github.com/codebox/codebox/blockdev"
+	"github.com/codebox/codebox/environments"
 	"github.com/codebox/codebox/runtime"
 )
 
@@ -52,6 +53,8 @@ type worker struct {
 	// uidBase starts the worker's host uid range (0: a worker of a codeboxd before user
 	// namespaces, whose user is host uid 1000).
 	uidBase uint32
+	// env is the environment it was made for (its pool's name).
+	env string
 
 	// current is the current task and agent connection; a kernel restart replaces it.
 	// Written under Daemon.mu by the holder of the worker's session turn.
@@ -89,11 +92,11 @@ func newToken() string {
 	return hex.EncodeToString(b[:])
 }
 
-// createWorker makes a worker and waits until its kernel executes code. On failure
-// nothing it made is left behind.
-func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
+// createWorker makes a worker of pool p and waits until its kernel executes code and has
+// run the environment's seed. On failure nothing it made is left behind.
+func (d *Daemon) createWorker(ctx context.Context, p *pool) (_ *worker, err error) {
 	start := time.Now()
-	w := &worker{id: newWorkerID(), created: start, token: newToken()}
+	w := &worker{id: newWorkerID(), created: start, token: newToken(), env: p.name()}
 	w.logPath = d.logPath(w.id)
 	if w.uidBase, err = d.takeUIDRange(); err != nil {
 		return nil, err
@@ -132,16 +135,17 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 
 	task, err := d.rt.Start(ctx, runtime.WorkerSpec{
 		ID:        w.id,
-		Image:     d.image,
+		Image:     p.image,
 		NetNSPath: w.nsPath,
 		UIDBase:   w.uidBase,
-		Resources: d.poolResources(),
+		Resources: resourcesOf(p.limits),
+		AgentDir:  d.cfg.AgentDir,
 		Env: []string{
 			AgentTokenEnv + "=" + w.token,
 			"CODEBOX_AGENT_PORT=" + strconv.Itoa(agentPort),
 			"CODEBOX_MAX_OUTPUT_BYTES=" + strconv.Itoa(agent.AgentMaxOutputBytes),
 		},
-		Labels:         Labels{NetNS: w.nsPath, IP: w.ip, UIDBase: w.uidBase}.Encode(),
+		Labels:         Labels{NetNS: w.nsPath, IP: w.ip, UIDBase: w.uidBase, Environment: p.name()}.Encode(),
 		LogPath:        w.logPath,
 		SandboxSource:  mountPoint,
 		SandboxOptions: blockdev.BindOptions,
@@ -155,10 +159,38 @@ func (d *Daemon) createWorker(ctx context.Context) (_ *worker, err error) {
 	if w.current, err = d.connect(ctx, w, task); err != nil {
 		return nil, fmt.Errorf("worker %s: %w", w.id, err)
 	}
-	d.log.Info("worker created", "worker", w.id, "ip", w.ip.String(),
+	answered := time.Now()
+	if err := d.seed(ctx, w, p.env); err != nil {
+		return nil, err
+	}
+	d.log.Info("worker created", "worker", w.id, "environment", p.name(), "ip", w.ip.String(),
 		"network_ms", ms(attached.Sub(start)), "container_ms", ms(started.Sub(attached)),
-		"kernel_ms", ms(time.Since(started)), "total_ms", ms(time.Since(start)))
+		"kernel_ms", ms(answered.Sub(started)), "seed_ms", ms(time.Since(answered)), "total_ms", ms(time.Since(start)))
 	return w, nil
+}
+
+// errSeedTimeout: an environment's seed did not finish within seedTimeout.
+var errSeedTimeout = fmt.Errorf("did not finish within %s", seedTimeout)
+
+// seed runs the environment's seed cells in w's kernel, one language after the other, so
+// that what they import is loaded before a session gets the worker.
+func (d *Daemon) seed(ctx context.Context, w *worker, env environments.Environment) error {
+	langs := env.SeedLanguages()
+	if len(langs) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, seedTimeout)
+	defer cancel()
+	for _, lang := range langs {
+		if err := w.current.agent.Seed(ctx, env.Seed[lang], lang); err != nil {
+			if ctx.Err() == context.DeadlineExceeded {
+				err = errSeedTimeout
+			}
+			// Worded to follow "environment X is unavailable: ".
+			return fmt.Errorf("its %s seed %w", lang, err)
+		}
+	}
+	return nil
 }
 
 // takeUIDRange reserves the lowest free host uid range for a new worker.
@@ -177,6 +209,19 @@ func (d *Daemon) takeUIDRange() (uint32, error) {
 
 // errAgentExited: the agent's task ended before it answered.
 var errAgentExited = errors.New("agent exited")
+
+// agentExit is how an agent that never answered ended: its exit code says what its image
+// lacks (agent.BootFailure), its log's tail the rest.
+type agentExit struct {
+	code uint32
+	log  string
+}
+
+func (e *agentExit) Error() string {
+	return fmt.Sprintf("%v with status %d before answering: %s", errAgentExited, e.code, e.log)
+}
+
+func (e *agentExit) Is(target error) bool { return target == errAgentExited }
 
 // connect watches task and dials its agent until the kernel executes code, the task exits,
 // or the start timeout passes. The agent needs a moment to import IPython before it listens.
@@ -222,7 +267,7 @@ func (d *Daemon) dial(ctx context.Context, w *worker, in *instance) error {
 		lastErr = err
 		select {
 		case <-in.exited:
-			return fmt.Errorf("%w with status %d before answering: %s", errAgentExited, in.exitCode, tail(w.logPath, 2048))
+			return &agentExit{code: in.exitCode, log: tail(w.logPath, 2048)}
 		case <-ctx.Done():
 			return fmt.Errorf("agent did not answer: %w (last error: %v)", ctx.Err(), lastErr)
 		case <-time.After(25 * time.Millisecond):
@@ -242,7 +287,7 @@ func (d *Daemon) fit(ctx context.Context, w *worker, sh shape, makeDisk bool) er
 		}
 	}
 	disked := time.Now()
-	if res := resourcesOf(sh.limits); res != d.poolResources() {
+	if res := resourcesOf(sh.limits); res != d.poolResources(w) {
 		if err := d.rt.Update(ctx, w.id, res); err != nil {
 			return err
 		}
@@ -262,8 +307,15 @@ func resourcesOf(l api.Limits) runtime.Resources {
 	return runtime.Resources{CPU: l.CPU, MemoryMB: l.MemoryMB, Pids: l.Pids}
 }
 
-// poolResources are the limits the pool makes workers with.
-func (d *Daemon) poolResources() runtime.Resources { return resourcesOf(d.defaultLimits()) }
+// poolResources are the limits w's pool made it with.
+func (d *Daemon) poolResources(w *worker) runtime.Resources {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p := d.poolOf(w.env); p != nil {
+		return resourcesOf(p.limits)
+	}
+	return runtime.Resources{} // its environment is gone: fit sets the session's limits
+}
 
 // restartKernel starts a new task in w's container after its kernel died and fits it to
 // the session's shape sh again: the session's variables are gone, its files on /sandbox

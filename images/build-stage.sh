@@ -2,12 +2,14 @@
 # Builds one layer of a worker image on top of earlier ones: the layers are unpacked into a
 # scratch directory, an overlayfs puts an empty upper directory over it, SCRIPT runs as root
 # in a chroot of the merged tree (with the host's network, as the build of the root
-# filesystem does), and the upper directory becomes the layer tar.
-# usage: build-stage.sh OUT.tar SCRIPT BASE.tar [LAYER.tar...]
+# filesystem does), and the upper directory becomes the layer tar. The recipe's directory is
+# at /tmp/codebox-recipe, SCRIPT's argument.
+# usage: build-stage.sh OUT.tar SCRIPT RECIPE_DIR BASE.tar [LAYER.tar...]
 set -eu
 out=$1
 script=$2
-shift 2
+recipe=$3
+shift 3
 here=$(cd "$(dirname "$0")" && pwd)
 
 work=$(mktemp -d "$(dirname "$out")/.stage-XXXXXX")
@@ -37,9 +39,9 @@ cp -L /etc/resolv.conf "$work/merged/etc/resolv.conf"
 # TLS-inspecting proxy trusts its CA there); the image keeps Debian's own.
 cp -L "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" "$work/merged/tmp/codebox-build-ca.crt"
 cp "$script" "$work/merged/tmp/codebox-stage"
-# The stage's inputs (package lists) sit beside its script.
+# The stage's inputs (package lists) are the recipe's.
 mkdir -p "$work/merged/tmp/codebox-recipe"
-cp -r "$(dirname "$script")/." "$work/merged/tmp/codebox-recipe/"
+cp -r "$recipe/." "$work/merged/tmp/codebox-recipe/"
 
 ca=/tmp/codebox-build-ca.crt
 # A stage that hangs on the network fails the build instead.

@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 
-RECIPE = "/opt/codebox/recipe"  # the image's copy of its package lists (images/full/*)
+RECIPE = "/opt/codebox/recipe"  # the image's copy of its recipe (images/recipes/full)
 
 
 def read_list(name):
@@ -29,7 +29,7 @@ def python_list():
     """(usual name, import name, where it comes from) of every Python library the recipe
     asks for."""
     rows = [("IPython", "IPython", "Debian python3-ipython")]
-    for cols in read_list("python-packages"):
+    for cols in read_list("debian-python-packages"):
         package, module = cols[0], cols[1]
         rows.append((" ".join(cols[2:]) or module, module, f"Debian {package}"))
     for cols in read_list("pypi-packages"):

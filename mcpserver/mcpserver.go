@@ -310,6 +310,7 @@ type createSessionIn struct {
 	Timeout     float64           `json:"timeout,omitempty" jsonschema:"The sandbox's whole lifetime in seconds from now (default: none, or the server's); it ends then, even mid-call."`
 	IdleTimeout float64           `json:"idle_timeout,omitempty" jsonschema:"Seconds unused before the sandbox ends (default: the server's)."`
 	Metadata    map[string]string `json:"metadata,omitempty" jsonschema:"Labels to find the sandbox by (at most 32 string pairs)."`
+	Environment string            `json:"environment,omitempty" jsonschema:"The environment (an image with its own libraries) the sandbox runs in; list_environments names them. Default: default."`
 }
 
 type releaseIn struct {
@@ -420,6 +421,14 @@ func (h *Handler) addTools() error {
 		InputSchema: createSchema,
 		Annotations: &mcp.ToolAnnotations{Title: "Create a sandbox", OpenWorldHint: ptr(false)},
 	}, h.createSession)
+	mcp.AddTool(h.server, &mcp.Tool{
+		Name:  "list_environments",
+		Title: "List environments",
+		Description: "List the environments a sandbox can run in (pass one as environment to create_session): each is an image " +
+			"with its own libraries, the languages it runs, its default limits, and whether its sandboxes start with libraries already imported.",
+		InputSchema: &jsonschema.Schema{Type: "object"},
+		Annotations: &mcp.ToolAnnotations{Title: "List environments", ReadOnlyHint: true, OpenWorldHint: ptr(false)},
+	}, h.listEnvironments)
 	mcp.AddTool(h.server, &mcp.Tool{
 		Name:        "release",
 		Title:       "Release the sandbox",
@@ -864,7 +873,7 @@ func (h *Handler) createSession(ctx context.Context, req *mcp.CallToolRequest, i
 	if err != nil {
 		return toolError(err)
 	}
-	creq := api.CreateSessionRequest{SessionID: u, Metadata: in.Metadata}
+	creq := api.CreateSessionRequest{SessionID: u, Metadata: in.Metadata, Environment: in.Environment}
 	if in.CPU != 0 || in.MemoryMB != 0 || in.DiskMB != 0 {
 		creq.Limits = &api.Limits{CPU: in.CPU, MemoryMB: in.MemoryMB, DiskMB: in.DiskMB}
 	}
@@ -878,7 +887,8 @@ func (h *Handler) createSession(ctx context.Context, req *mcp.CallToolRequest, i
 	if err != nil {
 		return toolError(err)
 	}
-	msg := fmt.Sprintf("created sandbox %q: %g CPU, %d MB memory, %d MB disk at /sandbox", s.SessionID, s.Limits.CPU, s.Limits.MemoryMB, s.Limits.DiskMB)
+	msg := fmt.Sprintf("created sandbox %q in environment %s: %g CPU, %d MB memory, %d MB disk at /sandbox",
+		s.SessionID, s.Environment, s.Limits.CPU, s.Limits.MemoryMB, s.Limits.DiskMB)
 	if s.ExpiresAt != nil {
 		msg += fmt.Sprintf("; it ends at %s", s.ExpiresAt.UTC().Format(time.RFC3339))
 	}
@@ -886,6 +896,27 @@ func (h *Handler) createSession(ctx context.Context, req *mcp.CallToolRequest, i
 		msg += fmt.Sprintf(`; pass session %q to run_code and the file tools`, s.SessionID)
 	}
 	return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: msg}}}, nil, nil
+}
+
+// listEnvironments answers one line per environment.
+func (h *Handler) listEnvironments(ctx context.Context, req *mcp.CallToolRequest, _ struct{}) (*mcp.CallToolResult, any, error) {
+	envs, err := h.cfg.Backend.Environments(callerCtx(ctx, req))
+	if err != nil {
+		return toolError(err)
+	}
+	var b strings.Builder
+	for _, e := range envs {
+		fmt.Fprintf(&b, "%s: runs %s; %g CPU, %d MB memory, %d MB disk by default", e.Name, strings.Join(e.Languages, ", "),
+			e.Limits.CPU, e.Limits.MemoryMB, e.Limits.DiskMB)
+		if e.Seed {
+			b.WriteString("; its sandboxes start with libraries imported")
+		}
+		if !e.Available {
+			fmt.Fprintf(&b, "; unavailable: %s", e.UnavailableReason)
+		}
+		b.WriteString("\n")
+	}
+	return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: b.String()}}}, nil, nil
 }
 
 // stripSpace drops the white space base64 text may be wrapped with, in one copy.

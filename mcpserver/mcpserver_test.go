@@ -39,6 +39,11 @@ func (f *fakeBackend) DeleteSession(ctx context.Context, id string) error {
 	return api.Fail(api.Internal, "not in this fake")
 }
 
+func (f *fakeBackend) Environments(ctx context.Context) ([]api.Environment, error) {
+	return []api.Environment{{Name: "default", Image: "img", Languages: api.Languages, Available: true},
+		{Name: "data", Image: "img:data", Languages: []string{"python"}, Seed: true, Available: true}}, nil
+}
+
 type fakeBackend struct {
 	mu       sync.Mutex
 	users    []string
@@ -553,5 +558,16 @@ func TestMCPSessionBelongsToItsCaller(t *testing.T) {
 	defer mu.Unlock()
 	if len(seen) != 1 || seen[0].Tenant != "a" {
 		t.Fatalf("the backend saw %+v, want one call of tenant a", seen)
+	}
+}
+
+func TestListEnvironments(t *testing.T) {
+	_, url := serve(t, &fakeBackend{}, Config{})
+	cs := connect(t, url, nil)
+	r := call(t, cs, "list_environments", map[string]any{})
+	got := text(r)
+	if r.IsError || !strings.Contains(got, "default: runs python, javascript, typescript, bash") ||
+		!strings.Contains(got, "data: runs python;") || !strings.Contains(got, "start with libraries imported") {
+		t.Fatalf("list_environments: %q", got)
 	}
 }

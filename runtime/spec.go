@@ -2,9 +2,11 @@ package runtime
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -57,8 +59,12 @@ type WorkerSpec struct {
 	// and rslave: the disk is mounted there when a session takes the worker).
 	SandboxSource  string
 	SandboxOptions []string
-	Labels         map[string]string
-	LogPath        string // the task's stdout/stderr on the host; empty: discarded
+	// AgentDir is the host directory of the kernel agent (and its launcher, its
+	// dependencies and tini), mounted read-only at AgentMount: the image needs nothing of
+	// codebox's.
+	AgentDir string
+	Labels   map[string]string
+	LogPath  string // the task's stdout/stderr on the host; empty: discarded
 	// BeforeStart, when set, runs once the task exists (its namespaces made, pid given)
 	// and before its process starts: the host's last word on it.
 	BeforeStart func(pid uint32) error
@@ -80,8 +86,32 @@ func workerOpts(s WorkerSpec) []oci.SpecOpts {
 		withResources(s.Resources),
 		withNetwork(s.NetNSPath),
 		withMounts(s.SandboxSource, s.SandboxOptions),
+		withAgent(s.AgentDir),
 		oci.WithProcessCwd(SandboxDir),
 		oci.WithEnv(s.Env),
+	}
+}
+
+// AgentMount is where a worker sees the agent's directory.
+const AgentMount = "/opt/codebox/agent"
+
+// withAgent mounts the agent's directory read-only and makes its launcher the worker's
+// process, under tini (it reaps the processes user code leaves), whatever the image's
+// entrypoint: python3 is the image's own, found on its PATH. The agent's environment is
+// set here too; what the image sets of LANG stays.
+func withAgent(dir string, args ...string) oci.SpecOpts {
+	return func(ctx context.Context, c oci.Client, ctr *containers.Container, s *oci.Spec) error {
+		if dir == "" {
+			return errors.New("no agent directory")
+		}
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: AgentMount, Type: "bind", Source: dir,
+			Options: []string{"rbind", "ro", "nosuid", "nodev"}})
+		s.Process.Args = append([]string{AgentMount + "/tini", "--", "python3", AgentMount + "/codebox_boot.py"}, args...)
+		env := []string{"HOME=" + homeDir, "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1"}
+		if !slices.ContainsFunc(s.Process.Env, func(kv string) bool { return strings.HasPrefix(kv, "LANG=") }) {
+			env = append(env, "LANG=C.UTF-8")
+		}
+		return oci.WithEnv(env)(ctx, c, ctr, s)
 	}
 }
 

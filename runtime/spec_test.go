@@ -20,6 +20,7 @@ func TestWorkerSpec(t *testing.T) {
 		ID: "w-test", NetNSPath: "/run/codebox/netns/codebox0/w-test", UIDBase: 0x70000000,
 		Resources: Resources{CPU: 1.5, MemoryMB: 1024, Pids: 512}, Env: []string{"CODEBOX_AGENT_TOKEN=t"},
 		SandboxSource: "/var/lib/codeboxd/mounts/w-test", SandboxOptions: []string{"rbind", "rw", "nosuid", "nodev", "noexec", "nosymfollow"},
+		AgentDir: "/usr/local/lib/codebox/agent",
 	}
 	s, err := oci.GenerateSpec(ctx, nil, &containers.Container{ID: ws.ID}, workerOpts(ws)...)
 	if err != nil {
@@ -99,10 +100,21 @@ func TestWorkerSpec(t *testing.T) {
 	if _, ok := mounts["/sys"]; ok {
 		t.Error("/sys is mounted: a user namespace may not mount sysfs in a network namespace the host owns")
 	}
+	if m := mounts[AgentMount]; m.Source != ws.AgentDir || !slices.Contains(m.Options, "ro") || !slices.Contains(m.Options, "nosuid") {
+		t.Errorf("the agent's mount %+v, want its directory read-only", m)
+	}
 	for dest, m := range mounts {
-		if m.Type == "bind" && dest != SandboxDir {
+		if m.Type == "bind" && dest != SandboxDir && dest != AgentMount {
 			t.Errorf("a bind mount of the host at %s", dest)
 		}
+	}
+
+	// The process: the agent's launcher under tini, with the image's python3.
+	if want := []string{AgentMount + "/tini", "--", "python3", AgentMount + "/codebox_boot.py"}; !slices.Equal(s.Process.Args, want) {
+		t.Errorf("args %q, want %q", s.Process.Args, want)
+	}
+	if !slices.Contains(s.Process.Env, "HOME="+homeDir) || !slices.Contains(s.Process.Env, "LANG=C.UTF-8") {
+		t.Errorf("env %v: no HOME or LANG", s.Process.Env)
 	}
 
 	if s.Process.Cwd != SandboxDir || !slices.Contains(s.Process.Env, "CODEBOX_AGENT_TOKEN=t") {

@@ -32,10 +32,7 @@ func (r *Runtime) Start(ctx context.Context, s WorkerSpec) (_ *Task, err error) 
 		}
 	}()
 
-	labels := map[string]string{LabelManagedBy: ManagedByValue}
-	for k, v := range s.Labels {
-		labels[k] = v
-	}
+	labels := withManagedBy(s.Labels)
 	c, err := r.client.NewContainer(ctx, s.ID,
 		client.WithImage(s.Image.img),
 		client.WithSnapshotter(Snapshotter),
@@ -63,7 +60,19 @@ func (r *Runtime) Start(ctx context.Context, s WorkerSpec) (_ *Task, err error) 
 			}
 		}
 	}()
+	if err := r.makeMountPoints(ctx, c); err != nil {
+		return nil, err
+	}
 	return r.startTask(ctx, c, s.ID, s.LogPath, s.BeforeStart)
+}
+
+// withManagedBy is labels and codeboxd's own.
+func withManagedBy(labels map[string]string) map[string]string {
+	out := map[string]string{LabelManagedBy: ManagedByValue}
+	for k, v := range labels {
+		out[k] = v
+	}
+	return out
 }
 
 // Restart replaces the container's task with a new one in the same container: same
@@ -120,6 +129,7 @@ type Adopted struct {
 	ID      string
 	Labels  map[string]string
 	Env     []string // the process environment of its spec (the agent's token is there)
+	Image   string   // the reference of the image it was made from
 	Created time.Time
 	Task    *Task
 }
@@ -156,7 +166,7 @@ func (r *Runtime) Adopt(ctx context.Context, id string) (*Adopted, error) {
 		cancelWait()
 		return nil, fmt.Errorf("wait task %s: %w", id, err)
 	}
-	a := &Adopted{ID: id, Labels: info.Labels, Created: info.CreatedAt, Task: r.watch(t, exited, cancelWait)}
+	a := &Adopted{ID: id, Labels: info.Labels, Image: info.Image, Created: info.CreatedAt, Task: r.watch(t, exited, cancelWait)}
 	if spec.Process != nil {
 		a.Env = spec.Process.Env
 	}

@@ -3,7 +3,8 @@
 #   install-deps.sh        what running codeboxd and building its worker image take
 #   install-deps.sh test   that, plus what the tests and `make bench` drive it with
 set -eu
-pkgs="containerd runc containernetworking-plugins iptables iproute2 mmdebstrap e2fsprogs util-linux systemd curl"
+# tini and python3-websockets go into the agent's directory (scripts/build-agent.sh).
+pkgs="containerd runc containernetworking-plugins iptables iproute2 mmdebstrap e2fsprogs util-linux systemd curl tini python3-websockets"
 if [ "${1:-}" = test ]; then
 	# A loopback registry, systemd under nspawn, shell lint, HAProxy (the fleet), the
 	# agent's unit tests on the host's Python and the Jupyter peer of `make bench`.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/codebox/codebox/apiserver"
 	"github.com/codebox/codebox/daemon"
+	"github.com/codebox/codebox/environments"
 	"github.com/codebox/codebox/keys"
 	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/transfer"
@@ -67,6 +68,11 @@ type config struct {
 	MaxSessionTTL      time.Duration
 	EndedRetention     time.Duration
 	MaxTenantSessions  int
+	Environments       string
+	AgentDir           string
+
+	// environments are the resolved environments (validate fills them in).
+	environments []environments.Environment
 }
 
 // envName is the environment variable that sets a flag: --min-idle-workers is
@@ -107,7 +113,8 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	if envErr != nil {
 		return c, envErr
 	}
-	return c, c.validate()
+	err := c.validate()
+	return c, err
 }
 
 // usage describes the flags, for --help.
@@ -134,6 +141,8 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.IntVar(&c.WorkerPids, "worker-pids", 512, "pids limit per worker")
 	fs.StringVar(&c.WorkerImage, "worker-image", defaultWorkerImage, "worker image reference; pulled through containerd if absent")
 	fs.StringVar(&c.WorkerImageArchive, "worker-image-archive", "", "OCI archive to import when the image is absent (offline hosts)")
+	fs.StringVar(&c.Environments, "environments", "", "JSON file naming environments: images with their own warm pools, limits, env and seed cells (docs/ENVIRONMENTS.md); empty: the default alone")
+	fs.StringVar(&c.AgentDir, "agent-dir", "", "the kernel agent's directory, mounted read-only into every worker; empty: ../lib/codebox/agent beside codeboxd")
 	fs.StringVar(&c.WorkerSubnet, "worker-subnet", "10.213.0.0/16", "IPv4 subnet of the workers' bridge")
 	fs.StringVar(&c.WorkerBridge, "worker-bridge", "codebox0", "bridge the workers attach to; also names the CNI network and the firewall chains")
 	fs.DurationVar(&c.ExecTimeout, "exec-timeout", 30*time.Second, "default per-call execution limit")
@@ -178,7 +187,8 @@ func oneLine(err error) error {
 }
 
 // validate checks values against each other and the host. The first problem is reported.
-func (c config) validate() error {
+// validate checks the flags and resolves the environments.
+func (c *config) validate() error {
 	switch {
 	case c.MinIdleWorkers < 0:
 		return fmt.Errorf("--min-idle-workers must be 0 or more, not %d", c.MinIdleWorkers)
@@ -282,6 +292,27 @@ func (c config) validate() error {
 			return fmt.Errorf("--worker-image-archive %q is not a readable file", c.WorkerImageArchive)
 		}
 	}
+	var envs []environments.Environment
+	if c.Environments != "" {
+		var err error
+		if envs, err = environments.Load(c.Environments); err != nil {
+			return fmt.Errorf("--environments: %v", err)
+		}
+	}
+	resolved, err := environments.Resolve(envs, environments.Defaults{Image: c.WorkerImage, Archive: c.WorkerImageArchive,
+		MinIdle: c.MinIdleWorkers, MaxTotalWorkers: c.MaxTotalWorkers})
+	if err != nil {
+		return fmt.Errorf("--environments: %v", err)
+	}
+	for _, e := range resolved {
+		if e.Archive == "" {
+			continue
+		}
+		if st, err := os.Stat(e.Archive); err != nil || !st.Mode().IsRegular() {
+			return fmt.Errorf("--environments: environment %q: archive %q is not a readable file", e.Name, e.Archive)
+		}
+	}
+	c.environments = resolved
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -329,6 +360,7 @@ func (c config) daemonConfig() daemon.Config {
 		MaxSessionCPU: c.MaxSessionCPU, MaxSessionRAMMB: c.MaxSessionRAMMB, MaxSessionDiskMB: c.MaxSessionDiskMB,
 		MaxSessionPids: c.MaxSessionPids, SessionTTL: c.SessionTTL, MaxSessionTTL: c.MaxSessionTTL,
 		EndedRetention: c.EndedRetention, MaxSessionsPerTenant: c.MaxTenantSessions,
+		Environments: c.environments,
 	}
 }
 

@@ -68,6 +68,21 @@ func TestBadValuesNameTheFlag(t *testing.T) {
 		"unknown flag --bogus":   {"--bogus"},
 		"-worker-cpu":            {"--worker-cpu", "lots"},
 	}
+	envFile := func(body string) string {
+		p := filepath.Join(t.TempDir(), "environments.json")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for want, body := range map[string]string{
+		`--environments: environments file`:                                  `{"environments": [{"name": "x", "image": "i", "min_idel": 1}]}`,
+		`--environments: environment "big": max_total 99`:                    `{"environments": [{"name": "big", "image": "i", "max_total": 99}]}`,
+		`--environments: environment "gone": archive`:                        `{"environments": [{"name": "gone", "image": "i", "archive": "/nonexistent.tar"}]}`,
+		`--environments: the environments' min_idle add up to 11, more than`: `{"environments": [{"name": "a", "image": "i", "min_idle": 10}, {"name": "b", "image": "i", "min_idle": 1}]}`,
+	} {
+		cases[want] = []string{"--environments", envFile(body), "--min-idle-workers", "0", "--max-total-workers", "10"}
+	}
 	for want, args := range cases {
 		_, err := parseFlags(args, noEnv)
 		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {

@@ -22,6 +22,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -35,6 +36,7 @@ import (
 	"github.com/codebox/codebox/connguard"
 	"github.com/codebox/codebox/console"
 	"github.com/codebox/codebox/daemon"
+	"github.com/codebox/codebox/environments"
 	"github.com/codebox/codebox/firewall"
 	"github.com/codebox/codebox/keys"
 	"github.com/codebox/codebox/mcpserver"
@@ -175,7 +177,11 @@ func serve(cfg config) error {
 	if err := rt.LogTo(filepath.Join(filepath.Dir(exe), runtime.LogSinkName), workerLogBytes); err != nil {
 		return fmt.Errorf("%w (it is installed next to codeboxd)", err)
 	}
-	image, err := rt.EnsureImage(ctx, cfg.WorkerImage, cfg.WorkerImageArchive, log)
+	agentDir, err := findAgent(cfg.AgentDir, exe)
+	if err != nil {
+		return err
+	}
+	images, err := ensureImages(ctx, rt, cfg.environments, log)
 	if err != nil {
 		return err
 	}
@@ -196,7 +202,9 @@ func serve(cfg config) error {
 		return fmt.Errorf("install firewall: %w", err)
 	}
 	go fw.Keep(ctx, cfg.FirewallCheck, log)
-	d, err := daemon.New(cfg.daemonConfig(), log, daemon.Deps{Runtime: rt, Network: n, Image: image})
+	dcfg := cfg.daemonConfig()
+	dcfg.AgentDir = agentDir
+	d, err := daemon.New(dcfg, log, daemon.Deps{Runtime: rt, Network: n, Images: images})
 	if err != nil {
 		return err
 	}
@@ -285,7 +293,7 @@ func serve(cfg config) error {
 		defer msrv.Close()
 	}
 	d.Start()
-	log.Info("codeboxd ready", "listen", ln.Addr().String(), "metrics", cfg.MetricsListen, "image", cfg.WorkerImage, "namespace", cfg.Namespace)
+	log.Info("codeboxd ready", "listen", ln.Addr().String(), "metrics", cfg.MetricsListen, "environments", len(cfg.environments), "image", cfg.WorkerImage, "namespace", cfg.Namespace)
 	notifyReady(ctx, d, log)
 
 	select {
@@ -435,4 +443,57 @@ func (a authenticator) Authenticate(cred string) (api.Caller, bool) {
 		return api.Caller{}, false
 	}
 	return api.Caller{Tenant: k.Name, Admin: k.Admin}, true
+}
+
+// findAgent is the kernel agent's directory: dir, or ../lib/codebox/agent beside the
+// executable exe (where make install puts it). It must hold the agent's launcher and tini.
+func findAgent(dir, exe string) (string, error) {
+	if dir == "" {
+		dir = filepath.Join(filepath.Dir(exe), "..", "lib", "codebox", "agent")
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	for _, f := range []string{"codebox_boot.py", "codebox_agent.py", "tini"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return "", fmt.Errorf("--agent-dir %s: no %s (make build puts the agent in lib/codebox/agent, make install in PREFIX/lib/codebox/agent)", dir, f)
+		}
+	}
+	return dir, nil
+}
+
+// ensureImages brings in every environment's image, each reference once, in parallel; one
+// that can be neither found, pulled nor imported stops codeboxd, naming its environment.
+func ensureImages(ctx context.Context, rt *runtime.Runtime, envs []environments.Environment, log *slog.Logger) (map[string]*runtime.Image, error) {
+	first := map[string]environments.Environment{} // by image reference
+	var refs []string
+	for _, e := range envs {
+		if _, ok := first[e.Image]; !ok {
+			first[e.Image] = e
+			refs = append(refs, e.Image)
+		}
+	}
+	byRef := make([]*runtime.Image, len(refs))
+	errs := make([]error, len(refs))
+	var wg sync.WaitGroup
+	for i, ref := range refs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e := first[ref]
+			if byRef[i], errs[i] = rt.EnsureImage(ctx, e.Image, e.Archive, log.With("environment", e.Name)); errs[i] != nil {
+				errs[i] = fmt.Errorf("environment %q: %w", e.Name, errs[i])
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	images := make(map[string]*runtime.Image, len(envs))
+	for _, e := range envs {
+		images[e.Name] = byRef[slices.Index(refs, e.Image)]
+	}
+	return images, nil
 }

@@ -646,7 +646,13 @@ def warm_up(shell):
 
 
 def prepare_matplotlib():
-    """Seeds matplotlib's font cache from the image so the first plot does not rebuild it."""
+    """Makes plots inline (unless the image configures matplotlib itself) and seeds
+    matplotlib's font cache from the image, when it has one, so the first plot does not
+    rebuild it. Where matplotlib or its inline backend is not installed, nothing changes."""
+    import importlib.util
+    rc = os.path.join(os.path.dirname(os.path.abspath(__file__)), "matplotlibrc")
+    if "MATPLOTLIBRC" not in os.environ and importlib.util.find_spec("matplotlib_inline") is not None:
+        os.environ["MATPLOTLIBRC"] = rc
     seed = "/opt/codebox/mplcache"
     home = os.path.expanduser("~")
     cache = os.environ.get("MPLCONFIGDIR") or os.path.join(home, ".cache", "matplotlib")

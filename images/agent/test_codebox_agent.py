@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import tempfile
 import unittest
 import uuid
 
@@ -19,8 +20,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-AGENT = os.path.join(HERE, "codebox_agent.py")
-MATPLOTLIBRC = os.path.join(HERE, "..", "rootfs", "etc", "codebox", "matplotlibrc")
+BOOT = os.path.join(HERE, "codebox_boot.py")
 TOKEN = "test-token"
 
 
@@ -33,11 +33,11 @@ def free_port():
 class AgentProcess:
     def __init__(self, max_output=None):
         self.port = free_port()
-        env = dict(os.environ, CODEBOX_AGENT_TOKEN=TOKEN, CODEBOX_AGENT_PORT=str(self.port),
-                   MATPLOTLIBRC=MATPLOTLIBRC, MPLBACKEND="module://matplotlib_inline.backend_inline")
+        env = dict(os.environ, CODEBOX_AGENT_TOKEN=TOKEN, CODEBOX_AGENT_PORT=str(self.port))
+        env.pop("MATPLOTLIBRC", None)  # the agent sets up the inline backend itself
         if max_output is not None:
             env["CODEBOX_MAX_OUTPUT_BYTES"] = str(max_output)
-        self.proc = subprocess.Popen([sys.executable, AGENT], env=env, stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([sys.executable, BOOT], env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -478,6 +478,46 @@ class ConnectionTest(AgentTest):
         sock.sendall(Frame(OP_TEXT, body.encode()).serialize(mask=True, extensions=[]))
         sock.close()  # gone without a closing handshake, while its output streams
         self.assertEqual(stdout(self.session.execute("print('still here')")), "still here\n")
+
+
+class BootTest(unittest.TestCase):
+    """codebox_boot.py: what an image offers, and a clear exit for what it lacks."""
+
+    def run_boot(self, *args, env=None):
+        return subprocess.run([sys.executable, BOOT, *args], env=env or dict(os.environ),
+                              capture_output=True, text=True, timeout=60)
+
+    def test_check_reports_versions_and_languages(self):
+        r = self.run_boot("--check")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = json.loads(r.stdout)
+        self.assertEqual(got["python"].split(".")[0], "3")
+        self.assertIn("python", got["languages"])
+        self.assertIn("bash", got["languages"])
+        self.assertTrue(got["ipython"])
+
+    def test_no_ipython_exits_4_naming_it(self):
+        with tempfile.TemporaryDirectory() as d:
+            os.mkdir(os.path.join(d, "IPython"))
+            with open(os.path.join(d, "IPython", "__init__.py"), "w") as f:
+                f.write("raise ImportError('not in this image')\n")
+            r = self.run_boot("--check", env=dict(os.environ, PYTHONPATH=d))
+        self.assertEqual(r.returncode, 4)
+        self.assertIn("IPython does not import", r.stderr)
+
+    def test_agent_that_does_not_load_exits_5(self):
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "codebox_languages.py"), "w") as f:
+                f.write("raise RuntimeError('broken')\n")
+            # sys.path[0] is the script's directory: a broken module can only come first
+            # through a copy of the agent beside it.
+            for name in ("codebox_boot.py", "codebox_agent.py"):
+                with open(os.path.join(HERE, name)) as src, open(os.path.join(d, name), "w") as dst:
+                    dst.write(src.read())
+            r = subprocess.run([sys.executable, os.path.join(d, "codebox_boot.py")], capture_output=True, text=True,
+                               timeout=60, env=dict(os.environ, CODEBOX_AGENT_TOKEN=TOKEN))
+        self.assertEqual(r.returncode, 5)
+        self.assertIn("the agent does not load", r.stderr)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 #!/bin/sh
-# Layer 3 of the full image, run by build-stage.sh in a chroot: Debian's Python libraries,
-# then the PyPI-only ones when a package index answers. What happened to each PyPI library
-# goes to /opt/codebox/build-notes.txt, which CAPABILITIES.md quotes.
-# usage: stage-python.sh RECIPE_DIR
+# The full image's customize step, run by build-stage.sh in a chroot over its base layer:
+# Debian's Python libraries (debian-python-packages), then the PyPI-only ones the seed lists
+# (pypi-packages), best effort: when no package index answers at build time they are left
+# out, and /opt/codebox/build-notes.txt (quoted by CAPABILITIES.md) says so.
+# usage: customize.sh RECIPE_DIR
 set -eu
 recipe=$1
 # The first column of a list file: package names.
@@ -31,13 +32,11 @@ dpkg-deb --root-owner-group --build "$standin" /tmp/codebox-wordcloud-font.deb
 dpkg -i /tmp/codebox-wordcloud-font.deb
 rm -rf "$standin" /tmp/codebox-wordcloud-font.deb
 # shellcheck disable=SC2046 # a list of package names
-apt-get install -y -q --no-install-recommends $(list "$recipe/python-packages")
+apt-get install -y -q --no-install-recommends python3-pip $(list "$recipe/debian-python-packages")
 apt-get clean
 
-# The lists go into the image, for images/capabilities.py.
-mkdir -p /opt/codebox/recipe
-cp "$recipe/python-packages" "$recipe/pypi-packages" "$recipe/npm-packages" /opt/codebox/recipe/
 notes=/opt/codebox/build-notes.txt
+mkdir -p /opt/codebox
 index=${PIP_INDEX_URL:-https://pypi.org/simple}
 if python3 - "$index" <<'PY'
 import sys
@@ -45,12 +44,12 @@ import urllib.request
 try:
     urllib.request.urlopen(sys.argv[1].rstrip("/") + "/pip/", timeout=15)
 except Exception as exc:
-    print(f"stage-python: package index {sys.argv[1]} unreachable: {exc}", file=sys.stderr)
+    print(f"customize: package index {sys.argv[1]} unreachable: {exc}", file=sys.stderr)
     sys.exit(1)
 PY
 then
 	for p in $(list "$recipe/pypi-packages"); do
-		if pip install --break-system-packages --no-cache-dir --index-url "$index" "$p"; then
+		if pip install --break-system-packages --root-user-action=ignore --no-cache-dir --index-url "$index" "$p"; then
 			echo "pypi $p: installed from $index" >>"$notes"
 		else
 			echo "pypi $p: pip install failed at build time" >>"$notes"
