@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -63,7 +64,8 @@ func TestCLI(t *testing.T) {
 
 // TestCLISessions drives `codebox sessions` against a daemon.
 func TestCLISessions(t *testing.T) {
-	d := startDaemon(t)
+	d := startDaemon(t, "--environments", writeEnvironments(t, map[string]any{"name": "seeded-cli", "image": env.image,
+		"archive": env.archive, "min_idle": 0, "seed": map[string]string{"python": "import json as cli_seeded"}}))
 	cli := filepath.Join(filepath.Dir(env.bin), "codebox")
 	run := func(args ...string) (string, error) {
 		cmd := exec.Command(cli, append([]string{"--url", d.url}, args...)...)
@@ -97,5 +99,22 @@ func TestCLISessions(t *testing.T) {
 	}
 	if out, err := run("sessions", "create", "--memory-mb", "999999"); err == nil || !strings.Contains(out, "limits.memory_mb") {
 		t.Fatalf("a refused create: %q %v", out, err)
+	}
+
+	// Environments: listed, and a session made in one.
+	out, err = run("environments")
+	if err != nil || !regexp.MustCompile(`(?m)^default\s+python,javascript,typescript,bash\s.*\sno\s.*available$`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^seeded-cli\s.*\syes\s.*available$`).MatchString(out) {
+		t.Fatalf("environments: %q %v", out, err)
+	}
+	out, err = run("sessions", "create", "--id", "e2e-cli-env", "--environment", "seeded-cli")
+	if err != nil || !strings.Contains(out, `"environment": "seeded-cli"`) {
+		t.Fatalf("sessions create --environment: %q %v", out, err)
+	}
+	if out, err := run("exec", "-u", "e2e-cli-env", "print(cli_seeded.dumps([1]))"); err != nil || out != "[1]\n" {
+		t.Fatalf("exec in the seeded session: %q %v", out, err)
+	}
+	if out, err := run("sessions", "create", "--environment", "nope"); err == nil || !strings.Contains(out, `unknown environment "nope" (known: default, seeded-cli)`) {
+		t.Fatalf("an unknown environment: %q %v", out, err)
 	}
 }

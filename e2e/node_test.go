@@ -75,7 +75,8 @@ func TestConsole(t *testing.T) {
 	if _, err := os.Stat(chromium); err != nil {
 		t.Fatalf("chromium is not installed (make deps installs it): %v", err)
 	}
-	d := startDaemon(t, "--min-idle-workers", "1")
+	d := startDaemon(t, "--min-idle-workers", "1", "--environments", writeEnvironments(t, map[string]any{"name": "seeded-console",
+		"image": env.image, "archive": env.archive, "min_idle": 0, "seed": map[string]string{"python": "import json as seeded_json"}}))
 	art := artifactsDir(t)
 	runNode(t, "console.test.mjs", "playwright-core", 5*time.Minute, map[string]string{
 		"CODEBOX_URL":       d.url,

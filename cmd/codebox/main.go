@@ -43,12 +43,13 @@ commands:
   release -u USER                                     destroy USER's session
   status                                              show the worker pool (admin keys)
   sessions ls [-m KEY=VALUE]... [--state S] [--json]  list sessions (metadata AND-ed)
-  sessions create [--id ID] [--cpu N] [--memory-mb N] [--disk-mb N] [--pids N]
+  sessions create [--id ID] [--environment E] [--cpu N] [--memory-mb N] [--disk-mb N] [--pids N]
                   [--timeout D] [--idle-timeout D] [-m KEY=VALUE]... [-e NAME=VALUE]...
                                                       make a session with a shape of its own
   sessions get SESSION                                a session, with its usage or why it ended
   sessions extend [--timeout D] SESSION               restart its lifetime from now (default 1h)
   sessions rm SESSION                                 end a session
+  environments [--json]                               the environments sessions can run in
   token                                               print the API token
   files put -u USER LOCAL /sandbox/PATH               upload a file
   files get -u USER /sandbox/PATH [LOCAL|-]           download a file
@@ -125,6 +126,8 @@ func run(args []string, stdout io.Writer) error {
 		return filesCmd(ctx, c, rest, stdout)
 	case "sessions":
 		return sessionsCmd(ctx, c, rest, stdout)
+	case "environments":
+		return environmentsCmd(ctx, c, rest, stdout)
 	case "status":
 		st, err := c.Status(ctx)
 		if err != nil {

@@ -47,7 +47,7 @@ func sessionsCmd(ctx context.Context, c *api.Client, args []string, stdout io.Wr
 			return printJSON(stdout, all)
 		}
 		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SESSION\tSTATE\tCPU\tMEMORY\tDISK\tEXPIRES\tMETADATA")
+		fmt.Fprintln(tw, "SESSION\tENVIRONMENT\tSTATE\tCPU\tMEMORY\tDISK\tEXPIRES\tMETADATA")
 		for _, s := range all {
 			expires := "-"
 			if s.ExpiresAt != nil {
@@ -57,7 +57,7 @@ func sessionsCmd(ctx context.Context, c *api.Client, args []string, stdout io.Wr
 			if s.EndedReason != "" {
 				state += " (" + s.EndedReason + ")"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%g\t%d MB\t%d MB\t%s\t%s\n", s.SessionID, state, s.Limits.CPU, s.Limits.MemoryMB,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%g\t%d MB\t%d MB\t%s\t%s\n", s.SessionID, s.Environment, state, s.Limits.CPU, s.Limits.MemoryMB,
 				s.Limits.DiskMB, expires, formatPairs(s.Metadata))
 		}
 		return tw.Flush()
@@ -65,6 +65,7 @@ func sessionsCmd(ctx context.Context, c *api.Client, args []string, stdout io.Wr
 		fs := flag.NewFlagSet("sessions create", flag.ContinueOnError)
 		var md, env pairs
 		id := fs.String("id", "", "the session's id (default: one is made)")
+		environment := fs.String("environment", "", "the environment it runs in (codebox environments lists them; default: default)")
 		cpu := fs.Float64("cpu", 0, "CPU cores")
 		mem := fs.Int("memory-mb", 0, "memory, MB")
 		disk := fs.Int("disk-mb", 0, "disk at /sandbox, MB")
@@ -76,7 +77,7 @@ func sessionsCmd(ctx context.Context, c *api.Client, args []string, stdout io.Wr
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
-		req := api.CreateSessionRequest{SessionID: *id, Metadata: md.m, Env: env.m}
+		req := api.CreateSessionRequest{SessionID: *id, Environment: *environment, Metadata: md.m, Env: env.m}
 		if *cpu != 0 || *mem != 0 || *disk != 0 || *pids != 0 {
 			req.Limits = &api.Limits{CPU: *cpu, MemoryMB: *mem, DiskMB: *disk, Pids: *pids}
 		}
@@ -119,6 +120,41 @@ func sessionsCmd(ctx context.Context, c *api.Client, args []string, stdout io.Wr
 		return printJSON(stdout, s)
 	}
 	return fmt.Errorf("unknown sessions command %q: ls, create, get, extend or rm", sub)
+}
+
+// environmentsCmd is `codebox environments [--json]`.
+func environmentsCmd(ctx context.Context, c *api.Client, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("environments", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print the JSON answer")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	envs, err := c.Environments(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, envs)
+	}
+	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ENVIRONMENT\tLANGUAGES\tCPU\tMEMORY\tDISK\tSEED\tPOOL (IDLE/TARGET, BUSY, MAX)\tSTATE")
+	for _, e := range envs {
+		pool := "-"
+		if p := e.Pool; p != nil {
+			pool = fmt.Sprintf("%d/%d, %d, %d", p.Idle, p.TargetIdle, p.Busy, p.MaxTotal)
+		}
+		state := "available"
+		if !e.Available {
+			state = "unavailable: " + e.UnavailableReason
+		}
+		seed := "no"
+		if e.Seed {
+			seed = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%g\t%d MB\t%d MB\t%s\t%s\t%s\n", e.Name, strings.Join(e.Languages, ","), e.Limits.CPU,
+			e.Limits.MemoryMB, e.Limits.DiskMB, seed, pool, state)
+	}
+	return tw.Flush()
 }
 
 func seconds(d time.Duration) *float64 {

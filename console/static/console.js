@@ -16,7 +16,7 @@
     output: $('output'), refresh: $('refresh'), path: $('path'), drop: $('drop'),
     upload: $('upload'), fileList: $('file-list'), filesNote: $('files-note'),
     sessionList: $('session-list'), sessionsNote: $('sessions-note'), usage: $('usage'),
-    refreshSessions: $('refresh-sessions'),
+    refreshSessions: $('refresh-sessions'), environment: $('environment'),
   };
   const USER_RE = /^[A-Za-z0-9._-]{1,128}$/;
   const ROOT = '/sandbox/';
@@ -112,7 +112,24 @@
     refreshAll();
   });
   ui.session.addEventListener('change', () => switchSession(ui.session.value.trim()));
-  ui.newSession.addEventListener('click', () => switchSession(randomID()));
+  ui.newSession.addEventListener('click', newSession);
+
+  // A session of the default environment starts with its first call; one of another
+  // environment is made first, so that its first call runs there.
+  async function newSession() {
+    const id = randomID();
+    const environment = ui.environment.value || 'default';
+    if (environment !== 'default') {
+      try {
+        await api('POST', '/api/v1/sessions', { json: { session_id: id, environment } });
+      } catch (err) {
+        notice('A session of ' + environment + ' could not start: ' + err.message, true);
+        return;
+      }
+    }
+    switchSession(id);
+    if (environment !== 'default') notice('Session ' + id + ' runs in ' + environment + '.');
+  }
   ui.language.addEventListener('change', () => sessionStorage.setItem('codebox.language', ui.language.value));
 
   function switchSession(id) {
@@ -548,6 +565,27 @@
     return (h ? h + ' h ' : '') + (h || m ? m + ' min ' : '') + (h ? '' : s + ' s');
   }
 
+  // --- environments: the choice for new sessions; unavailable ones say why
+
+  async function refreshEnvironments() {
+    if (!ui.token.value) return;
+    try {
+      const envs = await (await api('GET', '/api/v1/environments')).json();
+      const chosen = ui.environment.value;
+      ui.environment.replaceChildren(...envs.map((e) => {
+        const o = el('option', {
+          value: e.name, text: e.name + (e.seed ? ' (seeded)' : '') + (e.available ? '' : ' — unavailable'),
+          title: e.available ? e.languages.join(', ') + ' · ' + e.limits.memory_mb + ' MB' : e.unavailable_reason,
+        });
+        o.disabled = !e.available;
+        return o;
+      }));
+      if (envs.some((e) => e.name === chosen && e.available)) ui.environment.value = chosen;
+    } catch (err) {
+      ui.environment.title = 'environments: ' + err.message;
+    }
+  }
+
   function showUsage(cur) {
     if (!cur) { ui.usage.textContent = 'Session ' + ui.session.value + ': not started yet.'; return; }
     if (cur.state === 'ended') {
@@ -556,7 +594,7 @@
     }
     const u = cur.usage;
     const l = cur.limits;
-    ui.usage.textContent = cur.session_id + ': ' + l.cpu + ' CPU · ' + l.memory_mb + ' MB · ' + l.disk_mb + ' MB disk' +
+    ui.usage.textContent = cur.session_id + (cur.environment && cur.environment !== 'default' ? ' (' + cur.environment + ')' : '') + ': ' + l.cpu + ' CPU · ' + l.memory_mb + ' MB · ' + l.disk_mb + ' MB disk' +
       (u ? ' — used ' + u.cpu_seconds.toFixed(1) + ' s CPU · ' + humanSize(u.memory_bytes) + ' (peak ' + humanSize(u.memory_peak_bytes) +
         ') · ' + humanSize(u.disk_used_bytes) + ' of ' + humanSize(u.disk_total_bytes) + ' · ' + u.processes + ' processes' : '');
   }
@@ -564,7 +602,8 @@
   function showSessions(list) {
     ui.sessionList.replaceChildren();
     for (const s of list) {
-      const meta = Object.entries(s.metadata || {}).map(([k, v]) => k + '=' + v).join(' ');
+      const meta = [s.environment && s.environment !== 'default' ? s.environment : null,
+        ...Object.entries(s.metadata || {}).map(([k, v]) => k + '=' + v)].filter(Boolean).join(' ');
       const name = el('td', {}, el('button', { type: 'button', class: 'link', text: s.session_id, title: 'Use this session', onclick: () => switchSession(s.session_id) }),
         meta ? el('span', { class: 'meta', text: meta }) : null);
       const end = el('button', { type: 'button', class: 'link', text: 'End', 'aria-label': 'End ' + s.session_id, onclick: () => endSession(s.session_id) });
@@ -626,6 +665,7 @@
   document.addEventListener('visibilitychange', () => { refreshPool(); refreshSessions(); });
 
   function refreshAll() {
+    refreshEnvironments();
     refreshPool();
     refreshFiles();
     refreshSessions();

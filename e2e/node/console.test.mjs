@@ -346,6 +346,27 @@ test('sessions panel: metadata and time left, the current session\'s usage, End 
   assert.match(await cell.innerText(), /earlier session of this id ended \(released\)/);
 });
 
+test('environments: a new session in a seeded environment finds its seed', async () => {
+  const select = page.getByLabel('in', { exact: true });
+  await page.locator('#environment option[value="seeded-console"]').waitFor({ state: 'attached' });
+  assert.deepEqual(await select.locator('option').evaluateAll((os) => os.map((o) => [o.value, o.textContent, o.disabled])),
+    [['default', 'default', false], ['seeded-console', 'seeded-console (seeded)', false]]);
+  await select.selectOption('seeded-console');
+  const before = await page.getByLabel('Session', { exact: true }).inputValue();
+  await page.locator('#new-session').click();
+  await page.locator('#notice').filter({ hasText: /runs in seeded-console/ }).waitFor();
+  const id = await page.getByLabel('Session', { exact: true }).inputValue();
+  assert.notEqual(id, before);
+  const cell = await run('print(seeded_json.dumps({"from": "seed"}))');
+  assert.match(await cell.innerText(), /\{"from": "seed"\}/);
+  await page.locator('#refresh-sessions').click();
+  const row = page.locator(`#session-list tr[data-session="${id}"]`);
+  await row.waitFor();
+  assert.match(await row.innerText(), /seeded-console/);
+  await page.locator('#usage').filter({ hasText: `${id} (seeded-console):` }).waitFor();
+  await select.selectOption('default');
+});
+
 test('no page errors and no CSP violations', () => {
   assert.deepEqual(problems, []);
 });

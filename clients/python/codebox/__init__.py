@@ -12,11 +12,14 @@
     s = client.create_session(memory_mb=2048, timeout=3600, metadata={"team": "research"})
     for info in client.sessions(metadata={"team": "research"}):
         print(info.session_id, info.expires_at)
+    for env in client.environments():
+        print(env.name, env.languages, env.seed)
+    data = client.create_session(environment="data")   # an environment seeded with pandas
 
 Standard library only; Python 3.9 or later.
 """
 
-from ._client import Client, Event, FileEntry, InsecureTransportWarning, Result, Session, SessionInfo, Status
+from ._client import Client, Environment, Event, FileEntry, InsecureTransportWarning, Result, Session, SessionInfo, Status
 from ._errors import (
     AuthenticationError,
     BadRequestError,
@@ -37,6 +40,7 @@ __all__ = [
     "CodeError",
     "CodeboxError",
     "ConflictError",
+    "Environment",
     "Event",
     "ExecutionTimeoutError",
     "FileEntry",

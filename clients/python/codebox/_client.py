@@ -113,6 +113,28 @@ class SessionInfo:
 
 
 @dataclass
+class Environment:
+    """An environment (docs/ENVIRONMENTS.md): an image with its own warm pool, default
+    limits and seed cells. pool (idle, busy, creating, min_idle, target_idle, max_total) is
+    there for admin keys only."""
+
+    name: str
+    image: str = ""
+    languages: List[str] = field(default_factory=list)
+    limits: Dict[str, Any] = field(default_factory=dict)
+    seed: bool = False
+    available: bool = True
+    unavailable_reason: str = ""
+    pool: Optional[Dict[str, int]] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, d: Dict[str, Any]) -> "Environment":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "raw"}
+        return cls(**known, raw=d)
+
+
+@dataclass
 class Event:
     """One event of a streamed call: stdout/stderr (text), display/result (data), error
     (ename, evalue, traceback), then exactly one done (status, state_preserved, ...)."""
@@ -281,6 +303,12 @@ class Client:
         """Ends a session (DELETE): its worker, variables and files are destroyed."""
         self._json("DELETE", "/api/v1/sessions/" + urllib.parse.quote(session_id, safe=""), ok=(204,))
 
+    def environments(self) -> List[Environment]:
+        """The environments sessions can run in (create_session(environment=...)), the
+        default first."""
+        resp = self._request("GET", "/api/v1/environments", None, None, {}, auth=True, ok=(200,))
+        return [Environment.from_json(e) for e in self._decode(self._read(resp), list)]
+
     def status(self) -> Status:
         d = self._json("GET", "/api/v1/status")
         return Status(**{k: d[k] for k in Status.__dataclass_fields__})
@@ -386,13 +414,16 @@ class Client:
         self._done(resp)
         return raw
 
-    def _decode(self, raw: bytes) -> Dict[str, Any]:
+    def _decode(self, raw: bytes, kind: type = dict) -> Any:
         try:
-            d = json.loads(raw) if raw else {}
+            d = json.loads(raw) if raw else kind()
         except ValueError as e:
             raise CodeboxError(0, f"an answer that is not JSON: {raw[:200]!r}") from e
-        if not isinstance(d, dict):
-            raise CodeboxError(0, f"an answer that is not a JSON object: {raw[:200]!r}")
+        if not isinstance(d, kind):
+            what = "an object" if kind is dict else "an array"
+            raise CodeboxError(0, f"an answer that is not a JSON {what}: {raw[:200]!r}")
+        if kind is list and not all(isinstance(x, dict) for x in d):
+            raise CodeboxError(0, f"an answer that is not an array of objects: {raw[:200]!r}")
         return d
 
     def _done(self, resp: http.client.HTTPResponse) -> None:

@@ -97,6 +97,22 @@ class ClientTest(unittest.TestCase):
             self.client.get_session("gone")
         self.assertEqual(cm.exception.ended_reason, "idle_timeout")
 
+    def test_environments(self):
+        Stub.routes["GET /api/v1/environments"] = (200, {}, [
+            {"name": "default", "image": "img", "languages": ["python", "bash"], "limits": {"cpu": 1}, "seed": False,
+             "available": True, "pool": {"idle": 2, "busy": 0, "creating": 0, "min_idle": 2, "target_idle": 2, "max_total": 10}},
+            {"name": "data", "image": "img2", "languages": ["python"], "limits": {}, "seed": True, "available": False,
+             "unavailable_reason": "its python seed raised ImportError", "new_field": 1}])
+        envs = self.client.environments()
+        self.assertEqual([(e.name, e.seed, e.available) for e in envs], [("default", False, True), ("data", True, False)])
+        self.assertEqual(envs[0].pool["target_idle"], 2)
+        self.assertIsNone(envs[1].pool)
+        self.assertEqual(envs[1].unavailable_reason, "its python seed raised ImportError")
+        Stub.routes["POST /api/v1/sessions"] = lambda h, body: (201, {}, dict(json.loads(body), session_id="s-2", state="running"))
+        s = self.client.create_session(environment="data")
+        self.assertEqual(json.loads(Stub.requests[-1][3]), {"environment": "data"})
+        self.assertEqual(s.info.environment, "data")
+
     def test_result(self):
         png = "iVBORw0KGgo="
         Stub.routes["POST /api/v1/execute"] = (200, {}, {
