@@ -144,9 +144,8 @@ install: build image
 	install -D -m 0755 bin/codebox $(DESTDIR)$(PREFIX)/bin/codebox
 	install -D -m 0644 systemd/codeboxd.service $(DESTDIR)/etc/systemd/system/codeboxd.service
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/codebox/README.md
-	rm -rf $(DESTDIR)$(PREFIX)/lib/codebox/agent
 	mkdir -p $(DESTDIR)$(PREFIX)/lib/codebox
-	cp -r lib/codebox/agent $(DESTDIR)$(PREFIX)/lib/codebox/agent
+	scripts/build-agent.sh $(DESTDIR)$(PREFIX)/lib/codebox/agent
 	install -D -m 0600 "$(IMAGE_ARCHIVE)" $(DESTDIR)/var/lib/codeboxd/images/worker-$(IMAGE_NAME).oci.tar
 	# AUTH_TOKEN may go in there: root's alone, an older install's file too.
 	[ -e $(DESTDIR)/etc/default/codeboxd ] || install -D -m 0600 systemd/codeboxd.default $(DESTDIR)/etc/default/codeboxd

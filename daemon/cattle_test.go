@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/environments"
 	"github.com/codebox/codebox/runtime"
 )
 
@@ -159,7 +160,7 @@ func TestRecoverDecisions(t *testing.T) {
 	// The workers an earlier codeboxd left.
 	d0 := fw.daemon(Config{})
 	for _, id := range []string{"w-idle", "w-alice", "w-retired", "w-unknown", "w-dead", "w-busy"} {
-		spec := labelsFor(fw, id)
+		spec := labelsFor(fw, d0, id)
 		if _, err := (fakeContainers{fw}).Start(context.Background(), spec); err != nil {
 			t.Fatal(err)
 		}
@@ -212,12 +213,14 @@ func TestRecoverDecisions(t *testing.T) {
 	}
 }
 
-func labelsFor(fw *fakeWorld, id string) runtime.WorkerSpec {
+// labelsFor is the spec of a worker d made for its default environment.
+func labelsFor(fw *fakeWorld, d *Daemon, id string) runtime.WorkerSpec {
 	fw.mu.Lock()
 	fw.nextIP++
 	ip := "10.99.1." + strconv.Itoa(fw.nextIP)
 	fw.mu.Unlock()
-	return runtime.WorkerSpec{ID: id, Labels: Labels{IP: net.ParseIP(ip), NetNS: "/fake/netns/" + id}.Encode()}
+	return runtime.WorkerSpec{ID: id, Labels: Labels{IP: net.ParseIP(ip), NetNS: "/fake/netns/" + id,
+		Environment: environments.Default, Fingerprint: d.pools[0].fingerprint}.Encode()}
 }
 
 // TestNoCreationBeforeStart: an adopted worker that exits while Recover still runs asks for a
@@ -226,7 +229,7 @@ func labelsFor(fw *fakeWorld, id string) runtime.WorkerSpec {
 func TestNoCreationBeforeStart(t *testing.T) {
 	fw := newWorld(t)
 	d0 := fw.daemon(Config{})
-	spec := labelsFor(fw, "w-idle")
+	spec := labelsFor(fw, d0, "w-idle")
 	if _, err := (fakeContainers{fw}).Start(context.Background(), spec); err != nil {
 		t.Fatal(err)
 	}

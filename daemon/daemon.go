@@ -135,9 +135,9 @@ func build(cfg Config, log *slog.Logger, p parts) (*Daemon, error) {
 // Start probes the environments' images, pre-warms their pools and starts the maintenance
 // loop (health checks, idle recycling).
 func (d *Daemon) Start() {
-	d.probeEnvironments(d.bg)
 	d.mu.Lock()
 	d.started = time.Now()
+	d.probeEnvironmentsLocked()
 	d.refillLocked()
 	d.mu.Unlock()
 	d.wg.Add(1)

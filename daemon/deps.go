@@ -46,7 +46,6 @@ type task interface {
 // adopted is a running worker an earlier codeboxd left, as containerd knows it.
 type adopted struct {
 	env     []string // its process's environment: the agent's token
-	image   string   // the reference it was made from
 	created time.Time
 	task    task
 }
@@ -126,7 +125,7 @@ func (c containerd) Adopt(ctx context.Context, id string) (*adopted, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &adopted{env: a.Env, image: a.Image, created: a.Created, task: a.Task}, nil
+	return &adopted{env: a.Env, created: a.Created, task: a.Task}, nil
 }
 
 // agentClient adapts agent.Client to agentConn.

@@ -2,12 +2,14 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"maps"
+	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/codebox/codebox/agent"
@@ -43,27 +45,31 @@ func (d *Daemon) makePools(images map[string]*runtime.Image) ([]*pool, error) {
 		if _, err := checkEnv(e.Env); err != nil {
 			return nil, fmt.Errorf("environment %q: %w", e.Name, err)
 		}
-		pools = append(pools, &pool{env: e, image: images[e.Name], limits: limits,
+		pools = append(pools, &pool{env: e, image: images[e.Name], limits: limits, fingerprint: d.fingerprint(e, limits),
 			demand: environments.NewDemand(environments.DemandWindow, environments.DemandHalfLife)})
 	}
 	return pools, nil
 }
 
-// probeEnvironments asks each environment's image, in a one-off container, whether it runs
-// the agent and which languages it offers. An image that cannot run the agent makes its
-// environment unavailable, logged on one line naming it and what is missing; the others
-// serve. A probe that cannot run at all (containerd trouble) leaves the environment to its
-// workers' creations.
-func (d *Daemon) probeEnvironments(ctx context.Context) {
-	var wg sync.WaitGroup
+// probeEnvironmentsLocked asks each environment's image, in a one-off container, whether
+// it runs the agent and which languages it offers; each pool fills its floor once its probe
+// answered (sessions waiting meanwhile get workers). An image that cannot run the agent
+// makes its environment unavailable, logged on one line naming it and what is missing; the
+// others serve. A probe that cannot run at all (containerd trouble, a timeout) leaves the
+// environment to its workers' creations.
+func (d *Daemon) probeEnvironmentsLocked() {
 	for _, p := range d.pools {
-		wg.Add(1)
+		p.probing = true
+		d.wg.Add(1)
 		go func() {
-			defer wg.Done()
-			res, err := d.probe(ctx, p)
+			defer d.wg.Done()
+			res, err := d.probe(d.bg, p)
 			d.mu.Lock()
 			defer d.mu.Unlock()
+			p.probing = false
+			defer d.refillLocked()
 			switch {
+			case d.bg.Err() != nil:
 			case err != nil:
 				d.log.Warn("environment not probed", "environment", p.name(), "image", p.env.Image, "err", err)
 			case res.ExitCode != 0:
@@ -83,7 +89,20 @@ func (d *Daemon) probeEnvironments(ctx context.Context) {
 			}
 		}()
 	}
-	wg.Wait()
+}
+
+// fingerprint hashes what the workers of environment e are made from: its image, its
+// limits, its variables and seed, and the agent (its versioned directory).
+func (d *Daemon) fingerprint(e environments.Environment, limits api.Limits) string {
+	b, _ := json.Marshal(struct {
+		Image  string
+		Limits api.Limits
+		Env    map[string]string
+		Seed   map[string]string
+		Agent  string
+	}{e.Image, limits, e.Env, e.Seed, filepath.Base(d.cfg.AgentDir)})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
 }
 
 func (d *Daemon) probe(ctx context.Context, p *pool) (*runtime.Probe, error) {
@@ -148,8 +167,11 @@ func (d *Daemon) Environments(ctx context.Context) ([]api.Environment, error) {
 	out := make([]api.Environment, 0, len(d.pools))
 	for _, p := range d.pools {
 		langs := p.languages
-		if langs == nil {
-			langs = api.Languages
+		switch {
+		case p.unavailable != "":
+			langs = []string{} // it runs nothing
+		case langs == nil:
+			langs = api.Languages // not probed: what it runs shows at the first call
 		}
 		e := api.Environment{Name: p.name(), Image: p.env.Image, Languages: slices.Clone(langs), Limits: p.limits,
 			Seed: len(p.env.SeedLanguages()) > 0, Available: p.unavailable == "", UnavailableReason: p.unavailable}

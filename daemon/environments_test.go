@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -211,28 +213,29 @@ func TestTrimAfterQuiet(t *testing.T) {
 	}
 }
 
-// A restarted codeboxd adopts idle workers into their own pool when their environment
-// still has their image; a session's worker stays its session's even when its environment
+// A restarted codeboxd adopts idle workers into their own pool when their environment is
+// still what made them (its fingerprint); a session's worker stays its session's even when its environment
 // is gone from the file.
 func TestAdoptIntoEnvironments(t *testing.T) {
 	fw := newWorld(t)
 	d0 := envDaemon(t, fw, 6, `{"environments": [{"name": "b", "image": "img:b", "min_idle": 0}]}`)
 	for id, env := range map[string]string{"w-b-idle": "b", "w-b-old": "b", "w-gone-idle": "gone", "w-gone-session": "gone"} {
-		spec := labelsFor(fw, id)
+		spec := labelsFor(fw, d0, id)
 		l := ParseLabels(spec.Labels)
-		l.Environment = env
+		l.Environment, l.Fingerprint = env, "something else"
+		if env == "b" && id != "w-b-old" { // made by b as it is now; w-b-old by b as it was
+			l.Fingerprint = d0.poolOf("b").fingerprint
+		}
 		spec.Labels = l.Encode()
 		if _, err := (fakeContainers{fw}).Start(context.Background(), spec); err != nil {
 			t.Fatal(err)
 		}
 		fw.mu.Lock()
 		fw.managed[id] = spec.Labels
-		fw.images[id] = "img:" + env
 		fw.mu.Unlock()
 		fakeDisks{fw}.Prepare(id)
 		fakeDisks{fw}.Make(context.Background(), id, 1, 0)
 	}
-	fw.images["w-b-old"] = "img:b-before"
 	d0.assigned.set("w-b-idle", record{State: stateIdle})
 	d0.assigned.set("w-b-old", record{State: stateIdle})
 	d0.assigned.set("w-gone-idle", record{State: stateIdle})
@@ -252,5 +255,109 @@ func TestAdoptIntoEnvironments(t *testing.T) {
 	}
 	if r, p := run(t, d, "alice", "ok", 0); p != nil || r.WorkerID != "w-gone-session" {
 		t.Fatalf("alice's session of a removed environment: %+v %v", r, p)
+	}
+}
+
+// A worker made while its environment was taken out of service is given up, not left idle
+// where no session can take it.
+func TestNoIdleWorkerInAnUnavailablePool(t *testing.T) {
+	fw := newWorld(t)
+	d := envDaemon(t, fw, 6, `{"environments": [{"name": "b", "image": "img:b", "min_idle": 0}]}`)
+	d.Start()
+	d.mu.Lock()
+	p := d.poolOf("b")
+	d.markUnavailableLocked(p, "its image cannot run the agent: a test says so")
+	p.creating++
+	d.wg.Add(1)
+	go d.createForPool(p) // as a refill started just before
+	d.mu.Unlock()
+	waitFor(t, "the creation to end", func() bool { _, _, c := d.poolState("b"); return c == 0 })
+	waitFor(t, "its worker given up", func() bool {
+		fw.mu.Lock()
+		defer fw.mu.Unlock()
+		return len(fw.destroyed) == 1
+	})
+	if idle, busy, _ := d.poolState("b"); idle != 0 || busy != 0 {
+		t.Fatalf("b holds %d idle, %d busy", idle, busy)
+	}
+	// Five minutes later it is tried again.
+	d.mu.Lock()
+	p.unavailableAt = time.Now().Add(-retryUnavailable)
+	d.mu.Unlock()
+	d.retryUnavailable()
+	if _, err := d.takeWorker(context.Background(), "b"); err != nil {
+		t.Fatalf("b after its retry: %v", err)
+	}
+}
+
+// Sessions waiting in one pool hold their places under the cap: another pool's session at
+// the cap is refused at once, not left waiting for a worker that cannot come.
+func TestWaitersOfOtherPoolsCount(t *testing.T) {
+	fw := newWorld(t)
+	f := &fakeFactory{gate: make(chan struct{})}
+	fw.factory = f
+	d := envDaemon(t, fw, 6, `{"environments": [{"name": "b", "image": "img:b", "min_idle": 0}]}`)
+	d.Start()
+	got := make(chan error, 6)
+	for i := 0; i < 6; i++ {
+		go func() { _, err := d.takeWorker(context.Background(), environments.Default); got <- err }()
+	}
+	waitFor(t, "six default sessions waiting", func() bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return len(d.pools[0].waiters) == 6
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := d.takeWorker(ctx, "b")
+	var p *api.Problem
+	if !errors.As(err, &p) || p.Kind != api.Busy || !strings.Contains(p.Detail, "max-total-workers is 6") {
+		t.Fatalf("a session of b with six default ones waiting under a cap of 6: %v, want a 503 at once", err)
+	}
+	for i := 0; i < 6; i++ {
+		f.gate <- struct{}{}
+	}
+	for i := 0; i < 6; i++ {
+		if err := <-got; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Refused sessions are no demand: a pool at its cap does not learn a target from them.
+func TestRefusalsAreNoDemand(t *testing.T) {
+	fw := newWorld(t)
+	d := envDaemon(t, fw, 2, `{"environments": []}`)
+	d.Start()
+	for i := 0; i < 2; i++ {
+		if _, err := d.takeWorker(context.Background(), environments.Default); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 20; i++ {
+		if _, err := d.takeWorker(context.Background(), environments.Default); err == nil {
+			t.Fatal("over the cap")
+		}
+	}
+	d.mu.Lock()
+	level := d.pools[0].demand.Level(time.Now())
+	d.mu.Unlock()
+	if level != 2 {
+		t.Fatalf("demand %g after 2 served and 20 refused, want 2", level)
+	}
+}
+
+// An environment's variables and a session's together stay within a session's bounds.
+func TestEnvironmentVariablesCountAgainstTheBounds(t *testing.T) {
+	fw := newWorld(t)
+	vars := map[string]string{}
+	for i := 0; i < api.MaxEnvVars; i++ {
+		vars[fmt.Sprintf("E%d", i)] = "x"
+	}
+	b, _ := json.Marshal(map[string]any{"environments": []any{map[string]any{"name": "full", "image": "img", "min_idle": 0, "env": vars}}})
+	d := envDaemon(t, fw, 4, string(b))
+	_, err := d.CreateSession(as("alice", false), api.CreateSessionRequest{Environment: "full", Env: map[string]string{"MINE": "1"}})
+	if err == nil || !strings.Contains(err.Error(), `with the variables of environment "full"`) {
+		t.Fatalf("one variable past the bound: %v", err)
 	}
 }

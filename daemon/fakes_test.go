@@ -57,7 +57,6 @@ type fakeWorld struct {
 	probes     map[string]*runtime.Probe
 	exitAtBoot map[string]uint32
 	seeds      []string
-	images     map[string]string // container id → the image it was made from (Adopt)
 
 	// Recovery: what containerd lists, and which adoptions fail.
 	managed   map[string]map[string]string
@@ -77,7 +76,7 @@ func newWorld(t *testing.T) *fakeWorld {
 	return &fakeWorld{t: t, dir: t.TempDir(), workers: map[string]*fakeWorker{}, byIP: map[string]*fakeWorker{},
 		managed: map[string]map[string]string{}, noAdopt: map[string]bool{}, noMounted: map[string]bool{},
 		limits: map[string]runtime.Resources{}, usage: map[string]runtime.Usage{},
-		probes: map[string]*runtime.Probe{}, exitAtBoot: map[string]uint32{}, images: map[string]string{}}
+		probes: map[string]*runtime.Probe{}, exitAtBoot: map[string]uint32{}}
 }
 
 // daemon builds a daemon on the fakes, with the real worker lifecycle.
@@ -453,7 +452,7 @@ func (c fakeContainers) Adopt(ctx context.Context, id string) (*adopted, error) 
 	if w == nil || fw.noAdopt[id] {
 		return nil, fmt.Errorf("task of %s is not running", id)
 	}
-	return &adopted{env: []string{"CODEBOX_AGENT_TOKEN=t"}, image: fw.images[id], created: time.Now(), task: w.task}, nil
+	return &adopted{env: []string{"CODEBOX_AGENT_TOKEN=t"}, created: time.Now(), task: w.task}, nil
 }
 
 func (c fakeContainers) Destroy(ctx context.Context, id string) error {

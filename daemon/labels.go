@@ -18,8 +18,9 @@ type Labels struct {
 	// UIDBase starts the worker's host uid range (0: a worker made before user namespaces).
 	UIDBase uint32
 	// Environment is the pool it was made for ("": a worker made before environments, the
-	// default's).
-	Environment string
+	// default's); Fingerprint what that environment was then (pool.fingerprint): an idle
+	// worker rejoins its pool after a restart only if the environment is still the same.
+	Environment, Fingerprint string
 }
 
 const (
@@ -27,6 +28,7 @@ const (
 	labelIP      = "io.codebox.ip"
 	labelUIDBase = "io.codebox.uidbase"
 	labelEnv     = "io.codebox.environment"
+	labelPrint   = "io.codebox.fingerprint"
 )
 
 // Encode is l as container labels.
@@ -36,6 +38,7 @@ func (l Labels) Encode() map[string]string {
 		labelIP:      l.IP.String(),
 		labelUIDBase: strconv.FormatUint(uint64(l.UIDBase), 10),
 		labelEnv:     l.Environment,
+		labelPrint:   l.Fingerprint,
 	}
 }
 
@@ -47,5 +50,5 @@ func ParseLabels(m map[string]string) Labels {
 	if env == "" {
 		env = environments.Default
 	}
-	return Labels{NetNS: m[labelNetNS], IP: net.ParseIP(m[labelIP]), UIDBase: uint32(base), Environment: env}
+	return Labels{NetNS: m[labelNetNS], IP: net.ParseIP(m[labelIP]), UIDBase: uint32(base), Environment: env, Fingerprint: m[labelPrint]}
 }

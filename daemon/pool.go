@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/codebox/codebox/agent"
@@ -29,6 +30,11 @@ const (
 	maxBackoff     = 30 * time.Second
 	// refillDelay is how long a refill waits after a session took an idle worker.
 	refillDelay = 100 * time.Millisecond
+	// faultsToUnavailable is how many creations in a row must fail on what the image or
+	// the seed says before the environment is taken out of service (one could be a passing
+	// lack of memory); retryUnavailable is when it is tried again.
+	faultsToUnavailable = 3
+	retryUnavailable    = 5 * time.Minute
 )
 
 // The pools: one per environment, each with idle workers ready for its new sessions and
@@ -46,6 +52,9 @@ type pool struct {
 	env    environments.Environment // resolved: every field set
 	image  *runtime.Image           // nil in the unit tests
 	limits api.Limits               // its sessions' default limits, every field set
+	// fingerprint is what its workers are made from (image, limits, variables, seed, agent),
+	// hashed: an idle worker of another fingerprint is not adopted after a restart.
+	fingerprint string
 
 	idle     []*worker // healthy workers no session has, longest idle first
 	waiters  []*waiter // new sessions waiting for a worker being created
@@ -54,12 +63,16 @@ type pool struct {
 	warm     bool      // it has reached its floor once
 
 	failures     int       // consecutive failed creations
+	faults       int       // of which on what the image or the seed says (imageFault)
 	backoffUntil time.Time // no refills before this, after failures
 
 	// unavailable says why the pool serves no session ("": it does): its image cannot run
-	// the agent, or its seed fails.
-	unavailable string
-	// languages are what its image runs, from the probe (nil: not probed, all assumed).
+	// the agent, or its seed fails. It is tried again retryUnavailable after unavailableAt.
+	unavailable   string
+	unavailableAt time.Time
+	// probing: its image's probe has not answered yet; the pool makes workers only for
+	// sessions waiting meanwhile. languages are what the probe found (nil: all assumed).
+	probing   bool
 	languages []string
 
 	demand *environments.Demand
@@ -106,11 +119,17 @@ func (d *Daemon) creatingLocked() int {
 func (d *Daemon) headroomLocked(p *pool) int {
 	reserved := 0
 	for _, o := range d.pools {
-		if o == p || o.unavailable != "" {
+		if o == p {
 			continue
 		}
-		short := o.minIdle() - len(o.idle) - o.creating
-		reserved += max(0, min(short, o.env.MaxTotal-o.live-o.creating))
+		// Its sessions waiting with no creation started yet will have workers; then its
+		// floor, which creations its waiters claim do not fill.
+		unstarted := max(0, len(o.waiters)-o.creating)
+		reserved += unstarted
+		if o.unavailable == "" {
+			short := o.minIdle() - len(o.idle) - max(0, o.creating-len(o.waiters))
+			reserved += max(0, min(short, o.env.MaxTotal-o.live-o.creating-unstarted))
+		}
 	}
 	global := d.cfg.MaxTotalWorkers - len(d.workers) - d.creatingLocked() - reserved
 	return min(p.env.MaxTotal-p.live-p.creating, global)
@@ -139,8 +158,11 @@ func (d *Daemon) takeWorker(ctx context.Context, env string) (*worker, error) {
 	}
 	p := d.poolOf(env)
 	if p == nil {
+		// Only a session made before its environment left the configuration gets here,
+		// once its worker is gone.
 		d.mu.Unlock()
-		return nil, api.Refuse("environment", "unknown environment %q", api.Echo(env))
+		return nil, &api.Problem{Kind: api.Conflict,
+			Detail: fmt.Sprintf("the session's environment %q is no longer configured: end the session and start one in another environment", env)}
 	}
 	if p.unavailable != "" {
 		d.mu.Unlock()
@@ -153,10 +175,10 @@ func (d *Daemon) takeWorker(ctx context.Context, env string) (*worker, error) {
 		return nil, &api.Problem{Kind: api.Busy, RetryAfter: retryAfter,
 			Detail: "containerd is unreachable; new sessions can start once it is back (sessions with a worker keep running)"}
 	}
-	p.demand.Observe(time.Now())
 	if len(p.idle) > 0 {
 		w := p.idle[0] // the longest idle: the most often health-checked
 		p.idle = p.idle[1:]
+		p.demand.Observe(time.Now()) // sessions served are the demand (refusals are not)
 		d.scheduleRefillLocked()
 		d.mu.Unlock()
 		return w, nil
@@ -179,6 +201,12 @@ func (d *Daemon) takeWorker(ctx context.Context, env string) (*worker, error) {
 
 	select {
 	case h := <-wt.ch:
+		if h.w != nil {
+			d.mu.Lock()
+			p.demand.Observe(time.Now())
+			d.scheduleRefillLocked() // the target may have risen
+			d.mu.Unlock()
+		}
 		return h.w, h.err
 	case <-ctx.Done():
 		d.mu.Lock()
@@ -186,7 +214,7 @@ func (d *Daemon) takeWorker(ctx context.Context, env string) (*worker, error) {
 		if i := slices.Index(p.waiters, wt); i >= 0 {
 			p.waiters = slices.Delete(p.waiters, i, i+1)
 		} else if h := <-wt.ch; h.w != nil {
-			p.idle = append(p.idle, h.w) // served just as it gave up: the worker is unused
+			d.parkLocked(p, h.w) // served just as it gave up: the worker is unused
 		}
 		return nil, &api.Problem{Kind: api.Busy, Detail: "request cancelled while waiting for a worker", Cause: ctx.Err()}
 	}
@@ -297,6 +325,9 @@ func (d *Daemon) refillLocked() {
 			if len(p.waiters) == 0 && now.Before(p.backoffUntil) {
 				continue // creations keep failing: the pool waits; a waiting session still tries
 			}
+			if p.probing && round > 0 {
+				continue // its floor and target wait for its image's probe
+			}
 			want := len(p.waiters) - len(p.idle) - p.creating
 			switch round {
 			case 1:
@@ -389,8 +420,12 @@ func (d *Daemon) createForPool(p *pool) {
 	p.creating--
 	if err != nil {
 		if why := imageFault(err); why != "" && !d.closing {
-			d.markUnavailableLocked(p, why)
-			return
+			if p.faults++; p.faults >= faultsToUnavailable {
+				d.markUnavailableLocked(p, why)
+				return
+			}
+		} else {
+			p.faults = 0
 		}
 		p.failures++
 		backoff := min(time.Duration(1<<min(p.failures, 10))*100*time.Millisecond, maxBackoff)
@@ -402,12 +437,15 @@ func (d *Daemon) createForPool(p *pool) {
 		if len(p.waiters) > 0 {
 			wt := p.waiters[0]
 			p.waiters = p.waiters[1:]
-			wt.ch <- handout{err: &api.Problem{Kind: api.Busy, RetryAfter: retryAfter,
-				Detail: "could not start a worker", Cause: err}}
+			detail := "could not start a worker"
+			if why := imageFault(err); why != "" {
+				detail += " of environment " + strconv.Quote(p.name()) + ": " + why
+			}
+			wt.ch <- handout{err: &api.Problem{Kind: api.Busy, RetryAfter: retryAfter, Detail: detail, Cause: err}}
 		}
 		return
 	}
-	p.failures = 0
+	p.failures, p.faults = 0, 0
 	if d.closing {
 		d.wg.Add(1)
 		go func() { defer d.wg.Done(); d.giveUp(context.Background(), w, "made while codeboxd stops") }()
@@ -420,9 +458,19 @@ func (d *Daemon) createForPool(p *pool) {
 		p.waiters = p.waiters[1:]
 		wt.ch <- handout{w: w}
 	} else {
-		p.idle = append(p.idle, w)
+		d.parkLocked(p, w)
 	}
 	d.refillLocked()
+}
+
+// parkLocked puts w, registered and unused, in p's idle list, or gives it up when p was
+// taken out of service meanwhile (no session could take it there).
+func (d *Daemon) parkLocked(p *pool, w *worker) {
+	if p.unavailable != "" {
+		d.giveUpLocked(w, "its environment is unavailable")
+		return
+	}
+	p.idle = append(p.idle, w)
 }
 
 // imageFault says what a failed creation says of its environment's image (or seed) that
@@ -447,8 +495,9 @@ func (d *Daemon) markUnavailableLocked(p *pool, why string) {
 	if p.unavailable != "" {
 		return
 	}
-	p.unavailable = why
-	d.log.Error("environment unavailable", "environment", p.name(), "image", p.env.Image, "reason", why)
+	p.unavailable, p.unavailableAt = why, time.Now()
+	d.log.Error("environment unavailable", "environment", p.name(), "image", p.env.Image, "reason", why,
+		"retry_in", retryUnavailable)
 	for _, wt := range p.waiters {
 		wt.ch <- handout{err: errUnavailable(p)}
 	}
@@ -493,6 +542,7 @@ func (d *Daemon) maintain() {
 		case <-health.C:
 			d.checkIdle()
 			d.trim()
+			d.retryUnavailable()
 			d.retryGraveyard()
 		case <-recycle.C:
 			d.sweepExpired()
@@ -525,6 +575,21 @@ func (d *Daemon) checkIdle() {
 		}
 		d.mu.Unlock()
 	}
+}
+
+// retryUnavailable puts environments back in service retryUnavailable after they were
+// taken out: the operator may have fixed the image, or the trouble passed. What failed
+// fails again as many times before it is out again.
+func (d *Daemon) retryUnavailable() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, p := range d.pools {
+		if p.unavailable != "" && time.Since(p.unavailableAt) >= retryUnavailable {
+			d.log.Info("environment tried again", "environment", p.name(), "was", p.unavailable)
+			p.unavailable, p.faults, p.failures, p.backoffUntil = "", 0, 0, time.Time{}
+		}
+	}
+	d.refillLocked()
 }
 
 // trim gives up the idle workers a pool holds beyond its target, once demand has fallen:

@@ -115,15 +115,16 @@ func TestWaiterGetsTheNextWorkerAndCancelReturnsIt(t *testing.T) {
 	d.Start()
 	got := make(chan error, 1)
 	go func() { _, err := d.takeWorker(context.Background(), environments.Default); got <- err }()
-	// One creation for the waiter, and (the pool has now seen a session) one for its target.
-	waitFor(t, "creations for the waiter and the target", func() bool { return d.Status().CreatingWorkers == 2 })
-	if st := d.Status(); st.TotalWorkers != 2 || st.IdleWorkers != 0 {
+	waitFor(t, "creation for the waiter", func() bool { return d.Status().CreatingWorkers == 1 })
+	if st := d.Status(); st.TotalWorkers != 1 || st.IdleWorkers != 0 {
 		t.Fatalf("while creating: %+v", st)
 	}
 	f.gate <- struct{}{}
 	if err := <-got; err != nil {
 		t.Fatal(err)
 	}
+	// The pool has now served a session: its target is one idle worker.
+	waitFor(t, "a creation for the pool's target", func() bool { return d.Status().CreatingWorkers == 1 })
 
 	// A waiter that gives up does not lose the worker made for it: the creation it claimed
 	// ends in the pool.

@@ -159,19 +159,20 @@ func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string,
 	l := ParseLabels(labels)
 	w := &worker{id: id, ip: l.IP, nsPath: l.NetNS, logPath: d.logPath(id), created: a.created, uidBase: l.UIDBase, env: l.Environment}
 	if !session {
-		// An idle worker joins its environment's pool only as that environment is now.
+		// An idle worker joins its environment's pool only as that environment is now: its
+		// image, limits, variables, seed and agent.
 		d.mu.Lock()
 		p := d.poolOf(w.env)
-		var image string
+		var now string
 		if p != nil {
-			image = p.env.Image
+			now = p.fingerprint
 		}
 		d.mu.Unlock()
 		switch {
 		case p == nil:
 			return nil, fmt.Errorf("its environment %q is no longer configured", w.env)
-		case a.image != image:
-			return nil, fmt.Errorf("made from %s; environment %q now uses %s", a.image, w.env, image)
+		case l.Fingerprint != now:
+			return nil, fmt.Errorf("made for environment %q as it was (%s); it is now %s", w.env, l.Fingerprint, now)
 		}
 	}
 	for _, kv := range a.env {

@@ -108,14 +108,18 @@ func (d *Daemon) newShape(req api.CreateSessionRequest, now time.Time) (shape, e
 	if sh.env, err = checkEnv(req.Env); err != nil {
 		return sh, err
 	}
-	// The environment's variables, then the session's over them.
-	for k, v := range envDefaults {
-		if _, ok := sh.env[k]; !ok {
-			if sh.env == nil {
-				sh.env = map[string]string{}
+	// The environment's variables, then the session's over them, within the same bounds.
+	if len(envDefaults) > 0 {
+		merged := envDefaults
+		maps.Copy(merged, sh.env)
+		if _, err := checkEnv(merged); err != nil {
+			var p *api.Problem
+			if errors.As(err, &p) {
+				return sh, api.Refuse("env", "with the variables of environment %q: %s", sh.environment, p.Detail)
 			}
-			sh.env[k] = v
+			return sh, err
 		}
+		sh.env = merged
 	}
 	return sh, nil
 }

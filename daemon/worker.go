@@ -145,7 +145,7 @@ func (d *Daemon) createWorker(ctx context.Context, p *pool) (_ *worker, err erro
 			"CODEBOX_AGENT_PORT=" + strconv.Itoa(agentPort),
 			"CODEBOX_MAX_OUTPUT_BYTES=" + strconv.Itoa(agent.AgentMaxOutputBytes),
 		},
-		Labels:         Labels{NetNS: w.nsPath, IP: w.ip, UIDBase: w.uidBase, Environment: p.name()}.Encode(),
+		Labels:         Labels{NetNS: w.nsPath, IP: w.ip, UIDBase: w.uidBase, Environment: p.name(), Fingerprint: p.fingerprint}.Encode(),
 		LogPath:        w.logPath,
 		SandboxSource:  mountPoint,
 		SandboxOptions: blockdev.BindOptions,
@@ -179,11 +179,12 @@ func (d *Daemon) seed(ctx context.Context, w *worker, env environments.Environme
 	if len(langs) == 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, seedTimeout)
+	seedCtx, cancel := context.WithTimeout(ctx, seedTimeout)
 	defer cancel()
 	for _, lang := range langs {
-		if err := w.current.agent.Seed(ctx, env.Seed[lang], lang); err != nil {
-			if ctx.Err() == context.DeadlineExceeded {
+		if err := w.current.agent.Seed(seedCtx, env.Seed[lang], lang); err != nil {
+			// The seed's own deadline, not the creation's (a slow start ate that one) or a stop.
+			if ctx.Err() == nil && seedCtx.Err() == context.DeadlineExceeded {
 				err = errSeedTimeout
 			}
 			// Worded to follow "environment X is unavailable: ".

@@ -17,7 +17,7 @@ cleanup() {
 	for m in merged/dev merged/proc merged/sys merged; do
 		mountpoint -q "$work/$m" 2>/dev/null && umount -l "$work/$m"
 	done
-	rm -rf "$work"
+	rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT INT TERM
 mkdir -p "$work/lower" "$work/upper" "$work/work" "$work/merged"

@@ -21,6 +21,10 @@ name=$(basename "$recipe")
 mkdir -p "$cache"
 [[ $name =~ ^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$ ]] || { echo "image: the recipe's directory name $name is not an environment name (a-z 0-9 . _ -)" >&2; exit 2; }
 [ -f "$recipe/debian-packages" ] || { echo "image: $recipe is not a recipe: no debian-packages" >&2; exit 2; }
+case $out$ref in *[\"\\]*) echo "image: the archive's path and reference may not hold quotes or backslashes" >&2; exit 2 ;; esac
+# Older builds of a name are the name, a dash and exactly 16 hex digits: another recipe's
+# name with this one as a prefix is not one of them.
+hex16='[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
 
 # has LIST: the recipe has a list file with at least one package.
 has() { [ -f "$recipe/$1" ] && awk '!/^[[:space:]]*#/ && NF { found = 1 } END { exit !found }' "$recipe/$1"; }
@@ -48,7 +52,7 @@ layer() {
 		"$cmd" "$path" "$@" >&2
 		echo "image: layer $lname built in $(($(date +%s) - start)) s" >&2
 		# Older recipes' layers of this name are dead weight now.
-		find "$cache" -maxdepth 1 -name "$lname-*.tar" ! -name "$(basename "$path")" -delete
+		find "$cache" -maxdepth 1 -name "$lname-$hex16.tar" ! -name "$(basename "$path")" -delete
 	fi
 	echo "$path"
 }
@@ -85,5 +89,7 @@ start=$(date +%s)
 (cd "$here/.." && go run ./images/packer -config "$staging.config.json" -ref "$ref" \
 	"${layers[@]}" -layer-dir "$staging" -o "$out") >&2
 echo "image: packed $out ($(du -h "$out" | cut -f1)) in $(($(date +%s) - start)) s" >&2
-find "$cache" -maxdepth 1 -name "worker-$name-*.oci.tar" ! -name "$(basename "$out")" -delete
+# The image imported from an older archive serves on: codeboxd reads an archive only when
+# the image is not in containerd yet.
+find "$cache" -maxdepth 1 -name "worker-$name-$hex16.oci.tar" ! -name "$(basename "$out")" -delete
 entry

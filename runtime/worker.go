@@ -129,7 +129,6 @@ type Adopted struct {
 	ID      string
 	Labels  map[string]string
 	Env     []string // the process environment of its spec (the agent's token is there)
-	Image   string   // the reference of the image it was made from
 	Created time.Time
 	Task    *Task
 }
@@ -166,7 +165,7 @@ func (r *Runtime) Adopt(ctx context.Context, id string) (*Adopted, error) {
 		cancelWait()
 		return nil, fmt.Errorf("wait task %s: %w", id, err)
 	}
-	a := &Adopted{ID: id, Labels: info.Labels, Image: info.Image, Created: info.CreatedAt, Task: r.watch(t, exited, cancelWait)}
+	a := &Adopted{ID: id, Labels: info.Labels, Created: info.CreatedAt, Task: r.watch(t, exited, cancelWait)}
 	if spec.Process != nil {
 		a.Env = spec.Process.Env
 	}

@@ -20,7 +20,8 @@ trap 'rm -rf "$work"' EXIT
 if [ ! -s "$rootfs" ]; then
 	echo "test-images: building $rootfs" >&2
 	mkdir "$work/sources"
-	mapfile -t sources < <("$root/images/apt-sources.sh" trixie "$work/sources")
+	list=$("$root/images/apt-sources.sh" trixie "$work/sources")
+	mapfile -t sources <<<"$list"
 	# shellcheck disable=SC2016 # the hook's "$1" is the tree, expanded by mmdebstrap
 	mmdebstrap --variant=minbase --mode=root --format=tar --aptopt='APT::Install-Recommends "false"' \
 		--include=python3,python3-ipython --dpkgopt='path-exclude=/usr/share/doc/*' \

@@ -49,6 +49,7 @@ type options struct {
 	charts                                    string
 	profile, peer                             bool
 	users, requests, single, warm, cold       int
+	firstCell                                 int
 	firstPrint, firstUse, sessions, sessionMB int
 	rounds                                    int
 	budgetMB                                  int
@@ -72,6 +73,7 @@ func main() {
 	flag.IntVar(&o.firstUse, "first-use", 10, "sessions whose first call in each language besides Python is timed")
 	flag.IntVar(&o.warm, "warm", 30, "new sessions from a warm pool")
 	flag.IntVar(&o.cold, "cold", 10, "new sessions from an empty pool")
+	flag.IntVar(&o.firstCell, "first-cell", 10, "environments: new sessions whose first useful cell is timed, per environment (0: skip the phase)")
 	flag.IntVar(&o.budgetMB, "budget-mb", 16384, "memory budget for the density figure")
 	flag.IntVar(&o.sessions, "sessions", 300, "density: concurrent sessions kept on this host (0: skip)")
 	flag.IntVar(&o.sessionMB, "session-ram-mb", 256, "density: each worker's memory limit")
@@ -120,14 +122,21 @@ func run(o options) error {
 		return err
 	}
 
-	// Phase 2: many sessions at once, with smaller workers.
+	// Phase 2: environments, seeded and not; a burst, and another once the pool learned.
+	if o.firstCell > 0 {
+		if err := environmentsRun(ctx, o, state, rep); err != nil {
+			return err
+		}
+	}
+
+	// Phase 3: many sessions at once, with smaller workers.
 	if o.sessions > 0 {
 		if err := densityRun(ctx, o, state, rep); err != nil {
 			return err
 		}
 	}
 
-	// Phase 3: the seed's configuration.
+	// Phase 4: the seed's configuration.
 	d, err = start(ctx, o, state, append([]string{"--min-idle-workers", "5"}, seedFlags...))
 	if err != nil {
 		return err
@@ -556,5 +565,11 @@ func targets(rep *bench.Report, users int) {
 	}
 	if v, ok := f[fmt.Sprintf("seed: %d sessions set up from a pool of 5 (s)", users)]; ok && users == 25 {
 		add("burst: 25 new sessions from a pool of 5", "s", v, 1.5, true)
+	}
+	if r := rep.Find("first useful cell, seeded: create + pandas describe"); r != nil && r.Requests > 0 {
+		add("first useful cell (create + pandas describe), seeded p50", "ms", r.P50ms, 100, true)
+	}
+	if v, ok := f[fmt.Sprintf("burst: %d new sessions, pool that learned (s)", users)]; ok && users == 25 {
+		add("burst: 25 new sessions after the pool learned", "s", v, 1.5, true)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -287,11 +286,6 @@ func (c *config) validate() error {
 	if !netns.ValidBridge(c.WorkerBridge) {
 		return fmt.Errorf("--worker-bridge %q must be 1-15 characters of a-z 0-9 -", c.WorkerBridge)
 	}
-	if c.WorkerImageArchive != "" {
-		if st, err := os.Stat(c.WorkerImageArchive); err != nil || !st.Mode().IsRegular() {
-			return fmt.Errorf("--worker-image-archive %q is not a readable file", c.WorkerImageArchive)
-		}
-	}
 	var envs []environments.Environment
 	if c.Environments != "" {
 		var err error
@@ -304,14 +298,8 @@ func (c *config) validate() error {
 	if err != nil {
 		return fmt.Errorf("--environments: %v", err)
 	}
-	for _, e := range resolved {
-		if e.Archive == "" {
-			continue
-		}
-		if st, err := os.Stat(e.Archive); err != nil || !st.Mode().IsRegular() {
-			return fmt.Errorf("--environments: environment %q: archive %q is not a readable file", e.Name, e.Archive)
-		}
-	}
+	// An archive is read only when its image is not in containerd yet (ensureImages): a
+	// rebuilt recipe replaces its archive, and the image imported from the old one serves on.
 	c.environments = resolved
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -43,30 +43,28 @@ func TestFlagsAndEnvironment(t *testing.T) {
 }
 
 func TestBadValuesNameTheFlag(t *testing.T) {
-	archive := filepath.Join(t.TempDir(), "missing.tar")
 	cases := map[string][]string{
-		"--min-idle-workers":     {"--min-idle-workers", "-1"},
-		"--max-total-workers":    {"--max-total-workers", "0"},
-		"must not exceed":        {"--min-idle-workers", "20", "--max-total-workers", "10"},
-		"--worker-cpu":           {"--worker-cpu", "0"},
-		"--worker-ram-mb":        {"--worker-ram-mb", "64"},
-		"--worker-disk-mb":       {"--worker-disk-mb", "1"},
-		"--worker-pids":          {"--worker-pids", "2"},
-		"--exec-timeout":         {"--exec-timeout", "0s"},
-		"--max-exec-timeout":     {"--exec-timeout", "10s", "--max-exec-timeout", "5s"},
-		"--idle-timeout":         {"--idle-timeout", "-1s"},
-		"--recycle-interval":     {"--recycle-interval", "0s"},
-		"--state-dir":            {"--state-dir", "relative"},
-		"--listen":               {"--listen", "nonsense"},
-		"--worker-subnet":        {"--worker-subnet", "10.0.0.0/30"},
-		"--worker-image-archive": {"--worker-image-archive", archive},
-		"--log-level":            {"--log-level", "loud"},
-		"--worker-bridge":        {"--worker-bridge", "Bad_Name"},
-		"--max-file-mb":          {"--max-file-mb", "0"},
-		"--file-timeout":         {"--file-timeout", "0s"},
-		"--file-allowlist":       {"--file-allowlist", "10.0.0.0/99"},
-		"unknown flag --bogus":   {"--bogus"},
-		"-worker-cpu":            {"--worker-cpu", "lots"},
+		"--min-idle-workers":   {"--min-idle-workers", "-1"},
+		"--max-total-workers":  {"--max-total-workers", "0"},
+		"must not exceed":      {"--min-idle-workers", "20", "--max-total-workers", "10"},
+		"--worker-cpu":         {"--worker-cpu", "0"},
+		"--worker-ram-mb":      {"--worker-ram-mb", "64"},
+		"--worker-disk-mb":     {"--worker-disk-mb", "1"},
+		"--worker-pids":        {"--worker-pids", "2"},
+		"--exec-timeout":       {"--exec-timeout", "0s"},
+		"--max-exec-timeout":   {"--exec-timeout", "10s", "--max-exec-timeout", "5s"},
+		"--idle-timeout":       {"--idle-timeout", "-1s"},
+		"--recycle-interval":   {"--recycle-interval", "0s"},
+		"--state-dir":          {"--state-dir", "relative"},
+		"--listen":             {"--listen", "nonsense"},
+		"--worker-subnet":      {"--worker-subnet", "10.0.0.0/30"},
+		"--log-level":          {"--log-level", "loud"},
+		"--worker-bridge":      {"--worker-bridge", "Bad_Name"},
+		"--max-file-mb":        {"--max-file-mb", "0"},
+		"--file-timeout":       {"--file-timeout", "0s"},
+		"--file-allowlist":     {"--file-allowlist", "10.0.0.0/99"},
+		"unknown flag --bogus": {"--bogus"},
+		"-worker-cpu":          {"--worker-cpu", "lots"},
 	}
 	envFile := func(body string) string {
 		p := filepath.Join(t.TempDir(), "environments.json")
@@ -78,7 +76,6 @@ func TestBadValuesNameTheFlag(t *testing.T) {
 	for want, body := range map[string]string{
 		`--environments: environments file`:                                  `{"environments": [{"name": "x", "image": "i", "min_idel": 1}]}`,
 		`--environments: environment "big": max_total 99`:                    `{"environments": [{"name": "big", "image": "i", "max_total": 99}]}`,
-		`--environments: environment "gone": archive`:                        `{"environments": [{"name": "gone", "image": "i", "archive": "/nonexistent.tar"}]}`,
 		`--environments: the environments' min_idle add up to 11, more than`: `{"environments": [{"name": "a", "image": "i", "min_idle": 10}, {"name": "b", "image": "i", "min_idle": 1}]}`,
 	} {
 		cases[want] = []string{"--environments", envFile(body), "--min-idle-workers", "0", "--max-total-workers", "10"}

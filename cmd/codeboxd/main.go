@@ -11,6 +11,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -446,21 +447,40 @@ func (a authenticator) Authenticate(cred string) (api.Caller, bool) {
 }
 
 // findAgent is the kernel agent's directory: dir, or ../lib/codebox/agent beside the
-// executable exe (where make install puts it). It must hold the agent's launcher and tini.
+// executable exe (where make install puts it), with its symbolic link resolved to the
+// versioned directory (scripts/build-agent.sh), which is what workers mount. It must hold the
+// agent's launcher and tini, and, as code every worker runs, be root's alone.
 func findAgent(dir, exe string) (string, error) {
 	if dir == "" {
 		dir = filepath.Join(filepath.Dir(exe), "..", "lib", "codebox", "agent")
 	}
-	dir, err := filepath.Abs(dir)
+	resolved, err := filepath.EvalSymlinks(dir)
 	if err != nil {
+		return "", fmt.Errorf("--agent-dir: %w (make build puts the agent in lib/codebox/agent, make install in PREFIX/lib/codebox/agent)", err)
+	}
+	if resolved, err = filepath.Abs(resolved); err != nil {
 		return "", err
 	}
 	for _, f := range []string{"codebox_boot.py", "codebox_agent.py", "tini"} {
-		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
-			return "", fmt.Errorf("--agent-dir %s: no %s (make build puts the agent in lib/codebox/agent, make install in PREFIX/lib/codebox/agent)", dir, f)
+		if _, err := os.Stat(filepath.Join(resolved, f)); err != nil {
+			return "", fmt.Errorf("--agent-dir %s: no %s (make build puts the agent in lib/codebox/agent, make install in PREFIX/lib/codebox/agent)", resolved, f)
 		}
 	}
-	return dir, nil
+	err = filepath.WalkDir(resolved, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := e.Info()
+		if err != nil {
+			return err
+		}
+		st, ok := info.Sys().(*syscall.Stat_t)
+		if !ok || st.Uid != 0 || info.Mode().Perm()&0o022 != 0 {
+			return fmt.Errorf("--agent-dir: %s must be root's and writable by root alone: every worker runs it", p)
+		}
+		return nil
+	})
+	return resolved, err
 }
 
 // ensureImages brings in every environment's image, each reference once, in parallel; one

@@ -39,13 +39,21 @@ import threading
 import time
 import uuid
 
+import importlib
+import importlib.util
+
 import codebox_languages
-from websockets.frames import OP_BINARY, OP_CONT, OP_TEXT
-from websockets import http11
-try:
-    from websockets.server import ServerProtocol
-except ImportError:  # websockets < 11 (Debian 12, where the agent's unit tests run)
-    from websockets.server import ServerConnection as ServerProtocol
+
+# codeboxd's own copy of websockets (scripts/build-agent.sh), under a name of its own: the
+# version the agent was tested with, while user code's `import websockets` stays the image's.
+# The agent's unit tests run it on the host's websockets.
+_WS = "codebox_websockets" if importlib.util.find_spec("codebox_websockets") else "websockets"
+_frames = importlib.import_module(_WS + ".frames")
+http11 = importlib.import_module(_WS + ".http11")
+_server = importlib.import_module(_WS + ".server")
+OP_BINARY, OP_CONT, OP_TEXT = _frames.OP_BINARY, _frames.OP_CONT, _frames.OP_TEXT
+# websockets < 11 (Debian 12's) names it ServerConnection.
+ServerProtocol = getattr(_server, "ServerProtocol", None) or _server.ServerConnection
 
 PROTOCOL_VERSION = "5.3"
 AGENT_VERSION = "0.1.0"

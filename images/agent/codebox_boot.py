@@ -54,10 +54,10 @@ def main():
         fail(EXIT_OLD_PYTHON, "python3 %s is older than 3.9" % sys.version.split()[0])
     try:
         import IPython
-    except Exception as exc:
+    except ImportError as exc:
         fail(EXIT_NO_IPYTHON, "IPython does not import: %r" % (exc,))
-    # The agent's pure-Python dependencies come with it; the image's own copies, if any,
-    # come first.
+    # The agent's one dependency comes with it, under a name of its own (codebox_websockets),
+    # so the image's own websockets, if any, is untouched.
     sys.path.append(os.path.join(HERE, "vendor"))
     if "--check" in sys.argv[1:]:
         import json
