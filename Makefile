@@ -128,7 +128,7 @@ test-install: build image
 	$(MAKE) -s install DESTDIR="$$tmp" >/dev/null; \
 	for f in $(PREFIX)/bin/codeboxd $(PREFIX)/bin/codebox-log-sink $(PREFIX)/bin/codebox /etc/systemd/system/codeboxd.service \
 	         /etc/default/codeboxd /var/lib/codeboxd/images/worker-$(IMAGE_NAME).oci.tar $(PREFIX)/share/doc/codebox/README.md \
-	         $(PREFIX)/lib/codebox/agent/codebox_agent.py $(PREFIX)/lib/codebox/agent/tini $(PREFIX)/lib/codebox/agent/vendor/websockets/frames.py; do \
+	         $(PREFIX)/lib/codebox/agent/codebox_agent.py $(PREFIX)/lib/codebox/agent/tini $(PREFIX)/lib/codebox/agent/vendor/codebox_websockets/frames.py; do \
 		[ -s "$$tmp$$f" ] || { echo "install: $$f missing"; exit 1; }; done; \
 	grep -q '^CODEBOX_WORKER_IMAGE=$(IMAGE_REF)$$' "$$tmp/etc/default/codeboxd" || { echo "install: image not configured"; exit 1; }; \
 	[ "$$(stat -c %a "$$tmp/etc/default/codeboxd")" = 600 ] || { echo "install: /etc/default/codeboxd (where AUTH_TOKEN goes) is not 0600"; exit 1; }; \

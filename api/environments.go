@@ -30,5 +30,6 @@ type EnvironmentPool struct {
 	// TargetIdle is how many idle workers it holds now: min_idle, or more after a burst
 	// of new sessions (it decays back when quiet), within max_total.
 	TargetIdle int `json:"target_idle"`
+	MaxIdle    int `json:"max_idle"`
 	MaxTotal   int `json:"max_total"`
 }

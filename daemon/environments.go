@@ -177,7 +177,7 @@ func (d *Daemon) Environments(ctx context.Context) ([]api.Environment, error) {
 			Seed: len(p.env.SeedLanguages()) > 0, Available: p.unavailable == "", UnavailableReason: p.unavailable}
 		if admin {
 			e.Pool = &api.EnvironmentPool{Idle: len(p.idle), Busy: p.busy(), Creating: p.creating,
-				MinIdle: p.minIdle(), TargetIdle: p.target(now), MaxTotal: p.env.MaxTotal}
+				MinIdle: p.minIdle(), TargetIdle: p.target(now), MaxIdle: *p.env.MaxIdle, MaxTotal: p.env.MaxTotal}
 		}
 		out = append(out, e)
 	}

@@ -361,3 +361,29 @@ func TestEnvironmentVariablesCountAgainstTheBounds(t *testing.T) {
 		t.Fatalf("one variable past the bound: %v", err)
 	}
 }
+
+// max_idle bounds what a pool learns: 0 keeps no idle worker, whatever the demand.
+func TestMaxIdleBoundsTheTarget(t *testing.T) {
+	fw := newWorld(t)
+	d := envDaemon(t, fw, 6, `{"environments": [{"name": "default", "min_idle": 0, "max_idle": 0}, {"name": "b", "image": "img:b", "min_idle": 0, "max_idle": 2}]}`)
+	d.Start()
+	for i := 0; i < 4; i++ {
+		if _, err := d.takeWorker(context.Background(), environments.Default); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.mu.Lock()
+	for i := 0; i < 5; i++ {
+		d.poolOf("b").demand.Observe(time.Now())
+	}
+	d.refillLocked()
+	d.mu.Unlock()
+	waitFor(t, "b's bounded target", func() bool { idle, _, c := d.poolState("b"); return idle == 2 && c == 0 })
+	time.Sleep(50 * time.Millisecond)
+	if idle, _, c := d.poolState(environments.Default); idle != 0 || c != 0 {
+		t.Fatalf("default with max_idle 0 after 4 sessions: %d idle, %d creating", idle, c)
+	}
+	if idle, _, _ := d.poolState("b"); idle != 2 {
+		t.Fatalf("b with max_idle 2 after 5 sessions: %d idle", idle)
+	}
+}

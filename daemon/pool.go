@@ -82,9 +82,10 @@ func (p *pool) name() string { return p.env.Name }
 func (p *pool) minIdle() int { return *p.env.MinIdle }
 func (p *pool) busy() int    { return p.live - len(p.idle) }
 
-// target is how many idle workers p should hold now: its demand, within its max_total.
+// target is how many idle workers p should hold now: its demand, within its max_idle and
+// max_total.
 func (p *pool) target(now time.Time) int {
-	return max(0, min(p.demand.Target(now, p.minIdle()), p.env.MaxTotal-p.busy()))
+	return max(0, min(p.demand.Target(now, p.minIdle()), *p.env.MaxIdle, p.env.MaxTotal-p.busy()))
 }
 
 // waiter is a new session waiting for a worker while one is being created for it.

@@ -163,6 +163,10 @@ func (d *Daemon) createWorker(ctx context.Context, p *pool) (_ *worker, err erro
 	if err := d.seed(ctx, w, p.env); err != nil {
 		return nil, err
 	}
+	for phase, took := range map[string]time.Duration{"network": attached.Sub(start), "container": started.Sub(attached),
+		"kernel": answered.Sub(started), "seed": time.Since(answered)} {
+		d.metrics.startPhases.WithLabelValues(phase).Observe(took.Seconds())
+	}
 	d.log.Info("worker created", "worker", w.id, "environment", p.name(), "ip", w.ip.String(),
 		"network_ms", ms(attached.Sub(start)), "container_ms", ms(started.Sub(attached)),
 		"kernel_ms", ms(answered.Sub(started)), "seed_ms", ms(time.Since(answered)), "total_ms", ms(time.Since(start)))
@@ -298,6 +302,9 @@ func (d *Daemon) fit(ctx context.Context, w *worker, sh shape, makeDisk bool) er
 		return fmt.Errorf("start the session in the agent: %w", err)
 	}
 	d.metrics.fitDuration.Observe(time.Since(start).Seconds())
+	for phase, took := range map[string]time.Duration{"disk": disked.Sub(start), "limits": limited.Sub(disked), "agent": time.Since(limited)} {
+		d.metrics.startPhases.WithLabelValues(phase).Observe(took.Seconds())
+	}
 	d.log.Debug("worker fitted", "worker", w.id, "disk_ms", ms(disked.Sub(start)), "limits_ms", ms(limited.Sub(disked)),
 		"agent_ms", ms(time.Since(limited)))
 	return nil

@@ -34,6 +34,9 @@ type Environment struct {
 	// share of --max-total-workers (busy, idle and starting workers together).
 	MinIdle  *int `json:"min_idle,omitempty"`
 	MaxTotal int  `json:"max_total,omitempty"`
+	// MaxIdle bounds the idle workers its learned demand may hold (default: MaxTotal): 0
+	// with MinIdle 0 keeps no idle worker at all.
+	MaxIdle *int `json:"max_idle,omitempty"`
 	// Limits are its sessions' defaults; a zero field is the daemon's default.
 	Limits api.Limits        `json:"limits,omitzero"`
 	Env    map[string]string `json:"env,omitempty"`
@@ -110,6 +113,10 @@ func Parse(b []byte) ([]Environment, error) {
 			return nil, fmt.Errorf("%s: max_total must not be negative", at)
 		case e.MinIdle != nil && e.MaxTotal > 0 && *e.MinIdle > e.MaxTotal:
 			return nil, fmt.Errorf("%s: min_idle %d is more than max_total %d", at, *e.MinIdle, e.MaxTotal)
+		case e.MaxIdle != nil && *e.MaxIdle < 0:
+			return nil, fmt.Errorf("%s: max_idle must not be negative", at)
+		case e.MaxIdle != nil && e.MinIdle != nil && *e.MaxIdle < *e.MinIdle:
+			return nil, fmt.Errorf("%s: max_idle %d is less than min_idle %d", at, *e.MaxIdle, *e.MinIdle)
 		}
 		for lang, code := range e.Seed {
 			if !slices.Contains(api.Languages, lang) {
@@ -187,11 +194,17 @@ func Resolve(envs []Environment, d Defaults) ([]Environment, error) {
 		if e.MaxTotal == 0 {
 			e.MaxTotal = d.MaxTotalWorkers
 		}
+		if e.MaxIdle == nil {
+			n := e.MaxTotal
+			e.MaxIdle = &n
+		}
 		switch {
 		case e.MaxTotal > d.MaxTotalWorkers:
 			return nil, fmt.Errorf("%s: max_total %d is more than --max-total-workers %d", at, e.MaxTotal, d.MaxTotalWorkers)
 		case *e.MinIdle > e.MaxTotal:
 			return nil, fmt.Errorf("%s: min_idle %d is more than max_total %d", at, *e.MinIdle, e.MaxTotal)
+		case *e.MaxIdle < *e.MinIdle:
+			return nil, fmt.Errorf("%s: max_idle %d is less than min_idle %d", at, *e.MaxIdle, *e.MinIdle)
 		}
 		sumMin += *e.MinIdle
 	}

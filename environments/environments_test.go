@@ -14,6 +14,7 @@ func TestParseRefusesNamingTheEntry(t *testing.T) {
 		{`{"environments": [{"name": "A b", "image": "x"}]}`, `environment #1: name must be`},
 		{`{"environments": [{"name": "a", "image": "x", "seed": {"cobol": "x"}}]}`, `environment "a": seed for "cobol": not a language`},
 		{`{"environments": [{"name": "a", "image": "x", "min_idle": -1}]}`, `min_idle must not be negative`},
+		{`{"environments": [{"name": "a", "image": "x", "min_idle": 2, "max_idle": 1}]}`, `environment "a": max_idle 1 is less than min_idle 2`},
 		{"{\"environments\": [\n{\"name\": \"a\",, \"image\": \"x\"}]}", `line 2`},
 		{`{"environments": [{"name": "a", "image": 5}]}`, `cannot unmarshal number`},
 		{`{}`, `no "environments" list`},
@@ -44,7 +45,7 @@ func TestResolve(t *testing.T) {
 	if d := got[0]; d.Image != "img:default" || d.Archive != "/a.tar" || *d.MinIdle != 2 || d.MaxTotal != 10 || d.Seed["python"] != "import numpy" {
 		t.Errorf("default: %+v", d)
 	}
-	if s := got[1]; *s.MinIdle != 1 || s.MaxTotal != 4 || len(s.SeedLanguages()) != 1 {
+	if s := got[1]; *s.MinIdle != 1 || s.MaxTotal != 4 || *s.MaxIdle != 4 || len(s.SeedLanguages()) != 1 {
 		t.Errorf("seeded: %+v", s)
 	}
 	// No file: the default alone, from the flags.

@@ -28,6 +28,9 @@ cp "$src/codebox_boot.py" "$src/codebox_agent.py" "$src/codebox_languages.py" "$
 	mkdir -p "$tmp/vendor/codebox_websockets/$(dirname "$f")"
 	cp "$websockets/$f" "$tmp/vendor/codebox_websockets/$f"
 done
+# Its server module ends by importing the asyncio server it keeps for backwards
+# compatibility (~15 ms of every worker's start), which the agent does not use.
+sed -i '/^from \.legacy\.server import \*/d' "$tmp/vendor/codebox_websockets/server.py"
 cp "$tini" "$tmp/tini"
 chmod -R u=rwX,go=rX "$tmp"
 chmod 0755 "$tmp/tini"

@@ -46,10 +46,11 @@ const (
 
 type options struct {
 	codeboxd, containerd, image, archive, out string
+	agentDir                                  string
 	charts                                    string
 	profile, peer                             bool
 	users, requests, single, warm, cold       int
-	firstCell                                 int
+	firstCell, startPath                      int
 	firstPrint, firstUse, sessions, sessionMB int
 	rounds                                    int
 	budgetMB                                  int
@@ -63,6 +64,7 @@ func main() {
 	flag.StringVar(&o.containerd, "containerd-address", "/run/containerd/containerd.sock", "containerd socket")
 	flag.StringVar(&o.image, "image", "", "worker image reference")
 	flag.StringVar(&o.archive, "archive", "", "worker image archive")
+	flag.StringVar(&o.agentDir, "agent-dir", "", "the agent's directory for codeboxd's --agent-dir (empty: codeboxd's default)")
 	flag.StringVar(&o.out, "out", "bench-results", "directory for results.json, results.txt and charts")
 	flag.StringVar(&o.charts, "charts", "", "also copy the charts here (make bench: docs/bench, which docs/benchmarks.md shows)")
 	flag.IntVar(&o.users, "users", 25, "seed scenario: concurrent users")
@@ -73,12 +75,13 @@ func main() {
 	flag.IntVar(&o.firstUse, "first-use", 10, "sessions whose first call in each language besides Python is timed")
 	flag.IntVar(&o.warm, "warm", 30, "new sessions from a warm pool")
 	flag.IntVar(&o.cold, "cold", 10, "new sessions from an empty pool")
+	flag.IntVar(&o.startPath, "start-path", 10, "workers pre-warmed from nothing for the start path's profile (0: skip)")
 	flag.IntVar(&o.firstCell, "first-cell", 10, "environments: new sessions whose first useful cell is timed, per environment (0: skip the phase)")
 	flag.IntVar(&o.budgetMB, "budget-mb", 16384, "memory budget for the density figure")
-	flag.IntVar(&o.sessions, "sessions", 300, "density: concurrent sessions kept on this host (0: skip)")
+	flag.IntVar(&o.sessions, "sessions", 500, "density: concurrent sessions kept on this host (0: skip)")
 	flag.IntVar(&o.sessionMB, "session-ram-mb", 256, "density: each worker's memory limit")
 	flag.Float64Var(&o.workerCPU, "worker-cpu", 1.0, "CPU cores per worker (the seed used 1.0)")
-	flag.DurationVar(&o.deadline, "deadline", 15*time.Minute, "the whole run stops after this")
+	flag.DurationVar(&o.deadline, "deadline", 25*time.Minute, "the whole run stops after this")
 	flag.BoolVar(&o.peer, "peer", true, "also run the seed scenario against a Jupyter Server with ipykernel (Debian's), the seed's own engine")
 	flag.BoolVar(&o.profile, "profile", false, "write a CPU profile of codeboxd during the seed scenario to OUT/codeboxd.cpu.pprof")
 	flag.Parse()
@@ -110,8 +113,12 @@ func run(o options) error {
 	seedFlags := []string{"--max-total-workers", "30", "--worker-cpu", strconv.FormatFloat(o.workerCPU, 'f', -1, 64),
 		"--worker-ram-mb", "1024", "--worker-disk-mb", "500"}
 
-	// Phase 1: an empty pool, for cold starts.
-	d, err := start(ctx, o, state, append([]string{"--min-idle-workers", "0"}, seedFlags...))
+	// Phase 1: an empty pool, for cold starts: one that learns no idle target either.
+	empty := filepath.Join(state, "empty-pool.json")
+	if err := os.WriteFile(empty, []byte(`{"environments": [{"name": "default", "min_idle": 0, "max_idle": 0}]}`), 0o600); err != nil {
+		return err
+	}
+	d, err := start(ctx, o, state, append([]string{"--min-idle-workers", "0", "--environments", empty}, seedFlags...))
 	if err != nil {
 		return err
 	}
@@ -120,6 +127,11 @@ func run(o options) error {
 	rep.Results = append(rep.Results, cold)
 	if err := d.stop(); err != nil {
 		return err
+	}
+	if o.startPath > 0 {
+		if err := startPathRun(ctx, o, state, rep, o.startPath); err != nil {
+			return err
+		}
 	}
 
 	// Phase 2: environments, seeded and not; a burst, and another once the pool learned.
@@ -300,6 +312,9 @@ func start(ctx context.Context, o options, state string, flags []string) (*daemo
 		"--worker-image", o.image, "--worker-image-archive", o.archive, "--metrics-listen", "127.0.0.1:" + metricsPort,
 		"--destroy-on-stop", "--log-level", "warn",
 	}, flags...)
+	if o.agentDir != "" {
+		args = append(args, "--agent-dir", o.agentDir)
+	}
 	cmd := exec.Command(o.codeboxd, args...)
 	cmd.Env = append(os.Environ(), api.TokenEnv+"="+token)
 	logf, err := os.Create(filepath.Join(state, "codeboxd.log"))
@@ -568,6 +583,25 @@ func targets(rep *bench.Report, users int) {
 	}
 	if r := rep.Find("first useful cell, seeded: create + pandas describe"); r != nil && r.Requests > 0 {
 		add("first useful cell (create + pandas describe), seeded p50", "ms", r.P50ms, 100, true)
+	}
+	if r := rep.Find("first useful cell, unseeded: create + pandas describe"); r != nil && r.Requests > 0 {
+		add("first useful cell (create + pandas describe), unseeded p50", "ms", r.P50ms, 150, true)
+	}
+	if v, ok := f["idle worker RSS, cgroup total_rss (MB)"]; ok {
+		add("idle worker RSS", "MB", v, 30, true)
+	}
+	if v, ok := f["start path: CPU per worker start, whole machine (ms)"]; ok {
+		add("CPU per worker start, whole machine (2 cores: 8/s needs <= 250)", "ms", v, 250, true)
+	}
+	for k, v := range f {
+		if n, ok := strings.CutPrefix(k, "density: sessions of "); ok && strings.HasSuffix(n, " that kept their state") {
+			add("density: sessions kept, every state verified", "sessions", v, 500, false)
+		}
+	}
+	for _, r := range rep.Results {
+		if strings.HasPrefix(r.Name, "density: ") && strings.HasSuffix(r.Name, "a new one's first execute") && r.Requests > 0 {
+			add("density: a new session's first execute p50", "ms", r.P50ms, 1000, true)
+		}
 	}
 	if v, ok := f[fmt.Sprintf("burst: %d new sessions, pool that learned (s)", users)]; ok && users == 25 {
 		add("burst: 25 new sessions after the pool learned", "s", v, 1.5, true)

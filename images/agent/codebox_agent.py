@@ -633,6 +633,21 @@ def make_shell(agent):
         def enable_gui(self, gui=None):
             pass
 
+        # The completer (and jedi, which it imports) costs ~0.1 s of CPU per worker start
+        # and serves only code that asks for completions: it is made on first use.
+        def init_completer(self):
+            pass
+
+        @property
+        def Completer(self):
+            if "_codebox_completer" not in self.__dict__:
+                InteractiveShell.init_completer(self)
+            return self.__dict__["_codebox_completer"]
+
+        @Completer.setter
+        def Completer(self, value):
+            self.__dict__["_codebox_completer"] = value
+
     config = Config()
     config.HistoryManager.enabled = False
     config.InteractiveShell.colors = "NoColor"

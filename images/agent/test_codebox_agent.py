@@ -480,6 +480,26 @@ class ConnectionTest(AgentTest):
         self.assertEqual(stdout(self.session.execute("print('still here')")), "still here\n")
 
 
+class LazyTest(AgentTest):
+    """What the agent does not load at start still works when first asked for."""
+
+    def result(self, code):
+        frames = self.session.execute(code)
+        results = of_type(frames, "execute_result")
+        self.assertEqual(len(results), 1, frames)
+        return results[0]["content"]["data"]["text/plain"]
+
+    def test_terminal_and_completer_load_when_used(self):
+        self.assertEqual(self.result("import sys; ('prompt_toolkit' in sys.modules, 'jedi' in sys.modules)"), "(False, False)")
+        self.assertEqual(self.result(
+            "from IPython.terminal.embed import InteractiveShellEmbed\n"
+            "import IPython\n"
+            "completer = get_ipython().Completer\n"
+            "(InteractiveShellEmbed.__name__, callable(IPython.embed), type(completer).__name__, 'jedi' in sys.modules)"),
+            "('InteractiveShellEmbed', True, 'IPCompleter', True)")
+        self.assertIn("per loop", stdout(self.session.execute("%timeit -n1 -r1 pass")))
+
+
 class BootTest(unittest.TestCase):
     """codebox_boot.py: what an image offers, and a clear exit for what it lacks."""
 
