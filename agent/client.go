@@ -225,11 +225,7 @@ func (c *Client) StartSession(ctx context.Context, env map[string]string) error 
 		content["code"] = ""
 		content["codebox_session"] = map[string]any{"env": env}
 	}, true, nil)
-	if err != nil {
-		return err
-	}
-	defer call.Finish()
-	res, err := call.Wait(ctx)
+	res, err := waitOnce(ctx, call, err)
 	if err != nil {
 		return err
 	}
@@ -239,16 +235,21 @@ func (c *Client) StartSession(ctx context.Context, env map[string]string) error 
 	return nil
 }
 
+// waitOnce waits for a call the daemon makes of its own (sent with err) and ends it.
+func waitOnce(ctx context.Context, call *Call, err error) (*Result, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer call.Finish()
+	return call.Wait(ctx)
+}
+
 // Seed runs an environment's seed cell for language, silently (no history, no execution
 // count): what it imports and defines is there for the session's first cell. Code that
 // raises is an error naming the exception.
 func (c *Client) Seed(ctx context.Context, code, language string) error {
 	call, err := c.start(code, language, true, nil)
-	if err != nil {
-		return err
-	}
-	defer call.Finish()
-	res, err := call.Wait(ctx)
+	res, err := waitOnce(ctx, call, err)
 	if err != nil {
 		return err
 	}
@@ -346,11 +347,7 @@ func (call *Call) Finish() {
 // count) that must come back ok.
 func (c *Client) Check(ctx context.Context) error {
 	call, err := c.start("pass", "", true, nil)
-	if err != nil {
-		return err
-	}
-	defer call.Finish()
-	res, err := call.Wait(ctx)
+	res, err := waitOnce(ctx, call, err)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -208,5 +209,23 @@ func TestEnvironments(t *testing.T) {
 	}
 	if s, err := d2.client.Session(ctx, "e2e-byo"); err != nil || s.Environment != "byo" {
 		t.Fatalf("the byo session's environment after the restart: %+v %v", s, err)
+	}
+}
+
+// TestEnvironmentWithoutImage: an environment whose image is neither in containerd nor
+// importable stops codeboxd at start, with a message naming the environment.
+func TestEnvironmentWithoutImage(t *testing.T) {
+	file := writeEnvironments(t, map[string]any{"name": "ghost", "image": "codebox.local/e2e-ghost:1",
+		"archive": filepath.Join(t.TempDir(), "absent.oci.tar")})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, env.bin, "--environments", file, "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--state-dir", t.TempDir(), "--containerd-address", env.containerd, "--containerd-namespace", namespace,
+		"--worker-bridge", bridge, "--worker-subnet", subnet, "--worker-image", env.image, "--worker-image-archive", env.archive,
+		"--metrics-listen", "")
+	cmd.Env = append(os.Environ(), "AUTH_TOKEN="+randomHex(16))
+	out, err := cmd.CombinedOutput()
+	if err == nil || ctx.Err() != nil || !strings.Contains(string(out), `environment "ghost"`) || !strings.Contains(string(out), "absent.oci.tar") {
+		t.Fatalf("codeboxd with an environment whose image cannot be had: %v\n%s", err, out)
 	}
 }

@@ -9,11 +9,8 @@ import (
 	"strconv"
 	"strings"
 
-	"log/slog"
-
 	"github.com/codebox/codebox/bench"
 	"github.com/codebox/codebox/daemon"
-	crt "github.com/codebox/codebox/runtime"
 )
 
 // seedImports is the seed of the bench's seeded environment.
@@ -84,12 +81,7 @@ func environmentsRun(ctx context.Context, o options, state string, rep *bench.Re
 // idleByEnvironment reads the idle workers' memory and the CPU their start took (all the
 // CPU they used: nothing else ran in them), per environment, from their cgroups.
 func idleByEnvironment(ctx context.Context, o options, rep *bench.Report) error {
-	rt, err := crt.Connect(ctx, o.containerd, namespace, slog.Default())
-	if err != nil {
-		return err
-	}
-	defer rt.Close()
-	managed, err := rt.Managed(ctx)
+	managed, err := managedWorkers(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -101,8 +93,8 @@ func idleByEnvironment(ctx context.Context, o options, rep *bench.Report) error 
 		if env != "seeded" && env != "unseeded" || !strings.HasPrefix(id, "w-") {
 			continue
 		}
-		stat, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", namespace, id, "memory.stat"))
-		if err != nil {
+		rss, _, ok := workerMemory(id)
+		if !ok {
 			continue // cgroup v2 hosts: not read here
 		}
 		s := by[env]
@@ -110,12 +102,7 @@ func idleByEnvironment(ctx context.Context, o options, rep *bench.Report) error 
 			s = &sums{}
 			by[env] = s
 		}
-		for _, line := range strings.Split(string(stat), "\n") {
-			if v, ok := strings.CutPrefix(line, "total_rss "); ok {
-				n, _ := strconv.ParseFloat(v, 64)
-				s.rss += n / (1 << 20)
-			}
-		}
+		s.rss += rss
 		if b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/cpuacct", namespace, id, "cpuacct.usage")); err == nil {
 			n, _ := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
 			s.cpu += n / 1e9

@@ -409,34 +409,30 @@ func agentConns(ctx context.Context, o options, c *api.Client, prefix string, us
 	return conns, nil
 }
 
-// density reads idle workers' memory from their cgroups.
-func density(ctx context.Context, o options, rep *bench.Report) error {
+// managedWorkers lists the bench namespace's workers with their labels.
+func managedWorkers(ctx context.Context, o options) (map[string]map[string]string, error) {
 	rt, err := crt.Connect(ctx, o.containerd, namespace, slog.Default())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer rt.Close()
-	managed, err := rt.Managed(ctx)
+	return rt.Managed(ctx)
+}
+
+// density reads idle workers' memory from their cgroups.
+func density(ctx context.Context, o options, rep *bench.Report) error {
+	managed, err := managedWorkers(ctx, o)
 	if err != nil {
 		return err
 	}
 	// Called with the pool idle: every worker is an idle one.
 	var rss, usage []float64
 	for id := range managed {
-		stat, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", namespace, id, "memory.stat"))
-		if err != nil {
+		r, u, ok := workerMemory(id)
+		if !ok {
 			continue // cgroup v2 hosts: not read here
 		}
-		for _, line := range strings.Split(string(stat), "\n") {
-			if v, ok := strings.CutPrefix(line, "total_rss "); ok {
-				n, _ := strconv.ParseFloat(v, 64)
-				rss = append(rss, n/(1<<20))
-			}
-		}
-		if b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", namespace, id, "memory.usage_in_bytes")); err == nil {
-			n, _ := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
-			usage = append(usage, n/(1<<20))
-		}
+		rss, usage = append(rss, r), append(usage, u)
 	}
 	if len(rss) == 0 {
 		rep.Comments = append(rep.Comments, "density: no cgroup v1 memory stats found")
@@ -455,6 +451,26 @@ func density(ctx context.Context, o options, rep *bench.Report) error {
 	}
 	rep.Figures[fmt.Sprintf("idle workers in %d MB by RSS", o.budgetMB)] = float64(int(float64(o.budgetMB) / avg(rss)))
 	return nil
+}
+
+// workerMemory reads worker id's memory from its cgroup v1: its RSS (memory.stat
+// total_rss) and its usage with the page cache, in MB.
+func workerMemory(id string) (rss, usage float64, ok bool) {
+	stat, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", namespace, id, "memory.stat"))
+	if err != nil {
+		return 0, 0, false
+	}
+	for _, line := range strings.Split(string(stat), "\n") {
+		if v, found := strings.CutPrefix(line, "total_rss "); found {
+			n, _ := strconv.ParseFloat(v, 64)
+			rss = n / (1 << 20)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", namespace, id, "memory.usage_in_bytes")); err == nil {
+		n, _ := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
+		usage = n / (1 << 20)
+	}
+	return rss, usage, true
 }
 
 func machine() string {
