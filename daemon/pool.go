@@ -138,7 +138,7 @@ func (d *Daemon) headroomLocked(p *pool) int {
 
 func (d *Daemon) errAtCap(p *pool) error {
 	detail := fmt.Sprintf("all workers are busy (max-total-workers is %d); retry later", d.cfg.MaxTotalWorkers)
-	if p.live+p.creating >= p.env.MaxTotal {
+	if p.live+p.creating >= p.env.MaxTotal && p.env.MaxTotal < d.cfg.MaxTotalWorkers { // its share, not the whole cap
 		detail = fmt.Sprintf("environment %q runs its most workers (max_total %d); retry later", p.name(), p.env.MaxTotal)
 	}
 	return &api.Problem{Kind: api.Busy, RetryAfter: retryAfter, Detail: detail}

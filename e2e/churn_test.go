@@ -16,7 +16,10 @@ import (
 // and checks that no loop device, mount, netns, iptables rule, CNI allocation, snapshot,
 // container or disk file is left.
 func TestChurnLeavesNothing(t *testing.T) {
-	d := startDaemon(t, "--worker-disk-mb", "32")
+	// A pool that keeps no idle worker (max_idle 0): every worker made is one the test
+	// used, and none may be left.
+	d := startDaemon(t, "--worker-disk-mb", "32", "--environments",
+		writeEnvironments(t, map[string]any{"name": "default", "min_idle": 0, "max_idle": 0}))
 	rulesBefore := firewallRules(t)
 	start := time.Now()
 	for round := 0; round < 10; round++ {

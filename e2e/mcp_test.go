@@ -99,7 +99,7 @@ func TestMCP(t *testing.T) {
 		t.Logf("tool %s: %s", tl.Name, tl.Description)
 	}
 	slices.Sort(names)
-	if want := []string{"create_session", "list_files", "read_file", "release", "run_code", "write_file"}; !slices.Equal(names, want) {
+	if want := []string{"create_session", "list_environments", "list_files", "read_file", "release", "run_code", "write_file"}; !slices.Equal(names, want) {
 		t.Fatalf("tools %v, want %v", names, want)
 	}
 
@@ -119,6 +119,9 @@ func TestMCP(t *testing.T) {
 	r = callTool(t, ctx, cs, "create_session", map[string]any{"session": "e2e-mcp-shaped"})
 	if !r.IsError || !strings.Contains(texts(r), "is running") {
 		t.Fatalf("create_session of a running session: %s", texts(r))
+	}
+	if r := callTool(t, ctx, cs, "list_environments", map[string]any{}); r.IsError || !strings.Contains(texts(r), "default: runs python, javascript, typescript, bash") {
+		t.Fatalf("list_environments: %s", texts(r))
 	}
 
 	// State across calls; the first says it started the session.

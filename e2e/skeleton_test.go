@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -70,7 +71,8 @@ func TestSessionBasics(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.TotalWorkers != 1 || st.BusyWorkers != 1 || st.MaxTotalWorkers != 10 || st.IdleWorkersInPool != st.IdleWorkers {
+		// Besides it, the pool may hold an idle worker it learned to keep from this session.
+		if st.BusyWorkers != 1 || st.TotalWorkers > 2 || st.MaxTotalWorkers != 10 || st.IdleWorkersInPool != st.IdleWorkers {
 			t.Fatalf("status = %+v", st)
 		}
 	})
@@ -82,10 +84,7 @@ func TestSessionBasics(t *testing.T) {
 				t.Fatalf("release %d: %v", i, err)
 			}
 		}
-		st, _ := d.client.Status(context.Background())
-		if st.TotalWorkers != 0 {
-			t.Fatalf("worker not destroyed: %+v", st)
-		}
+		eventually(t, 10*time.Second, "the released worker destroyed", func() bool { return !slices.Contains(containerIDs(t), before) })
 		r := d.exec(t, user, "x")
 		if r.Error == nil || r.Error.Ename != "NameError" || r.WorkerID == before {
 			t.Fatalf("after release: %+v", r)

@@ -38,7 +38,7 @@ test('lists the tools with descriptions and schemas', async () => {
   c = await connect(TOKEN);
   const { tools } = await c.client.listTools();
   const names = tools.map((t) => t.name).sort();
-  assert.deepEqual(names, ['create_session', 'list_files', 'read_file', 'release', 'run_code', 'write_file']);
+  assert.deepEqual(names, ['create_session', 'list_environments', 'list_files', 'read_file', 'release', 'run_code', 'write_file']);
   const run = tools.find((t) => t.name === 'run_code');
   assert.ok(run.description.length > 40);
   assert.deepEqual(run.inputSchema.required, ['code']);
@@ -50,7 +50,7 @@ test('create_session makes a sandbox with its own limits, then run_code uses it'
   const id = 'ts-shaped-' + Date.now();
   let r = await c.client.callTool({ name: 'create_session', arguments: { session: id, memory_mb: 300, timeout: 600 } });
   assert.ok(!r.isError, text(r));
-  assert.match(text(r), /300 MB memory/);
+  assert.match(text(r), /in environment default: .*300 MB memory/);
   r = await c.client.callTool({ name: 'run_code', arguments: { code: 'print("in", 6 * 7)', session: id } });
   assert.equal(text(r).trim(), 'in 42');
   r = await c.client.callTool({ name: 'create_session', arguments: { session: id, memory_mb: 99999999 } });
