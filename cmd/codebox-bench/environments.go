@@ -63,7 +63,11 @@ func environmentsRun(ctx context.Context, o options, state string, rep *bench.Re
 	}
 	first := bench.Burst(ctx, d.client, fmt.Sprintf("burst of %d, pool of 1 that has seen none", o.users), "burst", "burst1", o.users)
 	rep.Results = append(rep.Results, first)
-	if err := bench.WaitPool(ctx, d.client, "burst", func(p bench.PoolState) bool { return p.Idle >= o.users && p.Creating == 0 }); err != nil {
+	// Its target decays from the burst's size (rounded, it is one less 10 s after): the pool
+	// is ready when it holds its target, most of the burst.
+	if err := bench.WaitPool(ctx, d.client, "burst", func(p bench.PoolState) bool {
+		return p.Idle >= p.TargetIdle && p.TargetIdle >= o.users*4/5 && p.Creating == 0
+	}); err != nil {
 		return err
 	}
 	p, err := bench.Pool(ctx, d.client, "burst")
