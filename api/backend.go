@@ -48,6 +48,11 @@ type Backend interface {
 
 	// Environments lists the environments; pool counts for admin callers.
 	Environments(ctx context.Context) ([]Environment, error)
+
+	// SetNetwork replaces a running session's network policy (PUT …/network).
+	SetNetwork(ctx context.Context, id string, p NetworkPolicy) (*Session, error)
+	// NetworkEvents returns a session's network decisions from seq since on, at most limit.
+	NetworkEvents(ctx context.Context, id string, since uint64, limit int) (*NetworkEvents, error)
 }
 
 // Output receives what an execute produces.

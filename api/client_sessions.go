@@ -83,3 +83,22 @@ func (c *Client) Environments(ctx context.Context) ([]Environment, error) {
 	}
 	return envs, nil
 }
+
+// SetNetwork replaces a running session's network policy (PUT …/network).
+func (c *Client) SetNetwork(ctx context.Context, id string, p NetworkPolicy) (*Session, error) {
+	var s Session
+	if err := c.do(ctx, http.MethodPut, sessionPath(id)+"/network", nil, p, &s, http.StatusOK); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// NetworkEvents returns a session's network decisions from seq since on, at most limit.
+func (c *Client) NetworkEvents(ctx context.Context, id string, since uint64, limit int) (*NetworkEvents, error) {
+	q := url.Values{"since": {strconv.FormatUint(since, 10)}, "limit": {strconv.Itoa(limit)}}
+	var ev NetworkEvents
+	if err := c.do(ctx, http.MethodGet, sessionPath(id)+"/network/events", q, nil, &ev, http.StatusOK); err != nil {
+		return nil, err
+	}
+	return &ev, nil
+}

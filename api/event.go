@@ -32,6 +32,12 @@ type Event struct {
 	PreviousSession *PreviousSession `json:"previous_session,omitempty"`
 	WorkerID        string           `json:"worker_id,omitempty"`
 	Detail          string           `json:"detail,omitempty"`
+
+	// network: a decision of the session's network policy while the call ran (a denial);
+	// done: the call's denials, as in ExecuteResponse.
+	Network             *NetworkEvent  `json:"network,omitempty"`
+	NetworkDenials      []NetworkEvent `json:"network_denials,omitempty"`
+	NetworkDenialsTotal int            `json:"network_denials_total,omitempty"`
 }
 
 // Event types.
@@ -42,6 +48,7 @@ const (
 	EventResult  = "result"
 	EventError   = "error"
 	EventDone    = "done"
+	EventNetwork = "network"
 )
 
 // Statuses of a done event.
@@ -76,8 +83,10 @@ func (e Event) MarshalJSON() ([]byte, error) {
 		WorkerID       string           `json:"worker_id,omitempty"`
 		Detail         string           `json:"detail,omitempty"`
 		Previous       *PreviousSession `json:"previous_session,omitempty"`
+		Denials        []NetworkEvent   `json:"network_denials,omitempty"`
+		DenialsTotal   int              `json:"network_denials_total,omitempty"`
 	}{e.Type, e.ID, e.Status, e.StatePreserved, e.ExecutionCount, e.DurationMS, e.DroppedBytes, e.NewSession, e.WorkerID, e.Detail,
-		e.PreviousSession})
+		e.PreviousSession, e.NetworkDenials, e.NetworkDenialsTotal})
 }
 
 // Streamer is an Output that also takes what a call produces as it happens.

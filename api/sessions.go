@@ -37,6 +37,8 @@ type CreateSessionRequest struct {
 	// Env is set for every interpreter and process of the session before its first code
 	// runs. Its values are never logged nor returned.
 	Env map[string]string `json:"env,omitempty"`
+	// Network opens what it names to the session's worker (SPEC 3.12); absent: nothing.
+	Network *NetworkPolicy `json:"network,omitempty"`
 }
 
 // UpdateSessionRequest is the body of PATCH /api/v1/sessions/{id}: what it names changes,
@@ -49,6 +51,9 @@ type UpdateSessionRequest struct {
 	Metadata *map[string]string `json:"metadata,omitempty"`
 	// Limits changes what it names: CPU, memory and pids up or down, the disk only up.
 	Limits *Limits `json:"limits,omitempty"`
+	// Network replaces the session's policy: new connections follow within a second, open
+	// ones it no longer allows are cut.
+	Network *NetworkPolicy `json:"network,omitempty"`
 }
 
 // Session states.
@@ -84,6 +89,8 @@ type Session struct {
 	ExpiresAt      *time.Time        `json:"expires_at"`
 	// IdleTimeout is seconds.
 	IdleTimeout float64 `json:"idle_timeout"`
+	// Network is what its worker may reach.
+	Network NetworkPolicy `json:"network"`
 	// AccessToken reaches this session alone; only in the answer that created it.
 	AccessToken string `json:"access_token,omitempty"`
 	// Usage is in the answer of GET of one running session.

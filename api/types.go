@@ -70,6 +70,10 @@ type ExecuteResponse struct {
 	// StatePreserved is false (and only then present) when the call's language
 	// interpreter ended or was killed during it: its state is lost, the others' are not.
 	StatePreserved *bool `json:"state_preserved,omitempty"`
+	// NetworkDenials are the first MaxNetworkDenials connections and names the session's
+	// network policy denied while the call ran; NetworkDenialsTotal counts them all.
+	NetworkDenials      []NetworkEvent `json:"network_denials,omitempty"`
+	NetworkDenialsTotal int            `json:"network_denials_total,omitempty"`
 
 	// For a streamed call's done event: the caller's interrupt stopped the code (Error is
 	// its KeyboardInterrupt), and what the output cap dropped.

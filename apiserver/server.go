@@ -127,6 +127,8 @@ func (s *server) routes() []route {
 		{http.MethodGet, "/api/v1/sessions/:id", keyed, s.getSession},
 		{http.MethodPatch, "/api/v1/sessions/:id", keyed, s.updateSession},
 		{http.MethodDelete, "/api/v1/sessions/:id", keyed, s.deleteSession},
+		{http.MethodPut, "/api/v1/sessions/:id/network", keyed, s.setNetwork},
+		{http.MethodGet, "/api/v1/sessions/:id/network/events", keyed, s.networkEvents},
 		{http.MethodGet, "/api/v1/environments", keyed, s.listEnvironments},
 		// The seed's older form, for its own clients: user_uuid in the body.
 		{http.MethodPost, "/execute", keyed, s.execute},

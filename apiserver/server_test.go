@@ -74,6 +74,16 @@ func (f *fakeBackend) DeleteSession(ctx context.Context, id string) error {
 	return nil
 }
 
+func (f *fakeBackend) SetNetwork(ctx context.Context, id string, p api.NetworkPolicy) (*api.Session, error) {
+	f.saw(ctx, id)
+	return &api.Session{SessionID: id, State: api.SessionRunning, Network: p}, nil
+}
+
+func (f *fakeBackend) NetworkEvents(ctx context.Context, id string, since uint64, limit int) (*api.NetworkEvents, error) {
+	f.saw(ctx, id)
+	return &api.NetworkEvents{Events: []api.NetworkEvent{{Seq: since, Kind: "dns", Name: "x.test", Decision: "denied", Reason: "dns_denied"}}, NextSeq: since + 1}, nil
+}
+
 func (f *fakeBackend) Environments(ctx context.Context) ([]api.Environment, error) {
 	e := api.Environment{Name: "default", Image: "img", Languages: api.Languages, Available: true}
 	if api.CallerOf(ctx).Admin {

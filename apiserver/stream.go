@@ -18,6 +18,10 @@ func eventSize(e api.Event) int64 {
 	for _, l := range e.Traceback {
 		n += len(l)
 	}
+	if e.Network != nil {
+		// A denial is small but a worker can cause many: each is charged what it holds.
+		n += 128 + len(e.Network.Name) + len(e.Network.Reason) + len(e.Network.Rule)
+	}
 	return int64(n)
 }
 
@@ -38,6 +42,7 @@ func doneEvent(id string, resp *api.ExecuteResponse, err error) api.Event {
 		e.ExecutionCount, e.DurationMS, e.NewSession, e.WorkerID = resp.ExecutionCount, resp.DurationMS, resp.NewSession, resp.WorkerID
 		e.PreviousSession = resp.PreviousSession
 		e.DroppedBytes = resp.DroppedBytes
+		e.NetworkDenials, e.NetworkDenialsTotal = resp.NetworkDenials, resp.NetworkDenialsTotal
 	case errors.As(err, &p):
 		e.Detail = p.Detail
 		switch p.Kind {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/egress"
 )
 
 // A worker's state, as recorded for a later codeboxd.
@@ -42,11 +43,12 @@ type shapeRecord struct {
 	Expires     *time.Time        `json:"expires,omitempty"`
 	IdleTimeout time.Duration     `json:"idle_timeout_ns"`
 	Token       string            `json:"token_sha256,omitempty"`
+	Network     []string          `json:"network,omitempty"`
 }
 
 func (sh shape) record() *shapeRecord {
 	r := &shapeRecord{Environment: sh.environment, Limits: sh.limits, Metadata: sh.metadata, Env: sh.env,
-		Created: sh.created, IdleTimeout: sh.idleTimeout}
+		Created: sh.created, IdleTimeout: sh.idleTimeout, Network: sh.network.Texts()}
 	if !sh.expires.IsZero() {
 		e := sh.expires
 		r.Expires = &e
@@ -65,6 +67,9 @@ func (r *shapeRecord) shape() shape {
 	}
 	if b, err := hex.DecodeString(r.Token); err == nil && len(b) == len(sh.token) {
 		copy(sh.token[:], b)
+	}
+	if len(r.Network) > 0 {
+		sh.network, _ = egress.Parse(r.Network) // checked when it was set
 	}
 	return sh
 }

@@ -42,6 +42,9 @@ type Config struct {
 	Environments []environments.Environment
 	// AgentDir is the host directory of the kernel agent mounted into every worker.
 	AgentDir string
+	// ResolvConf is the host file mounted at every worker's /etc/resolv.conf: its one
+	// nameserver is the egress resolver ("": the image's own).
+	ResolvConf string
 }
 
 // timings are the daemon's waits that tests shorten.

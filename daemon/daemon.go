@@ -18,6 +18,7 @@ import (
 
 	"github.com/codebox/codebox/api"
 	"github.com/codebox/codebox/blockdev"
+	"github.com/codebox/codebox/egress"
 	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/runtime"
 	"github.com/codebox/codebox/transfer"
@@ -31,6 +32,7 @@ type Daemon struct {
 	net      network
 	disks    disks
 	dialer   dialAgentFunc
+	egress   egressPolicy // what each session's worker may reach (network.go)
 	xfer     *transfer.Client
 	metrics  *metrics
 	assigned *assignments // which session each worker serves, for restarts
@@ -70,6 +72,8 @@ type Deps struct {
 	// Images are the environments' images, by environment name (none for a daemon that
 	// only cleans up).
 	Images map[string]*runtime.Image
+	// Egress decides the workers' network traffic (nil for a daemon that only cleans up).
+	Egress *egress.Server
 }
 
 // New returns a daemon serving from deps. Recover takes over what an earlier run left;
@@ -79,8 +83,12 @@ func New(cfg Config, log *slog.Logger, deps Deps) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	return build(cfg, log, parts{rt: containerd{deps.Runtime}, net: deps.Network, disks: store, dial: dialAgent,
-		images: deps.Images, timings: defaultTimings})
+	p := parts{rt: containerd{deps.Runtime}, net: deps.Network, disks: store, dial: dialAgent,
+		images: deps.Images, timings: defaultTimings}
+	if deps.Egress != nil {
+		p.egress = deps.Egress
+	}
+	return build(cfg, log, p)
 }
 
 // parts are what a daemon is built from (fakes, in the unit tests).
@@ -90,6 +98,7 @@ type parts struct {
 	disks   disks
 	dial    dialAgentFunc
 	images  map[string]*runtime.Image
+	egress  egressPolicy // nil: none
 	timings timings
 }
 
@@ -113,7 +122,7 @@ func build(cfg Config, log *slog.Logger, p parts) (*Daemon, error) {
 	}
 	bg, stop := context.WithCancel(context.Background())
 	d := &Daemon{
-		cfg: cfg, log: log, rt: p.rt, net: p.net, disks: p.disks, dialer: p.dial, timings: p.timings,
+		cfg: cfg, log: log, rt: p.rt, net: p.net, disks: p.disks, dialer: p.dial, timings: p.timings, egress: p.egress,
 		xfer: transfer.NewClient(guard, cfg.FileTimeout), transfers: make(chan struct{}, maxParallelTransfers),
 		metrics: newMetrics(), assigned: assigned,
 		bg: bg, stop: stop,
@@ -124,6 +133,9 @@ func build(cfg Config, log *slog.Logger, p parts) (*Daemon, error) {
 		graveyard:    map[string]*worker{},
 		uidRanges:    map[uint32]bool{},
 		initializing: true,
+	}
+	if d.egress == nil {
+		d.egress = noEgress{}
 	}
 	if d.pools, err = d.makePools(p.images); err != nil {
 		stop()

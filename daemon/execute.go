@@ -114,6 +114,10 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code, language strin
 	}
 	defer call.Finish()
 	s.fresh = false
+	// The call's network denials: streamed as they happen, in its answer at its end.
+	var answered *api.ExecuteResponse
+	watch := d.watchCall(s.key, st)
+	defer func() { watch(answered) }()
 	var intr *interrupter
 	if st != nil {
 		intr = &interrupter{task: in.task, log: d.log.With("worker", w.id)}
@@ -134,6 +138,7 @@ func (d *Daemon) executeIn(ctx context.Context, s *session, code, language strin
 		}
 		resp.DroppedBytes = res.DroppedBytes
 		resp.Interrupted = intr.stopped(resp)
+		answered = resp
 		return resp, nil
 	case errors.Is(err, agent.ErrClosed):
 		return nil, d.cattle(ctx, s, mishap{what: connectionLost, inst: in, partial: res})

@@ -97,6 +97,9 @@ func (d *Daemon) Register(reg prometheus.Registerer) error {
 		}),
 		poolCollector{d},
 	)
+	if c, ok := d.egress.(interface{ Collectors() []prometheus.Collector }); ok {
+		cs = append(cs, c.Collectors()...)
+	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return err

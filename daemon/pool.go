@@ -288,6 +288,9 @@ func (d *Daemon) assign(ctx context.Context, s *session) error {
 			Detail: "could not prepare a worker for the session", Cause: err}
 	}
 	d.mu.Lock()
+	// The policy as it is now, under the lock a PATCH changes it under: one that came while
+	// the worker was being fitted is not lost.
+	d.egress.Assign(workerAddr(w.ip), s.key.owner(), s.shape.network)
 	s.worker = w
 	d.mu.Unlock()
 	return nil

@@ -95,6 +95,7 @@ func (d *Daemon) Recover(ctx context.Context) error {
 		if rec.State == stateSession {
 			s := newSession(recordKey(rec), sh)
 			s.worker = w
+			d.egress.Assign(workerAddr(w.ip), s.key.owner(), sh.network)
 			d.sessions[s.key] = s
 			if s.shape.token != ([32]byte{}) {
 				d.tokens[s.shape.token] = s.key

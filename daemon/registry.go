@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/egress"
 	"github.com/codebox/codebox/environments"
 	"github.com/codebox/codebox/runtime"
 )
@@ -108,6 +109,9 @@ func (d *Daemon) newShape(req api.CreateSessionRequest, now time.Time) (shape, e
 	if sh.env, err = checkEnv(req.Env); err != nil {
 		return sh, err
 	}
+	if sh.network, err = parseNetwork(req.Network); err != nil {
+		return sh, err
+	}
 	// The environment's variables, then the session's over them, within the same bounds.
 	if len(envDefaults) > 0 {
 		merged := envDefaults
@@ -171,7 +175,7 @@ func (d *Daemon) viewLocked(s *session, withTenant bool) api.Session {
 	sh := s.shape
 	v := api.Session{SessionID: s.key.id, Environment: sh.environment, State: api.SessionRunning,
 		Limits: sh.limits, Metadata: maps.Clone(sh.metadata), EnvNames: envNames(sh.env), CreatedAt: sh.created,
-		LastActivityAt: time.Unix(0, s.lastUsed.Load()), IdleTimeout: sh.idleTimeout.Seconds()}
+		LastActivityAt: time.Unix(0, s.lastUsed.Load()), IdleTimeout: sh.idleTimeout.Seconds(), Network: networkView(sh.network)}
 	if v.Metadata == nil {
 		v.Metadata = map[string]string{}
 	}
@@ -328,6 +332,14 @@ func (d *Daemon) UpdateSession(ctx context.Context, id string, req api.UpdateSes
 			return nil, err
 		}
 	}
+	if req.Network != nil {
+		if next.network, err = parseNetwork(req.Network); err != nil {
+			return nil, err
+		}
+		if next.network == nil {
+			next.network = &egress.Policy{}
+		}
+	}
 	if next.limits != sh.limits {
 		applied, err := d.changeLimits(ctx, w, sh.limits, next.limits)
 		if err != nil {
@@ -347,6 +359,9 @@ func (d *Daemon) UpdateSession(ctx context.Context, id string, req api.UpdateSes
 		return nil, d.notFound(key)
 	}
 	s.shape = next
+	if req.Network != nil {
+		d.egress.SetPolicy(key.owner(), next.network) // under the lock: two PATCHes land in order
+	}
 	d.armExpiryLocked(s)
 	v := d.viewLocked(s, api.CallerOf(ctx).Admin)
 	d.mu.Unlock()

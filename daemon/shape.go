@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/codebox/codebox/egress"
+
 	"github.com/codebox/codebox/api"
 )
 
@@ -29,6 +31,8 @@ type shape struct {
 	idleTimeout time.Duration
 	// token is the sha256 of the session's access token (zero: none; implicit sessions).
 	token [sha256.Size]byte
+	// network is what its worker may reach (nil: nothing).
+	network *egress.Policy
 }
 
 // Least values of a session's limits: what a kernel needs to start and run small code.

@@ -134,12 +134,13 @@ func (d *Daemon) createWorker(ctx context.Context, p *pool) (_ *worker, err erro
 	attached := time.Now()
 
 	task, err := d.rt.Start(ctx, runtime.WorkerSpec{
-		ID:        w.id,
-		Image:     p.image,
-		NetNSPath: w.nsPath,
-		UIDBase:   w.uidBase,
-		Resources: resourcesOf(p.limits),
-		AgentDir:  d.cfg.AgentDir,
+		ID:         w.id,
+		Image:      p.image,
+		NetNSPath:  w.nsPath,
+		UIDBase:    w.uidBase,
+		Resources:  resourcesOf(p.limits),
+		AgentDir:   d.cfg.AgentDir,
+		ResolvConf: d.cfg.ResolvConf,
 		Env: []string{
 			AgentTokenEnv + "=" + w.token,
 			"CODEBOX_AGENT_PORT=" + strconv.Itoa(agentPort),
@@ -357,6 +358,10 @@ func (d *Daemon) destroyWorker(ctx context.Context, w *worker) error {
 	}
 	start := time.Now()
 	err := d.destroyResources(ctx, w.id, w.nsPath, w.logPath)
+	if a := workerAddr(w.ip); a.IsValid() {
+		// Once it is gone, so nothing it sends while dying makes the address known again.
+		d.egress.Release(a) // its connections cut, its answers forgotten
+	}
 	d.metrics.destroys.Inc()
 	d.metrics.destroyDuration.Observe(time.Since(start).Seconds())
 	if err != nil {

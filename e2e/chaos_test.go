@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/egress"
 	"github.com/codebox/codebox/firewall"
 	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/runtime"
@@ -517,7 +518,8 @@ func checkOwnResources(socket, stateDir string, workers, sessions int) error {
 // checkFirewall checks the tests' bridge is fenced: its chains hold their rules and are
 // hooked in first, for IPv4 and IPv6.
 func checkFirewall() error {
-	fw, err := firewall.New(bridge)
+	fw, err := firewall.New(bridge, firewall.Egress{DNSPort: egress.DNSPort, ProxyPort: egress.ProxyPort,
+		NFLOGGroup: firewall.NFLOGGroup(bridge)})
 	if err != nil {
 		return err
 	}

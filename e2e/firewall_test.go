@@ -53,7 +53,11 @@ def probe():
             s = socket.socket()
             s.settimeout(0.005)  # an open path answers within a millisecond here
             try:
+                # A connection the policy refuses may be accepted by codeboxd's proxy and
+                # reset at once: only an answer from behind it is a way through.
                 s.connect(addr)
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                s.recv(1)
                 counts["open"] += 1
             except OSError as e:
                 k = type(e).__name__
@@ -164,7 +168,8 @@ for addr in [(%q, 9000), (%q, %s), (%q, %s)]:
     for _ in range(5):
         s = socket.socket(); s.settimeout(0.3)
         try:
-            s.connect(addr); opened.append(addr)
+            s.connect(addr); s.sendall(b"GET / HTTP/1.0\r\n\r\n"); s.recv(1)  # an answer from behind the proxy
+            opened.append(addr)
         except OSError:
             pass
         finally:

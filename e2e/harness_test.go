@@ -100,8 +100,9 @@ func removeTestNetwork() error {
 	for _, tool := range []string{"iptables", "ip6tables"} {
 		filter, _ := exec.Command(tool, "-S").Output()
 		mangle, _ := exec.Command(tool, "-t", "mangle", "-S").Output()
-		rules := string(filter) + string(mangle)
-		for _, c := range []string{in, fwd, firewall.FenceChain(bridge)} {
+		nat, _ := exec.Command(tool, "-t", "nat", "-S").Output()
+		rules := string(filter) + string(mangle) + string(nat)
+		for _, c := range []string{in, fwd, firewall.FenceChain(bridge), firewall.RedirectChain(bridge)} {
 			if strings.Contains(rules, c) {
 				return fmt.Errorf("%s still has the test chain %s after cleanup", tool, c)
 			}

@@ -1,13 +1,18 @@
-// Package firewall owns the iptables and ip6tables rules that fence the workers' bridge: no
-// egress, no worker-to-worker traffic, no host port. It has two layers, each in chains of
-// its own hooked first into the built-in chains:
+// Package firewall owns the iptables and ip6tables rules that fence the workers' bridge:
+// nothing of a worker's reaches anything but codeboxd's egress resolver and proxy (package
+// egress), which decide what goes further; no worker-to-worker traffic, no host port. It has
+// three layers, each in chains of its own hooked first into the built-in chains:
 //
-//   - the fence, in the mangle table's PREROUTING: every packet that comes from the bridge
-//     and belongs to no connection the host opened is dropped there. A DROP is final in
-//     whatever table it happens, so no ACCEPT that other software puts into the filter
+//   - the fence, in the mangle table's PREROUTING: from the bridge pass only packets of
+//     connections under way, DNS questions and the first packet of a TCP connection; UDP is
+//     logged (NFLOG, for the egress's events) and dropped, the rest dropped. A DROP is final
+//     in whatever table it happens, so no ACCEPT that other software puts into the filter
 //     table (Docker, Calico, a host firewall) can open what the fence closes;
-//   - the filter chains (INPUT and FORWARD), which answer what passes the fence: a refusal
-//     instead of silence where a worker asks for a host port.
+//   - the redirect, in the nat table's PREROUTING: DNS to the egress resolver, every other
+//     TCP connection to the egress proxy, whatever its destination (another worker, a host
+//     port, the internet);
+//   - the filter chains (INPUT and FORWARD): only what was redirected reaches the host, a
+//     refusal for anything else; nothing is forwarded.
 //
 // Every change is one iptables-restore transaction per address family, so running workers
 // are never unfenced; Keep checks the hooks periodically and puts them back first when some
@@ -19,10 +24,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"log/slog"
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -38,6 +45,22 @@ func Chains(bridge string) (input, forward string) {
 
 // FenceChain is the name of the fence's chain in the mangle table for bridge.
 func FenceChain(bridge string) string { return "CODEBOX-PRE-" + bridge }
+
+// RedirectChain is the name of the redirect's chain in the nat table for bridge.
+func RedirectChain(bridge string) string { return "CODEBOX-NAT-" + bridge }
+
+// Egress is where the redirect sends the workers' traffic: the egress resolver's and
+// proxy's ports on the bridge's address, and the NFLOG group dropped UDP is logged to.
+type Egress struct {
+	DNSPort, ProxyPort uint16
+	NFLOGGroup         uint16
+}
+
+// NFLOGGroup is bridge's NFLOG group: each bridge its own, so that two daemons' logs do
+// not mix.
+func NFLOGGroup(bridge string) uint16 {
+	return uint16(1000 + crc32.ChecksumIEEE([]byte(bridge))%30000)
+}
 
 // iptablesAPI is the part of go-iptables the firewall uses, and iptables-restore; tests
 // substitute a fake.
@@ -76,12 +99,13 @@ func (t table) Restore(rules string) error {
 // IPv6, since veths get link-local IPv6 addresses.
 type Firewall struct {
 	bridge    string
+	egress    Egress
 	tables    []iptablesAPI // IPv4 and IPv6
 	netfilter func() error  // makes bridged traffic pass iptables
 }
 
 // New returns the firewall of bridge, backed by iptables and ip6tables.
-func New(bridge string) (*Firewall, error) {
+func New(bridge string, egress Egress) (*Firewall, error) {
 	v4, err := iptables.NewWithProtocol(iptables.ProtocolIPv4)
 	if err != nil {
 		return nil, fmt.Errorf("iptables: %w", err)
@@ -90,7 +114,7 @@ func New(bridge string) (*Firewall, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ip6tables: %w", err)
 	}
-	return &Firewall{bridge: bridge, netfilter: enableBridgeNetfilter,
+	return &Firewall{bridge: bridge, egress: egress, netfilter: enableBridgeNetfilter,
 		tables: []iptablesAPI{table{v4, "iptables-restore"}, table{v6, "ip6tables-restore"}}}, nil
 }
 
@@ -112,27 +136,55 @@ type hook struct {
 // `iptables -S` prints them, so that Keep can compare what is there with what should be.
 func (f *Firewall) ruleset(proto iptables.Protocol) ([]chain, []hook) {
 	in, fwd := Chains(f.bridge)
-	fence := FenceChain(f.bridge)
-	unreachable := "icmp-port-unreachable"
+	fence, redirect := FenceChain(f.bridge), RedirectChain(f.bridge)
 	if proto == iptables.ProtocolIPv6 {
-		unreachable = "icmp6-port-unreachable"
+		// Workers have no IPv6 (netns turns it off): replies to the host's own
+		// connections pass, nothing else.
+		return []chain{
+				{"mangle", fence, []string{"-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN", "-j DROP"}},
+				{"filter", in, []string{
+					"-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+					"-p tcp -j REJECT --reject-with tcp-reset",
+					"-j REJECT --reject-with icmp6-port-unreachable",
+				}},
+				{"filter", fwd, []string{"-j DROP"}},
+			}, []hook{
+				{"mangle", "PREROUTING", "-i " + f.bridge + " -j " + fence},
+				{"filter", "INPUT", "-i " + f.bridge + " -j " + in},
+				{"filter", "FORWARD", "-i " + f.bridge + " -j " + fwd},
+				{"filter", "FORWARD", "-o " + f.bridge + " -j " + fwd},
+			}
 	}
+	dns, proxy := strconv.Itoa(int(f.egress.DNSPort)), strconv.Itoa(int(f.egress.ProxyPort))
 	chains := []chain{
-		// Replies to connections the host opened (codeboxd talking to the agents) pass;
-		// anything else from the bridge ends here, whatever the filter table says.
+		// Replies to connections under way (the host's to the agents, the proxy's to the
+		// workers), DNS and new TCP connections (both redirected below) pass; UDP is logged
+		// and dropped; anything else ends here, whatever the filter table says.
 		{"mangle", fence, []string{
 			"-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+			"-p udp -m udp --dport 53 -j RETURN",
+			"-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN",
+			fmt.Sprintf("-p udp -j NFLOG --nflog-group %d --nflog-size 28", f.egress.NFLOGGroup),
 			"-j DROP",
+		}},
+		{"nat", redirect, []string{
+			"-p udp -m udp --dport 53 -j REDIRECT --to-ports " + dns,
+			"-p tcp -m tcp --dport 53 -j REDIRECT --to-ports " + dns,
+			"-p tcp -j REDIRECT --to-ports " + proxy,
 		}},
 		{"filter", in, []string{
 			"-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+			"-p udp -m udp --dport " + dns + " -m conntrack --ctstate DNAT -j ACCEPT",
+			"-p tcp -m tcp --dport " + dns + " -m conntrack --ctstate DNAT -j ACCEPT",
+			"-p tcp -m tcp --dport " + proxy + " -m conntrack --ctstate DNAT -j ACCEPT",
 			"-p tcp -j REJECT --reject-with tcp-reset",
-			"-j REJECT --reject-with " + unreachable,
+			"-j REJECT --reject-with icmp-port-unreachable",
 		}},
 		{"filter", fwd, []string{"-j DROP"}},
 	}
 	hooks := []hook{
 		{"mangle", "PREROUTING", "-i " + f.bridge + " -j " + fence},
+		{"nat", "PREROUTING", "-i " + f.bridge + " -j " + redirect},
 		{"filter", "INPUT", "-i " + f.bridge + " -j " + in},
 		{"filter", "FORWARD", "-i " + f.bridge + " -j " + fwd},
 		{"filter", "FORWARD", "-o " + f.bridge + " -j " + fwd},

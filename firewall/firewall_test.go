@@ -28,7 +28,7 @@ func (f *fakeTables) record() {
 
 func newFake(proto iptables.Protocol) *fakeTables {
 	return &fakeTables{proto: proto, chains: map[string][]string{
-		"filter/INPUT": {"-j ACCEPT-OTHER"}, "filter/FORWARD": {}, "mangle/PREROUTING": {}}}
+		"filter/INPUT": {"-j ACCEPT-OTHER"}, "filter/FORWARD": {}, "mangle/PREROUTING": {}, "nat/PREROUTING": {}}}
 }
 
 func key(table, chain string) string { return table + "/" + chain }
@@ -144,7 +144,8 @@ func (f *fakeTables) DeleteIfExists(table, chain string, spec ...string) error {
 
 func newTestFirewall() (*Firewall, []*fakeTables) {
 	v4, v6 := newFake(iptables.ProtocolIPv4), newFake(iptables.ProtocolIPv6)
-	return &Firewall{bridge: "codebox0", tables: []iptablesAPI{v4, v6}, netfilter: func() error { return nil }},
+	return &Firewall{bridge: "codebox0", egress: Egress{DNSPort: 15353, ProxyPort: 15001, NFLOGGroup: 1234},
+			tables: []iptablesAPI{v4, v6}, netfilter: func() error { return nil }},
 		[]*fakeTables{v4, v6}
 }
 
@@ -205,11 +206,31 @@ func TestFirewallInstallIsIdempotentAndRemovable(t *testing.T) {
 		if pre := tb.chains["mangle/PREROUTING"]; !slices.Equal(pre, []string{"-i codebox0 -j CODEBOX-PRE-codebox0"}) {
 			t.Fatalf("mangle PREROUTING = %q", pre)
 		}
-		if got := tb.chains["mangle/CODEBOX-PRE-codebox0"]; len(got) != 2 || !strings.Contains(got[0], "RELATED,ESTABLISHED -j RETURN") || got[1] != "-j DROP" {
-			t.Fatalf("fence = %q", got)
+		fence, input := tb.chains["mangle/CODEBOX-PRE-codebox0"], tb.chains["filter/CODEBOX-IN-codebox0"]
+		if !strings.Contains(fence[0], "RELATED,ESTABLISHED -j RETURN") || fence[len(fence)-1] != "-j DROP" ||
+			!strings.Contains(input[0], "RELATED,ESTABLISHED -j ACCEPT") || !strings.HasPrefix(input[len(input)-1], "-j REJECT") {
+			t.Fatalf("fence = %q, input chain = %q", fence, input)
 		}
-		if got := tb.chains["filter/CODEBOX-IN-codebox0"]; len(got) != 3 || !strings.Contains(got[0], "RELATED,ESTABLISHED -j ACCEPT") || !strings.HasPrefix(got[2], "-j REJECT") {
-			t.Fatalf("input chain = %q", got)
+		if tb.proto == iptables.ProtocolIPv6 {
+			if len(fence) != 2 || len(input) != 3 || tb.chains["nat/CODEBOX-NAT-codebox0"] != nil {
+				t.Fatalf("IPv6: fence = %q, input = %q, nat = %q: replies alone", fence, input, tb.chains["nat/CODEBOX-NAT-codebox0"])
+			}
+		} else {
+			// DNS and new TCP connections pass the fence, UDP is logged; the redirect sends
+			// them to the egress resolver and proxy, the only ports open to the bridge.
+			if !slices.Contains(fence, "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN") ||
+				!slices.Contains(fence, "-p udp -j NFLOG --nflog-group 1234 --nflog-size 28") {
+				t.Fatalf("fence = %q", fence)
+			}
+			if got := tb.chains["nat/CODEBOX-NAT-codebox0"]; len(got) != 3 || got[2] != "-p tcp -j REDIRECT --to-ports 15001" {
+				t.Fatalf("redirect = %q", got)
+			}
+			if pre := tb.chains["nat/PREROUTING"]; !slices.Equal(pre, []string{"-i codebox0 -j CODEBOX-NAT-codebox0"}) {
+				t.Fatalf("nat PREROUTING = %q", pre)
+			}
+			if !slices.Contains(input, "-p tcp -m tcp --dport 15001 -m conntrack --ctstate DNAT -j ACCEPT") || len(input) != 6 {
+				t.Fatalf("input chain = %q", input)
+			}
 		}
 		if got := tb.chains["filter/CODEBOX-FWD-codebox0"]; len(got) != 1 || got[0] != "-j DROP" {
 			t.Fatalf("forward chain = %q", got)
@@ -224,8 +245,8 @@ func TestFirewallInstallIsIdempotentAndRemovable(t *testing.T) {
 		}
 	}
 	for _, tb := range tbs {
-		if len(tb.chains) != 3 || len(tb.chains["filter/INPUT"]) != 1 || len(tb.chains["filter/FORWARD"]) != 0 ||
-			len(tb.chains["mangle/PREROUTING"]) != 0 {
+		if len(tb.chains) != 4 || len(tb.chains["filter/INPUT"]) != 1 || len(tb.chains["filter/FORWARD"]) != 0 ||
+			len(tb.chains["mangle/PREROUTING"]) != 0 || len(tb.chains["nat/PREROUTING"]) != 0 {
 			t.Fatalf("after Remove: %v", tb.chains)
 		}
 	}
@@ -250,7 +271,7 @@ func TestRepairPutsTheHooksBackFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(problems) != 8 { // per family: 3 built-in chains, 1 chain of ours
+	if len(problems) != 8 { // per family: 3 built-in chains, 1 chain of ours (nat untouched)
 		t.Fatalf("Verify found %d problems, want 8: %q", len(problems), problems)
 	}
 	repaired, err := fw.Repair()
@@ -272,8 +293,8 @@ func TestRepairPutsTheHooksBackFirst(t *testing.T) {
 		}
 		// The transaction replaced the chains whole: the state before it (with the foreign
 		// ACCEPTs first) was open, but no state it made was more open than that.
-		if len(tb.history) != 2 { // one per table
-			t.Fatalf("the repair took %d steps, want one per table", len(tb.history))
+		if tables := map[iptables.Protocol]int{iptables.ProtocolIPv4: 3, iptables.ProtocolIPv6: 2}[tb.proto]; len(tb.history) != tables {
+			t.Fatalf("the repair took %d steps, want one per table (%d)", len(tb.history), tables)
 		}
 		if !closed(tb.history[len(tb.history)-1]) {
 			t.Fatalf("after the repair: %q", tb.history[len(tb.history)-1])

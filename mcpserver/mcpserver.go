@@ -311,6 +311,7 @@ type createSessionIn struct {
 	IdleTimeout float64           `json:"idle_timeout,omitempty" jsonschema:"Seconds unused before the sandbox ends (default: the server's)."`
 	Metadata    map[string]string `json:"metadata,omitempty" jsonschema:"Labels to find the sandbox by (at most 32 string pairs)."`
 	Environment string            `json:"environment,omitempty" jsonschema:"The environment (an image with its own libraries) the sandbox runs in; list_environments names them. Default: default."`
+	Allow       []string          `json:"allow,omitempty" jsonschema:"What the sandbox may reach on the network (default: nothing): host names (pypi.org), *.suffix, addresses or CIDRs, each with an optional :port; at most 64."`
 }
 
 type releaseIn struct {
@@ -604,6 +605,16 @@ func result(r *api.ExecuteResponse) *mcp.CallToolResult {
 	if r.Truncated {
 		content = append(content, &mcp.TextContent{Text: "[output truncated: the call printed more than codeboxd keeps]"})
 	}
+	if len(r.NetworkDenials) > 0 {
+		lines := make([]string, 0, len(r.NetworkDenials)+1)
+		for _, e := range r.NetworkDenials {
+			lines = append(lines, api.NetworkDenialText(e))
+		}
+		if more := r.NetworkDenialsTotal - len(r.NetworkDenials); more > 0 {
+			lines = append(lines, fmt.Sprintf("network: and %d more denials", more))
+		}
+		content = append(content, &mcp.TextContent{Text: strings.Join(lines, "\n")})
+	}
 	if r.Error != nil {
 		tb := strings.Join(r.Error.Traceback, "\n")
 		if tb == "" {
@@ -874,6 +885,9 @@ func (h *Handler) createSession(ctx context.Context, req *mcp.CallToolRequest, i
 		return toolError(err)
 	}
 	creq := api.CreateSessionRequest{SessionID: u, Metadata: in.Metadata, Environment: in.Environment}
+	if len(in.Allow) > 0 {
+		creq.Network = &api.NetworkPolicy{Allow: in.Allow}
+	}
 	if in.CPU != 0 || in.MemoryMB != 0 || in.DiskMB != 0 {
 		creq.Limits = &api.Limits{CPU: in.CPU, MemoryMB: in.MemoryMB, DiskMB: in.DiskMB}
 	}

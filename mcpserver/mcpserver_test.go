@@ -39,6 +39,14 @@ func (f *fakeBackend) DeleteSession(ctx context.Context, id string) error {
 	return api.Fail(api.Internal, "not in this fake")
 }
 
+func (f *fakeBackend) SetNetwork(ctx context.Context, id string, p api.NetworkPolicy) (*api.Session, error) {
+	return nil, api.Fail(api.Internal, "not in this fake")
+}
+
+func (f *fakeBackend) NetworkEvents(ctx context.Context, id string, since uint64, limit int) (*api.NetworkEvents, error) {
+	return nil, api.Fail(api.Internal, "not in this fake")
+}
+
 func (f *fakeBackend) Environments(ctx context.Context) ([]api.Environment, error) {
 	return []api.Environment{{Name: "default", Image: "img", Languages: api.Languages, Available: true},
 		{Name: "data", Image: "img:data", Languages: []string{"python"}, Seed: true, Available: true}}, nil

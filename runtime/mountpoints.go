@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/continuity/fs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // makeMountPoints makes, in container c's own snapshot, the directory of every mount of
@@ -38,10 +40,28 @@ func (r *Runtime) makeMountPoints(ctx context.Context, c client.Container) error
 			if _, err := os.Stat(p); err == nil {
 				continue
 			}
+			if isFile(m) { // a file bound over a file: /etc/resolv.conf
+				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+					return fmt.Errorf("mount point %s of %s: %w", m.Destination, c.ID(), err)
+				}
+				if err := os.WriteFile(p, nil, 0o644); err != nil {
+					return fmt.Errorf("mount point %s of %s: %w", m.Destination, c.ID(), err)
+				}
+				continue
+			}
 			if err := os.MkdirAll(p, 0o755); err != nil {
 				return fmt.Errorf("mount point %s of %s: %w", m.Destination, c.ID(), err)
 			}
 		}
 		return nil
 	})
+}
+
+// isFile reports whether m binds a regular file of the host.
+func isFile(m specs.Mount) bool {
+	if m.Type != "bind" {
+		return false
+	}
+	st, err := os.Stat(m.Source)
+	return err == nil && st.Mode().IsRegular()
 }

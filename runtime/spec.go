@@ -63,8 +63,10 @@ type WorkerSpec struct {
 	// dependencies and tini), mounted read-only at AgentMount: the image needs nothing of
 	// codebox's.
 	AgentDir string
-	Labels   map[string]string
-	LogPath  string // the task's stdout/stderr on the host; empty: discarded
+	// ResolvConf, when set, is the host file bound read-only at /etc/resolv.conf.
+	ResolvConf string
+	Labels     map[string]string
+	LogPath    string // the task's stdout/stderr on the host; empty: discarded
 	// BeforeStart, when set, runs once the task exists (its namespaces made, pid given)
 	// and before its process starts: the host's last word on it.
 	BeforeStart func(pid uint32) error
@@ -87,8 +89,22 @@ func workerOpts(s WorkerSpec) []oci.SpecOpts {
 		withNetwork(s.NetNSPath),
 		withMounts(s.SandboxSource, s.SandboxOptions),
 		withAgent(s.AgentDir),
+		withResolvConf(s.ResolvConf),
 		oci.WithProcessCwd(SandboxDir),
 		oci.WithEnv(s.Env),
+	}
+}
+
+// withResolvConf binds path read-only at /etc/resolv.conf: the worker's resolver is the one
+// its network policy is decided at, whatever the image names.
+func withResolvConf(path string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if path == "" {
+			return nil
+		}
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: path,
+			Options: []string{"bind", "ro", "nosuid", "nodev", "noexec"}})
+		return nil
 	}
 }
 

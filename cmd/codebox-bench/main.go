@@ -53,6 +53,7 @@ type options struct {
 	firstCell, startPath                      int
 	firstPrint, firstUse, sessions, sessionMB int
 	rounds                                    int
+	egressRequests, egressMB                  int
 	budgetMB                                  int
 	workerCPU                                 float64
 	deadline                                  time.Duration
@@ -77,6 +78,8 @@ func main() {
 	flag.IntVar(&o.cold, "cold", 10, "new sessions from an empty pool")
 	flag.IntVar(&o.startPath, "start-path", 10, "workers pre-warmed from nothing for the start path's profile (0: skip)")
 	flag.IntVar(&o.firstCell, "first-cell", 10, "environments: new sessions whose first useful cell is timed, per environment (0: skip the phase)")
+	flag.IntVar(&o.egressRequests, "egress-requests", 300, "egress: HTTP requests (a new connection each) per round and path (0: skip the phase)")
+	flag.IntVar(&o.egressMB, "egress-mb", 64, "egress: MB downloaded per round and path")
 	flag.IntVar(&o.budgetMB, "budget-mb", 16384, "memory budget for the density figure")
 	flag.IntVar(&o.sessions, "sessions", 500, "density: concurrent sessions kept on this host (0: skip)")
 	flag.IntVar(&o.sessionMB, "session-ram-mb", 256, "density: each worker's memory limit")
@@ -148,7 +151,14 @@ func run(o options) error {
 		}
 	}
 
-	// Phase 4: the seed's configuration.
+	// Phase 4: what the network policy layer costs an allowed client.
+	if o.egressRequests > 0 {
+		if err := egressRun(ctx, o, state, rep); err != nil {
+			return err
+		}
+	}
+
+	// Phase 5: the seed's configuration.
 	d, err = start(ctx, o, state, append([]string{"--min-idle-workers", "5"}, seedFlags...))
 	if err != nil {
 		return err
@@ -618,6 +628,15 @@ func targets(rep *bench.Report, users int) {
 		if strings.HasPrefix(r.Name, "density: ") && strings.HasSuffix(r.Name, "a new one's first execute") && r.Requests > 0 {
 			add("density: a new session's first execute p50", "ms", r.P50ms, 1000, true)
 		}
+	}
+	if v, ok := f["egress: policy layer / direct requests per second (%)"]; ok {
+		add("egress: allowed requests/s through the policy layer / direct", "%", v, 80, false)
+	}
+	if v, ok := f["egress: time the policy layer adds to a new connection's request, p50 (ms)"]; ok {
+		add("egress: time added to a new connection's request, p50", "ms", v, 1, true)
+	}
+	if v, ok := f["egress: policy layer / direct download throughput (%)"]; ok {
+		add("egress: allowed download through the policy layer / direct", "%", v, 80, false)
 	}
 	if v, ok := f[fmt.Sprintf("burst: %d new sessions, pool that learned (s)", users)]; ok && users == 25 {
 		add("burst: 25 new sessions after the pool learned", "s", v, 1.5, true)

@@ -44,11 +44,13 @@ commands:
   status                                              show the worker pool (admin keys)
   sessions ls [-m KEY=VALUE]... [--state S] [--json]  list sessions (metadata AND-ed)
   sessions create [--id ID] [--environment E] [--cpu N] [--memory-mb N] [--disk-mb N] [--pids N]
-                  [--timeout D] [--idle-timeout D] [-m KEY=VALUE]... [-e NAME=VALUE]...
+                  [--timeout D] [--idle-timeout D] [-m KEY=VALUE]... [-e NAME=VALUE]... [--allow RULE]...
                                                       make a session with a shape of its own
   sessions get SESSION                                a session, with its usage or why it ended
   sessions extend [--timeout D] SESSION               restart its lifetime from now (default 1h)
   sessions rm SESSION                                 end a session
+  sessions network [--allow RULE]... SESSION          replace what it may reach (no --allow: nothing)
+  sessions events [--since SEQ] [--json] SESSION      its network decisions
   environments [--json]                               the environments sessions can run in
   token                                               print the API token
   files put -u USER LOCAL /sandbox/PATH               upload a file

@@ -17,7 +17,7 @@ import (
 // sessionsCmd is `codebox sessions ls|create|get|extend|rm`.
 func sessionsCmd(ctx context.Context, c *api.Client, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("sessions needs ls, create, get, extend or rm")
+		return errors.New("sessions needs ls, create, get, extend, network, events or rm")
 	}
 	sub, args := args[0], args[1:]
 	switch sub {
@@ -74,10 +74,15 @@ func sessionsCmd(ctx context.Context, c *api.Client, args []string, stdout io.Wr
 		idle := fs.Duration("idle-timeout", 0, "idle timeout (e.g. 10m); 0: the daemon's default")
 		fs.Var(&md, "m", "KEY=VALUE metadata (repeatable)")
 		fs.Var(&env, "e", "NAME=VALUE environment variable (repeatable)")
+		var allow list
+		fs.Var(&allow, "allow", "what it may reach: a host name, *.suffix, address or CIDR, with an optional :port (repeatable; none: nothing)")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
 		req := api.CreateSessionRequest{SessionID: *id, Environment: *environment, Metadata: md.m, Env: env.m}
+		if len(allow) > 0 {
+			req.Network = &api.NetworkPolicy{Allow: allow}
+		}
 		if *cpu != 0 || *mem != 0 || *disk != 0 || *pids != 0 {
 			req.Limits = &api.Limits{CPU: *cpu, MemoryMB: *mem, DiskMB: *disk, Pids: *pids}
 		}
@@ -104,6 +109,53 @@ func sessionsCmd(ctx context.Context, c *api.Client, args []string, stdout io.Wr
 			return err
 		}
 		return printJSON(stdout, s)
+	case "network":
+		fs := flag.NewFlagSet("sessions network", flag.ContinueOnError)
+		var allow list
+		fs.Var(&allow, "allow", "a rule (repeatable; none: the session reaches nothing)")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return errors.New("sessions network needs one SESSION")
+		}
+		s, err := c.SetNetwork(ctx, fs.Arg(0), api.NetworkPolicy{Allow: append([]string{}, allow...)})
+		if err != nil {
+			return err
+		}
+		return printJSON(stdout, s.Network)
+	case "events":
+		fs := flag.NewFlagSet("sessions events", flag.ContinueOnError)
+		since := fs.Uint64("since", 0, "the seq to start from")
+		asJSON := fs.Bool("json", false, "print the JSON answer")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return errors.New("sessions events needs one SESSION")
+		}
+		ev, err := c.NetworkEvents(ctx, fs.Arg(0), *since, 1000)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(stdout, ev)
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SEQ\tTIME\tKIND\tNAME\tDESTINATION\tDECISION\tREASON / RULE\tBYTES OUT/IN")
+		for _, e := range ev.Events {
+			dest := e.IP
+			if e.Port != 0 {
+				dest = fmt.Sprintf("%s:%d", e.IP, e.Port)
+			}
+			why := e.Reason
+			if why == "" {
+				why = e.Rule
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\n", e.Seq, e.Time.Format("15:04:05.000"), e.Kind, e.Name, dest,
+				e.Decision, why, e.BytesOut, e.BytesIn)
+		}
+		return tw.Flush()
 	case "extend":
 		fs := flag.NewFlagSet("sessions extend", flag.ContinueOnError)
 		ttl := fs.Duration("timeout", time.Hour, "the new lifetime, from now")
@@ -119,7 +171,7 @@ func sessionsCmd(ctx context.Context, c *api.Client, args []string, stdout io.Wr
 		}
 		return printJSON(stdout, s)
 	}
-	return fmt.Errorf("unknown sessions command %q: ls, create, get, extend or rm", sub)
+	return fmt.Errorf("unknown sessions command %q: ls, create, get, extend, network, events or rm", sub)
 }
 
 // environmentsCmd is `codebox environments [--json]`.
@@ -161,6 +213,12 @@ func seconds(d time.Duration) *float64 {
 	s := d.Seconds()
 	return &s
 }
+
+// list is a repeatable flag.
+type list []string
+
+func (l *list) String() string     { return strings.Join(*l, ",") }
+func (l *list) Set(v string) error { *l = append(*l, v); return nil }
 
 // pairs is a repeatable KEY=VALUE flag.
 type pairs struct{ m map[string]string }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -28,47 +29,49 @@ const minWorkerRAMMB = 128
 // config is codeboxd's configuration: every flag, each also settable from the environment
 // (CODEBOX_<FLAG>).
 type config struct {
-	Listen             string
-	MinIdleWorkers     int
-	MaxTotalWorkers    int
-	WorkerCPU          float64
-	WorkerRAMMB        int
-	WorkerDiskMB       int
-	WorkerPids         int
-	WorkerImage        string
-	WorkerImageArchive string
-	WorkerSubnet       string
-	WorkerBridge       string
-	ExecTimeout        time.Duration
-	MaxExecTimeout     time.Duration
-	IdleTimeout        time.Duration
-	RecycleInterval    time.Duration
-	ContainerdAddress  string
-	Namespace          string
-	StateDir           string
-	CORSOrigins        string
-	LogLevel           string
-	MaxFileMB          int
-	MetricsListen      string
-	DestroyOnStop      bool
-	FileTimeout        time.Duration
-	FileAllowlist      string
-	FirewallCheck      time.Duration
-	TrustedProxies     string
-	TLSCert, TLSKey    string
-	Pprof              bool
-	RequestMemoryMB    int
-	APIKeys            string
-	MaxSessionCPU      float64
-	MaxSessionRAMMB    int
-	MaxSessionDiskMB   int
-	MaxSessionPids     int
-	SessionTTL         time.Duration
-	MaxSessionTTL      time.Duration
-	EndedRetention     time.Duration
-	MaxTenantSessions  int
-	Environments       string
-	AgentDir           string
+	Listen                 string
+	MinIdleWorkers         int
+	MaxTotalWorkers        int
+	WorkerCPU              float64
+	WorkerRAMMB            int
+	WorkerDiskMB           int
+	WorkerPids             int
+	WorkerImage            string
+	WorkerImageArchive     string
+	WorkerSubnet           string
+	WorkerBridge           string
+	ExecTimeout            time.Duration
+	MaxExecTimeout         time.Duration
+	IdleTimeout            time.Duration
+	RecycleInterval        time.Duration
+	ContainerdAddress      string
+	Namespace              string
+	StateDir               string
+	CORSOrigins            string
+	LogLevel               string
+	MaxFileMB              int
+	MetricsListen          string
+	DestroyOnStop          bool
+	FileTimeout            time.Duration
+	FileAllowlist          string
+	FirewallCheck          time.Duration
+	TrustedProxies         string
+	TLSCert, TLSKey        string
+	Pprof                  bool
+	RequestMemoryMB        int
+	APIKeys                string
+	MaxSessionCPU          float64
+	MaxSessionRAMMB        int
+	MaxSessionDiskMB       int
+	MaxSessionPids         int
+	SessionTTL             time.Duration
+	MaxSessionTTL          time.Duration
+	EndedRetention         time.Duration
+	MaxTenantSessions      int
+	Environments           string
+	AgentDir               string
+	EgressResolver         string
+	EgressPrivateAllowlist string
 
 	// environments are the resolved environments (validate fills them in).
 	environments []environments.Environment
@@ -141,6 +144,8 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.StringVar(&c.WorkerImage, "worker-image", defaultWorkerImage, "worker image reference; pulled through containerd if absent")
 	fs.StringVar(&c.WorkerImageArchive, "worker-image-archive", "", "OCI archive to import when the image is absent (offline hosts)")
 	fs.StringVar(&c.Environments, "environments", "", "JSON file naming environments: images with their own warm pools, limits, env and seed cells (docs/ENVIRONMENTS.md); empty: the default alone")
+	fs.StringVar(&c.EgressResolver, "egress-resolver", "", "host:port of the DNS server the names sessions may reach are asked of; empty: the first nameserver of /etc/resolv.conf")
+	fs.StringVar(&c.EgressPrivateAllowlist, "egress-private-allowlist", "", "comma-separated private CIDRs (RFC 1918, CGNAT, ULA) a session's network rule may open; empty: none")
 	fs.StringVar(&c.AgentDir, "agent-dir", "", "the kernel agent's directory, mounted read-only into every worker; empty: ../lib/codebox/agent beside codeboxd")
 	fs.StringVar(&c.WorkerSubnet, "worker-subnet", "10.213.0.0/16", "IPv4 subnet of the workers' bridge")
 	fs.StringVar(&c.WorkerBridge, "worker-bridge", "codebox0", "bridge the workers attach to; also names the CNI network and the firewall chains")
@@ -283,6 +288,14 @@ func (c *config) validate() error {
 	if _, err := parsePrefixes(c.TrustedProxies); err != nil {
 		return fmt.Errorf("--trusted-proxies: %v", err)
 	}
+	if _, err := parsePrefixes(c.EgressPrivateAllowlist); err != nil {
+		return fmt.Errorf("--egress-private-allowlist: %v", err)
+	}
+	if c.EgressResolver != "" {
+		if _, err := netip.ParseAddrPort(c.EgressResolver); err != nil {
+			return fmt.Errorf("--egress-resolver %q must be an address and port (198.51.100.53:53): %v", c.EgressResolver, err)
+		}
+	}
 	if !netns.ValidBridge(c.WorkerBridge) {
 		return fmt.Errorf("--worker-bridge %q must be 1-15 characters of a-z 0-9 -", c.WorkerBridge)
 	}
@@ -360,4 +373,25 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// egressResolver is --egress-resolver, or the first nameserver of the host's
+// /etc/resolv.conf, on port 53.
+func (c config) egressResolver() (string, error) {
+	if c.EgressResolver != "" {
+		return c.EgressResolver, nil
+	}
+	b, err := os.ReadFile("/etc/resolv.conf")
+	if err != nil {
+		return "", fmt.Errorf("--egress-resolver is not set and /etc/resolv.conf cannot be read: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "nameserver" {
+			if a, err := netip.ParseAddr(f[1]); err == nil {
+				return netip.AddrPortFrom(a, 53).String(), nil
+			}
+		}
+	}
+	return "", errors.New("--egress-resolver is not set and /etc/resolv.conf names no nameserver")
 }

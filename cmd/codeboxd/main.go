@@ -37,6 +37,7 @@ import (
 	"github.com/codebox/codebox/connguard"
 	"github.com/codebox/codebox/console"
 	"github.com/codebox/codebox/daemon"
+	"github.com/codebox/codebox/egress"
 	"github.com/codebox/codebox/environments"
 	"github.com/codebox/codebox/firewall"
 	"github.com/codebox/codebox/keys"
@@ -103,7 +104,8 @@ func network(cfg config) (*netns.Network, *firewall.Firewall, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	fw, err := firewall.New(netCfg.Bridge)
+	fw, err := firewall.New(netCfg.Bridge, firewall.Egress{DNSPort: egress.DNSPort, ProxyPort: egress.ProxyPort,
+		NFLOGGroup: firewall.NFLOGGroup(netCfg.Bridge)})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -203,9 +205,14 @@ func serve(cfg config) error {
 		return fmt.Errorf("install firewall: %w", err)
 	}
 	go fw.Keep(ctx, cfg.FirewallCheck, log)
+	// The workers' only way out: their resolver and proxy, before any worker exists.
+	eg, resolvConf, err := startEgress(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
 	dcfg := cfg.daemonConfig()
-	dcfg.AgentDir = agentDir
-	d, err := daemon.New(dcfg, log, daemon.Deps{Runtime: rt, Network: n, Images: images})
+	dcfg.AgentDir, dcfg.ResolvConf = agentDir, resolvConf
+	d, err := daemon.New(dcfg, log, daemon.Deps{Runtime: rt, Network: n, Images: images, Egress: eg})
 	if err != nil {
 		return err
 	}
@@ -516,4 +523,39 @@ func ensureImages(ctx context.Context, rt *runtime.Runtime, envs []environments.
 		images[e.Name] = byRef[slices.Index(refs, e.Image)]
 	}
 	return images, nil
+}
+
+// startEgress starts the workers' resolver and proxy on the bridge's address, and writes
+// the resolv.conf every worker gets (its one nameserver: the bridge's address).
+func startEgress(ctx context.Context, cfg config, log *slog.Logger) (*egress.Server, string, error) {
+	subnet, err := netip.ParsePrefix(cfg.WorkerSubnet)
+	if err != nil {
+		return nil, "", err
+	}
+	gateway := subnet.Masked().Addr().Next() // the bridge's address (CNI's isGateway)
+	upstream, err := cfg.egressResolver()
+	if err != nil {
+		return nil, "", err
+	}
+	private, _ := parsePrefixes(cfg.EgressPrivateAllowlist)
+	eg, err := egress.New(egress.Config{Gateway: gateway, Subnet: subnet.Masked(), DNSPort: egress.DNSPort,
+		ProxyPort: egress.ProxyPort, Upstream: upstream, PrivateAllowlist: private,
+		NFLOGGroup: firewall.NFLOGGroup(cfg.WorkerBridge), Log: log})
+	if err != nil {
+		return nil, "", err
+	}
+	if err := eg.Start(ctx); err != nil {
+		return nil, "", err
+	}
+	path := filepath.Join(cfg.StateDir, "resolv.conf")
+	conf := fmt.Sprintf("# codeboxd: the workers' resolver, which answers the names a session's network policy allows\nnameserver %s\noptions timeout:2 attempts:2\n", gateway)
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, "", err
+	}
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return nil, "", err
+	}
+	log.Info("egress serving", "resolver", netip.AddrPortFrom(gateway, egress.DNSPort).String(),
+		"proxy", netip.AddrPortFrom(gateway, egress.ProxyPort).String(), "upstream", upstream)
+	return eg, path, nil
 }

@@ -317,6 +317,11 @@
     else if (ev.detail && status === 'error' && !cell.sawError) notes.push(ev.detail);
     if (ev.dropped_bytes) notes.push(humanSize(ev.dropped_bytes) + ' of output were dropped (the page read too slowly).');
     if (cell.hidden) notes.push(cell.hidden + ' more characters of output not shown.');
+    if (ev.network_denials_total > (cell.denials || 0)) {
+      notes.push('network: ' + ev.network_denials_total + ' denials in all (GET /api/v1/sessions/{id}/network/events lists them).');
+    } else if ((cell.denials || 0) > 10) {
+      notes.push('network: ' + cell.denials + ' denials in all.');
+    }
     for (const n of notes) cell.body.append(el('p', { class: 'note', text: n }));
     updateButtons();
     if (status === 'ok' || status === 'error') refreshFiles();
@@ -349,10 +354,27 @@
         cell.body.append(node);
         break;
       }
+      case 'network':
+        if (ev.network) showDenial(cell, ev.network);
+        break;
       case 'done':
         finish(cell, ev);
         break;
     }
+  }
+
+  // A denial of the session's network policy, under the cell that caused it.
+  const denialWhy = {
+    not_in_allowlist: "not in this session's allowlist", dns_denied: "not in this session's allowlist (its name was not resolved)",
+    ip_literal: 'an address no allowed name resolved to', port_not_allowed: 'a port the allowlist does not name',
+    private_address: 'an address no session may reach', sni_mismatch: 'the name it carried is not allowed there',
+    udp_blocked: 'UDP other than DNS is blocked', connection_limit: 'too many connections at once',
+  };
+  function showDenial(cell, n) {
+    cell.denials = (cell.denials || 0) + 1;
+    if (cell.denials > 10) return;
+    const what = (n.name || n.ip || '') + (n.port ? ':' + n.port : '');
+    cell.body.append(el('p', { class: 'note network', text: 'network: denied ' + n.kind + ' ' + what + ' — ' + (denialWhy[n.reason] || n.reason) }));
   }
 
   // The oldest unfinished call is the one running; later ones wait behind it.

@@ -367,6 +367,12 @@ test('environments: a new session in a seeded environment finds its seed', async
   await select.selectOption('default');
 });
 
+test('network: a denial shows under the cell that caused it', async () => {
+  const cell = await run("import socket\ntry:\n    socket.gethostbyname('blocked.test')\nexcept OSError as e:\n    print(type(e).__name__)");
+  await cell.locator('.note.network').filter({ hasText: "network: denied dns blocked.test — not in this session's allowlist" }).waitFor();
+  assert.match(await cell.innerText(), /gaierror/);
+});
+
 test('no page errors and no CSP violations', () => {
   assert.deepEqual(problems, []);
 });

@@ -50,6 +50,10 @@ class Result:
     worker_id: str = ""
     #: When this call made the session in place of an ended one: {"ended_reason", "ended_at"}.
     previous_session: Optional[Dict[str, Any]] = None
+    #: What the session's network policy denied while the call ran (the first 10: kind,
+    #: name, ip, port, reason...), and how many it denied.
+    network_denials: List[Dict[str, Any]] = field(default_factory=list)
+    network_denials_total: int = 0
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -76,6 +80,8 @@ class Result:
             new_session=bool(d.get("new_session")),
             worker_id=d.get("worker_id") or "",
             previous_session=d.get("previous_session"),
+            network_denials=d.get("network_denials") or [],
+            network_denials_total=d.get("network_denials_total") or 0,
             raw=d,
         )
 
@@ -98,6 +104,8 @@ class SessionInfo:
     last_activity_at: str = ""
     expires_at: Optional[str] = None
     idle_timeout: float = 0.0
+    #: What its worker may reach: {"allow": [...]}.
+    network: Dict[str, Any] = field(default_factory=dict)
     #: Reaches this session alone; only in the answer that created it.
     access_token: str = ""
     #: cpu_seconds, memory_bytes, memory_peak_bytes, disk_used_bytes, disk_total_bytes, processes.
@@ -137,7 +145,8 @@ class Environment:
 @dataclass
 class Event:
     """One event of a streamed call: stdout/stderr (text), display/result (data), error
-    (ename, evalue, traceback), then exactly one done (status, state_preserved, ...)."""
+    (ename, evalue, traceback), network (a denial of the session's network policy, as it
+    happens), then exactly one done (status, state_preserved, network_denials, ...)."""
 
     type: str
     text: str = ""
@@ -152,6 +161,8 @@ class Event:
     dropped_bytes: int = 0
     new_session: bool = False
     detail: str = ""
+    network: Optional[Dict[str, Any]] = None
+    network_denials: List[Dict[str, Any]] = field(default_factory=list)
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -165,6 +176,8 @@ class Event:
             traceback=d.get("traceback") or [],
             status=d.get("status", ""),
             state_preserved=bool(d.get("state_preserved")),
+            network=d.get("network"),
+            network_denials=d.get("network_denials") or [],
             execution_count=d.get("execution_count", 0),
             duration_ms=d.get("duration_ms", 0.0),
             dropped_bytes=d.get("dropped_bytes", 0),
@@ -237,11 +250,14 @@ class Client:
     def create_session(self, session_id: Optional[str] = None, *, environment: Optional[str] = None,
                        cpu: Optional[float] = None, memory_mb: Optional[int] = None, disk_mb: Optional[int] = None,
                        pids: Optional[int] = None, timeout: Optional[float] = None, idle_timeout: Optional[float] = None,
-                       metadata: Optional[Dict[str, str]] = None, env: Optional[Dict[str, str]] = None) -> "Session":
+                       metadata: Optional[Dict[str, str]] = None, env: Optional[Dict[str, str]] = None,
+                       allow: Optional[List[str]] = None) -> "Session":
         """Makes a session with a shape of its own (POST /api/v1/sessions): limits, a lifetime
         (timeout, seconds from now), an idle timeout, metadata to find it by, environment
-        variables set before its first code. Returns the Session; its info holds what
-        codeboxd answered, the access_token (which reaches this session alone) included."""
+        variables set before its first code, what it may reach on the network (allow: host
+        names, *.suffix, addresses or CIDRs, each with an optional :port; none: nothing).
+        Returns the Session; its info holds what codeboxd answered, the access_token (which
+        reaches this session alone) included."""
         body: Dict[str, Any] = {}
         if session_id:
             body["session_id"] = session_id
@@ -253,6 +269,8 @@ class Client:
         for k, v in (("timeout", timeout), ("idle_timeout", idle_timeout), ("metadata", metadata), ("env", env)):
             if v is not None:
                 body[k] = v
+        if allow is not None:
+            body["network"] = {"allow": list(allow)}
         info = SessionInfo.from_json(self._json("POST", "/api/v1/sessions", payload=body, ok=(201,)))
         s = Session(self, info.session_id)
         s.info = info
@@ -298,6 +316,17 @@ class Client:
             if v is not None:
                 body[k] = v
         return SessionInfo.from_json(self._json("PATCH", "/api/v1/sessions/" + urllib.parse.quote(session_id, safe=""), payload=body))
+
+    def set_network(self, session_id: str, allow: List[str]) -> SessionInfo:
+        """Replaces a running session's network policy: new connections follow at once,
+        open ones it no longer allows are cut."""
+        return SessionInfo.from_json(self._json("PUT", "/api/v1/sessions/" + urllib.parse.quote(session_id, safe="") + "/network",
+                                                payload={"allow": list(allow)}))
+
+    def network_events(self, session_id: str, since: int = 0, limit: int = 100) -> Dict[str, Any]:
+        """A session's network decisions from seq since on: {"events", "next_seq", "dropped"}."""
+        return self._json("GET", "/api/v1/sessions/" + urllib.parse.quote(session_id, safe="") + "/network/events",
+                          query={"since": str(since), "limit": str(limit)})
 
     def delete_session(self, session_id: str) -> None:
         """Ends a session (DELETE): its worker, variables and files are destroyed."""

@@ -113,6 +113,26 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(json.loads(Stub.requests[-1][3]), {"environment": "data"})
         self.assertEqual(s.info.environment, "data")
 
+    def test_network(self):
+        Stub.routes["POST /api/v1/sessions"] = lambda h, body: (201, {}, dict(json.loads(body), session_id="s-3", state="running"))
+        self.client.create_session(allow=["pypi.org", "10.0.0.0/8:5432"])
+        self.assertEqual(json.loads(Stub.requests[-1][3]), {"network": {"allow": ["pypi.org", "10.0.0.0/8:5432"]}})
+        Stub.routes["PUT /api/v1/sessions/s-3/network"] = lambda h, body: (200, {}, {"session_id": "s-3", "state": "running",
+                                                                                    "network": json.loads(body)})
+        self.assertEqual(self.client.set_network("s-3", ["pypi.org:443"]).network, {"allow": ["pypi.org:443"]})
+        Stub.routes["GET /api/v1/sessions/s-3/network/events"] = (200, {}, {"events": [{"seq": 4, "kind": "dns", "name": "x.test",
+                                                                                         "decision": "denied", "reason": "dns_denied"}],
+                                                                              "next_seq": 5, "dropped": 0})
+        ev = self.client.network_events("s-3", since=4)
+        self.assertEqual((ev["next_seq"], ev["events"][0]["reason"]), (5, "dns_denied"))
+        self.assertIn("since=4", Stub.requests[-1][1])
+        Stub.routes["POST /api/v1/execute"] = (200, {}, {"worker_id": "w-1", "result_text": None, "stdout": "", "stderr": "",
+                                                         "network_denials": [{"kind": "tcp", "ip": "203.0.113.9", "port": 443,
+                                                                              "decision": "denied", "reason": "ip_literal"}],
+                                                         "network_denials_total": 3})
+        r = self.s.run("x")
+        self.assertEqual((r.network_denials[0]["reason"], r.network_denials_total), ("ip_literal", 3))
+
     def test_result(self):
         png = "iVBORw0KGgo="
         Stub.routes["POST /api/v1/execute"] = (200, {}, {
