@@ -85,15 +85,9 @@ func (d *Daemon) SetNetwork(ctx context.Context, id string, p api.NetworkPolicy)
 
 // NetworkEvents implements api.Backend.
 func (d *Daemon) NetworkEvents(ctx context.Context, id string, since uint64, limit int) (*api.NetworkEvents, error) {
-	key, err := keyFor(ctx, id)
+	key, _, err := d.existing(ctx, id)
 	if err != nil {
 		return nil, err
-	}
-	d.mu.Lock()
-	s := d.sessions[key]
-	d.mu.Unlock()
-	if s == nil {
-		return nil, d.notFound(key)
 	}
 	events, next, dropped := d.egress.Events(key.owner(), since, limit)
 	out := &api.NetworkEvents{Events: make([]api.NetworkEvent, 0, len(events)), NextSeq: next, Dropped: dropped}

@@ -292,15 +292,9 @@ func (d *Daemon) ListSessions(ctx context.Context, q api.SessionQuery) (*api.Ses
 // checked first; limits are applied to the running worker before the rest changes, so a
 // refusal leaves the session as it was. It does not wait for the session's call in flight.
 func (d *Daemon) UpdateSession(ctx context.Context, id string, req api.UpdateSessionRequest) (*api.Session, error) {
-	key, err := keyFor(ctx, id)
+	key, s, err := d.existing(ctx, id)
 	if err != nil {
 		return nil, err
-	}
-	d.mu.Lock()
-	s := d.sessions[key]
-	d.mu.Unlock()
-	if s == nil {
-		return nil, d.notFound(key)
 	}
 	s.patchMu.Lock()
 	defer s.patchMu.Unlock()
@@ -374,15 +368,9 @@ func (d *Daemon) UpdateSession(ctx context.Context, id string, req api.UpdateSes
 // DeleteSession implements api.Backend: the session ends as a release does (evicted, when
 // an admin ends another tenant's).
 func (d *Daemon) DeleteSession(ctx context.Context, id string) error {
-	key, err := keyFor(ctx, id)
+	_, s, err := d.existing(ctx, id)
 	if err != nil {
 		return err
-	}
-	d.mu.Lock()
-	s := d.sessions[key]
-	d.mu.Unlock()
-	if s == nil {
-		return d.notFound(key)
 	}
 	reason := api.EndReleased
 	if api.CallerOf(ctx).Operator {

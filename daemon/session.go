@@ -98,6 +98,22 @@ func keyFor(ctx context.Context, id string) (sessionKey, error) {
 	return sessionKey{tenant: c.Tenant, id: id}, nil
 }
 
+// existing returns the caller's session id, or the answer for one that does not exist
+// (with why it ended, when it is remembered).
+func (d *Daemon) existing(ctx context.Context, id string) (sessionKey, *session, error) {
+	key, err := keyFor(ctx, id)
+	if err != nil {
+		return key, nil, err
+	}
+	d.mu.Lock()
+	s := d.sessions[key]
+	d.mu.Unlock()
+	if s == nil {
+		return key, nil, d.notFound(key)
+	}
+	return key, s, nil
+}
+
 // lookup returns the session of key, making it (with the default shape) if there is none.
 // A session made in place of an ended one remembers why that one ended.
 func (d *Daemon) lookup(key sessionKey) *session {

@@ -258,6 +258,9 @@ func TestNetworkPolicy(t *testing.T) {
 	if v := probe(t, d, "e2e-net-none", "show(get('allowed.test'))"); refused(v) == false && !strings.Contains(fmt.Sprint(v), "gaierror") {
 		t.Fatalf("the session without a policy, after another's opened allowed.test: %v", v)
 	}
+	if v := probe(t, d, "e2e-net-none", fmt.Sprintf("show(get(%q, 80, 'allowed.test'))", a)); !refused(v) {
+		t.Fatalf("the session without a policy, to the address another session resolved allowed.test to: %v", v)
+	}
 
 	// At runtime: a connection open to what a new policy no longer allows is cut within a
 	// second; new ones follow the new policy at once.

@@ -244,22 +244,7 @@ func (s *Server) record(w *workerState, e Event) *Event {
 func (s *Server) rememberLocked(w *workerState, ip netip.Addr, name string, ttl time.Duration) {
 	now := time.Now()
 	until := now.Add(min(ttl, maxTTL) + ttlGrace)
-	list := w.names[ip]
-	kept := list[:0]
-	for _, a := range list {
-		if a.name == name {
-			continue // renewed below
-		}
-		if a.until.After(now) {
-			kept = append(kept, a)
-		}
-	}
-	w.nNames -= len(list) - len(kept)
-	if len(kept) == 0 {
-		delete(w.names, ip)
-	} else {
-		w.names[ip] = kept
-	}
+	kept := s.expireLocked(w, ip, now, name) // renewed below
 	if len(kept) >= maxNamesPerAddr {
 		return // an address many allowed names share: the first ones are enough to decide
 	}
@@ -275,20 +260,28 @@ func (s *Server) rememberLocked(w *workerState, ip netip.Addr, name string, ttl 
 
 func (s *Server) pruneLocked(w *workerState) {
 	now := time.Now()
-	for ip, list := range w.names {
-		kept := list[:0]
-		for _, a := range list {
-			if a.until.After(now) {
-				kept = append(kept, a)
-			}
-		}
-		w.nNames -= len(list) - len(kept)
-		if len(kept) == 0 {
-			delete(w.names, ip)
-		} else {
-			w.names[ip] = kept
+	for ip := range w.names {
+		s.expireLocked(w, ip, now, "")
+	}
+}
+
+// expireLocked drops w's answers for ip that ran out by now, and the one for name, and
+// returns those left.
+func (s *Server) expireLocked(w *workerState, ip netip.Addr, now time.Time, name string) []answer {
+	list := w.names[ip]
+	kept := list[:0]
+	for _, a := range list {
+		if a.name != name && a.until.After(now) {
+			kept = append(kept, a)
 		}
 	}
+	w.nNames -= len(list) - len(kept)
+	if len(kept) == 0 {
+		delete(w.names, ip)
+	} else {
+		w.names[ip] = kept
+	}
+	return kept
 }
 
 // namesOf are the names the resolver answered w with ip, still valid.
