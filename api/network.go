@@ -10,7 +10,7 @@ type NetworkPolicy struct {
 	// Allow lists host names (exact, or "*.suffix": any name below it), addresses and
 	// CIDRs, each with an optional ":port"; at most 64.
 	Allow []string `json:"allow"`
-	// Presets name sets of rules the operator defines (none on this host yet).
+	// Presets open what the host provides: "packages", its package cache (SPEC 3.13).
 	Presets []string `json:"presets,omitempty"`
 }
 
@@ -44,10 +44,14 @@ const MaxNetworkDenials = 10
 // NetworkDenialText is a denial in a line a person (or a model) reads.
 func NetworkDenialText(e NetworkEvent) string {
 	what := e.Name
-	if what == "" {
+	if e.Kind == "package" {
+		if what == "" {
+			what = "the package cache"
+		}
+	} else if what == "" {
 		what = e.IP
 	}
-	if e.Port != 0 {
+	if e.Port != 0 && e.Kind != "package" {
 		what += ":" + strconv.Itoa(int(e.Port))
 	}
 	why := map[string]string{
@@ -55,8 +59,11 @@ func NetworkDenialText(e NetworkEvent) string {
 		"ip_literal": "an address no allowed name resolved to", "port_not_allowed": "a port the allowlist does not name",
 		"private_address": "an address no session may reach", "sni_mismatch": "the name it carried (TLS SNI or HTTP Host) is not allowed there",
 		"udp_blocked": "UDP other than DNS is blocked", "connection_limit": "too many connections at once",
-		"name_missing": "allowed by a name, it carried none to check (TLS without SNI, HTTP without a Host name, another protocol on a port its rule does not name)",
-		"rate_limited": "too many DNS questions",
+		"name_missing":         "allowed by a name, it carried none to check (TLS without SNI, HTTP without a Host name, another protocol on a port its rule does not name)",
+		"rate_limited":         "too many DNS questions",
+		"packages_not_enabled": "the package cache is not open to this session (its network policy needs the preset \"packages\")",
+		"package_not_allowed":  "not in this host's package allowlist", "hash_mismatch": "the upstream's file does not have the hash its index gives",
+		"upstream_failed": "the package index upstream failed",
 	}[e.Reason]
 	if why == "" {
 		why = e.Reason

@@ -44,11 +44,13 @@ type shapeRecord struct {
 	IdleTimeout time.Duration     `json:"idle_timeout_ns"`
 	Token       string            `json:"token_sha256,omitempty"`
 	Network     []string          `json:"network,omitempty"`
+	Packages    bool              `json:"packages,omitempty"` // the network preset
 }
 
 func (sh shape) record() *shapeRecord {
 	r := &shapeRecord{Environment: sh.environment, Limits: sh.limits, Metadata: sh.metadata, Env: sh.env,
-		Created: sh.created, IdleTimeout: sh.idleTimeout, Network: sh.network.Texts()}
+		Created: sh.created, IdleTimeout: sh.idleTimeout, Network: sh.network.Texts(),
+		Packages: sh.network != nil && sh.network.Packages}
 	if !sh.expires.IsZero() {
 		e := sh.expires
 		r.Expires = &e
@@ -68,8 +70,11 @@ func (r *shapeRecord) shape() shape {
 	if b, err := hex.DecodeString(r.Token); err == nil && len(b) == len(sh.token) {
 		copy(sh.token[:], b)
 	}
-	if len(r.Network) > 0 {
-		sh.network, _ = egress.Parse(r.Network) // checked when it was set
+	if len(r.Network) > 0 || r.Packages {
+		if p, err := egress.Parse(r.Network); err == nil { // checked when it was set
+			p.Packages = r.Packages
+			sh.network = p
+		}
 	}
 	return sh
 }

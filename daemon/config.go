@@ -45,6 +45,12 @@ type Config struct {
 	// ResolvConf is the host file mounted at every worker's /etc/resolv.conf: its one
 	// nameserver is the egress resolver ("": the image's own).
 	ResolvConf string
+	// SessionEnv is set in every session's agent, beneath the session's own env: where
+	// pip and npm install (the session's disk) and the package cache to ask.
+	SessionEnv map[string]string
+	// Packages: the host serves a package cache, which the network policy's preset
+	// "packages" opens; PackagesDefault opens it to every session.
+	Packages, PackagesDefault bool
 }
 
 // timings are the daemon's waits that tests shorten.

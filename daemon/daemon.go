@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/codebox/codebox/api"
 	"github.com/codebox/codebox/blockdev"
 	"github.com/codebox/codebox/egress"
@@ -26,16 +28,17 @@ import (
 
 // Daemon serves sessions from a pool of workers.
 type Daemon struct {
-	cfg      Config
-	log      *slog.Logger
-	rt       containers
-	net      network
-	disks    disks
-	dialer   dialAgentFunc
-	egress   egressPolicy // what each session's worker may reach (network.go)
-	xfer     *transfer.Client
-	metrics  *metrics
-	assigned *assignments // which session each worker serves, for restarts
+	cfg        Config
+	collectors []prometheus.Collector // metrics of the parts beside it
+	log        *slog.Logger
+	rt         containers
+	net        network
+	disks      disks
+	dialer     dialAgentFunc
+	egress     egressPolicy // what each session's worker may reach (network.go)
+	xfer       *transfer.Client
+	metrics    *metrics
+	assigned   *assignments // which session each worker serves, for restarts
 	// transfers bounds file downloads and uploads in flight across all requests.
 	transfers chan struct{}
 
@@ -74,6 +77,8 @@ type Deps struct {
 	Images map[string]*runtime.Image
 	// Egress decides the workers' network traffic (nil for a daemon that only cleans up).
 	Egress *egress.Server
+	// Collectors are the metrics of what cmd wires beside the daemon (the package cache).
+	Collectors []prometheus.Collector
 }
 
 // New returns a daemon serving from deps. Recover takes over what an earlier run left;
@@ -88,6 +93,7 @@ func New(cfg Config, log *slog.Logger, deps Deps) (*Daemon, error) {
 	if deps.Egress != nil {
 		p.egress = deps.Egress
 	}
+	p.collectors = deps.Collectors
 	return build(cfg, log, p)
 }
 
@@ -100,6 +106,8 @@ type parts struct {
 	images  map[string]*runtime.Image
 	egress  egressPolicy // nil: none
 	timings timings
+	// collectors are metrics the daemon registers beside its own.
+	collectors []prometheus.Collector
 }
 
 func build(cfg Config, log *slog.Logger, p parts) (*Daemon, error) {
@@ -122,7 +130,7 @@ func build(cfg Config, log *slog.Logger, p parts) (*Daemon, error) {
 	}
 	bg, stop := context.WithCancel(context.Background())
 	d := &Daemon{
-		cfg: cfg, log: log, rt: p.rt, net: p.net, disks: p.disks, dialer: p.dial, timings: p.timings, egress: p.egress,
+		cfg: cfg, log: log, rt: p.rt, net: p.net, disks: p.disks, dialer: p.dial, timings: p.timings, egress: p.egress, collectors: p.collectors,
 		xfer: transfer.NewClient(guard, cfg.FileTimeout), transfers: make(chan struct{}, maxParallelTransfers),
 		metrics: newMetrics(), assigned: assigned,
 		bg: bg, stop: stop,

@@ -100,6 +100,7 @@ func (d *Daemon) Register(reg prometheus.Registerer) error {
 	if c, ok := d.egress.(interface{ Collectors() []prometheus.Collector }); ok {
 		cs = append(cs, c.Collectors()...)
 	}
+	cs = append(cs, d.collectors...)
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return err

@@ -50,27 +50,43 @@ func workerAddr(ip net.IP) netip.Addr {
 	return a.Unmap()
 }
 
+// PresetPackages opens the host's package cache (SPEC 3.13).
+const PresetPackages = "packages"
+
 // parseNetwork checks a session's network policy; nil is none (it reaches nothing).
-func parseNetwork(p *api.NetworkPolicy) (*egress.Policy, error) {
+func (d *Daemon) parseNetwork(p *api.NetworkPolicy) (*egress.Policy, error) {
 	if p == nil {
 		return nil, nil
-	}
-	if len(p.Presets) > 0 {
-		return nil, api.Refuse("network.presets", "network.presets %q: this host defines no presets", api.Echo(p.Presets[0]))
 	}
 	policy, err := egress.Parse(p.Allow)
 	if err != nil {
 		return nil, api.Refuse("network.allow", "%s", err.Error())
 	}
+	if len(p.Presets) > 1 {
+		return nil, api.Refuse("network.presets", "network.presets has %d entries; this host has one preset, %q", len(p.Presets), PresetPackages)
+	}
+	for _, name := range p.Presets {
+		switch {
+		case name != PresetPackages:
+			return nil, api.Refuse("network.presets", "network.presets %q: this host's only preset is %q", api.Echo(name), PresetPackages)
+		case !d.cfg.Packages:
+			return nil, api.Refuse("network.presets", "network.presets %q: this host serves no package cache (codeboxd --pypi-upstream, --npm-upstream)", PresetPackages)
+		}
+		policy.Packages = true
+	}
 	return policy, nil
 }
 
-func networkView(p *egress.Policy) api.NetworkPolicy {
+func (d *Daemon) networkView(p *egress.Policy) api.NetworkPolicy {
 	allow := p.Texts()
 	if allow == nil {
 		allow = []string{}
 	}
-	return api.NetworkPolicy{Allow: allow}
+	v := api.NetworkPolicy{Allow: allow}
+	if d.cfg.Packages && (d.cfg.PackagesDefault || (p != nil && p.Packages)) {
+		v.Presets = []string{PresetPackages}
+	}
+	return v
 }
 
 func eventView(e egress.Event) api.NetworkEvent {

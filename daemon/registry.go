@@ -109,7 +109,7 @@ func (d *Daemon) newShape(req api.CreateSessionRequest, now time.Time) (shape, e
 	if sh.env, err = checkEnv(req.Env); err != nil {
 		return sh, err
 	}
-	if sh.network, err = parseNetwork(req.Network); err != nil {
+	if sh.network, err = d.parseNetwork(req.Network); err != nil {
 		return sh, err
 	}
 	// The environment's variables, then the session's over them, within the same bounds.
@@ -175,7 +175,7 @@ func (d *Daemon) viewLocked(s *session, withTenant bool) api.Session {
 	sh := s.shape
 	v := api.Session{SessionID: s.key.id, Environment: sh.environment, State: api.SessionRunning,
 		Limits: sh.limits, Metadata: maps.Clone(sh.metadata), EnvNames: envNames(sh.env), CreatedAt: sh.created,
-		LastActivityAt: time.Unix(0, s.lastUsed.Load()), IdleTimeout: sh.idleTimeout.Seconds(), Network: networkView(sh.network)}
+		LastActivityAt: time.Unix(0, s.lastUsed.Load()), IdleTimeout: sh.idleTimeout.Seconds(), Network: d.networkView(sh.network)}
 	if v.Metadata == nil {
 		v.Metadata = map[string]string{}
 	}
@@ -327,7 +327,7 @@ func (d *Daemon) UpdateSession(ctx context.Context, id string, req api.UpdateSes
 		}
 	}
 	if req.Network != nil {
-		if next.network, err = parseNetwork(req.Network); err != nil {
+		if next.network, err = d.parseNetwork(req.Network); err != nil {
 			return nil, err
 		}
 		if next.network == nil {

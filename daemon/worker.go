@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"strconv"
@@ -299,7 +300,12 @@ func (d *Daemon) fit(ctx context.Context, w *worker, sh shape, makeDisk bool) er
 		}
 	}
 	limited := time.Now()
-	if err := w.current.agent.StartSession(ctx, sh.env); err != nil {
+	env := maps.Clone(d.cfg.SessionEnv)
+	if env == nil {
+		env = map[string]string{}
+	}
+	maps.Copy(env, sh.env)
+	if err := w.current.agent.StartSession(ctx, env); err != nil {
 		return fmt.Errorf("start the session in the agent: %w", err)
 	}
 	d.metrics.fitDuration.Observe(time.Since(start).Seconds())

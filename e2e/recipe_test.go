@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"archive/zip"
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -18,39 +16,13 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/api"
+	"github.com/codebox/codebox/internal/pkgfixture"
 )
 
 // wheel builds a pure-Python wheel of one module whose VALUE is value.
 func wheel(t *testing.T, dist, module, version, value string) []byte {
 	t.Helper()
-	info := fmt.Sprintf("%s-%s.dist-info", strings.ReplaceAll(dist, "-", "_"), version)
-	files := []struct{ name, body string }{
-		{module + "/__init__.py", fmt.Sprintf("VALUE = %q\n", value)},
-		{info + "/METADATA", fmt.Sprintf("Metadata-Version: 2.1\nName: %s\nVersion: %s\n", dist, version)},
-		{info + "/WHEEL", "Wheel-Version: 1.0\nGenerator: codebox-e2e\nRoot-Is-Purelib: true\nTag: py3-none-any\n"},
-	}
-	var buf bytes.Buffer
-	z := zip.NewWriter(&buf)
-	var record strings.Builder
-	for _, f := range files {
-		w, err := z.Create(f.name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		w.Write([]byte(f.body))
-		sum := sha256.Sum256([]byte(f.body))
-		fmt.Fprintf(&record, "%s,sha256=%s,%d\n", f.name, base64.RawURLEncoding.EncodeToString(sum[:]), len(f.body))
-	}
-	fmt.Fprintf(&record, "%s/RECORD,,\n", info)
-	w, err := z.Create(info + "/RECORD")
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write([]byte(record.String()))
-	if err := z.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return pkgfixture.Wheel(dist, module, version, value)
 }
 
 // packageIndex serves a PEP 503 simple index of one wheel on loopback.

@@ -48,36 +48,11 @@ func startTestHosts(t *testing.T, n int) *testHosts {
 		host: net.IPv4(198, 18, byte(n), 1), a: net.IPv4(198, 18, byte(n), 2), b: net.IPv4(198, 18, byte(n), 3),
 		free: net.IPv4(198, 18, byte(n), 9).String()}
 	h.dns = net.JoinHostPort(h.a.String(), "53")
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
-	exec.Command("ip", "netns", "delete", h.nsName).Run() // a crashed run's
-	exec.Command("ip", "link", "delete", h.vethHost).Run()
-	run("ip", "netns", "add", h.nsName)
-	t.Cleanup(func() {
-		exec.Command("ip", "link", "delete", h.vethHost).Run()
-		if out, err := exec.Command("ip", "netns", "delete", h.nsName).CombinedOutput(); err != nil {
-			t.Errorf("delete the test hosts' namespace: %v: %s", err, out)
-		}
-	})
-	peer := h.vethHost + "p"
-	run("ip", "link", "add", h.vethHost, "type", "veth", "peer", "name", peer)
-	run("ip", "link", "set", peer, "netns", h.nsName)
-	run("ip", "addr", "add", h.host.String()+"/24", "dev", h.vethHost)
-	run("ip", "link", "set", h.vethHost, "up")
-	in := func(args ...string) { run(append([]string{"ip", "netns", "exec", h.nsName}, args...)...) }
-	in("ip", "addr", "add", h.a.String()+"/24", "dev", peer)
-	in("ip", "addr", "add", h.b.String()+"/24", "dev", peer)
-	in("ip", "link", "set", peer, "up")
-	in("ip", "link", "set", "lo", "up")
+	netnsHost(t, h.nsName, h.vethHost, h.host, h.a, h.b)
 
-	// Listeners made inside the namespace stay in it.
 	var udpDNS, udpEcho net.PacketConn
 	var tcpDNS, httpA, httpB, httpsA net.Listener
-	err := ns.WithNetNSPath("/run/netns/"+h.nsName, func(ns.NetNS) error {
+	inNetNS(t, h.nsName, func() error {
 		var err error
 		listen := func(addr string) net.Listener {
 			l, e := net.Listen("tcp4", addr)
@@ -99,9 +74,6 @@ func startTestHosts(t *testing.T, n int) *testHosts {
 		httpsA = listen(net.JoinHostPort(h.a.String(), "443"))
 		return err
 	})
-	if err != nil {
-		t.Fatalf("test hosts' listeners: %v", err)
-	}
 	zone := func(name string) net.IP {
 		switch {
 		case name == "allowed.test." || name == "both.test." || strings.HasSuffix(name, ".wild.test."):
@@ -153,6 +125,48 @@ func startTestHosts(t *testing.T, n int) *testHosts {
 	}()
 	t.Cleanup(func() { udpEcho.Close() })
 	return h
+}
+
+// netnsHost makes the network namespace name, reached from the host over a veth pair:
+// hostIf on the host's side with hostIP/24, the namespace's side with addrs (in hostIP's
+// /24, a route back to the workers through the host). Both go when the test ends, a
+// crashed run's first.
+func netnsHost(t *testing.T, name, hostIf string, hostIP net.IP, addrs ...net.IP) {
+	t.Helper()
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	exec.Command("ip", "netns", "delete", name).Run()
+	exec.Command("ip", "link", "delete", hostIf).Run()
+	run("ip", "netns", "add", name)
+	t.Cleanup(func() {
+		exec.Command("ip", "link", "delete", hostIf).Run()
+		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
+			t.Errorf("delete the test hosts' namespace: %v: %s", err, out)
+		}
+	})
+	peer := hostIf + "p"
+	run("ip", "link", "add", hostIf, "type", "veth", "peer", "name", peer)
+	run("ip", "link", "set", peer, "netns", name)
+	run("ip", "addr", "add", hostIP.String()+"/24", "dev", hostIf)
+	run("ip", "link", "set", hostIf, "up")
+	in := func(args ...string) { run(append([]string{"ip", "netns", "exec", name}, args...)...) }
+	for _, a := range addrs {
+		in("ip", "addr", "add", a.String()+"/24", "dev", peer)
+	}
+	in("ip", "link", "set", peer, "up")
+	in("ip", "link", "set", "lo", "up")
+}
+
+// inNetNS runs fn in the namespace name: sockets it makes stay there.
+func inNetNS(t *testing.T, name string, fn func() error) {
+	t.Helper()
+	if err := ns.WithNetNSPath("/run/netns/"+name, func(ns.NetNS) error { return fn() }); err != nil {
+		t.Fatalf("in the namespace %s: %v", name, err)
+	}
 }
 
 // askedFor reports the names the test DNS server was asked that contain sub.

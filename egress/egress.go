@@ -28,7 +28,13 @@ type Config struct {
 	Upstream           string       // host:port of the resolver allowed names are asked of
 	PrivateAllowlist   []netip.Prefix
 	NFLOGGroup         uint16 // the firewall logs dropped UDP there (0: no UDP events)
-	Log                *slog.Logger
+	// The package cache, when the host serves one: workers reach it at Gateway:PackagePort
+	// (the proxy hands those connections to it), sessions whose policy has the preset
+	// "packages" (or every session, with PackagesDefault).
+	PackagePort     uint16
+	Packages        PackageHandler
+	PackagesDefault bool
+	Log             *slog.Logger
 }
 
 // The ports the resolver and the proxy listen on, on the bridge's address (the firewall
@@ -36,6 +42,9 @@ type Config struct {
 const (
 	DNSPort   = 15353
 	ProxyPort = 15001
+	// PackagePort is the package cache's, on the gateway: nothing listens there, the proxy
+	// serves the connections workers make to it.
+	PackagePort = 15080
 )
 
 // Bounds on what one worker can make the server hold or do.
@@ -59,6 +68,8 @@ type Server struct {
 
 	decisions *prometheus.CounterVec
 
+	packages *packageServer
+
 	mu      sync.Mutex
 	workers map[netip.Addr]*workerState
 	rings   map[string]*ring // by owner (a session)
@@ -72,9 +83,11 @@ type workerState struct {
 	names  map[netip.Addr][]answer
 	nNames int
 	conns  map[*proxied]struct{}
-	tokens float64 // DNS questions it may still ask (a token bucket)
-	asking int     // its questions at the upstream resolver now
-	filled time.Time
+	// pkgConns are its connections to the package cache.
+	pkgConns map[*packageConn]struct{}
+	tokens   float64 // DNS questions it may still ask (a token bucket)
+	asking   int     // its questions at the upstream resolver now
+	filled   time.Time
 }
 
 // answer is a name the resolver answered to a worker with an address, until when.
@@ -108,6 +121,9 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	if err := s.serveProxy(ctx); err != nil {
 		return fmt.Errorf("egress proxy: %w", err)
+	}
+	if s.cfg.Packages != nil && s.cfg.PackagePort != 0 {
+		s.packages = s.servePackages(ctx)
 	}
 	if s.cfg.NFLOGGroup != 0 {
 		if err := s.logUDP(ctx); err != nil {
@@ -149,16 +165,23 @@ func (s *Server) Release(ip netip.Addr) {
 	w := s.workers[ip]
 	delete(s.workers, ip)
 	var open []*proxied
+	var pkg []*packageConn
 	if w != nil {
 		for c := range w.conns {
 			open = append(open, c)
 			delete(w.conns, c)
 			s.conns--
 		}
+		for c := range w.pkgConns {
+			pkg = append(pkg, c)
+		}
 	}
 	s.mu.Unlock()
 	for _, c := range open {
 		c.cut()
+	}
+	for _, c := range pkg {
+		c.Close() // counts itself out
 	}
 }
 
@@ -214,7 +237,8 @@ func (s *Server) ring(owner string) *ring {
 func (s *Server) workerLocked(ip netip.Addr) *workerState {
 	w := s.workers[ip]
 	if w == nil {
-		w = &workerState{names: map[netip.Addr][]answer{}, conns: map[*proxied]struct{}{}, tokens: dnsBurst, filled: time.Now()}
+		w = &workerState{names: map[netip.Addr][]answer{}, conns: map[*proxied]struct{}{}, pkgConns: map[*packageConn]struct{}{},
+			tokens: dnsBurst, filled: time.Now()}
 		s.workers[ip] = w
 	}
 	return w

@@ -25,6 +25,8 @@ type Rule struct {
 // Policy is what a session may reach: nothing when it has no rule.
 type Policy struct {
 	Rules []Rule
+	// Packages opens the host's package cache (the preset "packages", SPEC 3.13).
+	Packages bool
 }
 
 var hostName = regexp.MustCompile(`^([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)

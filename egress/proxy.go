@@ -188,6 +188,11 @@ func (s *Server) handle(ctx context.Context, c *net.TCPConn) {
 		c.Close()
 		return
 	}
+	if s.packages != nil && dst == netip.AddrPortFrom(s.cfg.Gateway, s.cfg.PackagePort) {
+		s.mu.Unlock()
+		s.packages.handOff(s, w, c)
+		return
+	}
 	d := s.decideLocked(w, dst)
 	if d.allowed && (len(w.conns) >= maxConnsPerWorker || s.conns >= maxConnsTotal) {
 		d = decision{reason: ReasonConnLimit}

@@ -312,6 +312,7 @@ type createSessionIn struct {
 	Metadata    map[string]string `json:"metadata,omitempty" jsonschema:"Labels to find the sandbox by (at most 32 string pairs)."`
 	Environment string            `json:"environment,omitempty" jsonschema:"The environment (an image with its own libraries) the sandbox runs in; list_environments names them. Default: default."`
 	Allow       []string          `json:"allow,omitempty" jsonschema:"What the sandbox may reach on the network (default: nothing): host names (pypi.org), *.suffix, addresses or CIDRs, each with an optional :port; at most 64."`
+	Packages    bool              `json:"packages,omitempty" jsonschema:"Open the host's package cache, so pip and npm install work without general internet (when the host serves one)."`
 }
 
 type releaseIn struct {
@@ -885,8 +886,11 @@ func (h *Handler) createSession(ctx context.Context, req *mcp.CallToolRequest, i
 		return toolError(err)
 	}
 	creq := api.CreateSessionRequest{SessionID: u, Metadata: in.Metadata, Environment: in.Environment}
-	if len(in.Allow) > 0 {
+	if len(in.Allow) > 0 || in.Packages {
 		creq.Network = &api.NetworkPolicy{Allow: in.Allow}
+		if in.Packages {
+			creq.Network.Presets = []string{"packages"}
+		}
 	}
 	if in.CPU != 0 || in.MemoryMB != 0 || in.DiskMB != 0 {
 		creq.Limits = &api.Limits{CPU: in.CPU, MemoryMB: in.MemoryMB, DiskMB: in.DiskMB}

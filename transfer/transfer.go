@@ -58,6 +58,9 @@ var blocked = func() []netip.Prefix {
 type Guard struct {
 	allowNets  []netip.Prefix
 	allowHosts map[string]bool
+	// allowHostPorts are host:port pairs dialled whatever their address: one service of a
+	// host, not all of them.
+	allowHostPorts map[string]bool
 	// local lists the host's own addresses: a public address of the host reaches its
 	// services as surely as loopback does.
 	local func() ([]net.Addr, error)
@@ -65,7 +68,7 @@ type Guard struct {
 
 // NewGuard builds a guard with an allowlist of CIDRs, IPs or host names.
 func NewGuard(allow []string) (*Guard, error) {
-	g := &Guard{allowHosts: map[string]bool{}, local: net.InterfaceAddrs}
+	g := &Guard{allowHosts: map[string]bool{}, allowHostPorts: map[string]bool{}, local: net.InterfaceAddrs}
 	for _, a := range allow {
 		a = strings.TrimSpace(a)
 		switch {
@@ -85,6 +88,16 @@ func NewGuard(allow []string) (*Guard, error) {
 		}
 	}
 	return g, nil
+}
+
+// AllowHostPort lets host:port (a name or an address, and a port) be dialled wherever it
+// resolves: the one service an operator named, such as a package index on loopback.
+func (g *Guard) AllowHostPort(hostport string) error {
+	if _, _, err := net.SplitHostPort(hostport); err != nil {
+		return err
+	}
+	g.allowHostPorts[strings.ToLower(hostport)] = true
+	return nil
 }
 
 // Allowed reports whether ip may be dialled.
@@ -137,7 +150,7 @@ type Client struct {
 func NewClient(g *Guard, timeout time.Duration) *Client {
 	tr := &http.Transport{
 		Proxy:                 nil, // a proxy would dial on our behalf, past the guard
-		DialContext:           g.dial,
+		DialContext:           g.DialContext,
 		ForceAttemptHTTP2:     true,
 		MaxIdleConnsPerHost:   8,
 		IdleConnTimeout:       30 * time.Second,
@@ -152,14 +165,14 @@ func NewClient(g *Guard, timeout time.Duration) *Client {
 	}}
 }
 
-// dial connects after checking the address actually dialled: the check runs in the
+// DialContext connects after checking the address actually dialled: the check runs in the
 // dialer's Control hook, after resolution, so no DNS answer can slip past it.
-func (g *Guard) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+func (g *Guard) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, err
 	}
-	hostAllowed := g.allowHosts[strings.ToLower(host)]
+	hostAllowed := g.allowHosts[strings.ToLower(host)] || g.allowHostPorts[strings.ToLower(addr)]
 	d := net.Dialer{
 		Timeout: 10 * time.Second,
 		Control: func(network, address string, _ syscall.RawConn) error {

@@ -202,3 +202,39 @@ func TestStalledTransferFails(t *testing.T) {
 		t.Fatalf("upload: %v after %s, want a stall", err, time.Since(start))
 	}
 }
+
+// A host:port on the allowlist opens that service of the host, not its other ports.
+func TestAllowHostPortIsOnePort(t *testing.T) {
+	open := func() (string, func()) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+		return l.Addr().String(), func() { l.Close() }
+	}
+	allowed, stop1 := open()
+	defer stop1()
+	other, stop2 := open()
+	defer stop2()
+	g, _ := NewGuard(nil)
+	if err := g.AllowHostPort(allowed); err != nil {
+		t.Fatal(err)
+	}
+	c, err := g.DialContext(context.Background(), "tcp", allowed)
+	if err != nil {
+		t.Fatalf("the allowed host:port: %v", err)
+	}
+	c.Close()
+	if _, err := g.DialContext(context.Background(), "tcp", other); !errors.Is(err, ErrBlocked) {
+		t.Fatalf("another port of the same host: %v", err)
+	}
+}

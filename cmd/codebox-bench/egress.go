@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/codebox/codebox/api"
 	"github.com/codebox/codebox/bench"
+	"github.com/codebox/codebox/internal/pkgfixture"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/miekg/dns"
@@ -46,7 +49,7 @@ func egressRun(ctx context.Context, o options, state string, rep *bench.Report) 
 	defer srv.stop()
 	d, err := start(ctx, o, state, []string{"--min-idle-workers", "1", "--max-total-workers", "5",
 		"--worker-cpu", strconv.FormatFloat(o.workerCPU, 'f', -1, 64), "--worker-ram-mb", "1024", "--worker-disk-mb", "500",
-		"--egress-resolver", net.JoinHostPort(egressServer, "53")})
+		"--egress-resolver", net.JoinHostPort(egressServer, "53"), "--pypi-upstream", "http://" + egressServer + "/simple/"})
 	if err != nil {
 		return err
 	}
@@ -79,6 +82,9 @@ func egressRun(ctx context.Context, o options, state string, rep *bench.Report) 
 	if len(proxied) == 0 || len(direct) == 0 {
 		rep.Comments = append(rep.Comments, "egress: no round took the path it meant to (the firewall check put its hooks back first each time)")
 		return d.stop()
+	}
+	if err := pipFigures(ctx, d, rep); err != nil {
+		return err
 	}
 	p, q := medianFigures(proxied), medianFigures(direct)
 	rep.Figures["egress: allowed HTTP request, new connection each, via the policy layer (req/s)"] = p.rps
@@ -304,6 +310,10 @@ func startEgressHost() (s *egressHost, err error) {
 		s.stops = append(s.stops, func() { d.Shutdown() })
 	}
 	small := strings.Repeat("x", 100)
+	whl := pkgfixture.Wheel("cbxbench", "cbxbench", "1.0", "1.0")
+	sum := sha256.Sum256(whl)
+	index := fmt.Sprintf(`<!DOCTYPE html><html><body><a href="/files/cbxbench-1.0-py3-none-any.whl#sha256=%s">cbxbench-1.0-py3-none-any.whl</a></body></html>`,
+		hex.EncodeToString(sum[:]))
 	zeros := make([]byte, 1<<20)
 	h := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		host, _, _ := net.SplitHostPort(r.RemoteAddr)
@@ -314,7 +324,15 @@ func startEgressHost() (s *egressHost, err error) {
 			s.other++
 		}
 		s.mu.Unlock()
-		if r.URL.Path != "/big" {
+		switch r.URL.Path {
+		case "/simple/cbxbench/":
+			io.WriteString(w, index)
+			return
+		case "/files/cbxbench-1.0-py3-none-any.whl":
+			w.Write(whl)
+			return
+		case "/big":
+		default:
 			io.WriteString(w, small)
 			return
 		}
@@ -329,4 +347,43 @@ func startEgressHost() (s *egressHost, err error) {
 	go h.Serve(web)
 	s.stops = append(s.stops, func() { h.Close() })
 	return s, nil
+}
+
+// pipClient installs the bench's wheel with pip in the worker: once from the upstream
+// through codeboxd's cache, then five times from the cache (pip's own cache off, the wheel
+// uninstalled between), and times pip doing nothing (--version) beside it.
+const pipClient = `
+import json, subprocess, sys, time
+def pip(*args):
+    s = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return 1000 * (time.perf_counter() - s)
+cold = pip("install", "--no-cache-dir", "cbxbench==1.0")
+cached, idle = [], []
+for _ in range(5):
+    pip("uninstall", "-y", "cbxbench")
+    cached.append(pip("install", "--no-cache-dir", "cbxbench==1.0"))
+    idle.append(pip("--version"))
+cached.sort(); idle.sort()
+print(json.dumps({"cold": cold, "cached": cached[2], "idle": idle[2]}))
+`
+
+// pipFigures times pip installs of the test wheel through the package cache.
+func pipFigures(ctx context.Context, d *daemonProc, rep *bench.Report) error {
+	resp, err := d.client.Execute(ctx, "egress", pipClient, 5*time.Minute)
+	if err != nil {
+		return fmt.Errorf("pip: %w", err)
+	}
+	if resp.Error != nil {
+		return fmt.Errorf("pip: %s: %s", resp.Error.Ename, resp.Error.Evalue)
+	}
+	var out struct{ Cold, Cached, Idle float64 }
+	if err := json.Unmarshal([]byte(strings.TrimSpace(resp.Stdout)), &out); err != nil {
+		return fmt.Errorf("pip: the client's answer %q: %w", resp.Stdout, err)
+	}
+	rep.Figures["packages: pip install of a wheel, from the upstream through the cache (ms)"] = out.Cold
+	rep.Figures["packages: pip install of a wheel from the cache, p50 of 5 (ms)"] = out.Cached
+	rep.Figures["packages: pip --version, p50 of 5 (ms)"] = out.Idle
+	return nil
 }

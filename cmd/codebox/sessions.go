@@ -76,12 +76,13 @@ func sessionsCmd(ctx context.Context, c *api.Client, args []string, stdout io.Wr
 		fs.Var(&env, "e", "NAME=VALUE environment variable (repeatable)")
 		var allow list
 		fs.Var(&allow, "allow", "what it may reach: a host name, *.suffix, address or CIDR, with an optional :port (repeatable; none: nothing)")
+		packages := fs.Bool("packages", false, "open the host's package cache (the network preset \"packages\")")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
 		req := api.CreateSessionRequest{SessionID: *id, Environment: *environment, Metadata: md.m, Env: env.m}
-		if len(allow) > 0 {
-			req.Network = &api.NetworkPolicy{Allow: allow}
+		if len(allow) > 0 || *packages {
+			req.Network = &api.NetworkPolicy{Allow: allow, Presets: presets(*packages)}
 		}
 		if *cpu != 0 || *mem != 0 || *disk != 0 || *pids != 0 {
 			req.Limits = &api.Limits{CPU: *cpu, MemoryMB: *mem, DiskMB: *disk, Pids: *pids}
@@ -113,13 +114,14 @@ func sessionsCmd(ctx context.Context, c *api.Client, args []string, stdout io.Wr
 		fs := flag.NewFlagSet("sessions network", flag.ContinueOnError)
 		var allow list
 		fs.Var(&allow, "allow", "a rule (repeatable; none: the session reaches nothing)")
+		packages := fs.Bool("packages", false, "keep the host's package cache open (the network preset \"packages\")")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
 		if fs.NArg() != 1 {
 			return errors.New("sessions network needs one SESSION")
 		}
-		s, err := c.SetNetwork(ctx, fs.Arg(0), api.NetworkPolicy{Allow: append([]string{}, allow...)})
+		s, err := c.SetNetwork(ctx, fs.Arg(0), api.NetworkPolicy{Allow: append([]string{}, allow...), Presets: presets(*packages)})
 		if err != nil {
 			return err
 		}
@@ -244,4 +246,12 @@ func formatPairs(m map[string]string) string {
 	}
 	slices.Sort(out)
 	return strings.Join(out, ",")
+}
+
+// presets are the network presets a command's flags ask for.
+func presets(packages bool) []string {
+	if packages {
+		return []string{"packages"}
+	}
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/codebox/codebox/environments"
 	"github.com/codebox/codebox/keys"
 	"github.com/codebox/codebox/netns"
+	"github.com/codebox/codebox/pkgcache"
 	"github.com/codebox/codebox/transfer"
 )
 
@@ -72,6 +74,11 @@ type config struct {
 	AgentDir               string
 	EgressResolver         string
 	EgressPrivateAllowlist string
+	PyPIUpstream           string
+	NPMUpstream            string
+	PackageCacheMB         int
+	PackageAllowlist       string
+	PackagesDefault        bool
 
 	// environments are the resolved environments (validate fills them in).
 	environments []environments.Environment
@@ -146,6 +153,11 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.StringVar(&c.Environments, "environments", "", "JSON file naming environments: images with their own warm pools, limits, env and seed cells (docs/ENVIRONMENTS.md); empty: the default alone")
 	fs.StringVar(&c.EgressResolver, "egress-resolver", "", "host:port of the DNS server the names sessions may reach are asked of; empty: the first nameserver of /etc/resolv.conf")
 	fs.StringVar(&c.EgressPrivateAllowlist, "egress-private-allowlist", "", "comma-separated private CIDRs (RFC 1918, CGNAT, ULA) a session's network rule may open; empty: none")
+	fs.StringVar(&c.PyPIUpstream, "pypi-upstream", "", "a PEP 503 simple index (https://pypi.org/simple/, a mirror, devpi, Artifactory) workers install from through codeboxd's cache; empty: none")
+	fs.StringVar(&c.NPMUpstream, "npm-upstream", "", "an npm registry (https://registry.npmjs.org/) workers install from through codeboxd's cache; empty: none")
+	fs.IntVar(&c.PackageCacheMB, "package-cache-mb", 4096, "the package cache's files on the host (<state-dir>/package-cache), MB; the least recently used go first")
+	fs.StringVar(&c.PackageAllowlist, "package-allowlist", "", "file of the packages workers may install (\"pypi NAME [SPECIFIERS]\", \"npm NAME [RANGE]\" a line); empty: any")
+	fs.BoolVar(&c.PackagesDefault, "packages-default", true, "every session may use the package cache; false: only those whose network policy has the preset \"packages\"")
 	fs.StringVar(&c.AgentDir, "agent-dir", "", "the kernel agent's directory, mounted read-only into every worker; empty: ../lib/codebox/agent beside codeboxd")
 	fs.StringVar(&c.WorkerSubnet, "worker-subnet", "10.213.0.0/16", "IPv4 subnet of the workers' bridge")
 	fs.StringVar(&c.WorkerBridge, "worker-bridge", "codebox0", "bridge the workers attach to; also names the CNI network and the firewall chains")
@@ -290,6 +302,22 @@ func (c *config) validate() error {
 	}
 	if _, err := parsePrefixes(c.EgressPrivateAllowlist); err != nil {
 		return fmt.Errorf("--egress-private-allowlist: %v", err)
+	}
+	for flag, v := range map[string]string{"--pypi-upstream": c.PyPIUpstream, "--npm-upstream": c.NPMUpstream} {
+		if v == "" {
+			continue
+		}
+		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("%s %q must be an http or https URL", flag, v)
+		}
+	}
+	if c.PackageCacheMB < 1 {
+		return fmt.Errorf("--package-cache-mb must be at least 1, not %d", c.PackageCacheMB)
+	}
+	if c.PackageAllowlist != "" {
+		if _, err := pkgcache.LoadAllowlist(c.PackageAllowlist); err != nil {
+			return fmt.Errorf("--package-allowlist: %v", err)
+		}
 	}
 	if c.EgressResolver != "" {
 		if _, err := netip.ParseAddrPort(c.EgressResolver); err != nil {

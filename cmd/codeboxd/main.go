@@ -17,11 +17,13 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -43,7 +45,9 @@ import (
 	"github.com/codebox/codebox/keys"
 	"github.com/codebox/codebox/mcpserver"
 	"github.com/codebox/codebox/netns"
+	"github.com/codebox/codebox/pkgcache"
 	"github.com/codebox/codebox/runtime"
+	"github.com/codebox/codebox/transfer"
 )
 
 // workerLogBytes is what a worker's log file may hold (the agent's own lines, and whatever
@@ -206,13 +210,23 @@ func serve(cfg config) error {
 	}
 	go fw.Keep(ctx, cfg.FirewallCheck, log)
 	// The workers' only way out: their resolver and proxy, before any worker exists.
-	eg, resolvConf, err := startEgress(ctx, cfg, log)
+	cache, err := packageCache(cfg, log)
+	if err != nil {
+		return err
+	}
+	eg, resolvConf, err := startEgress(ctx, cfg, cache, log)
 	if err != nil {
 		return err
 	}
 	dcfg := cfg.daemonConfig()
 	dcfg.AgentDir, dcfg.ResolvConf = agentDir, resolvConf
-	d, err := daemon.New(dcfg, log, daemon.Deps{Runtime: rt, Network: n, Images: images, Egress: eg})
+	dcfg.SessionEnv = sessionEnv(cfg, cache)
+	dcfg.Packages, dcfg.PackagesDefault = cache != nil, cache != nil && cfg.PackagesDefault
+	deps := daemon.Deps{Runtime: rt, Network: n, Images: images, Egress: eg}
+	if cache != nil {
+		deps.Collectors = cache.Collectors()
+	}
+	d, err := daemon.New(dcfg, log, deps)
 	if err != nil {
 		return err
 	}
@@ -525,22 +539,113 @@ func ensureImages(ctx context.Context, rt *runtime.Runtime, envs []environments.
 	return images, nil
 }
 
+// packageCache is the package cache workers install from, when an upstream is set.
+func packageCache(cfg config, log *slog.Logger) (*pkgcache.Cache, error) {
+	if cfg.PyPIUpstream == "" && cfg.NPMUpstream == "" {
+		return nil, nil
+	}
+	pc := pkgcache.Config{Dir: filepath.Join(cfg.StateDir, "package-cache"), MaxBytes: int64(cfg.PackageCacheMB) << 20,
+		BaseURL: "http://" + net.JoinHostPort(workerGateway(cfg).String(), strconv.Itoa(egress.PackagePort)), Log: log}
+	// The upstreams themselves may be anywhere (a devpi on loopback, a mirror on a private
+	// network): their host and port, not the rest of that host; whatever else their pages
+	// name must be a public address.
+	guard, err := transfer.NewGuard(nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, raw := range []string{cfg.PyPIUpstream, cfg.NPMUpstream} {
+		if raw == "" {
+			continue
+		}
+		u, _ := url.Parse(strings.TrimSuffix(raw, "/") + "/")
+		port := u.Port()
+		if port == "" {
+			port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+		}
+		if err := guard.AllowHostPort(net.JoinHostPort(u.Hostname(), port)); err != nil {
+			return nil, err
+		}
+		if raw == cfg.PyPIUpstream {
+			pc.PyPI = u
+		} else {
+			pc.NPM = u
+		}
+	}
+	pc.Dial = guard.DialContext
+	if cfg.PackageAllowlist != "" {
+		a, err := pkgcache.LoadAllowlist(cfg.PackageAllowlist)
+		if err != nil {
+			return nil, fmt.Errorf("--package-allowlist: %w", err)
+		}
+		pc.Allowlist = a
+	}
+	cache, err := pkgcache.New(pc)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("package cache serving", "pypi", cfg.PyPIUpstream, "npm", cfg.NPMUpstream, "dir", pc.Dir,
+		"max_mb", cfg.PackageCacheMB, "allowlist", cfg.PackageAllowlist != "", "default", cfg.PackagesDefault)
+	return cache, nil
+}
+
+// workerGateway is the bridge's address (CNI's isGateway): the workers' resolver, proxy
+// and package cache.
+func workerGateway(cfg config) netip.Addr {
+	subnet, _ := netip.ParsePrefix(cfg.WorkerSubnet) // validated
+	return subnet.Masked().Addr().Next()
+}
+
+// sessionEnv is what every session's agent gets beneath the session's own env: pip and
+// npm install onto the session's disk (/sandbox), from the package cache when there is one.
+func sessionEnv(cfg config, cache *pkgcache.Cache) map[string]string {
+	env := map[string]string{
+		"PYTHONUSERBASE": "/sandbox/.local", "PIP_USER": "1", "PIP_BREAK_SYSTEM_PACKAGES": "1",
+		"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_WARN_SCRIPT_LOCATION": "1",
+		"npm_config_audit": "false", "npm_config_fund": "false", "npm_config_update_notifier": "false",
+	}
+	if cache == nil {
+		return env
+	}
+	gw := workerGateway(cfg).String()
+	base := "http://" + net.JoinHostPort(gw, strconv.Itoa(egress.PackagePort))
+	for _, eco := range cache.Serves() {
+		switch eco {
+		case "pypi":
+			env["PIP_INDEX_URL"], env["PIP_TRUSTED_HOST"] = base+"/pypi/simple/", gw
+		case "npm":
+			env["npm_config_registry"] = base + "/npm/"
+		}
+	}
+	return env
+}
+
 // startEgress starts the workers' resolver and proxy on the bridge's address, and writes
 // the resolv.conf every worker gets (its one nameserver: the bridge's address).
-func startEgress(ctx context.Context, cfg config, log *slog.Logger) (*egress.Server, string, error) {
+func startEgress(ctx context.Context, cfg config, cache *pkgcache.Cache, log *slog.Logger) (*egress.Server, string, error) {
 	subnet, err := netip.ParsePrefix(cfg.WorkerSubnet)
 	if err != nil {
 		return nil, "", err
 	}
-	gateway := subnet.Masked().Addr().Next() // the bridge's address (CNI's isGateway)
+	gateway := workerGateway(cfg)
 	upstream, err := cfg.egressResolver()
 	if err != nil {
 		return nil, "", err
 	}
 	private, _ := parsePrefixes(cfg.EgressPrivateAllowlist)
-	eg, err := egress.New(egress.Config{Gateway: gateway, Subnet: subnet.Masked(), DNSPort: egress.DNSPort,
+	ecfg := egress.Config{Gateway: gateway, Subnet: subnet.Masked(), DNSPort: egress.DNSPort,
 		ProxyPort: egress.ProxyPort, Upstream: upstream, PrivateAllowlist: private,
-		NFLOGGroup: firewall.NFLOGGroup(cfg.WorkerBridge), Log: log})
+		NFLOGGroup: firewall.NFLOGGroup(cfg.WorkerBridge), Log: log}
+	if cache != nil {
+		ecfg.PackagePort, ecfg.PackagesDefault = egress.PackagePort, cfg.PackagesDefault
+		ecfg.Packages = func(refused func(*http.Request, string, string)) http.Handler {
+			return cache.Handler(func(r *http.Request, ref pkgcache.Refusal) {
+				if ref.Reason != pkgcache.ReasonNotFound {
+					refused(r, ref.Reason, ref.Package)
+				}
+			})
+		}
+	}
+	eg, err := egress.New(ecfg)
 	if err != nil {
 		return nil, "", err
 	}

@@ -369,11 +369,15 @@
     ip_literal: 'an address no allowed name resolved to', port_not_allowed: 'a port the allowlist does not name',
     private_address: 'an address no session may reach', sni_mismatch: 'the name it carried is not allowed there',
     udp_blocked: 'UDP other than DNS is blocked', connection_limit: 'too many connections at once',
+    name_missing: 'allowed by a name, it carried none to check',
+    packages_not_enabled: 'the package cache is not open to this session (the preset "packages")',
+    package_not_allowed: "not in this host's package allowlist", hash_mismatch: "the file does not have its index's hash",
+    upstream_failed: 'the package index upstream failed',
   };
   function showDenial(cell, n) {
     cell.denials = (cell.denials || 0) + 1;
     if (cell.denials > 10) return;
-    const what = (n.name || n.ip || '') + (n.port ? ':' + n.port : '');
+    const what = n.kind === 'package' ? (n.name || 'the package cache') : (n.name || n.ip || '') + (n.port ? ':' + n.port : '');
     cell.body.append(el('p', { class: 'note network', text: 'network: denied ' + n.kind + ' ' + what + ' — ' + (denialWhy[n.reason] || n.reason) }));
   }
 

@@ -81,6 +81,28 @@ def encode(obj):
     return json.dumps(obj, ensure_ascii=False, default=str).encode("utf-8", "replace")
 
 
+
+def use_user_site():
+    """Puts the user site of $PYTHONUSERBASE (the session's disk: what pip installs there)
+    on this interpreter's path, ahead of the system's packages, made if missing, so that an
+    install is importable at once and an upgrade wins; processes started from now on find
+    it themselves (Python adds an existing user site at start)."""
+    if not os.environ.get("PYTHONUSERBASE"):
+        return
+    import site
+    site.USER_BASE = site.USER_SITE = None  # computed again from the environment
+    user_site = site.getusersitepackages()
+    try:
+        os.makedirs(user_site, exist_ok=True)
+    except OSError as exc:
+        log(f"user site {user_site}: {exc!r}")
+        return
+    if user_site not in sys.path:
+        first = next((i for i, p in enumerate(sys.path) if p.endswith(("dist-packages", "site-packages"))), len(sys.path))
+        sys.path.insert(first, user_site)
+        site.addsitedir(user_site)  # its .pth files (it is on the path already: not added twice)
+    importlib.invalidate_caches()
+
 class Log:
     """The agent's diagnostics, to the container's log (the fd 2 the agent started with),
     rate-limited: user code can provoke them, and the log is on the host. Writes never
@@ -492,6 +514,7 @@ class Agent:
             os.chdir(SANDBOX)
         except OSError as exc:
             log(f"chdir {SANDBOX}: {exc!r}")
+        use_user_site()
 
     def reply(self, req, content):
         """Ends an execute: its reply, then (unless the client asked for lean) idle."""

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import shutil
 import tempfile
 import unittest
 import uuid
@@ -142,6 +143,24 @@ class ExecuteTest(AgentTest):
                                       "print(os.environ.get('GREETING'), 'BAD=NAME' in os.environ, 'NUL' in os.environ)\n"
                                       "print(subprocess.run(['sh', '-c', 'echo $GREETING'], capture_output=True, text=True).stdout, end='')")
         self.assertEqual(stdout(frames), "hi there False False\nhi there\n")
+
+    def test_session_start_puts_the_user_site_first(self):
+        base = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, base)
+        frames = self.session.request("execute_request", {
+            "code": "", "silent": True, "codebox_session": {"env": {"PYTHONUSERBASE": base}}})
+        self.assertEqual(of_type(frames, "execute_reply")[0]["content"]["status"], "ok")
+        frames = self.session.execute(
+            "import os, site, sys\n"
+            "us = site.getusersitepackages()\n"
+            "os.makedirs(us + '/cbxmod', exist_ok=True)\n"
+            "open(us + '/cbxmod/__init__.py', 'w').write('X = 7')\n"
+            "import cbxmod\n"
+            "firsts = [i for i, p in enumerate(sys.path) if p.endswith(('dist-packages', 'site-packages'))]\n"
+            "print(us.startswith(%r), sys.path.index(us) == firsts[0], cbxmod.X)" % base)
+        self.assertEqual(stdout(frames), "True True 7\n")
+        self.session.request("execute_request", {
+            "code": "", "silent": True, "codebox_session": {"env": {"PYTHONUSERBASE": ""}}})
 
     def test_state_persists_and_value_is_returned(self):
         self.session.execute("counter = 41")

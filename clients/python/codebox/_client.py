@@ -251,11 +251,12 @@ class Client:
                        cpu: Optional[float] = None, memory_mb: Optional[int] = None, disk_mb: Optional[int] = None,
                        pids: Optional[int] = None, timeout: Optional[float] = None, idle_timeout: Optional[float] = None,
                        metadata: Optional[Dict[str, str]] = None, env: Optional[Dict[str, str]] = None,
-                       allow: Optional[List[str]] = None) -> "Session":
+                       allow: Optional[List[str]] = None, packages: bool = False) -> "Session":
         """Makes a session with a shape of its own (POST /api/v1/sessions): limits, a lifetime
         (timeout, seconds from now), an idle timeout, metadata to find it by, environment
         variables set before its first code, what it may reach on the network (allow: host
-        names, *.suffix, addresses or CIDRs, each with an optional :port; none: nothing).
+        names, *.suffix, addresses or CIDRs, each with an optional :port; none: nothing), and
+        packages=True for the host's package cache (pip and npm install from it).
         Returns the Session; its info holds what codeboxd answered, the access_token (which
         reaches this session alone) included."""
         body: Dict[str, Any] = {}
@@ -269,8 +270,10 @@ class Client:
         for k, v in (("timeout", timeout), ("idle_timeout", idle_timeout), ("metadata", metadata), ("env", env)):
             if v is not None:
                 body[k] = v
-        if allow is not None:
-            body["network"] = {"allow": list(allow)}
+        if allow is not None or packages:
+            body["network"] = {"allow": list(allow or [])}
+            if packages:
+                body["network"]["presets"] = ["packages"]
         info = SessionInfo.from_json(self._json("POST", "/api/v1/sessions", payload=body, ok=(201,)))
         s = Session(self, info.session_id)
         s.info = info
@@ -317,11 +320,14 @@ class Client:
                 body[k] = v
         return SessionInfo.from_json(self._json("PATCH", "/api/v1/sessions/" + urllib.parse.quote(session_id, safe=""), payload=body))
 
-    def set_network(self, session_id: str, allow: List[str]) -> SessionInfo:
+    def set_network(self, session_id: str, allow: List[str], packages: bool = False) -> SessionInfo:
         """Replaces a running session's network policy: new connections follow at once,
-        open ones it no longer allows are cut."""
+        open ones it no longer allows are cut; packages=True keeps the package cache open."""
+        policy: Dict[str, Any] = {"allow": list(allow)}
+        if packages:
+            policy["presets"] = ["packages"]
         return SessionInfo.from_json(self._json("PUT", "/api/v1/sessions/" + urllib.parse.quote(session_id, safe="") + "/network",
-                                                payload={"allow": list(allow)}))
+                                                payload=policy))
 
     def network_events(self, session_id: str, since: int = 0, limit: int = 100) -> Dict[str, Any]:
         """A session's network decisions from seq since on: {"events", "next_seq", "dropped"}."""

@@ -117,6 +117,8 @@ class ClientTest(unittest.TestCase):
         Stub.routes["POST /api/v1/sessions"] = lambda h, body: (201, {}, dict(json.loads(body), session_id="s-3", state="running"))
         self.client.create_session(allow=["pypi.org", "10.0.0.0/8:5432"])
         self.assertEqual(json.loads(Stub.requests[-1][3]), {"network": {"allow": ["pypi.org", "10.0.0.0/8:5432"]}})
+        self.client.create_session(packages=True)
+        self.assertEqual(json.loads(Stub.requests[-1][3]), {"network": {"allow": [], "presets": ["packages"]}})
         Stub.routes["PUT /api/v1/sessions/s-3/network"] = lambda h, body: (200, {}, {"session_id": "s-3", "state": "running",
                                                                                     "network": json.loads(body)})
         self.assertEqual(self.client.set_network("s-3", ["pypi.org:443"]).network, {"allow": ["pypi.org:443"]})
