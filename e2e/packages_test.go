@@ -207,6 +207,13 @@ func TestPackages(t *testing.T) {
 	if n := up.count("/files/cbxdemo-2.0-py3-none-any.whl"); n != before || n != 1 {
 		t.Fatalf("the upstream was asked for the file %d times (before the second install: %d)", n, before)
 	}
+	// pip from a shell escape and from a process of the session's, the same way.
+	if r := run("e2e-pkg-2", "!pip install cbxdemo==1.0"); !strings.Contains(r.Stdout, "Successfully installed cbxdemo-1.0") {
+		t.Fatalf("!pip install: %s", r.Stdout)
+	}
+	if r := run("e2e-pkg-2", "import subprocess, sys\nprint(subprocess.run([sys.executable, '-m', 'pip', 'install', 'cbxdemo==2.0'], capture_output=True, text=True).stdout)"); !strings.Contains(r.Stdout, "Successfully installed cbxdemo-2.0") {
+		t.Fatalf("pip in a process: %s", r.Stdout)
+	}
 
 	// Refusals, each with its reason in the call's answer.
 	if r := run("e2e-pkg-2", "%pip install cbxbad"); strings.Contains(r.Stdout, "Successfully") || !denied(r, "hash_mismatch", "cbxbad") {

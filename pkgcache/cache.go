@@ -355,7 +355,7 @@ func (c *Cache) serveFile(w http.ResponseWriter, r *http.Request, eco, algo, has
 				c.log.Warn("package file refused: its hash is not the index's", "ecosystem", eco, "package", o.pkg, "file", o.filename)
 				return &Refusal{Reason: ReasonHashMismatch, Package: o.pkg,
 					Detail: fmt.Sprintf("%s of %s: the upstream's file does not have the hash its index gives; refused, not kept", o.filename, o.pkg)}
-			case errors.Is(err, errBusy), errors.Is(err, errTooLarge):
+			case errors.Is(err, errTooLarge):
 				return &Refusal{Reason: ReasonUpstream, Package: o.pkg, Detail: fmt.Sprintf("%s of %s: %v", o.filename, o.pkg, err)}
 			case r.Context().Err() != nil:
 				return &Refusal{Reason: ReasonUpstream, Package: o.pkg, Detail: "the request ended"}
@@ -394,6 +394,13 @@ func sourceOf(r *http.Request) string {
 	return host
 }
 
+// upstreamFailed is the refusal when the upstream did not give a package's page: why goes
+// to the log, not to the worker (it could name hosts and ports behind the upstream).
+func (c *Cache) upstreamFailed(pkg, what string, err error) *Refusal {
+	c.log.Warn("package index page failed", "package", pkg, "page", what, "err", err)
+	return &Refusal{Reason: ReasonUpstream, Package: pkg, Detail: fmt.Sprintf("%s of %s: the upstream failed (codeboxd's log says how)", what, pkg)}
+}
+
 // allowedFile checks a known file against the allowlist (a file learned before the
 // allowlist changed, or from another page's form, is checked again).
 func (c *Cache) allowedFile(o origin) *Refusal {
@@ -409,13 +416,13 @@ func (c *Cache) allowedFile(o origin) *Refusal {
 
 var (
 	errHashMismatch = errors.New("hash mismatch")
-	errBusy         = errors.New("this worker is fetching as many files as it may at once; try again")
 	errTooLarge     = errors.New("larger than the cache keeps")
 )
 
 // fill fetches o into the store under hash, once however many ask at once. The download
 // lasts while someone waits for it: when the last asker goes, it is cancelled. A worker
-// has at most maxFillsPerSource downloads of its own going.
+// starts at most maxFillsPerSource downloads at once; its others wait their turn (npm asks
+// for many tarballs at once), so one worker cannot hold every place.
 func (c *Cache) fill(ctx context.Context, source string, o origin, algo, hash string) error {
 	c.mu.Lock()
 	if until, ok := c.tooLarge[hash]; ok && time.Now().Before(until) {
@@ -423,11 +430,17 @@ func (c *Cache) fill(ctx context.Context, source string, o origin, algo, hash st
 		return errTooLarge
 	}
 	f, ok := c.flights[hash]
-	if !ok {
-		if c.filling[source] >= maxFillsPerSource {
-			c.mu.Unlock()
-			return errBusy
+	for !ok && c.filling[source] >= maxFillsPerSource {
+		c.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
 		}
+		c.mu.Lock()
+		f, ok = c.flights[hash]
+	}
+	if !ok {
 		c.filling[source]++
 		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		f = &flight{done: make(chan struct{}), cancel: cancel}

@@ -308,3 +308,35 @@ func TestScopedNPMName(t *testing.T) {
 		t.Fatalf("the registry was asked %d times for /npm/@scope%%2fpkg (%v)", n, u.asked)
 	}
 }
+
+// One worker asking for more files at once than it may download waits its turn: every
+// request is answered.
+func TestManyFilesAtOnceWait(t *testing.T) {
+	u := newUpstream(t)
+	_, srv, refused := newCache(t, u, "", 1<<20)
+	_, page := get(t, srv.URL+"/pypi/simple/demo/")
+	_, doc := get(t, srv.URL+"/npm/leftish")
+	var links []string
+	for _, l := range hrefs.FindAllStringSubmatch(page, -1) {
+		links = append(links, strings.Split(l[1], "#")[0])
+	}
+	links = append(links, regexp.MustCompile(`"tarball":"([^"]+)"`).FindStringSubmatch(doc)[1])
+	var wg sync.WaitGroup
+	codes := make([]int, len(links))
+	for i, l := range links {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if resp, err := http.Get(strings.Replace(l, base, served, 1)); err == nil {
+				codes[i] = resp.StatusCode
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	for i, code := range codes {
+		if code != 200 {
+			t.Fatalf("file %d of %d at once: %d (%+v)", i, len(links), code, *refused)
+		}
+	}
+}

@@ -63,7 +63,7 @@ func (c *Cache) serveNPM(w http.ResponseWriter, r *http.Request) *Refusal {
 		return &Refusal{Reason: ReasonNotFound, Package: name, Detail: fmt.Sprintf("no package %s at the upstream registry", name)}
 	}
 	if err != nil {
-		return &Refusal{Reason: ReasonUpstream, Package: name, Detail: fmt.Sprintf("the document of %s: %v", name, err)}
+		return c.upstreamFailed(name, "the document", err)
 	}
 	done, err := c.rewriting(r.Context())
 	if err != nil {
@@ -72,7 +72,7 @@ func (c *Cache) serveNPM(w http.ResponseWriter, r *http.Request) *Refusal {
 	out, files, err := c.rewritePackument(body, name, base)
 	done()
 	if err != nil {
-		return &Refusal{Reason: ReasonUpstream, Package: name, Detail: fmt.Sprintf("the document of %s: %v", name, err)}
+		return c.upstreamFailed(name, "the document", err)
 	}
 	c.learn(files)
 	if !strings.HasPrefix(contentType, npmInstallForm) {

@@ -70,7 +70,7 @@ func (c *Cache) pypiPage(w http.ResponseWriter, r *http.Request, name string) *R
 		return &Refusal{Reason: ReasonNotFound, Package: name, Detail: fmt.Sprintf("no project %s at the upstream index", name)}
 	}
 	if err != nil {
-		return &Refusal{Reason: ReasonUpstream, Package: name, Detail: fmt.Sprintf("the index page of %s: %v", name, err)}
+		return c.upstreamFailed(name, "the index page", err)
 	}
 	done, err := c.rewriting(r.Context())
 	if err != nil {
