@@ -53,6 +53,14 @@ type Backend interface {
 	SetNetwork(ctx context.Context, id string, p NetworkPolicy) (*Session, error)
 	// NetworkEvents returns a session's network decisions from seq since on, at most limit.
 	NetworkEvents(ctx context.Context, id string, since uint64, limit int) (*NetworkEvents, error)
+
+	// Snapshots of a session's disk (SPEC 3.14), the caller's own.
+	CreateSnapshot(ctx context.Context, sessionID string, req CreateSnapshotRequest) (*Snapshot, error)
+	ListSnapshots(ctx context.Context) (*SnapshotList, error)
+	GetSnapshot(ctx context.Context, id string) (*Snapshot, error)
+	DeleteSnapshot(ctx context.Context, id string) error
+	// Fork makes new sessions, each with a copy of the session's disk as it is now.
+	Fork(ctx context.Context, sessionID string, req ForkRequest) (*ForkResponse, error)
 }
 
 // Output receives what an execute produces.

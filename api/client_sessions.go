@@ -102,3 +102,44 @@ func (c *Client) NetworkEvents(ctx context.Context, id string, since uint64, lim
 	}
 	return &ev, nil
 }
+
+// CreateSnapshot takes a snapshot of session id's disk (POST /api/v1/sessions/{id}/snapshots).
+func (c *Client) CreateSnapshot(ctx context.Context, id string, req CreateSnapshotRequest) (*Snapshot, error) {
+	var s Snapshot
+	if err := c.do(ctx, http.MethodPost, sessionPath(id)+"/snapshots", nil, req, &s, http.StatusCreated); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// Snapshots lists the caller's snapshots.
+func (c *Client) Snapshots(ctx context.Context) (*SnapshotList, error) {
+	var l SnapshotList
+	if err := c.do(ctx, http.MethodGet, "/api/v1/snapshots", nil, nil, &l, http.StatusOK); err != nil {
+		return nil, err
+	}
+	return &l, nil
+}
+
+// Snapshot returns one of the caller's snapshots.
+func (c *Client) Snapshot(ctx context.Context, id string) (*Snapshot, error) {
+	var s Snapshot
+	if err := c.do(ctx, http.MethodGet, "/api/v1/snapshots/"+url.PathEscape(id), nil, nil, &s, http.StatusOK); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// DeleteSnapshot deletes one of the caller's snapshots.
+func (c *Client) DeleteSnapshot(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/snapshots/"+url.PathEscape(id), nil, nil, nil, http.StatusNoContent)
+}
+
+// Fork makes new sessions from session id's disk as it is now.
+func (c *Client) Fork(ctx context.Context, id string, ids ...string) (*ForkResponse, error) {
+	var f ForkResponse
+	if err := c.do(ctx, http.MethodPost, sessionPath(id)+"/fork", nil, ForkRequest{SessionIDs: ids}, &f, http.StatusCreated); err != nil {
+		return nil, err
+	}
+	return &f, nil
+}

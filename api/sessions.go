@@ -39,6 +39,10 @@ type CreateSessionRequest struct {
 	Env map[string]string `json:"env,omitempty"`
 	// Network opens what it names to the session's worker (SPEC 3.12); absent: nothing.
 	Network *NetworkPolicy `json:"network,omitempty"`
+	// FromSnapshot starts the session on a copy of a snapshot's disk, with the snapshot's
+	// environment, limits, network policy, variables and metadata where the request does
+	// not name its own (SPEC 3.14).
+	FromSnapshot string `json:"from_snapshot,omitempty"`
 }
 
 // UpdateSessionRequest is the body of PATCH /api/v1/sessions/{id}: what it names changes,

@@ -129,6 +129,11 @@ func (s *server) routes() []route {
 		{http.MethodDelete, "/api/v1/sessions/:id", keyed, s.deleteSession},
 		{http.MethodPut, "/api/v1/sessions/:id/network", keyed, s.setNetwork},
 		{http.MethodGet, "/api/v1/sessions/:id/network/events", keyed, s.networkEvents},
+		{http.MethodPost, "/api/v1/sessions/:id/snapshots", keyed, s.createSnapshot},
+		{http.MethodPost, "/api/v1/sessions/:id/fork", keyed, s.fork},
+		{http.MethodGet, "/api/v1/snapshots", keyed, s.listSnapshots},
+		{http.MethodGet, "/api/v1/snapshots/:snapshot", keyed, s.getSnapshot},
+		{http.MethodDelete, "/api/v1/snapshots/:snapshot", keyed, s.deleteSnapshot},
 		{http.MethodGet, "/api/v1/environments", keyed, s.listEnvironments},
 		// The seed's older form, for its own clients: user_uuid in the body.
 		{http.MethodPost, "/execute", keyed, s.execute},

@@ -562,3 +562,17 @@ func TestSessionRoutes(t *testing.T) {
 		t.Fatalf("create=maybe: %d", resp.StatusCode)
 	}
 }
+
+func (f *fakeBackend) CreateSnapshot(ctx context.Context, id string, req api.CreateSnapshotRequest) (*api.Snapshot, error) {
+	return &api.Snapshot{SnapshotID: "snap-1", SessionID: id}, nil
+}
+func (f *fakeBackend) ListSnapshots(ctx context.Context) (*api.SnapshotList, error) {
+	return &api.SnapshotList{Snapshots: []api.Snapshot{}}, nil
+}
+func (f *fakeBackend) GetSnapshot(ctx context.Context, id string) (*api.Snapshot, error) {
+	return &api.Snapshot{SnapshotID: id}, nil
+}
+func (f *fakeBackend) DeleteSnapshot(ctx context.Context, id string) error { return nil }
+func (f *fakeBackend) Fork(ctx context.Context, id string, req api.ForkRequest) (*api.ForkResponse, error) {
+	return &api.ForkResponse{}, nil
+}

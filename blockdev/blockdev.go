@@ -176,22 +176,29 @@ func (s *Store) Make(ctx context.Context, id string, sizeMB, owner int) (_ *Disk
 		return nil, fmt.Errorf("mkfs.ext4: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 
-	loop, err := mount.SetupLoop(d.File, mount.LoopParams{Autoclear: true})
-	if err != nil {
-		return nil, fmt.Errorf("attach loop device: %w", err)
-	}
-	// With autoclear the kernel detaches the device once it is unmounted and this file is
-	// closed, so a crash of codeboxd cannot leak the device while the mount is gone.
-	defer loop.Close()
-
-	if err := unix.Mount(loop.Name(), d.MountPoint, "ext4", MountFlags, ""); err != nil {
-		return nil, fmt.Errorf("mount %s on %s: %w", loop.Name(), d.MountPoint, err)
+	if err := s.mount(d); err != nil {
+		return nil, err
 	}
 	// The user's /sandbox starts empty; e2fsck recreates lost+found should it need one.
 	if err := os.Remove(filepath.Join(d.MountPoint, "lost+found")); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove lost+found: %w", err)
 	}
 	return d, nil
+}
+
+// mount attaches d's file to a loop device and mounts it at d's mount point.
+func (s *Store) mount(d *Disk) error {
+	loop, err := mount.SetupLoop(d.File, mount.LoopParams{Autoclear: true})
+	if err != nil {
+		return fmt.Errorf("attach loop device: %w", err)
+	}
+	// With autoclear the kernel detaches the device once it is unmounted and this file is
+	// closed, so a crash of codeboxd cannot leak the device while the mount is gone.
+	defer loop.Close()
+	if err := unix.Mount(loop.Name(), d.MountPoint, "ext4", MountFlags, ""); err != nil {
+		return fmt.Errorf("mount %s on %s: %w", loop.Name(), d.MountPoint, err)
+	}
+	return nil
 }
 
 // Remove unmounts worker id's disk, which detaches its loop device, and deletes the mount

@@ -252,3 +252,54 @@ func hasCapSysResource(t *testing.T) bool {
 	t.Fatal("no CapEff")
 	return false
 }
+
+// A snapshot is the disk at one instant, sparse; a disk made from it is its own.
+func TestSnapshotAndMakeFrom(t *testing.T) {
+	needRoot(t)
+	s := newStore(t)
+	ctx := context.Background()
+	for _, id := range []string{"w-src", "w-copy"} {
+		if _, err := s.Prepare(id); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Remove(id) })
+	}
+	src, err := s.Make(ctx, "w-src", 64, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(src.MountPoint, "f"), []byte("before"), 0o644)
+	snap := filepath.Join(t.TempDir(), "snap.img")
+	froze, err := s.Snapshot(ctx, "w-src", snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if froze <= 0 || froze > maxFreeze {
+		t.Fatalf("frozen for %s", froze)
+	}
+	// Writes go on once it is thawed.
+	if err := os.WriteFile(filepath.Join(src.MountPoint, "f"), []byte("after"), 0o644); err != nil {
+		t.Fatalf("a write after the snapshot: %v", err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(snap, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Size != 64<<20 || st.Blocks*512 >= st.Size/2 {
+		t.Fatalf("the snapshot is %d bytes and takes %d: not sparse", st.Size, st.Blocks*512)
+	}
+	cp, err := s.MakeFrom(ctx, "w-copy", snap, 96)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(cp.MountPoint, "f")); string(b) != "before" {
+		t.Fatalf("the copy holds %q", b)
+	}
+	if _, total, _ := s.Usage("w-copy"); total < 80<<20 {
+		t.Fatalf("the copy was not grown: %d bytes", total)
+	}
+	os.WriteFile(filepath.Join(cp.MountPoint, "g"), []byte("mine"), 0o644)
+	if _, err := os.Stat(filepath.Join(src.MountPoint, "g")); err == nil {
+		t.Fatal("a write in the copy is seen in the source")
+	}
+}

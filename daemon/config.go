@@ -51,6 +51,9 @@ type Config struct {
 	// Packages: the host serves a package cache, which the network policy's preset
 	// "packages" opens; PackagesDefault opens it to every session.
 	Packages, PackagesDefault bool
+	// MaxSnapshots bounds a tenant's snapshots; MaxSnapshotMB what all snapshots take on
+	// the host.
+	MaxSnapshots, MaxSnapshotMB int
 }
 
 // timings are the daemon's waits that tests shorten.

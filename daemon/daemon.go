@@ -23,11 +23,13 @@ import (
 	"github.com/codebox/codebox/egress"
 	"github.com/codebox/codebox/netns"
 	"github.com/codebox/codebox/runtime"
+	"github.com/codebox/codebox/snapshots"
 	"github.com/codebox/codebox/transfer"
 )
 
 // Daemon serves sessions from a pool of workers.
 type Daemon struct {
+	snaps      *snapshots.Store // the sessions' disks at an instant (snapshots.go)
 	cfg        Config
 	collectors []prometheus.Collector // metrics of the parts beside it
 	log        *slog.Logger
@@ -128,11 +130,15 @@ func build(cfg Config, log *slog.Logger, p parts) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	snaps, err := snapshots.Open(filepath.Join(cfg.StateDir, "snapshots"), cfg.MaxSnapshots, int64(cfg.MaxSnapshotMB)<<20)
+	if err != nil {
+		return nil, err
+	}
 	bg, stop := context.WithCancel(context.Background())
 	d := &Daemon{
 		cfg: cfg, log: log, rt: p.rt, net: p.net, disks: p.disks, dialer: p.dial, timings: p.timings, egress: p.egress, collectors: p.collectors,
 		xfer: transfer.NewClient(guard, cfg.FileTimeout), transfers: make(chan struct{}, maxParallelTransfers),
-		metrics: newMetrics(), assigned: assigned,
+		metrics: newMetrics(), assigned: assigned, snaps: snaps,
 		bg: bg, stop: stop,
 		sessions:     map[sessionKey]*session{},
 		tokens:       map[[32]byte]sessionKey{},

@@ -62,6 +62,13 @@ type network interface {
 type disks interface {
 	Prepare(id string) (mountPoint string, err error)
 	Make(ctx context.Context, id string, sizeMB, owner int) (*blockdev.Disk, error)
+	// Snapshot copies a mounted disk at one instant to dst, frozen for the copy; MakeFrom
+	// makes a worker's disk from such a copy; Rebase moves its files' owners to the worker's
+	// uid range; Thaw undoes a freeze a stop left.
+	Snapshot(ctx context.Context, id, dst string) (time.Duration, error)
+	MakeFrom(ctx context.Context, id, src string, sizeMB int) (*blockdev.Disk, error)
+	Rebase(id string, from, to, size int) error
+	Thaw(id string)
 	// Grow grows a mounted disk (errCannotGrow: the host does not allow it).
 	Grow(ctx context.Context, id string, sizeMB int) error
 	Usage(id string) (used, total int64, err error)

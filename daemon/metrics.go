@@ -20,6 +20,7 @@ type metrics struct {
 	sessionsCreated prometheus.Counter
 	sessionsEnded   *prometheus.CounterVec
 	fitDuration     prometheus.Histogram
+	snapshotFreeze  prometheus.Histogram
 	// startPhases split a worker's start (network, container, kernel, seed) and its fitting
 	// to a session (disk, limits, agent) by part, for the bench's profile of the start path.
 	startPhases *prometheus.HistogramVec
@@ -71,6 +72,9 @@ func newMetrics() *metrics {
 		fitDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "codebox_worker_fit_duration_seconds", Help: "Time to fit a pool worker to a new session: its disk, limits and env.", Buckets: latency,
 		}),
+		snapshotFreeze: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "codebox_snapshot_freeze_seconds", Help: "How long a snapshot kept its session's disk frozen (the copy).", Buckets: latency,
+		}),
 		startPhases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "codebox_worker_phase_duration_seconds", Help: "Parts of a worker's start (network, container, kernel, seed) and of its fitting to a session (disk, limits, agent).", Buckets: latency,
 		}, []string{"phase"}),
@@ -81,7 +85,7 @@ func newMetrics() *metrics {
 func (d *Daemon) Register(reg prometheus.Registerer) error {
 	m := d.metrics
 	cs := []prometheus.Collector{m.executions, m.executeDuration, m.creates, m.createDuration,
-		m.destroys, m.destroyDuration, m.kernelRestarts, m.fileBytes, m.sessionsCreated, m.sessionsEnded, m.fitDuration, m.startPhases}
+		m.destroys, m.destroyDuration, m.kernelRestarts, m.fileBytes, m.sessionsCreated, m.sessionsEnded, m.fitDuration, m.snapshotFreeze, m.startPhases}
 	gauge := func(name, help string, f func() int) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return float64(f()) })
 	}

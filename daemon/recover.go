@@ -189,6 +189,9 @@ func (d *Daemon) adopt(ctx context.Context, id string, labels map[string]string,
 	case session && !d.disks.Mounted(id):
 		return nil, errors.New("its disk is not mounted")
 	}
+	if session {
+		d.disks.Thaw(id) // a snapshot a stop cut short would leave its disk frozen
+	}
 	deadline := time.Now().Add(adoptTimeout)
 	in := d.watch(w, a.task)
 	first, cancel := context.WithTimeout(ctx, d.timings.busyAfter)

@@ -35,7 +35,7 @@ func (d *Daemon) CreateSession(ctx context.Context, req api.CreateSessionRequest
 		return nil, api.Refuse("session_id", "session_id must be 1..%d characters of A-Z a-z 0-9 . _ -", api.MaxUserUUIDLength)
 	}
 	now := time.Now()
-	sh, err := d.newShape(req, now)
+	sh, err := d.newShape(req, caller.Tenant, now)
 	if err != nil {
 		return nil, err
 	}
@@ -81,8 +81,17 @@ func (d *Daemon) CreateSession(ctx context.Context, req api.CreateSessionRequest
 }
 
 // newShape checks a create request against the caps and makes the session's shape.
-func (d *Daemon) newShape(req api.CreateSessionRequest, now time.Time) (shape, error) {
+func (d *Daemon) newShape(req api.CreateSessionRequest, tenant string, now time.Time) (shape, error) {
 	sh := shape{environment: environments.Default, created: now, idleTimeout: d.cfg.IdleTimeout}
+	var fromLimits *api.Limits
+	if req.FromSnapshot != "" {
+		m, err := d.snaps.Get(tenant, req.FromSnapshot)
+		if err != nil {
+			return sh, &api.Problem{Kind: api.NotFound, Field: "from_snapshot", Detail: fmt.Sprintf("no snapshot %q", api.Echo(req.FromSnapshot))}
+		}
+		req, fromLimits = fromSnapshot(req, m, d.cfg.Packages)
+		sh.from = m
+	}
 	if req.Environment != "" {
 		sh.environment = req.Environment
 	}
@@ -92,7 +101,16 @@ func (d *Daemon) newShape(req api.CreateSessionRequest, now time.Time) (shape, e
 	if err != nil {
 		return sh, err
 	}
-	if sh.limits, err = d.resolveLimits(req.Limits, base); err != nil {
+	if fromLimits != nil {
+		// The snapshot's limits under the request's, all checked against today's caps; its
+		// disk never smaller than the snapshot's.
+		if sh.limits, err = d.resolveLimits(fromLimits, base); err != nil {
+			return sh, err
+		}
+		if sh.limits.DiskMB < sh.from.DiskMB {
+			return sh, api.Refuse("limits.disk_mb", "limits.disk_mb must be at least the snapshot's %d MB", sh.from.DiskMB)
+		}
+	} else if sh.limits, err = d.resolveLimits(req.Limits, base); err != nil {
 		return sh, err
 	}
 	if sh.expires, err = d.lifetime(req.Timeout, now); err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/codebox/codebox/egress"
+	"github.com/codebox/codebox/snapshots"
 
 	"github.com/codebox/codebox/api"
 )
@@ -33,6 +34,9 @@ type shape struct {
 	token [sha256.Size]byte
 	// network is what its worker may reach (nil: nothing).
 	network *egress.Policy
+	// from is the snapshot a new session's disk is copied from ("": a new disk); only while
+	// the session is made, never recorded.
+	from *snapshots.Meta
 }
 
 // Least values of a session's limits: what a kernel needs to start and run small code.

@@ -288,7 +288,12 @@ func (d *Daemon) dial(ctx context.Context, w *worker, in *instance) error {
 // agent. The caller holds the session's turn.
 func (d *Daemon) fit(ctx context.Context, w *worker, sh shape, makeDisk bool) error {
 	start := time.Now()
-	if makeDisk {
+	switch {
+	case makeDisk && sh.from != nil:
+		if err := d.makeDiskFrom(ctx, w, sh.from, sh.limits.DiskMB); err != nil {
+			return err
+		}
+	case makeDisk:
 		if _, err := d.disks.Make(ctx, w.id, sh.limits.DiskMB, runtime.HostUID(w.uidBase)); err != nil {
 			return err
 		}

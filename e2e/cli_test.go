@@ -91,6 +91,24 @@ func TestCLISessions(t *testing.T) {
 	if out, err := run("sessions", "get", "e2e-cli-s"); err != nil || !strings.Contains(out, `"usage"`) {
 		t.Fatalf("sessions get: %q %v", out, err)
 	}
+	// Snapshots and forks.
+	run("exec", "-u", "e2e-cli-s", "open('/sandbox/cli.txt', 'w').write('from the cli')")
+	if out, err := run("snapshot", "create", "--id", "e2e-cli-snap", "e2e-cli-s"); err != nil || !strings.Contains(out, `"memory": false`) {
+		t.Fatalf("snapshot create: %q %v", out, err)
+	}
+	if out, err := run("snapshot", "ls"); err != nil || !strings.Contains(out, "e2e-cli-snap") {
+		t.Fatalf("snapshot ls: %q %v", out, err)
+	}
+	if out, err := run("fork", "e2e-cli-s", "e2e-cli-fork"); err != nil || !strings.Contains(out, `"e2e-cli-fork"`) {
+		t.Fatalf("fork: %q %v", out, err)
+	}
+	if out, err := run("exec", "-u", "e2e-cli-fork", "print(open('/sandbox/cli.txt').read())"); err != nil || out != "from the cli\n" {
+		t.Fatalf("the fork's file: %q %v", out, err)
+	}
+	run("sessions", "rm", "e2e-cli-fork")
+	if out, err := run("snapshot", "rm", "e2e-cli-snap"); err != nil {
+		t.Fatalf("snapshot rm: %q %v", out, err)
+	}
 	if out, err := run("sessions", "rm", "e2e-cli-s"); err != nil {
 		t.Fatalf("sessions rm: %q %v", out, err)
 	}

@@ -99,7 +99,7 @@ func TestMCP(t *testing.T) {
 		t.Logf("tool %s: %s", tl.Name, tl.Description)
 	}
 	slices.Sort(names)
-	if want := []string{"create_session", "list_environments", "list_files", "read_file", "release", "run_code", "write_file"}; !slices.Equal(names, want) {
+	if want := []string{"create_session", "list_environments", "list_files", "read_file", "release", "run_code", "snapshot", "write_file"}; !slices.Equal(names, want) {
 		t.Fatalf("tools %v, want %v", names, want)
 	}
 
@@ -120,6 +120,19 @@ func TestMCP(t *testing.T) {
 	if !r.IsError || !strings.Contains(texts(r), "is running") {
 		t.Fatalf("create_session of a running session: %s", texts(r))
 	}
+	// A snapshot of its files, and a sandbox started from it.
+	callTool(t, ctx, cs, "run_code", map[string]any{"code": "open('/sandbox/mcp.txt', 'w').write('saved')", "session": "e2e-mcp-shaped"})
+	if r := callTool(t, ctx, cs, "snapshot", map[string]any{"session": "e2e-mcp-shaped", "snapshot_id": "e2e-mcp-snap"}); r.IsError || !strings.Contains(texts(r), "snapshot_id: e2e-mcp-snap") {
+		t.Fatalf("snapshot: %s", texts(r))
+	}
+	if r := callTool(t, ctx, cs, "create_session", map[string]any{"session": "e2e-mcp-from", "from_snapshot": "e2e-mcp-snap"}); r.IsError {
+		t.Fatalf("create_session from_snapshot: %s", texts(r))
+	}
+	if r := callTool(t, ctx, cs, "run_code", map[string]any{"code": "print(open('/sandbox/mcp.txt').read())", "session": "e2e-mcp-from"}); r.IsError || !strings.Contains(texts(r), "saved") {
+		t.Fatalf("the file in the sandbox from the snapshot: %s", texts(r))
+	}
+	d.client.Release(ctx, "e2e-mcp-from")
+	d.client.DeleteSnapshot(ctx, "e2e-mcp-snap")
 	if r := callTool(t, ctx, cs, "list_environments", map[string]any{}); r.IsError || !strings.Contains(texts(r), "default: runs python, javascript, typescript, bash") {
 		t.Fatalf("list_environments: %s", texts(r))
 	}

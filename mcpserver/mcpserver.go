@@ -303,16 +303,22 @@ type writeIn struct {
 }
 
 type createSessionIn struct {
-	Session     string            `json:"session,omitempty" jsonschema:"Optional: the new session's name (1-128 of A-Z a-z 0-9 . _ -). Omit it to shape this MCP session's own sandbox. Pass the same name as session to run_code and the file tools."`
-	CPU         float64           `json:"cpu,omitempty" jsonschema:"CPU cores (default: the server's)."`
-	MemoryMB    int               `json:"memory_mb,omitempty" jsonschema:"Memory in MB (default: the server's). Code that needs more is killed and the sandbox's variables are lost."`
-	DiskMB      int               `json:"disk_mb,omitempty" jsonschema:"Size of the /sandbox disk in MB (default: the server's)."`
-	Timeout     float64           `json:"timeout,omitempty" jsonschema:"The sandbox's whole lifetime in seconds from now (default: none, or the server's); it ends then, even mid-call."`
-	IdleTimeout float64           `json:"idle_timeout,omitempty" jsonschema:"Seconds unused before the sandbox ends (default: the server's)."`
-	Metadata    map[string]string `json:"metadata,omitempty" jsonschema:"Labels to find the sandbox by (at most 32 string pairs)."`
-	Environment string            `json:"environment,omitempty" jsonschema:"The environment (an image with its own libraries) the sandbox runs in; list_environments names them. Default: default."`
-	Allow       []string          `json:"allow,omitempty" jsonschema:"What the sandbox may reach on the network (default: nothing): host names (pypi.org), *.suffix, addresses or CIDRs, each with an optional :port; at most 64."`
-	Packages    bool              `json:"packages,omitempty" jsonschema:"Open the host's package cache, so pip and npm install work without general internet (when the host serves one)."`
+	Session      string            `json:"session,omitempty" jsonschema:"Optional: the new session's name (1-128 of A-Z a-z 0-9 . _ -). Omit it to shape this MCP session's own sandbox. Pass the same name as session to run_code and the file tools."`
+	CPU          float64           `json:"cpu,omitempty" jsonschema:"CPU cores (default: the server's)."`
+	MemoryMB     int               `json:"memory_mb,omitempty" jsonschema:"Memory in MB (default: the server's). Code that needs more is killed and the sandbox's variables are lost."`
+	DiskMB       int               `json:"disk_mb,omitempty" jsonschema:"Size of the /sandbox disk in MB (default: the server's)."`
+	Timeout      float64           `json:"timeout,omitempty" jsonschema:"The sandbox's whole lifetime in seconds from now (default: none, or the server's); it ends then, even mid-call."`
+	IdleTimeout  float64           `json:"idle_timeout,omitempty" jsonschema:"Seconds unused before the sandbox ends (default: the server's)."`
+	Metadata     map[string]string `json:"metadata,omitempty" jsonschema:"Labels to find the sandbox by (at most 32 string pairs)."`
+	Environment  string            `json:"environment,omitempty" jsonschema:"The environment (an image with its own libraries) the sandbox runs in; list_environments names them. Default: default."`
+	Allow        []string          `json:"allow,omitempty" jsonschema:"What the sandbox may reach on the network (default: nothing): host names (pypi.org), *.suffix, addresses or CIDRs, each with an optional :port; at most 64."`
+	Packages     bool              `json:"packages,omitempty" jsonschema:"Open the host's package cache, so pip and npm install work without general internet (when the host serves one)."`
+	FromSnapshot string            `json:"from_snapshot,omitempty" jsonschema:"Start on a copy of this snapshot's files (made by the snapshot tool), with its limits and network."`
+}
+
+type snapshotIn struct {
+	Session    string `json:"session,omitempty" jsonschema:"Optional: the codebox session whose files to snapshot (default: this MCP session's)."`
+	SnapshotID string `json:"snapshot_id,omitempty" jsonschema:"Optional: a name for the snapshot (1-64 of a-z A-Z 0-9 . _ -)."`
 }
 
 type releaseIn struct {
@@ -431,6 +437,18 @@ func (h *Handler) addTools() error {
 		InputSchema: &jsonschema.Schema{Type: "object"},
 		Annotations: &mcp.ToolAnnotations{Title: "List environments", ReadOnlyHint: true, OpenWorldHint: ptr(false)},
 	}, h.listEnvironments)
+	snapshotSchema, err := schemaFor[snapshotIn](sessionPattern)
+	if err != nil {
+		return err
+	}
+	mcp.AddTool(h.server, &mcp.Tool{
+		Name:  "snapshot",
+		Title: "Snapshot the sandbox's files",
+		Description: "Save the sandbox's files (/sandbox, installed packages included; not its variables) as they are now, while it keeps running. " +
+			"Pass the answer's snapshot_id as from_snapshot to create_session to start new sandboxes from it, for instance to try several approaches from one point.",
+		InputSchema: snapshotSchema,
+		Annotations: &mcp.ToolAnnotations{Title: "Snapshot the sandbox's files", OpenWorldHint: ptr(false)},
+	}, h.snapshot)
 	mcp.AddTool(h.server, &mcp.Tool{
 		Name:        "release",
 		Title:       "Release the sandbox",
@@ -879,13 +897,28 @@ func (h *Handler) release(ctx context.Context, req *mcp.CallToolRequest, in rele
 	return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "released: the sandbox, its variables and files are gone; the next run_code starts a fresh one"}}}, nil, nil
 }
 
+func (h *Handler) snapshot(ctx context.Context, req *mcp.CallToolRequest, in snapshotIn) (*mcp.CallToolResult, any, error) {
+	ctx = callerCtx(ctx, req)
+	u, err := user(req, in.Session)
+	if err != nil {
+		return toolError(err)
+	}
+	s, err := h.cfg.Backend.CreateSnapshot(ctx, u, api.CreateSnapshotRequest{SnapshotID: in.SnapshotID})
+	if err != nil {
+		return toolError(err)
+	}
+	text := fmt.Sprintf("snapshot_id: %s (files only, not variables; %.0f MB; the sandbox's files were frozen %.0f ms). "+
+		"create_session with from_snapshot %q starts a sandbox from it.", s.SnapshotID, s.StoredMB, s.FreezeMS, s.SnapshotID)
+	return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: text}}}, nil, nil
+}
+
 func (h *Handler) createSession(ctx context.Context, req *mcp.CallToolRequest, in createSessionIn) (*mcp.CallToolResult, any, error) {
 	ctx = callerCtx(ctx, req)
 	u, err := user(req, in.Session)
 	if err != nil {
 		return toolError(err)
 	}
-	creq := api.CreateSessionRequest{SessionID: u, Metadata: in.Metadata, Environment: in.Environment}
+	creq := api.CreateSessionRequest{SessionID: u, Metadata: in.Metadata, Environment: in.Environment, FromSnapshot: in.FromSnapshot}
 	if len(in.Allow) > 0 || in.Packages {
 		creq.Network = &api.NetworkPolicy{Allow: in.Allow}
 		if in.Packages {

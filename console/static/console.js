@@ -633,8 +633,12 @@
       const name = el('td', {}, el('button', { type: 'button', class: 'link', text: s.session_id, title: 'Use this session', onclick: () => switchSession(s.session_id) }),
         meta ? el('span', { class: 'meta', text: meta }) : null);
       const end = el('button', { type: 'button', class: 'link', text: 'End', 'aria-label': 'End ' + s.session_id, onclick: () => endSession(s.session_id) });
+      const snap = el('button', { type: 'button', class: 'link', text: 'Snapshot', 'aria-label': 'Snapshot ' + s.session_id,
+        title: "Save its files now (not its variables); it keeps running", onclick: () => snapshotSession(s.session_id) });
+      const fork = el('button', { type: 'button', class: 'link', text: 'Fork', 'aria-label': 'Fork ' + s.session_id,
+        title: 'A new session with a copy of its files as they are now', onclick: () => forkSession(s.session_id) });
       ui.sessionList.append(el('tr', { 'data-session': s.session_id, class: s.session_id === ui.session.value ? 'current' : '' },
-        name, el('td', { class: 'left', text: timeLeft(s.expires_at) }), el('td', {}, end)));
+        name, el('td', { class: 'left', text: timeLeft(s.expires_at) }), el('td', {}, snap, ' ', fork, ' ', end)));
     }
     ui.sessionsNote.textContent = list.length ? '' : 'No running session yet.';
   }
@@ -658,6 +662,28 @@
       showUsage(cur);
     } catch (err) {
       if (mine === sessionsAsked) ui.sessionsNote.textContent = err.message;
+    }
+  }
+
+  async function snapshotSession(id) {
+    try {
+      const s = await (await api('POST', '/api/v1/sessions/' + encodeURIComponent(id) + '/snapshots', { json: {} })).json();
+      notice('Snapshot ' + s.snapshot_id + ' of ' + id + ': ' + s.stored_mb.toFixed(1) + ' MB of files (not variables); its disk was frozen ' +
+        s.freeze_ms.toFixed(0) + ' ms. A session made with from_snapshot "' + s.snapshot_id + '" starts on a copy.');
+    } catch (err) {
+      notice('Snapshot of ' + id + ' failed: ' + err.message, true);
+    }
+  }
+
+  async function forkSession(id) {
+    const fork = (id.slice(0, 100) + '-fork-' + Math.random().toString(36).slice(2, 8));
+    try {
+      const f = await (await api('POST', '/api/v1/sessions/' + encodeURIComponent(id) + '/fork', { json: { session_ids: [fork] } })).json();
+      switchSession(f.sessions[0].session_id);
+      notice('Forked ' + id + ' into ' + f.sessions[0].session_id + ' (a copy of its files; variables start empty).');
+    } catch (err) {
+      notice('Fork of ' + id + ' failed: ' + err.message, true);
+      refreshSessions();
     }
   }
 

@@ -338,6 +338,16 @@ test('sessions panel: metadata and time left, the current session\'s usage, End 
   assert.equal(await page.getByLabel('Session', { exact: true }).inputValue(), id);
   await page.locator('#usage').filter({ hasText: /300 MB · \d+ MB disk — used .* processes/ }).waitFor();
   await run('print("in the made session")');
+  // Snapshot and Fork: the fork holds the file, and becomes the current session.
+  await run('open("/sandbox/console.txt", "w").write("from the console")');
+  await row.getByRole('button', { name: 'Snapshot ' + id }).click();
+  await page.locator('#notice').filter({ hasText: /^Snapshot snap-\w+ of console-made-\d+: .* frozen \d+ ms/ }).waitFor();
+  await row.getByRole('button', { name: 'Fork ' + id }).click();
+  await page.locator('#notice').filter({ hasText: /^Forked console-made-\d+ into console-made-\d+-fork-/ }).waitFor();
+  assert.match(await page.getByLabel('Session', { exact: true }).inputValue(), /-fork-/);
+  const forked = await run('print(open("/sandbox/console.txt").read())');
+  assert.match(await forked.innerText(), /from the console/);
+  await row.getByRole('button', { name: id, exact: true }).click();
   page.once('dialog', (d) => d.accept());
   await row.getByRole('button', { name: 'End ' + id }).click();
   await row.waitFor({ state: 'detached' });

@@ -38,7 +38,7 @@ test('lists the tools with descriptions and schemas', async () => {
   c = await connect(TOKEN);
   const { tools } = await c.client.listTools();
   const names = tools.map((t) => t.name).sort();
-  assert.deepEqual(names, ['create_session', 'list_environments', 'list_files', 'read_file', 'release', 'run_code', 'write_file']);
+  assert.deepEqual(names, ['create_session', 'list_environments', 'list_files', 'read_file', 'release', 'run_code', 'snapshot', 'write_file']);
   const run = tools.find((t) => t.name === 'run_code');
   assert.ok(run.description.length > 40);
   assert.deepEqual(run.inputSchema.required, ['code']);

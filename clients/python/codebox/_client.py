@@ -251,12 +251,14 @@ class Client:
                        cpu: Optional[float] = None, memory_mb: Optional[int] = None, disk_mb: Optional[int] = None,
                        pids: Optional[int] = None, timeout: Optional[float] = None, idle_timeout: Optional[float] = None,
                        metadata: Optional[Dict[str, str]] = None, env: Optional[Dict[str, str]] = None,
-                       allow: Optional[List[str]] = None, packages: bool = False) -> "Session":
+                       allow: Optional[List[str]] = None, packages: bool = False,
+                       from_snapshot: Optional[str] = None) -> "Session":
         """Makes a session with a shape of its own (POST /api/v1/sessions): limits, a lifetime
         (timeout, seconds from now), an idle timeout, metadata to find it by, environment
         variables set before its first code, what it may reach on the network (allow: host
         names, *.suffix, addresses or CIDRs, each with an optional :port; none: nothing), and
-        packages=True for the host's package cache (pip and npm install from it).
+        packages=True for the host's package cache (pip and npm install from it), and
+        from_snapshot to start on a copy of a snapshot's disk (with its shape).
         Returns the Session; its info holds what codeboxd answered, the access_token (which
         reaches this session alone) included."""
         body: Dict[str, Any] = {}
@@ -270,6 +272,8 @@ class Client:
         for k, v in (("timeout", timeout), ("idle_timeout", idle_timeout), ("metadata", metadata), ("env", env)):
             if v is not None:
                 body[k] = v
+        if from_snapshot:
+            body["from_snapshot"] = from_snapshot
         if allow is not None or packages:
             body["network"] = {"allow": list(allow or [])}
             if packages:
@@ -333,6 +337,35 @@ class Client:
         """A session's network decisions from seq since on: {"events", "next_seq", "dropped"}."""
         return self._json("GET", "/api/v1/sessions/" + urllib.parse.quote(session_id, safe="") + "/network/events",
                           query={"since": str(since), "limit": str(limit)})
+
+    def create_snapshot(self, session_id: str, snapshot_id: Optional[str] = None) -> Dict[str, Any]:
+        """Snapshots a session's disk while it runs on (its disk frozen only for the copy):
+        files and installed packages, with its shape; not its variables."""
+        body = {"snapshot_id": snapshot_id} if snapshot_id else {}
+        return self._json("POST", "/api/v1/sessions/" + urllib.parse.quote(session_id, safe="") + "/snapshots", payload=body, ok=(201,))
+
+    def snapshots(self) -> List[Dict[str, Any]]:
+        """The key's snapshots, oldest first."""
+        return self._json("GET", "/api/v1/snapshots")["snapshots"]
+
+    def get_snapshot(self, snapshot_id: str) -> Dict[str, Any]:
+        return self._json("GET", "/api/v1/snapshots/" + urllib.parse.quote(snapshot_id, safe=""))
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Deletes a snapshot; sessions made from it keep their disks."""
+        self._json("DELETE", "/api/v1/snapshots/" + urllib.parse.quote(snapshot_id, safe=""), ok=(204,))
+
+    def fork(self, session_id: str, *session_ids: str) -> List["Session"]:
+        """Makes 1 to 10 new sessions, each with its own copy of the session's disk as it is
+        now and the session's shape."""
+        d = self._json("POST", "/api/v1/sessions/" + urllib.parse.quote(session_id, safe="") + "/fork",
+                       payload={"session_ids": list(session_ids)}, ok=(201,))
+        out = []
+        for info in d["sessions"]:
+            s = Session(self, info["session_id"])
+            s.info = SessionInfo.from_json(info)
+            out.append(s)
+        return out
 
     def delete_session(self, session_id: str) -> None:
         """Ends a session (DELETE): its worker, variables and files are destroyed."""
@@ -569,6 +602,14 @@ class Session:
     def extend(self, timeout: float) -> SessionInfo:
         """Restarts the session's lifetime: it ends timeout seconds from now."""
         return self.client.update_session(self.user_uuid, timeout=timeout)
+
+    def snapshot(self, snapshot_id: Optional[str] = None) -> Dict[str, Any]:
+        """Snapshots this session's disk (Client.create_snapshot)."""
+        return self.client.create_snapshot(self.user_uuid, snapshot_id)
+
+    def fork(self, *session_ids: str) -> List["Session"]:
+        """New sessions from this one's disk as it is now (Client.fork)."""
+        return self.client.fork(self.user_uuid, *session_ids)
 
     def release(self) -> None:
         """Ends the session: its worker, variables and files are destroyed (no error when

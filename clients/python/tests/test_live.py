@@ -142,6 +142,25 @@ class LiveTest(unittest.TestCase):
         self.assertEqual(r.previous_session["ended_reason"], "released")
         s.release()
 
+    def test_snapshot_and_fork(self):
+        src = self.client.create_session(metadata={"test": "snapshot"})
+        try:
+            src.run("open('/sandbox/kept.txt', 'w').write('kept')\nx = 1")
+            snap = src.snapshot("py-snap")
+            self.assertFalse(snap["memory"])
+            self.assertIn("py-snap", [s["snapshot_id"] for s in self.client.snapshots()])
+            (fork,) = src.fork("py-fork-1")
+            try:
+                r = fork.run("print(open('/sandbox/kept.txt').read(), 'x' in globals())")
+                self.assertEqual(r.text, "kept False\n")  # files kept, variables not
+            finally:
+                fork.release()
+        finally:
+            src.release()
+            self.client.delete_snapshot("py-snap")
+        with self.assertRaises(codebox.NotFoundError):
+            self.client.get_snapshot("py-snap")
+
     def test_unavailable_carries_retry_after(self):
         # This daemon keeps at most two workers: two sessions hold them, a third waits.
         others = [self.client.session(), self.client.session()]

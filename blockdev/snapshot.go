@@ -1,0 +1,162 @@
+package blockdev
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// FIFREEZE and FITHAW (_IOWR('X', 119/120, int)): a file system's writes held, everything
+// written so far on its device, until thawed.
+const (
+	fiFreeze = 0xC0045877
+	fiThaw   = 0xC0045878
+)
+
+// maxFreeze bounds how long a copy may keep a worker's disk frozen: past it the copy is
+// given up (and the disk thawed), so a worker never waits on a slow host for long.
+const maxFreeze = 30 * time.Second
+
+// Snapshot copies worker id's disk, as it is at one instant, to dst (which must not exist):
+// its file system is frozen, the backing file cloned (FICLONE where the state directory's
+// file system offers it, else a sparse copy: holes stay holes), then thawed. It returns how
+// long the disk was frozen. On failure dst is gone and the disk thawed.
+func (s *Store) Snapshot(ctx context.Context, id, dst string) (time.Duration, error) {
+	if err := plainName(id); err != nil {
+		return 0, err
+	}
+	if !s.Mounted(id) {
+		return 0, fmt.Errorf("snapshot disk %s: not mounted", id)
+	}
+	dir, err := os.Open(s.MountPoint(id))
+	if err != nil {
+		return 0, err
+	}
+	defer dir.Close()
+	// Most of what is dirty goes out first, while writes go on: the freeze then has little
+	// left to flush, and the writes it holds wait less.
+	unix.Syncfs(int(dir.Fd()))
+	frozen := time.Now() // the freeze's own flush counts: writes wait through it
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, dir.Fd(), fiFreeze, 0); errno != 0 {
+		return 0, fmt.Errorf("snapshot disk %s: freeze: %w", id, errno)
+	}
+	ctx, cancel := context.WithTimeout(ctx, maxFreeze)
+	defer cancel()
+	err = copyDisk(ctx, s.file(id), dst)
+	took := time.Since(frozen)
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, dir.Fd(), fiThaw, 0); errno != 0 && errno != unix.EINVAL {
+		err = errors.Join(err, fmt.Errorf("snapshot disk %s: thaw: %w", id, errno))
+	}
+	if err != nil {
+		os.Remove(dst)
+		return took, fmt.Errorf("snapshot disk %s: %w", id, err)
+	}
+	return took, nil
+}
+
+// Thaw thaws worker id's disk should a codeboxd that stopped in the middle of a copy have
+// left it frozen (nothing happens to a disk that is not).
+func (s *Store) Thaw(id string) {
+	dir, err := os.Open(s.MountPoint(id))
+	if err != nil {
+		return
+	}
+	defer dir.Close()
+	unix.Syscall(unix.SYS_IOCTL, dir.Fd(), fiThaw, 0)
+}
+
+// copyDisk clones src to dst: coreutils' cp does FICLONE when it can, a sparse copy when it
+// cannot.
+func copyDisk(ctx context.Context, src, dst string) error {
+	cmd := exec.CommandContext(ctx, "cp", "--reflink=auto", "--sparse=always", "--no-preserve=all", "--", src, dst)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		os.Remove(dst)
+		if ctx.Err() != nil {
+			return fmt.Errorf("copy: %w", ctx.Err())
+		}
+		return fmt.Errorf("copy: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return os.Chmod(dst, 0o600)
+}
+
+// MakeFrom makes worker id's disk a copy of the image src (a snapshot), grown to sizeMB
+// when that is larger, and mounts it at its prepared mount point. On failure the disk is
+// gone again; the mount point stays.
+func (s *Store) MakeFrom(ctx context.Context, id, src string, sizeMB int) (_ *Disk, err error) {
+	if err := plainName(id); err != nil {
+		return nil, err
+	}
+	d := &Disk{ID: id, File: s.file(id), MountPoint: s.MountPoint(id)}
+	if err := notSymlink(d.MountPoint); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			if rerr := s.removeDisk(id); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}
+	}()
+	if _, err := os.Lstat(d.File); err == nil {
+		return nil, fmt.Errorf("disk %s exists", id)
+	}
+	if err := copyDisk(ctx, src, d.File); err != nil {
+		return nil, err
+	}
+	// Grown before it is mounted: resize2fs on a file needs no privilege a host may withhold.
+	if fi, err := os.Stat(d.File); err != nil {
+		return nil, err
+	} else if size := int64(sizeMB) << 20; size > fi.Size() {
+		if err := os.Truncate(d.File, size); err != nil {
+			return nil, fmt.Errorf("grow disk %s: %w", id, err)
+		}
+		if out, err := exec.CommandContext(ctx, "resize2fs", "-f", d.File).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("grow disk %s: resize2fs: %w: %s", id, err, strings.TrimSpace(string(out)))
+		}
+	}
+	if err := s.mount(d); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// Rebase gives worker id's mounted disk to another user namespace's range: every file owned
+// by a uid or gid in [from, from+size) is owned by the same offset from to. A disk copied
+// from another worker's snapshot holds that worker's host uids. Symbolic links are changed,
+// never followed (the files are the tenant's).
+func (s *Store) Rebase(id string, from, to, size int) error {
+	if err := plainName(id); err != nil {
+		return err
+	}
+	if from == to {
+		return nil
+	}
+	move := func(v uint32) int {
+		if int(v) >= from && int(v) < from+size {
+			return int(v) - from + to
+		}
+		return -1 // not the source's: left as it is
+	}
+	return filepath.WalkDir(s.MountPoint(id), func(p string, _ os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		if uid, gid := move(st.Uid), move(st.Gid); uid >= 0 || gid >= 0 {
+			if err := unix.Lchown(p, uid, gid); err != nil {
+				return fmt.Errorf("rebase %s: %w", p, err)
+			}
+		}
+		return nil
+	})
+}
