@@ -61,6 +61,12 @@ type Backend interface {
 	DeleteSnapshot(ctx context.Context, id string) error
 	// Fork makes new sessions, each with a copy of the session's disk as it is now.
 	Fork(ctx context.Context, sessionID string, req ForkRequest) (*ForkResponse, error)
+
+	// Named volumes (SPEC 3.14), the caller's own.
+	CreateVolume(ctx context.Context, req CreateVolumeRequest) (*Volume, error)
+	ListVolumes(ctx context.Context) (*VolumeList, error)
+	GetVolume(ctx context.Context, name string) (*Volume, error)
+	DeleteVolume(ctx context.Context, name string) error
 }
 
 // Output receives what an execute produces.

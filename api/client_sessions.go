@@ -143,3 +143,35 @@ func (c *Client) Fork(ctx context.Context, id string, ids ...string) (*ForkRespo
 	}
 	return &f, nil
 }
+
+// CreateVolume makes a named volume.
+func (c *Client) CreateVolume(ctx context.Context, req CreateVolumeRequest) (*Volume, error) {
+	var v Volume
+	if err := c.do(ctx, http.MethodPost, "/api/v1/volumes", nil, req, &v, http.StatusCreated); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// Volumes lists the caller's volumes.
+func (c *Client) Volumes(ctx context.Context) (*VolumeList, error) {
+	var l VolumeList
+	if err := c.do(ctx, http.MethodGet, "/api/v1/volumes", nil, nil, &l, http.StatusOK); err != nil {
+		return nil, err
+	}
+	return &l, nil
+}
+
+// Volume returns one of the caller's volumes.
+func (c *Client) Volume(ctx context.Context, name string) (*Volume, error) {
+	var v Volume
+	if err := c.do(ctx, http.MethodGet, "/api/v1/volumes/"+url.PathEscape(name), nil, nil, &v, http.StatusOK); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// DeleteVolume deletes one of the caller's volumes (409 while a session has it).
+func (c *Client) DeleteVolume(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/volumes/"+url.PathEscape(name), nil, nil, nil, http.StatusNoContent)
+}

@@ -43,6 +43,8 @@ type CreateSessionRequest struct {
 	// environment, limits, network policy, variables and metadata where the request does
 	// not name its own (SPEC 3.14).
 	FromSnapshot string `json:"from_snapshot,omitempty"`
+	// Volumes are mounted into the session, each at a directory under /sandbox.
+	Volumes []VolumeMount `json:"volumes,omitempty"`
 }
 
 // UpdateSessionRequest is the body of PATCH /api/v1/sessions/{id}: what it names changes,
@@ -95,6 +97,8 @@ type Session struct {
 	IdleTimeout float64 `json:"idle_timeout"`
 	// Network is what its worker may reach.
 	Network NetworkPolicy `json:"network"`
+	// Volumes are the volumes mounted in it.
+	Volumes []VolumeMount `json:"volumes,omitempty"`
 	// AccessToken reaches this session alone; only in the answer that created it.
 	AccessToken string `json:"access_token,omitempty"`
 	// Usage is in the answer of GET of one running session.

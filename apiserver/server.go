@@ -134,6 +134,10 @@ func (s *server) routes() []route {
 		{http.MethodGet, "/api/v1/snapshots", keyed, s.listSnapshots},
 		{http.MethodGet, "/api/v1/snapshots/:snapshot", keyed, s.getSnapshot},
 		{http.MethodDelete, "/api/v1/snapshots/:snapshot", keyed, s.deleteSnapshot},
+		{http.MethodPost, "/api/v1/volumes", keyed, s.createVolume},
+		{http.MethodGet, "/api/v1/volumes", keyed, s.listVolumes},
+		{http.MethodGet, "/api/v1/volumes/:volume", keyed, s.getVolume},
+		{http.MethodDelete, "/api/v1/volumes/:volume", keyed, s.deleteVolume},
 		{http.MethodGet, "/api/v1/environments", keyed, s.listEnvironments},
 		// The seed's older form, for its own clients: user_uuid in the body.
 		{http.MethodPost, "/execute", keyed, s.execute},

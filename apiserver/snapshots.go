@@ -70,3 +70,44 @@ func (s *server) fork(w http.ResponseWriter, r *http.Request) error {
 	}
 	return writeJSON(w, http.StatusCreated, f)
 }
+
+// createVolume is POST /api/v1/volumes.
+func (s *server) createVolume(w http.ResponseWriter, r *http.Request) error {
+	var req api.CreateVolumeRequest
+	if err := decodeStrict(w, r, &req); err != nil {
+		return err
+	}
+	v, err := s.b.CreateVolume(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusCreated, v)
+}
+
+func (s *server) listVolumes(w http.ResponseWriter, r *http.Request) error {
+	l, err := s.b.ListVolumes(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, l)
+}
+
+func volumeName(r *http.Request) string {
+	return httprouter.ParamsFromContext(r.Context()).ByName("volume")
+}
+
+func (s *server) getVolume(w http.ResponseWriter, r *http.Request) error {
+	v, err := s.b.GetVolume(r.Context(), volumeName(r))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, v)
+}
+
+func (s *server) deleteVolume(w http.ResponseWriter, r *http.Request) error {
+	if err := s.b.DeleteVolume(r.Context(), volumeName(r)); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

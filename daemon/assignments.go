@@ -45,12 +45,13 @@ type shapeRecord struct {
 	Token       string            `json:"token_sha256,omitempty"`
 	Network     []string          `json:"network,omitempty"`
 	Packages    bool              `json:"packages,omitempty"` // the network preset
+	Volumes     []api.VolumeMount `json:"volumes,omitempty"`
 }
 
 func (sh shape) record() *shapeRecord {
 	r := &shapeRecord{Environment: sh.environment, Limits: sh.limits, Metadata: sh.metadata, Env: sh.env,
 		Created: sh.created, IdleTimeout: sh.idleTimeout, Network: sh.network.Texts(),
-		Packages: sh.network != nil && sh.network.Packages}
+		Packages: sh.network != nil && sh.network.Packages, Volumes: sh.volumes}
 	if !sh.expires.IsZero() {
 		e := sh.expires
 		r.Expires = &e
@@ -63,7 +64,7 @@ func (sh shape) record() *shapeRecord {
 
 func (r *shapeRecord) shape() shape {
 	sh := shape{environment: r.Environment, limits: r.Limits, metadata: r.Metadata, env: r.Env,
-		created: r.Created, idleTimeout: r.IdleTimeout}
+		created: r.Created, idleTimeout: r.IdleTimeout, volumes: r.Volumes}
 	if r.Expires != nil {
 		sh.expires = *r.Expires
 	}

@@ -54,6 +54,8 @@ type Config struct {
 	// MaxSnapshots bounds a tenant's snapshots; MaxSnapshotMB what all snapshots take on
 	// the host.
 	MaxSnapshots, MaxSnapshotMB int
+	// MaxVolumes bounds a tenant's volumes; MaxVolumeMB the sizes of all volumes.
+	MaxVolumes, MaxVolumeMB int
 }
 
 // timings are the daemon's waits that tests shorten.

@@ -25,11 +25,13 @@ import (
 	"github.com/codebox/codebox/runtime"
 	"github.com/codebox/codebox/snapshots"
 	"github.com/codebox/codebox/transfer"
+	"github.com/codebox/codebox/volumes"
 )
 
 // Daemon serves sessions from a pool of workers.
 type Daemon struct {
 	snaps      *snapshots.Store // the sessions' disks at an instant (snapshots.go)
+	vols       *volumes.Store   // named volumes (volumes.go)
 	cfg        Config
 	collectors []prometheus.Collector // metrics of the parts beside it
 	log        *slog.Logger
@@ -134,11 +136,15 @@ func build(cfg Config, log *slog.Logger, p parts) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	vols, err := volumes.Open(filepath.Join(cfg.StateDir, "volumes"), cfg.MaxVolumes, int64(cfg.MaxVolumeMB)<<20)
+	if err != nil {
+		return nil, err
+	}
 	bg, stop := context.WithCancel(context.Background())
 	d := &Daemon{
 		cfg: cfg, log: log, rt: p.rt, net: p.net, disks: p.disks, dialer: p.dial, timings: p.timings, egress: p.egress, collectors: p.collectors,
 		xfer: transfer.NewClient(guard, cfg.FileTimeout), transfers: make(chan struct{}, maxParallelTransfers),
-		metrics: newMetrics(), assigned: assigned, snaps: snaps,
+		metrics: newMetrics(), assigned: assigned, snaps: snaps, vols: vols,
 		bg: bg, stop: stop,
 		sessions:     map[sessionKey]*session{},
 		tokens:       map[[32]byte]sessionKey{},
@@ -224,6 +230,8 @@ func (d *Daemon) Close(ctx context.Context) error {
 			}
 		}
 		d.log.Info("workers left running for the next codeboxd", "workers", len(ws))
+		// The volumes stay mounted on the host with them: a second mount of one, through
+		// another loop device, beside a worker's would be two file systems on one image.
 		return nil
 	}
 	var wg sync.WaitGroup
@@ -241,7 +249,7 @@ func (d *Daemon) Close(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	return d.disks.Close() // no worker is left to see its disks
+	return errors.Join(d.vols.Close(), d.disks.Close()) // no worker is left to see its disks
 }
 
 // Warm reports whether the pre-warm has reached min idle.

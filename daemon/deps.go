@@ -41,6 +41,8 @@ type task interface {
 	// Exited delivers how the task ended; it is closed without a value when watching
 	// stops (the task is being deleted or replaced).
 	Exited() <-chan runtime.Exit
+	// ProcessID is its init process on the host (its namespaces are the worker's).
+	ProcessID() int
 }
 
 // adopted is a running worker an earlier codeboxd left, as containerd knows it.

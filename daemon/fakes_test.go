@@ -164,6 +164,7 @@ type fakeTask struct {
 }
 
 func (t *fakeTask) Exited() <-chan runtime.Exit { return t.exited }
+func (t *fakeTask) ProcessID() int              { return os.Getpid() }
 
 func (t *fakeTask) Signal(sig syscall.Signal) error {
 	t.mu.Lock()

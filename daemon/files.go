@@ -53,6 +53,9 @@ func (d *Daemon) withSandboxOf(ctx context.Context, user string, create bool, fn
 			return err
 		}
 		defer root.Close()
+		if err := d.volumeRoots(s, root); err != nil {
+			return err
+		}
 		return fileError(ctx, fn(ctx, s, root))
 	})
 }
@@ -73,7 +76,7 @@ func fileError(ctx context.Context, err error) error {
 		return &api.Problem{Kind: api.Lost, Detail: "the session was released during the call", Cause: err}
 	case cut:
 		return &api.Problem{Kind: api.Timeout, Detail: "the file call took longer than the file timeout", Cause: err}
-	case errors.Is(err, sandboxfs.ErrNotRegular), errors.Is(err, sandboxfs.ErrBusy):
+	case errors.Is(err, sandboxfs.ErrNotRegular), errors.Is(err, sandboxfs.ErrBusy), errors.Is(err, sandboxfs.ErrReadOnly):
 		return &api.Problem{Kind: api.Conflict, Detail: err.Error()}
 	case errors.Is(err, sandboxfs.ErrBadPath):
 		return &api.Problem{Kind: api.BadRequest, Detail: err.Error()}

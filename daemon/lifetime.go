@@ -70,6 +70,7 @@ func (d *Daemon) unregister(s *session, reason string) bool {
 	}
 	d.ended.put(e)
 	d.egress.Forget(s.key.owner())
+	d.vols.Release(s.key.owner())
 	d.metrics.sessionsEnded.WithLabelValues(reason).Inc()
 	d.log.Info("session ended", "tenant", s.key.tenant, "session", s.key.id, "reason", reason, "worker", e.WorkerID)
 	return true

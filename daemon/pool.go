@@ -284,8 +284,16 @@ func (d *Daemon) assign(ctx context.Context, s *session) error {
 	}
 	if err := d.fit(ctx, w, sh, true); err != nil {
 		d.giveUp(context.WithoutCancel(ctx), w, "could not be fitted to its session")
+		var p *api.Problem
+		if errors.As(err, &p) && (p.Kind == api.NotFound || p.Kind == api.Conflict) {
+			return err // a snapshot gone meanwhile: the caller's to know
+		}
 		return &api.Problem{Kind: api.Busy, RetryAfter: retryAfter,
 			Detail: "could not prepare a worker for the session", Cause: err}
+	}
+	if err := d.mountVolumes(s, w, sh.volumes); err != nil {
+		d.giveUp(context.WithoutCancel(ctx), w, "its volumes could not be mounted")
+		return err
 	}
 	d.mu.Lock()
 	// The policy as it is now, under the lock a PATCH changes it under: one that came while

@@ -116,6 +116,13 @@ func (d *Daemon) Recover(ctx context.Context) error {
 			}
 		}
 	}
+	d.mu.Lock()
+	live := map[string]bool{}
+	for k := range d.sessions {
+		live[k.owner()] = true
+	}
+	d.mu.Unlock()
+	d.vols.Keep(func(owner string) bool { return live[owner] })
 	errs = append(errs, d.assigned.keep(alive))
 	return errors.Join(append(errs, d.sweep(ctx, alive))...)
 }
@@ -244,7 +251,7 @@ func (d *Daemon) Cleanup(ctx context.Context, all bool) (int, error) {
 	}
 	errs = append(errs, d.sweep(ctx, alive), d.assigned.keep(alive))
 	if len(alive) == 0 {
-		errs = append(errs, d.disks.Close())
+		errs = append(errs, d.vols.Close(), d.disks.Close())
 	}
 	return len(alive), errors.Join(errs...)
 }

@@ -130,6 +130,9 @@ func (d *Daemon) newShape(req api.CreateSessionRequest, tenant string, now time.
 	if sh.network, err = d.parseNetwork(req.Network); err != nil {
 		return sh, err
 	}
+	if sh.volumes, err = d.checkVolumes(tenant, req.Volumes); err != nil {
+		return sh, err
+	}
 	// The environment's variables, then the session's over them, within the same bounds.
 	if len(envDefaults) > 0 {
 		merged := envDefaults
@@ -193,7 +196,7 @@ func (d *Daemon) viewLocked(s *session, withTenant bool) api.Session {
 	sh := s.shape
 	v := api.Session{SessionID: s.key.id, Environment: sh.environment, State: api.SessionRunning,
 		Limits: sh.limits, Metadata: maps.Clone(sh.metadata), EnvNames: envNames(sh.env), CreatedAt: sh.created,
-		LastActivityAt: time.Unix(0, s.lastUsed.Load()), IdleTimeout: sh.idleTimeout.Seconds(), Network: d.networkView(sh.network)}
+		LastActivityAt: time.Unix(0, s.lastUsed.Load()), IdleTimeout: sh.idleTimeout.Seconds(), Network: d.networkView(sh.network), Volumes: sh.volumes}
 	if v.Metadata == nil {
 		v.Metadata = map[string]string{}
 	}

@@ -37,6 +37,8 @@ type shape struct {
 	// from is the snapshot a new session's disk is copied from ("": a new disk); only while
 	// the session is made, never recorded.
 	from *snapshots.Meta
+	// volumes are mounted into its worker when the session is made.
+	volumes []api.VolumeMount
 }
 
 // Least values of a session's limits: what a kernel needs to start and run small code.

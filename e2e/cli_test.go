@@ -109,6 +109,20 @@ func TestCLISessions(t *testing.T) {
 	if out, err := run("snapshot", "rm", "e2e-cli-snap"); err != nil {
 		t.Fatalf("snapshot rm: %q %v", out, err)
 	}
+	// Volumes.
+	if out, err := run("volume", "create", "--size-mb", "32", "e2e-cli-vol"); err != nil || !strings.Contains(out, `"size_mb": 32`) {
+		t.Fatalf("volume create: %q %v", out, err)
+	}
+	if out, err := run("sessions", "create", "--id", "e2e-cli-v", "--volume", "e2e-cli-vol:/sandbox/v"); err != nil {
+		t.Fatalf("sessions create --volume: %q %v", out, err)
+	}
+	if out, err := run("volume", "ls"); err != nil || !strings.Contains(out, "e2e-cli-v:/sandbox/v:rw") {
+		t.Fatalf("volume ls: %q %v", out, err)
+	}
+	run("sessions", "rm", "e2e-cli-v")
+	if out, err := run("volume", "rm", "e2e-cli-vol"); err != nil {
+		t.Fatalf("volume rm: %q %v", out, err)
+	}
 	if out, err := run("sessions", "rm", "e2e-cli-s"); err != nil {
 		t.Fatalf("sessions rm: %q %v", out, err)
 	}

@@ -593,3 +593,14 @@ func (f *fakeBackend) DeleteSnapshot(ctx context.Context, id string) error { ret
 func (f *fakeBackend) Fork(ctx context.Context, id string, req api.ForkRequest) (*api.ForkResponse, error) {
 	return &api.ForkResponse{}, nil
 }
+
+func (f *fakeBackend) CreateVolume(ctx context.Context, req api.CreateVolumeRequest) (*api.Volume, error) {
+	return &api.Volume{Name: req.Name}, nil
+}
+func (f *fakeBackend) ListVolumes(ctx context.Context) (*api.VolumeList, error) {
+	return &api.VolumeList{Volumes: []api.Volume{}}, nil
+}
+func (f *fakeBackend) GetVolume(ctx context.Context, name string) (*api.Volume, error) {
+	return &api.Volume{Name: name}, nil
+}
+func (f *fakeBackend) DeleteVolume(ctx context.Context, name string) error { return nil }

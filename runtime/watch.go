@@ -39,6 +39,9 @@ type Task struct {
 // end is delivered: when containerd restarts, the wait is taken up again once it serves.
 func (t *Task) Exited() <-chan Exit { return t.exited }
 
+// ProcessID is the task's init process, as the host sees it.
+func (t *Task) ProcessID() int { return int(t.Pid) }
+
 // Signal sends sig to the task's init (tini, which passes it on) through a pidfd: it does
 // not need containerd, so a timed-out call can be interrupted while containerd restarts,
 // and it cannot reach another process that took over the pid.

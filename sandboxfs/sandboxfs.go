@@ -121,6 +121,44 @@ func SplitFile(p string) (dir, name string, err error) {
 type Root struct {
 	fd       *os.File
 	uid, gid int
+	// mounts are other roots mounted at directories of this one (a session's volumes): a
+	// path under one goes there (openat2 does not cross mounts: RESOLVE_NO_XDEV).
+	mounts []mount
+}
+
+type mount struct {
+	rel  string
+	root *Root
+	ro   bool
+}
+
+// ErrReadOnly: a write to a volume the session has read-only.
+var ErrReadOnly = errors.New("a read-only volume")
+
+// Mount routes the paths under dir (an API path) to sub, read-only when ro; Close closes it.
+func (r *Root) Mount(dir string, sub *Root, ro bool) error {
+	rel, err := CleanDir(dir)
+	if err != nil {
+		return err
+	}
+	if rel == "." {
+		return fmt.Errorf("%w: a volume cannot be the sandbox itself", ErrBadPath)
+	}
+	r.mounts = append(r.mounts, mount{rel: rel, root: sub, ro: ro})
+	return nil
+}
+
+// route is the root that holds rel, rel within it, and whether it is read-only.
+func (r *Root) route(rel string) (*Root, string, bool) {
+	for _, m := range r.mounts {
+		switch {
+		case rel == m.rel:
+			return m.root, ".", m.ro
+		case strings.HasPrefix(rel, m.rel+"/"):
+			return m.root, rel[len(m.rel)+1:], m.ro
+		}
+	}
+	return r, rel, false
 }
 
 // Open opens the host mount point dir; files the daemon writes belong to uid:gid.
@@ -132,8 +170,13 @@ func Open(dir string, uid, gid int) (*Root, error) {
 	return &Root{fd: os.NewFile(uintptr(fd), dir), uid: uid, gid: gid}, nil
 }
 
-// Close closes the root.
-func (r *Root) Close() error { return r.fd.Close() }
+// Close closes the root and those mounted in it.
+func (r *Root) Close() error {
+	for _, m := range r.mounts {
+		m.root.Close()
+	}
+	return r.fd.Close()
+}
 
 func (r *Root) openat(rel string, flags uint64, mode uint64) (*os.File, error) {
 	for {
@@ -166,6 +209,17 @@ func explain(rel string, err error) error {
 	return fmt.Errorf("%s: %w", p, err)
 }
 
+// MkdirAll opens directory dir (an API path, /sandbox/...) as an O_PATH descriptor,
+// creating what is missing, owned by the sandbox user; nothing of it may be a symbolic link
+// or leave the disk.
+func (r *Root) MkdirAll(dir string) (*os.File, error) {
+	rel, err := CleanDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	return r.dir(rel, true)
+}
+
 // dir opens directory rel, creating missing directories (owned by the sandbox user) when
 // create is set.
 func (r *Root) dir(rel string, create bool) (*os.File, error) {
@@ -192,6 +246,12 @@ func (r *Root) dir(rel string, create bool) (*os.File, error) {
 // directory, fsynced, then renamed over name. More than limit bytes fail with ErrTooLarge
 // and leave nothing.
 func (r *Root) Write(dir, name string, src io.Reader, limit int64) (int64, error) {
+	if t, rel, ro := r.route(dir); t != r {
+		if ro {
+			return 0, fmt.Errorf("%s: %w", path.Join(Prefix, dir, name), ErrReadOnly)
+		}
+		return t.Write(rel, name, src, limit)
+	}
 	if err := CheckName(name); err != nil {
 		return 0, err
 	}
@@ -248,6 +308,9 @@ func (r *Root) Write(dir, name string, src io.Reader, limit int64) (int64, error
 // /proc/self/fd, which reaches the same inode. The file's size at the check is returned;
 // callers read no more than that.
 func (r *Root) OpenFile(dir, name string, maxSize int64) (*os.File, os.FileInfo, error) {
+	if t, rel, _ := r.route(dir); t != r {
+		return t.OpenFile(rel, name, maxSize)
+	}
 	if err := CheckName(name); err != nil {
 		return nil, nil, err
 	}
@@ -301,6 +364,12 @@ func kind(m fs.FileMode) string {
 
 // Remove deletes the regular file dir/name. Symlinks and directories are refused.
 func (r *Root) Remove(dir, name string) error {
+	if t, rel, ro := r.route(dir); t != r {
+		if ro {
+			return fmt.Errorf("%s: %w", path.Join(Prefix, dir, name), ErrReadOnly)
+		}
+		return t.Remove(rel, name)
+	}
 	if err := CheckName(name); err != nil {
 		return err
 	}
@@ -349,6 +418,9 @@ type Page struct {
 // two pages may be missed or repeated.
 // It stops when ctx ends: a deep offset in a huge directory reads many names.
 func (r *Root) List(ctx context.Context, dir string, offset, limit int) (*Page, error) {
+	if t, rel, _ := r.route(dir); t != r {
+		return t.List(ctx, rel, offset, limit)
+	}
 	if limit <= 0 || limit > MaxListEntries {
 		limit = MaxListEntries
 	}

@@ -7,6 +7,7 @@
 //	codebox sessions ls|create|get|extend|rm sessions as resources (limits, lifetime, metadata)
 //	codebox snapshot create|ls|get|rm        snapshots of a session's disk
 //	codebox fork SESSION NEW...              new sessions from a session's disk
+//	codebox volume create|ls|get|rm          named volumes
 //	codebox token                            print the API token from the state dir
 //	codebox files put -u USER LOCAL REMOTE   upload a file to /sandbox
 //	codebox files get -u USER REMOTE [LOCAL] download a file ('-' or none: stdout)
@@ -47,7 +48,7 @@ commands:
   sessions ls [-m KEY=VALUE]... [--state S] [--json]  list sessions (metadata AND-ed)
   sessions create [--id ID] [--environment E] [--cpu N] [--memory-mb N] [--disk-mb N] [--pids N]
                   [--timeout D] [--idle-timeout D] [-m KEY=VALUE]... [-e NAME=VALUE]... [--allow RULE]...
-                  [--packages] [--from-snapshot SNAPSHOT]
+                  [--packages] [--from-snapshot SNAPSHOT] [--volume NAME:/sandbox/PATH[:ro]]...
                                                       make a session with a shape of its own
   sessions get SESSION                                a session, with its usage or why it ended
   sessions extend [--timeout D] SESSION               restart its lifetime from now (default 1h)
@@ -59,6 +60,8 @@ commands:
   snapshot create [--id ID] SESSION                   its disk now (files, not variables), as it runs on
   snapshot ls | get SNAPSHOT | rm SNAPSHOT            the snapshots
   fork SESSION NEW...                                 1 to 10 new sessions from its disk as it is now
+  volume create [--size-mb N] NAME | ls | get NAME | rm NAME
+                                                      named volumes (sessions create --volume NAME:/sandbox/PATH[:ro])
   token                                               print the API token
   files put -u USER LOCAL /sandbox/PATH               upload a file
   files get -u USER /sandbox/PATH [LOCAL|-]           download a file
@@ -141,6 +144,8 @@ func run(args []string, stdout io.Writer) error {
 		return snapshotCmd(ctx, c, rest, stdout)
 	case "fork":
 		return forkCmd(ctx, c, rest, stdout)
+	case "volume":
+		return volumeCmd(ctx, c, rest, stdout)
 	case "status":
 		st, err := c.Status(ctx)
 		if err != nil {

@@ -78,10 +78,12 @@ func sessionsCmd(ctx context.Context, c *api.Client, args []string, stdout io.Wr
 		fs.Var(&allow, "allow", "what it may reach: a host name, *.suffix, address or CIDR, with an optional :port (repeatable; none: nothing)")
 		packages := fs.Bool("packages", false, "open the host's package cache (the network preset \"packages\")")
 		from := fs.String("from-snapshot", "", "start on a copy of this snapshot's disk, with its shape")
+		var vols volumeMounts
+		fs.Var(&vols, "volume", "NAME:/sandbox/PATH[:ro]: mount a volume (repeatable)")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
-		req := api.CreateSessionRequest{SessionID: *id, Environment: *environment, Metadata: md.m, Env: env.m, FromSnapshot: *from}
+		req := api.CreateSessionRequest{SessionID: *id, Environment: *environment, Metadata: md.m, Env: env.m, FromSnapshot: *from, Volumes: vols}
 		if len(allow) > 0 || *packages {
 			req.Network = &api.NetworkPolicy{Allow: allow, Presets: presets(*packages)}
 		}

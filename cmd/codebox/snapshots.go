@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/codebox/codebox/api"
@@ -70,4 +71,74 @@ func forkCmd(ctx context.Context, c *api.Client, args []string, stdout io.Writer
 		return err
 	}
 	return printJSON(stdout, f)
+}
+
+// volumeCmd is `codebox volume create|ls|get|rm`.
+func volumeCmd(ctx context.Context, c *api.Client, args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return errors.New("volume needs create, ls, get or rm")
+	}
+	sub, args := args[0], args[1:]
+	switch sub {
+	case "create":
+		fs := flag.NewFlagSet("volume create", flag.ContinueOnError)
+		size := fs.Int("size-mb", 1024, "its size, MB")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return errors.New("volume create needs one NAME")
+		}
+		v, err := c.CreateVolume(ctx, api.CreateVolumeRequest{Name: fs.Arg(0), SizeMB: *size})
+		if err != nil {
+			return err
+		}
+		return printJSON(stdout, v)
+	case "ls":
+		l, err := c.Volumes(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "VOLUME\tSIZE MB\tSTORED MB\tCREATED\tMOUNTED BY")
+		for _, v := range l.Volumes {
+			var by []string
+			for _, u := range v.MountedBy {
+				mode := "rw"
+				if u.ReadOnly {
+					mode = "ro"
+				}
+				by = append(by, u.SessionID+":"+u.Path+":"+mode)
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%.1f\t%s\t%s\n", v.Name, v.SizeMB, v.StoredMB, v.CreatedAt.Format("2006-01-02 15:04:05"), strings.Join(by, " "))
+		}
+		return tw.Flush()
+	case "get", "rm":
+		if len(args) != 1 {
+			return fmt.Errorf("volume %s needs one NAME", sub)
+		}
+		if sub == "rm" {
+			return c.DeleteVolume(ctx, args[0])
+		}
+		v, err := c.Volume(ctx, args[0])
+		if err != nil {
+			return err
+		}
+		return printJSON(stdout, v)
+	}
+	return fmt.Errorf("volume %s: no such command (create, ls, get, rm)", sub)
+}
+
+// volumeMounts is the repeatable --volume NAME:/sandbox/PATH[:ro] of sessions create.
+type volumeMounts []api.VolumeMount
+
+func (v *volumeMounts) String() string { return fmt.Sprint(*v) }
+
+func (v *volumeMounts) Set(s string) error {
+	parts := strings.Split(s, ":")
+	if len(parts) < 2 || len(parts) > 3 || (len(parts) == 3 && parts[2] != "ro" && parts[2] != "rw") {
+		return fmt.Errorf("--volume %q: want NAME:/sandbox/PATH or NAME:/sandbox/PATH:ro", s)
+	}
+	*v = append(*v, api.VolumeMount{Name: parts[0], Path: parts[1], ReadOnly: len(parts) == 3 && parts[2] == "ro"})
+	return nil
 }

@@ -81,6 +81,8 @@ type config struct {
 	PackagesDefault        bool
 	MaxSnapshots           int
 	MaxSnapshotMB          int
+	MaxVolumes             int
+	MaxVolumeMB            int
 
 	// environments are the resolved environments (validate fills them in).
 	environments []environments.Environment
@@ -162,6 +164,8 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.BoolVar(&c.PackagesDefault, "packages-default", true, "every session may use the package cache; false: only those whose network policy has the preset \"packages\"")
 	fs.IntVar(&c.MaxSnapshots, "max-snapshots", 16, "snapshots one key may keep (0: none)")
 	fs.IntVar(&c.MaxSnapshotMB, "max-snapshot-mb", 20480, "what all snapshots may take on the host (<state-dir>/snapshots), MB")
+	fs.IntVar(&c.MaxVolumes, "max-volumes", 16, "named volumes one key may keep (0: none)")
+	fs.IntVar(&c.MaxVolumeMB, "max-volume-mb", 20480, "what all volumes' sizes may add up to on the host (<state-dir>/volumes), MB")
 	fs.StringVar(&c.AgentDir, "agent-dir", "", "the kernel agent's directory, mounted read-only into every worker; empty: ../lib/codebox/agent beside codeboxd")
 	fs.StringVar(&c.WorkerSubnet, "worker-subnet", "10.213.0.0/16", "IPv4 subnet of the workers' bridge")
 	fs.StringVar(&c.WorkerBridge, "worker-bridge", "codebox0", "bridge the workers attach to; also names the CNI network and the firewall chains")
@@ -315,8 +319,8 @@ func (c *config) validate() error {
 			return fmt.Errorf("%s %q must be an http or https URL", flag, v)
 		}
 	}
-	if c.MaxSnapshots < 0 || c.MaxSnapshotMB < 0 {
-		return fmt.Errorf("--max-snapshots and --max-snapshot-mb must be 0 or more")
+	if c.MaxSnapshots < 0 || c.MaxSnapshotMB < 0 || c.MaxVolumes < 0 || c.MaxVolumeMB < 0 {
+		return fmt.Errorf("--max-snapshots, --max-snapshot-mb, --max-volumes and --max-volume-mb must be 0 or more")
 	}
 	if c.PackageCacheMB < 1 {
 		return fmt.Errorf("--package-cache-mb must be at least 1, not %d", c.PackageCacheMB)
@@ -397,6 +401,7 @@ func (c config) daemonConfig() daemon.Config {
 		MaxSessionPids: c.MaxSessionPids, SessionTTL: c.SessionTTL, MaxSessionTTL: c.MaxSessionTTL,
 		EndedRetention: c.EndedRetention, MaxSessionsPerTenant: c.MaxTenantSessions,
 		Environments: c.environments, MaxSnapshots: c.MaxSnapshots, MaxSnapshotMB: c.MaxSnapshotMB,
+		MaxVolumes: c.MaxVolumes, MaxVolumeMB: c.MaxVolumeMB,
 	}
 }
 

@@ -252,13 +252,15 @@ class Client:
                        pids: Optional[int] = None, timeout: Optional[float] = None, idle_timeout: Optional[float] = None,
                        metadata: Optional[Dict[str, str]] = None, env: Optional[Dict[str, str]] = None,
                        allow: Optional[List[str]] = None, packages: bool = False,
-                       from_snapshot: Optional[str] = None) -> "Session":
+                       from_snapshot: Optional[str] = None,
+                       volumes: Optional[List[Dict[str, Any]]] = None) -> "Session":
         """Makes a session with a shape of its own (POST /api/v1/sessions): limits, a lifetime
         (timeout, seconds from now), an idle timeout, metadata to find it by, environment
         variables set before its first code, what it may reach on the network (allow: host
         names, *.suffix, addresses or CIDRs, each with an optional :port; none: nothing), and
         packages=True for the host's package cache (pip and npm install from it), and
-        from_snapshot to start on a copy of a snapshot's disk (with its shape).
+        from_snapshot to start on a copy of a snapshot's disk (with its shape), volumes to
+        mount ([{"name": ..., "path": "/sandbox/data", "read_only": False}]).
         Returns the Session; its info holds what codeboxd answered, the access_token (which
         reaches this session alone) included."""
         body: Dict[str, Any] = {}
@@ -274,6 +276,8 @@ class Client:
                 body[k] = v
         if from_snapshot:
             body["from_snapshot"] = from_snapshot
+        if volumes:
+            body["volumes"] = list(volumes)
         if allow is not None or packages:
             body["network"] = {"allow": list(allow or [])}
             if packages:
@@ -366,6 +370,21 @@ class Client:
             s.info = SessionInfo.from_json(info)
             out.append(s)
         return out
+
+    def create_volume(self, name: str, size_mb: int) -> Dict[str, Any]:
+        """Makes a named volume: a disk that outlives sessions, mounted by create_session(volumes=...)."""
+        return self._json("POST", "/api/v1/volumes", payload={"name": name, "size_mb": size_mb}, ok=(201,))
+
+    def volumes(self) -> List[Dict[str, Any]]:
+        """The key's volumes, with the sessions that have them."""
+        return self._json("GET", "/api/v1/volumes")["volumes"]
+
+    def get_volume(self, name: str) -> Dict[str, Any]:
+        return self._json("GET", "/api/v1/volumes/" + urllib.parse.quote(name, safe=""))
+
+    def delete_volume(self, name: str) -> None:
+        """Deletes a volume no session has."""
+        self._json("DELETE", "/api/v1/volumes/" + urllib.parse.quote(name, safe=""), ok=(204,))
 
     def delete_session(self, session_id: str) -> None:
         """Ends a session (DELETE): its worker, variables and files are destroyed."""

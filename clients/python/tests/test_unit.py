@@ -121,6 +121,8 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(json.loads(Stub.requests[-1][3]), {"network": {"allow": [], "presets": ["packages"]}})
         self.client.create_session(from_snapshot="base")
         self.assertEqual(json.loads(Stub.requests[-1][3]), {"from_snapshot": "base"})
+        self.client.create_session(volumes=[{"name": "data", "path": "/sandbox/data", "read_only": True}])
+        self.assertEqual(json.loads(Stub.requests[-1][3]), {"volumes": [{"name": "data", "path": "/sandbox/data", "read_only": True}]})
         Stub.routes["PUT /api/v1/sessions/s-3/network"] = lambda h, body: (200, {}, {"session_id": "s-3", "state": "running",
                                                                                     "network": json.loads(body)})
         self.assertEqual(self.client.set_network("s-3", ["pypi.org:443"]).network, {"allow": ["pypi.org:443"]})
