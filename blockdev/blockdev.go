@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -44,6 +45,25 @@ type Disk struct {
 // Store creates and removes disks under a state directory.
 type Store struct {
 	disks, mounts string
+
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex // by disk: a snapshot and the disk's removal, one at a time
+}
+
+// lock takes disk id's lock; the returned func gives it back.
+func (s *Store) lock(id string) func() {
+	s.mu.Lock()
+	if s.locks == nil {
+		s.locks = map[string]*sync.Mutex{}
+	}
+	l := s.locks[id]
+	if l == nil {
+		l = &sync.Mutex{}
+		s.locks[id] = l
+	}
+	s.mu.Unlock()
+	l.Lock()
+	return l.Unlock
 }
 
 // NewStore prepares <stateDir>/disks and <stateDir>/mounts, the latter a shared mount (a
@@ -213,6 +233,14 @@ func (s *Store) Remove(id string) error {
 
 // removeDisk unmounts worker id's disk and deletes its file; the mount point stays.
 func (s *Store) removeDisk(id string) error {
+	unlock := s.lock(id)
+	defer func() {
+		unlock()
+		s.mu.Lock()
+		delete(s.locks, id)
+		s.mu.Unlock()
+	}()
+	s.Thaw(id) // a disk frozen by a snapshot a stop cut short would keep its loop device
 	var errs []error
 	if err := unmount(s.MountPoint(id)); err != nil {
 		errs = append(errs, err)

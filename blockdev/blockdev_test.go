@@ -289,11 +289,19 @@ func TestSnapshotAndMakeFrom(t *testing.T) {
 		t.Fatalf("the snapshot is %d bytes and takes %d: not sparse", st.Size, st.Blocks*512)
 	}
 	cp, err := s.MakeFrom(ctx, "w-copy", snap, 96)
+	if err == nil {
+		// The source's files (uid 1000 of a range at 0) given to a range at 200000.
+		err = s.Rebase(ctx, "w-copy", 0, 200000, 65536)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(cp.MountPoint, "f")); string(b) != "before" {
 		t.Fatalf("the copy holds %q", b)
+	}
+	var own syscall.Stat_t
+	if syscall.Stat(filepath.Join(cp.MountPoint, "f"), &own); own.Uid != 200000 { // written by root: uid 0 of the range
+		t.Fatalf("rebased: the file's owner is %d", own.Uid)
 	}
 	if _, total, _ := s.Usage("w-copy"); total < 80<<20 {
 		t.Fatalf("the copy was not grown: %d bytes", total)
@@ -301,5 +309,56 @@ func TestSnapshotAndMakeFrom(t *testing.T) {
 	os.WriteFile(filepath.Join(cp.MountPoint, "g"), []byte("mine"), 0o644)
 	if _, err := os.Stat(filepath.Join(src.MountPoint, "g")); err == nil {
 		t.Fatal("a write in the copy is seen in the source")
+	}
+}
+
+// A disk that is not mounted (ended meanwhile) is never frozen: its empty mount point is on
+// the state directory's file system.
+func TestSnapshotOfAnUnmountedDisk(t *testing.T) {
+	needRoot(t)
+	s := newStore(t)
+	if _, err := s.Prepare("w-gone"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Remove("w-gone") })
+	if _, err := s.Snapshot(context.Background(), "w-gone", filepath.Join(t.TempDir(), "x.img")); err == nil || !strings.Contains(err.Error(), "not mounted") {
+		t.Fatalf("a snapshot of an unmounted disk: %v", err)
+	}
+	// The state directory's file system takes writes.
+	if err := os.WriteFile(filepath.Join(t.TempDir(), "w"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Rebase stops at its bounds instead of walking whatever a tenant built.
+func TestRebaseBounded(t *testing.T) {
+	needRoot(t)
+	s := newStore(t)
+	if _, err := s.Prepare("w-deep"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Remove("w-deep") })
+	d, err := s.Make(context.Background(), "w-deep", 32, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, _ := unix.Open(d.MountPoint, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	for range maxRebaseDepth + 5 { // nested by descriptors: no path is ever that long
+		unix.Mkdirat(fd, "d", 0o755)
+		next, err := unix.Openat(fd, "d", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		unix.Close(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd = next
+	}
+	unix.Close(fd)
+	if err := s.Rebase(context.Background(), "w-deep", 0, 200000, 65536); err == nil || !strings.Contains(err.Error(), "nested more than") {
+		t.Fatalf("a tree deeper than the bound: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Rebase(ctx, "w-deep", 0, 300000, 65536); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a cancelled rebase: %v", err)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -27,31 +26,43 @@ const maxFreeze = 30 * time.Second
 // Snapshot copies worker id's disk, as it is at one instant, to dst (which must not exist):
 // its file system is frozen, the backing file cloned (FICLONE where the state directory's
 // file system offers it, else a sparse copy: holes stay holes), then thawed. It returns how
-// long the disk was frozen. On failure dst is gone and the disk thawed.
+// long the disk was frozen. On failure dst is gone and the disk thawed. A snapshot and the
+// disk's removal wait for each other, and the freeze is on the descriptor of the disk's own
+// mount, checked to be one: never on the file system the state directory is on.
 func (s *Store) Snapshot(ctx context.Context, id, dst string) (time.Duration, error) {
 	if err := plainName(id); err != nil {
 		return 0, err
 	}
-	if !s.Mounted(id) {
-		return 0, fmt.Errorf("snapshot disk %s: not mounted", id)
-	}
-	dir, err := os.Open(s.MountPoint(id))
+	unlock := s.lock(id)
+	defer unlock()
+	fd, err := unix.Open(s.MountPoint(id), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
+		return 0, fmt.Errorf("snapshot disk %s: %w", id, err)
+	}
+	dir := os.NewFile(uintptr(fd), s.MountPoint(id))
+	defer dir.Close()
+	var disk, parent unix.Stat_t
+	if err := unix.Fstat(fd, &disk); err != nil {
 		return 0, err
 	}
-	defer dir.Close()
+	if err := unix.Stat(s.mounts, &parent); err != nil {
+		return 0, err
+	}
+	if disk.Dev == parent.Dev {
+		return 0, fmt.Errorf("snapshot disk %s: not mounted", id)
+	}
 	// Most of what is dirty goes out first, while writes go on: the freeze then has little
 	// left to flush, and the writes it holds wait less.
-	unix.Syncfs(int(dir.Fd()))
+	unix.Syncfs(fd)
 	frozen := time.Now() // the freeze's own flush counts: writes wait through it
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, dir.Fd(), fiFreeze, 0); errno != 0 {
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiFreeze, 0); errno != 0 {
 		return 0, fmt.Errorf("snapshot disk %s: freeze: %w", id, errno)
 	}
-	ctx, cancel := context.WithTimeout(ctx, maxFreeze)
+	cctx, cancel := context.WithTimeout(ctx, maxFreeze)
 	defer cancel()
-	err = copyDisk(ctx, s.file(id), dst)
+	err = copyDisk(cctx, s.file(id), dst)
 	took := time.Since(frozen)
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, dir.Fd(), fiThaw, 0); errno != 0 && errno != unix.EINVAL {
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiThaw, 0); errno != 0 && errno != unix.EINVAL {
 		err = errors.Join(err, fmt.Errorf("snapshot disk %s: thaw: %w", id, errno))
 	}
 	if err != nil {
@@ -64,12 +75,16 @@ func (s *Store) Snapshot(ctx context.Context, id, dst string) (time.Duration, er
 // Thaw thaws worker id's disk should a codeboxd that stopped in the middle of a copy have
 // left it frozen (nothing happens to a disk that is not).
 func (s *Store) Thaw(id string) {
-	dir, err := os.Open(s.MountPoint(id))
+	fd, err := unix.Open(s.MountPoint(id), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return
 	}
-	defer dir.Close()
-	unix.Syscall(unix.SYS_IOCTL, dir.Fd(), fiThaw, 0)
+	defer unix.Close(fd)
+	var disk, parent unix.Stat_t
+	if unix.Fstat(fd, &disk) != nil || unix.Stat(s.mounts, &parent) != nil || disk.Dev == parent.Dev {
+		return // not the disk's own mount: nothing of ours to thaw
+	}
+	unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiThaw, 0)
 }
 
 // copyDisk clones src to dst: coreutils' cp does FICLONE when it can, a sparse copy when it
@@ -107,6 +122,9 @@ func (s *Store) MakeFrom(ctx context.Context, id, src string, sizeMB int) (_ *Di
 	if _, err := os.Lstat(d.File); err == nil {
 		return nil, fmt.Errorf("disk %s exists", id)
 	}
+	if _, err := os.Stat(src); err != nil {
+		return nil, err // a snapshot deleted meanwhile: os.ErrNotExist
+	}
 	if err := copyDisk(ctx, src, d.File); err != nil {
 		return nil, err
 	}
@@ -127,38 +145,99 @@ func (s *Store) MakeFrom(ctx context.Context, id, src string, sizeMB int) (_ *Di
 	return d, nil
 }
 
+// Bounds on giving a disk to another uid range: a tenant's tree may be anything.
+const (
+	maxRebaseDepth   = 256
+	maxRebaseEntries = 10_000_000
+	rebaseBatch      = 1024
+)
+
 // Rebase gives worker id's mounted disk to another user namespace's range: every file owned
 // by a uid or gid in [from, from+size) is owned by the same offset from to. A disk copied
-// from another worker's snapshot holds that worker's host uids. Symbolic links are changed,
-// never followed (the files are the tenant's).
-func (s *Store) Rebase(id string, from, to, size int) error {
+// from another worker's snapshot holds that worker's host uids. It walks by directory
+// descriptors (no path grows, no link is followed), a batch of names at a time, within
+// maxRebaseDepth, maxRebaseEntries and ctx.
+func (s *Store) Rebase(ctx context.Context, id string, from, to, size int) error {
 	if err := plainName(id); err != nil {
 		return err
 	}
 	if from == to {
 		return nil
 	}
-	move := func(v uint32) int {
-		if int(v) >= from && int(v) < from+size {
-			return int(v) - from + to
-		}
-		return -1 // not the source's: left as it is
+	root, err := unix.Open(s.MountPoint(id), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
 	}
-	return filepath.WalkDir(s.MountPoint(id), func(p string, _ os.DirEntry, err error) error {
-		if err != nil {
-			return err
+	r := rebaser{ctx: ctx, from: from, to: to, size: size}
+	if err := r.chown(root, ""); err != nil {
+		unix.Close(root)
+		return err
+	}
+	return r.dir(root, 0) // closes root
+}
+
+type rebaser struct {
+	ctx            context.Context
+	from, to, size int
+	entries        int
+}
+
+func (r *rebaser) move(v uint32) int {
+	if int(v) >= r.from && int(v) < r.from+r.size {
+		return int(v) - r.from + r.to
+	}
+	return -1 // not the source's: left as it is
+}
+
+// chown moves the owner of name in dirfd ("" : dirfd itself).
+func (r *rebaser) chown(dirfd int, name string) error {
+	var st unix.Stat_t
+	flags := unix.AT_SYMLINK_NOFOLLOW
+	if name == "" {
+		flags |= unix.AT_EMPTY_PATH
+	}
+	if err := unix.Fstatat(dirfd, name, &st, flags); err != nil {
+		return err
+	}
+	if uid, gid := r.move(st.Uid), r.move(st.Gid); uid >= 0 || gid >= 0 {
+		if err := unix.Fchownat(dirfd, name, uid, gid, flags); err != nil {
+			return fmt.Errorf("rebase: %w", err)
 		}
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil {
-			return err
+	}
+	return nil
+}
+
+// dir moves the owners of everything in directory fd (which it closes), depth deep.
+func (r *rebaser) dir(fd, depth int) error {
+	d := os.NewFile(uintptr(fd), "dir")
+	defer d.Close()
+	if depth > maxRebaseDepth {
+		return fmt.Errorf("rebase: directories nested more than %d deep", maxRebaseDepth)
+	}
+	for {
+		if err := r.ctx.Err(); err != nil {
+			return fmt.Errorf("rebase: %w", err)
 		}
-		if uid, gid := move(st.Uid), move(st.Gid); uid >= 0 || gid >= 0 {
-			if err := unix.Lchown(p, uid, gid); err != nil {
-				return fmt.Errorf("rebase %s: %w", p, err)
+		names, err := d.Readdirnames(rebaseBatch)
+		for _, n := range names {
+			if r.entries++; r.entries > maxRebaseEntries {
+				return fmt.Errorf("rebase: more than %d files", maxRebaseEntries)
+			}
+			if err := r.chown(fd, n); err != nil {
+				return err
+			}
+			sub, err := unix.Openat(fd, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err != nil {
+				continue // not a directory
+			}
+			if err := r.dir(sub, depth+1); err != nil {
+				return err
 			}
 		}
-		return nil
-	})
+		if err != nil { // io.EOF: done
+			return nil
+		}
+	}
 }
 
 // MakeImage makes file a sparse ext4 image of sizeMB whose root belongs to owner (a volume's:

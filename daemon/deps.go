@@ -69,7 +69,7 @@ type disks interface {
 	// uid range; Thaw undoes a freeze a stop left.
 	Snapshot(ctx context.Context, id, dst string) (time.Duration, error)
 	MakeFrom(ctx context.Context, id, src string, sizeMB int) (*blockdev.Disk, error)
-	Rebase(id string, from, to, size int) error
+	Rebase(ctx context.Context, id string, from, to, size int) error
 	Thaw(id string)
 	// Grow grows a mounted disk (errCannotGrow: the host does not allow it).
 	Grow(ctx context.Context, id string, sizeMB int) error

@@ -623,5 +623,5 @@ func (s fakeDisks) MakeFrom(ctx context.Context, id, src string, sizeMB int) (*b
 	return s.Make(ctx, id, sizeMB, 0)
 }
 
-func (s fakeDisks) Rebase(id string, from, to, size int) error { return nil }
-func (s fakeDisks) Thaw(id string)                             {}
+func (s fakeDisks) Rebase(ctx context.Context, id string, from, to, size int) error { return nil }
+func (s fakeDisks) Thaw(id string)                                                  {}

@@ -295,6 +295,14 @@ func (d *Daemon) assign(ctx context.Context, s *session) error {
 		d.giveUp(context.WithoutCancel(ctx), w, "its volumes could not be mounted")
 		return err
 	}
+	if len(sh.volumes) > 0 {
+		d.mu.Lock()
+		ended := d.sessions[s.key] != s || s.gone
+		d.mu.Unlock()
+		if ended { // it ended while its volumes were being mounted: their uses go with it
+			d.vols.Release(s.key.owner())
+		}
+	}
 	d.mu.Lock()
 	// The policy as it is now, under the lock a PATCH changes it under: one that came while
 	// the worker was being fitted is not lost.

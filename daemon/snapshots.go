@@ -40,12 +40,12 @@ func (d *Daemon) CreateSnapshot(ctx context.Context, sessionID string, req api.C
 	if w == nil || !d.disks.Mounted(w.id) {
 		return nil, api.Fail(api.Conflict, "session %q has no disk yet: run code in it first", key.id)
 	}
-	used, _, _ := d.disks.Usage(w.id)
+	_, size, _ := d.disks.Usage(w.id)
 	m := snapshots.Meta{ID: id, Tenant: key.tenant, Session: key.id, Created: time.Now().UTC(), Environment: sh.environment,
 		CPU: sh.limits.CPU, MemoryMB: sh.limits.MemoryMB, DiskMB: sh.limits.DiskMB, Pids: sh.limits.Pids,
 		Network: sh.network.Texts(), Packages: sh.network != nil && sh.network.Packages,
 		Env: maps.Clone(sh.env), Metadata: maps.Clone(sh.metadata), UIDBase: int(w.uidBase)}
-	made, err := d.snaps.Create(m, used, func(dst string) (time.Duration, error) { return d.disks.Snapshot(ctx, w.id, dst) })
+	made, err := d.snaps.Create(m, size, func(dst string) (time.Duration, error) { return d.disks.Snapshot(ctx, w.id, dst) })
 	if err != nil {
 		return nil, snapshotProblem(id, err)
 	}
@@ -146,11 +146,16 @@ func (d *Daemon) Fork(ctx context.Context, sessionID string, req api.ForkRequest
 	for _, id := range req.SessionIDs {
 		s, err := d.CreateSession(ctx, api.CreateSessionRequest{SessionID: id, FromSnapshot: snap.SnapshotID})
 		if err != nil {
-			var p *api.Problem
-			if errors.As(err, &p) && len(out.Sessions) > 0 {
-				p.Detail = fmt.Sprintf("fork %q: %s (the %d before it were made)", id, p.Detail, len(out.Sessions))
+			// All or nothing: the forks made before this one go again (their tokens
+			// would be lost with the error).
+			for _, made := range out.Sessions {
+				d.DeleteSession(ctx, made.SessionID)
 			}
-			return out, err
+			var p *api.Problem
+			if errors.As(err, &p) {
+				p.Detail = fmt.Sprintf("fork %q: %s (no fork was kept)", id, p.Detail)
+			}
+			return nil, err
 		}
 		out.Sessions = append(out.Sessions, *s)
 	}
@@ -198,13 +203,13 @@ func fromSnapshot(req api.CreateSessionRequest, m *snapshots.Meta, packages bool
 
 // makeDiskFrom makes worker w's disk a copy of snapshot m, its files given to w's uid range.
 func (d *Daemon) makeDiskFrom(ctx context.Context, w *worker, m *snapshots.Meta, sizeMB int) error {
-	if _, err := d.disks.MakeFrom(ctx, w.id, d.snaps.Image(m.ID), sizeMB); err != nil {
+	if _, err := d.disks.MakeFrom(ctx, w.id, d.snaps.Image(m.Tenant, m.ID), sizeMB); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return api.Fail(api.NotFound, "snapshot %q was deleted while the session was made", m.ID)
 		}
 		return err
 	}
-	if err := d.disks.Rebase(w.id, m.UIDBase, int(w.uidBase), runtime.IDRange); err != nil {
+	if err := d.disks.Rebase(ctx, w.id, m.UIDBase, int(w.uidBase), runtime.IDRange); err != nil {
 		return fmt.Errorf("give the snapshot's files to the worker: %w", err)
 	}
 	return nil

@@ -57,23 +57,47 @@ func volumeView(v *volumes.Volume) api.Volume {
 	return out
 }
 
-// ListVolumes implements api.Backend.
+// ListVolumes implements api.Backend. A session's access token sees the volumes its
+// session has, and of their uses its own.
 func (d *Daemon) ListVolumes(ctx context.Context) (*api.VolumeList, error) {
+	caller := api.CallerOf(ctx)
 	out := &api.VolumeList{Volumes: []api.Volume{}}
-	for _, v := range d.vols.List(api.CallerOf(ctx).Tenant) {
-		out.Volumes = append(out.Volumes, volumeView(&v))
+	for _, v := range d.vols.List(caller.Tenant) {
+		if view, ok := volumeFor(caller, &v); ok {
+			out.Volumes = append(out.Volumes, view)
+		}
 	}
 	return out, nil
 }
 
 // GetVolume implements api.Backend.
 func (d *Daemon) GetVolume(ctx context.Context, name string) (*api.Volume, error) {
-	v, err := d.vols.Get(api.CallerOf(ctx).Tenant, name)
+	caller := api.CallerOf(ctx)
+	v, err := d.vols.Get(caller.Tenant, name)
 	if err != nil {
 		return nil, volumeProblem(name, err)
 	}
-	view := volumeView(v)
+	view, ok := volumeFor(caller, v)
+	if !ok {
+		return nil, volumeProblem(name, volumes.ErrNotFound)
+	}
 	return &view, nil
+}
+
+// volumeFor is v as caller sees it: a session's token, only a volume its session has.
+func volumeFor(caller api.Caller, v *volumes.Volume) (api.Volume, bool) {
+	view := volumeView(v)
+	if caller.Session == "" {
+		return view, true
+	}
+	mine := view.MountedBy[:0]
+	for _, u := range view.MountedBy {
+		if u.SessionID == caller.Session {
+			mine = append(mine, u)
+		}
+	}
+	view.MountedBy = mine
+	return view, len(mine) > 0
 }
 
 // DeleteVolume implements api.Backend: 409 while a session has it.
@@ -147,7 +171,10 @@ func (d *Daemon) mountVolumes(s *session, w *worker, mounts []api.VolumeMount) e
 
 // volumeRoots mounts session s's volumes into root, for the file calls.
 func (d *Daemon) volumeRoots(s *session, root *sandboxfs.Root) error {
-	for _, m := range s.shape.volumes {
+	d.mu.Lock()
+	mounts := s.shape.volumes // a PATCH replaces the shape under the lock
+	d.mu.Unlock()
+	for _, m := range mounts {
 		sub, err := sandboxfs.Open(d.vols.Root(s.key.tenant, m.Name), volumes.Owner, volumes.Owner)
 		if err != nil {
 			return err

@@ -221,14 +221,17 @@ func TestNetworkPolicy(t *testing.T) {
 		t.Errorf("with 0.0.0.0/0, an address of the test hosts: %v", v)
 	}
 
-	// Denials in the call's answer: REST, SSE and the websocket.
-	r, err := d.client.Execute(ctx, "e2e-net", "show([resolve('denied.test'), get('169.254.169.254')])", 0)
+	// Denials in the call's answer: REST, SSE and the websocket; in a session of their own,
+	// whose worker has asked few questions (a worker may ask 100 a second, bursts of 200).
+	createSession(t, d, api.CreateSessionRequest{SessionID: "e2e-net-calls"})
+	d.exec(t, "e2e-net-calls", probes)
+	r, err := d.client.Execute(ctx, "e2e-net-calls", "show([resolve('denied.test'), get('169.254.169.254')])", 0)
 	if err != nil || r.NetworkDenialsTotal != 2 || len(r.NetworkDenials) != 2 || r.NetworkDenials[0].Reason != "dns_denied" ||
 		r.NetworkDenials[1].Reason != "private_address" {
 		t.Fatalf("the REST answer's denials: %+v %v", r, err)
 	}
 	var streamed, done int
-	for e, err := range d.client.Stream(ctx, "e2e-net", api.ExecuteRequest{Code: "show(resolve('streamed.test'))"}) {
+	for e, err := range d.client.Stream(ctx, "e2e-net-calls", api.ExecuteRequest{Code: "show(resolve('streamed.test'))"}) {
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -242,7 +245,7 @@ func TestNetworkPolicy(t *testing.T) {
 	if streamed != 1 || done != 1 {
 		t.Fatalf("SSE: %d network events, done says %d denials", streamed, done)
 	}
-	ws := dialWS(t, d, "e2e-net", true)
+	ws := dialWS(t, d, "e2e-net-calls", true)
 	ws.send(map[string]any{"type": "execute", "id": "w1", "code": "show(resolve('ws.test'))"})
 	var sawWS bool
 	for _, a := range ws.until("w1") {

@@ -84,7 +84,12 @@ func (s *Server) answer(ctx context.Context, w dns.ResponseWriter, q *dns.Msg, u
 	s.mu.Unlock()
 	if ws == nil || !allowed {
 		if ws != nil {
-			s.decisions.WithLabelValues("dns", DecisionDenied, ReasonRateLimited).Inc()
+			// Said, so a call that met it knows why its names did not resolve.
+			name := ""
+			if len(q.Question) == 1 {
+				name = strings.TrimSuffix(strings.ToLower(q.Question[0].Name), ".")
+			}
+			s.record(ws, Event{Kind: "dns", Name: name, Decision: DecisionDenied, Reason: ReasonRateLimited})
 		}
 		m.Rcode = dns.RcodeRefused
 		w.WriteMsg(m)

@@ -6,6 +6,8 @@
 package snapshots
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -60,10 +62,17 @@ type Store struct {
 	maxCount int   // per tenant
 	maxBytes int64 // all snapshots' images on the host
 
-	mu      sync.Mutex
-	snaps   map[string]*Meta
-	pending map[string]string // ids being made, by tenant
-	stored  int64
+	mu       sync.Mutex
+	snaps    map[string]*Meta  // by dirName(tenant, id)
+	pending  map[string]string // those being made: their tenant
+	reserved int64             // bytes the copies being made may take
+	stored   int64
+}
+
+// dirName is the directory of tenant's snapshot id: ids are each tenant's own.
+func dirName(tenant, id string) string {
+	h := sha256.Sum256([]byte(tenant + "\x00" + id))
+	return hex.EncodeToString(h[:12])
 }
 
 // Open reads the snapshots under dir (made if missing) and drops what a stop left half made.
@@ -84,28 +93,32 @@ func Open(dir string, maxCount int, maxBytes int64) (*Store, error) {
 		}
 		var m Meta
 		b, err := os.ReadFile(filepath.Join(p, "meta.json"))
-		if err != nil || json.Unmarshal(b, &m) != nil || m.ID != e.Name() || !ValidID(m.ID) {
+		if err != nil || json.Unmarshal(b, &m) != nil || dirName(m.Tenant, m.ID) != e.Name() || !ValidID(m.ID) {
 			continue // not one of ours, or damaged: left for the operator to look at
 		}
 		m.Stored = stored(filepath.Join(p, "disk.img"))
-		s.snaps[m.ID] = &m
+		s.snaps[e.Name()] = &m
 		s.stored += m.Stored
 	}
 	return s, nil
 }
 
-// Image is the disk image of snapshot id.
-func (s *Store) Image(id string) string { return filepath.Join(s.dir, id, "disk.img") }
+// Image is the disk image of tenant's snapshot id.
+func (s *Store) Image(tenant, id string) string {
+	return filepath.Join(s.dir, dirName(tenant, id), "disk.img")
+}
 
 // Create makes snapshot m.ID for m.Tenant: take copies the disk to the path it is given
 // and says how long the source was frozen. The snapshot appears only once whole; a failure
-// leaves nothing.
-func (s *Store) Create(m Meta, estimate int64, take func(dst string) (time.Duration, error)) (*Meta, error) {
+// leaves nothing. reserve is the most the copy can take (the disk's size): it counts
+// against the bytes quota while the copy is made.
+func (s *Store) Create(m Meta, reserve int64, take func(dst string) (time.Duration, error)) (*Meta, error) {
 	if !ValidID(m.ID) {
 		return nil, ErrBadID
 	}
+	k := dirName(m.Tenant, m.ID)
 	s.mu.Lock()
-	if _, ok := s.snaps[m.ID]; ok || s.pending[m.ID] != "" {
+	if _, ok := s.snaps[k]; ok || s.pending[k] != "" {
 		s.mu.Unlock()
 		return nil, ErrExists
 	}
@@ -113,16 +126,18 @@ func (s *Store) Create(m Meta, estimate int64, take func(dst string) (time.Durat
 		s.mu.Unlock()
 		return nil, fmt.Errorf("%w: this key has %d snapshots, the most one may (--max-snapshots): delete one first", ErrQuota, n)
 	}
-	if s.stored+estimate > s.maxBytes {
+	if s.stored+s.reserved+reserve > s.maxBytes {
 		s.mu.Unlock()
-		return nil, fmt.Errorf("%w: snapshots take %d MB of the host's %d MB (--max-snapshot-mb), this one about %d MB more",
-			ErrQuota, s.stored>>20, s.maxBytes>>20, estimate>>20)
+		return nil, fmt.Errorf("%w: snapshots take %d MB of the host's %d MB (--max-snapshot-mb), copies under way %d MB, this one up to %d MB more",
+			ErrQuota, s.stored>>20, s.maxBytes>>20, s.reserved>>20, reserve>>20)
 	}
-	s.pending[m.ID] = m.Tenant
+	s.pending[k] = m.Tenant
+	s.reserved += reserve
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		delete(s.pending, m.ID)
+		delete(s.pending, k)
+		s.reserved -= reserve
 		s.mu.Unlock()
 	}()
 
@@ -149,10 +164,10 @@ func (s *Store) Create(m Meta, estimate int64, take func(dst string) (time.Durat
 	if s.stored+m.Stored > s.maxBytes {
 		return nil, fmt.Errorf("%w: this snapshot takes %d MB, past the host's %d MB for snapshots (--max-snapshot-mb)", ErrQuota, m.Stored>>20, s.maxBytes>>20)
 	}
-	if err := os.Rename(tmp, filepath.Join(s.dir, m.ID)); err != nil {
+	if err := os.Rename(tmp, filepath.Join(s.dir, k)); err != nil {
 		return nil, err
 	}
-	s.snaps[m.ID] = &m
+	s.snaps[k] = &m
 	s.stored += m.Stored
 	c := m
 	return &c, nil
@@ -177,8 +192,8 @@ func (s *Store) countLocked(tenant string) int {
 func (s *Store) Get(tenant, id string) (*Meta, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m, ok := s.snaps[id]
-	if !ok || m.Tenant != tenant {
+	m, ok := s.snaps[dirName(tenant, id)]
+	if !ok {
 		return nil, ErrNotFound
 	}
 	c := *m
@@ -201,18 +216,19 @@ func (s *Store) List(tenant string) []Meta {
 
 // Delete removes tenant's snapshot id. Sessions made from it keep their disks (copies).
 func (s *Store) Delete(tenant, id string) error {
+	k := dirName(tenant, id)
 	s.mu.Lock()
-	m, ok := s.snaps[id]
-	if !ok || m.Tenant != tenant {
+	m, ok := s.snaps[k]
+	if !ok {
 		s.mu.Unlock()
 		return ErrNotFound
 	}
-	delete(s.snaps, id)
+	delete(s.snaps, k)
 	s.stored -= m.Stored
 	s.mu.Unlock()
 	// Renamed away first: a stop half way leaves a temporary directory, removed at start.
-	gone := filepath.Join(s.dir, ".tmp-gone-"+id)
-	if err := os.Rename(filepath.Join(s.dir, id), gone); err != nil {
+	gone := filepath.Join(s.dir, ".tmp-gone-"+k)
+	if err := os.Rename(filepath.Join(s.dir, k), gone); err != nil {
 		return err
 	}
 	return os.RemoveAll(gone)

@@ -23,9 +23,13 @@ func TestStore(t *testing.T) {
 	if err != nil || m.FreezeMS != 1 || m.Stored == 0 {
 		t.Fatalf("create: %+v %v", m, err)
 	}
-	if _, err := s.Create(Meta{ID: "one", Tenant: "b"}, 0, take(1)); !errors.Is(err, ErrExists) {
+	if _, err := s.Create(Meta{ID: "one", Tenant: "a"}, 0, take(1)); !errors.Is(err, ErrExists) {
 		t.Fatalf("a taken id: %v", err)
 	}
+	if _, err := s.Create(Meta{ID: "one", Tenant: "b"}, 0, take(1)); err != nil {
+		t.Fatalf("another tenant's id of the same name: %v", err)
+	}
+	s.Delete("b", "one")
 	if _, err := s.Create(Meta{ID: "../x", Tenant: "a"}, 0, take(1)); !errors.Is(err, ErrBadID) {
 		t.Fatalf("a bad id: %v", err)
 	}
@@ -37,6 +41,9 @@ func TestStore(t *testing.T) {
 	}
 	if _, err := s.Create(Meta{ID: "big", Tenant: "a"}, 0, take(2<<20)); !errors.Is(err, ErrQuota) {
 		t.Fatalf("over the bytes: %v", err)
+	}
+	if _, err := s.Create(Meta{ID: "reserved", Tenant: "a"}, 2<<20, take(1)); !errors.Is(err, ErrQuota) {
+		t.Fatalf("a copy that could take more than is left: %v", err)
 	}
 	s.Create(Meta{ID: "two", Tenant: "a", Created: time.Now()}, 0, take(1))
 	if _, err := s.Create(Meta{ID: "three", Tenant: "a"}, 0, take(1)); !errors.Is(err, ErrQuota) {
@@ -59,7 +66,7 @@ func TestStore(t *testing.T) {
 	if err := again.Delete("a", "one"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("deleted twice: %v", err)
 	}
-	if _, err := os.Stat(again.Image("one")); !os.IsNotExist(err) {
+	if _, err := os.Stat(again.Image("a", "one")); !os.IsNotExist(err) {
 		t.Fatal("the deleted snapshot's image is still there")
 	}
 }

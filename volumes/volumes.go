@@ -70,6 +70,8 @@ type Store struct {
 
 	mu   sync.Mutex
 	vols map[string]*Volume // by key
+	// busy are volumes being made or deleted (their file system work is done without mu).
+	busy map[string]*Volume
 }
 
 func key(tenant, name string) string {
@@ -88,7 +90,7 @@ func Open(dir string, maxCount int, maxBytes int64) (*Store, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "mnt"), 0o700); err != nil {
 		return nil, fmt.Errorf("volumes: %w", err)
 	}
-	s := &Store{dir: dir, maxCount: maxCount, maxBytes: maxBytes, vols: map[string]*Volume{}}
+	s := &Store{dir: dir, maxCount: maxCount, maxBytes: maxBytes, vols: map[string]*Volume{}, busy: map[string]*Volume{}}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("volumes: %w", err)
@@ -127,49 +129,67 @@ func (s *Store) mountHost(k string) error {
 	return blockdev.MountImage(s.image(k), mp)
 }
 
-// Create makes tenant's volume name of sizeMB, empty.
+// Create makes tenant's volume name of sizeMB, empty. The file system is made and mounted
+// without the store's lock: other volumes' calls do not wait for it.
 func (s *Store) Create(ctx context.Context, tenant, name string, sizeMB int) (*Volume, error) {
 	if !ValidName(name) {
 		return nil, ErrBadName
 	}
 	k := key(tenant, name)
 	s.mu.Lock()
-	defer s.mu.Unlock() // volumes are made rarely: one at a time
-	if _, ok := s.vols[k]; ok {
+	if _, ok := s.vols[k]; ok || s.busy[k] != nil {
+		s.mu.Unlock()
 		return nil, ErrExists
 	}
 	n, total := 0, int64(0)
-	for _, v := range s.vols {
-		total += int64(v.SizeMB) << 20
-		if v.Tenant == tenant {
-			n++
+	for _, set := range []map[string]*Volume{s.vols, s.busy} {
+		for _, v := range set {
+			total += int64(v.SizeMB) << 20
+			if v.Tenant == tenant {
+				n++
+			}
 		}
 	}
 	if n >= s.maxCount {
+		s.mu.Unlock()
 		return nil, fmt.Errorf("%w: this key has %d volumes, the most one may (--max-volumes): delete one first", ErrQuota, n)
 	}
 	if total+int64(sizeMB)<<20 > s.maxBytes {
+		s.mu.Unlock()
 		return nil, fmt.Errorf("%w: volumes may take %d MB on this host (--max-volume-mb), %d MB are taken", ErrQuota, s.maxBytes>>20, total>>20)
 	}
-	if err := blockdev.MakeImage(ctx, s.image(k), sizeMB, Owner); err != nil {
-		return nil, err
-	}
 	v := &Volume{Name: name, Tenant: tenant, SizeMB: sizeMB, Created: time.Now().UTC()}
-	if err := s.mountHost(k); err != nil {
-		os.Remove(s.image(k))
-		return nil, err
-	}
-	// The image's root came out of mkfs with lost+found; the tenant's volume starts empty.
-	os.Remove(filepath.Join(s.mountPoint(k), "lost+found"))
-	if err := s.saveLocked(k, v); err != nil {
-		blockdev.Unmount(s.mountPoint(k))
-		os.Remove(s.image(k))
+	s.busy[k] = v
+	s.mu.Unlock()
+	err := s.make(ctx, k, v)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.busy, k)
+	if err != nil {
 		return nil, err
 	}
 	v.Stored = stored(s.image(k))
 	s.vols[k] = v
 	c := *v
 	return &c, nil
+}
+
+func (s *Store) make(ctx context.Context, k string, v *Volume) error {
+	if err := blockdev.MakeImage(ctx, s.image(k), v.SizeMB, Owner); err != nil {
+		return err
+	}
+	if err := s.mountHost(k); err != nil {
+		os.Remove(s.image(k))
+		return err
+	}
+	// The image's root came out of mkfs with lost+found; the tenant's volume starts empty.
+	os.Remove(filepath.Join(s.mountPoint(k), "lost+found"))
+	if err := s.saveLocked(k, v); err != nil {
+		blockdev.Unmount(s.mountPoint(k))
+		os.Remove(s.image(k))
+		return err
+	}
+	return nil
 }
 
 func (s *Store) saveLocked(k string, v *Volume) error {
@@ -223,23 +243,32 @@ func cmpString(a, b string) int {
 	return 0
 }
 
-// Delete removes tenant's volume name, which no session may be using.
+// Delete removes tenant's volume name, which no session may be using. Its unmount (which
+// flushes what the volume holds) is done without the store's lock.
 func (s *Store) Delete(tenant, name string) error {
 	k := key(tenant, name)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	v, ok := s.vols[k]
 	if !ok {
+		s.mu.Unlock()
 		return ErrNotFound
 	}
 	if len(v.Uses) > 0 {
+		s.mu.Unlock()
 		return fmt.Errorf("%w: session %s has it at %s", ErrInUse, v.Uses[0].ID, v.Uses[0].Path)
 	}
+	delete(s.vols, k)
+	s.busy[k] = v
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.busy, k)
+		s.mu.Unlock()
+	}()
+	os.Remove(s.meta(k)) // first: a stop half way forgets it rather than half keeps it
 	if err := blockdev.Unmount(s.mountPoint(k)); err != nil {
 		return err
 	}
-	delete(s.vols, k)
-	os.Remove(s.meta(k))
 	os.Remove(s.mountPoint(k))
 	return os.Remove(s.image(k))
 }

@@ -54,6 +54,7 @@ type options struct {
 	firstPrint, firstUse, sessions, sessionMB int
 	rounds                                    int
 	egressRequests, egressMB                  int
+	snapshots                                 bool
 	budgetMB                                  int
 	workerCPU                                 float64
 	deadline                                  time.Duration
@@ -80,6 +81,7 @@ func main() {
 	flag.IntVar(&o.firstCell, "first-cell", 10, "environments: new sessions whose first useful cell is timed, per environment (0: skip the phase)")
 	flag.IntVar(&o.egressRequests, "egress-requests", 300, "egress: HTTP requests (a new connection each) per round and path (0: skip the phase)")
 	flag.IntVar(&o.egressMB, "egress-mb", 64, "egress: MB downloaded per round and path")
+	flag.BoolVar(&o.snapshots, "snapshots", true, "time snapshots and forks of a 500 MB disk holding 100 MB")
 	flag.IntVar(&o.budgetMB, "budget-mb", 16384, "memory budget for the density figure")
 	flag.IntVar(&o.sessions, "sessions", 500, "density: concurrent sessions kept on this host (0: skip)")
 	flag.IntVar(&o.sessionMB, "session-ram-mb", 256, "density: each worker's memory limit")
@@ -154,6 +156,12 @@ func run(o options) error {
 	// Phase 4: what the network policy layer costs an allowed client.
 	if o.egressRequests > 0 {
 		if err := egressRun(ctx, o, state, rep); err != nil {
+			return err
+		}
+	}
+
+	if o.snapshots {
+		if err := snapshotsRun(ctx, o, state, rep); err != nil {
 			return err
 		}
 	}
@@ -637,6 +645,12 @@ func targets(rep *bench.Report, users int) {
 	}
 	if v, ok := f["packages: pip install of a wheel from the cache, p50 of 5 (ms)"]; ok {
 		add("packages: cached pip install of a small wheel, p50", "ms", v, 1000, true)
+	}
+	if v, ok := f["snapshots: the longest write in the session meanwhile (ms)"]; ok {
+		add("snapshots: the longest write stall a snapshot causes", "ms", v, 250, true)
+	}
+	if v, ok := f["snapshots: a fork into 3 sessions (ms)"]; ok {
+		add("snapshots: a fork into 3 sessions (500 MB disk, 100 MB data)", "ms", v, 2000, true)
 	}
 	if v, ok := f["egress: policy layer / direct download throughput (%)"]; ok {
 		add("egress: allowed download through the policy layer / direct", "%", v, 80, false)
