@@ -275,3 +275,12 @@ func MountImage(file, mp string) error {
 
 // Unmount unmounts what is mounted at mp (its submounts lazily), which frees the loop device.
 func Unmount(mp string) error { return unmount(mp) }
+
+// Allocated is what file takes on its file system (a sparse file's blocks), in bytes.
+func Allocated(file string) int64 {
+	var st unix.Stat_t
+	if unix.Stat(file, &st) != nil {
+		return 0
+	}
+	return st.Blocks * 512
+}

@@ -17,8 +17,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/codebox/codebox/blockdev"
 )
 
 // Meta is what a snapshot was taken of.
@@ -96,7 +97,7 @@ func Open(dir string, maxCount int, maxBytes int64) (*Store, error) {
 		if err != nil || json.Unmarshal(b, &m) != nil || dirName(m.Tenant, m.ID) != e.Name() || !ValidID(m.ID) {
 			continue // not one of ours, or damaged: left for the operator to look at
 		}
-		m.Stored = stored(filepath.Join(p, "disk.img"))
+		m.Stored = blockdev.Allocated(filepath.Join(p, "disk.img"))
 		s.snaps[e.Name()] = &m
 		s.stored += m.Stored
 	}
@@ -151,7 +152,7 @@ func (s *Store) Create(m Meta, reserve int64, take func(dst string) (time.Durati
 		return nil, err
 	}
 	m.FreezeMS = float64(froze.Microseconds()) / 1000
-	m.Stored = stored(filepath.Join(tmp, "disk.img"))
+	m.Stored = blockdev.Allocated(filepath.Join(tmp, "disk.img"))
 	b, err := json.Marshal(m)
 	if err != nil {
 		return nil, err
@@ -232,15 +233,6 @@ func (s *Store) Delete(tenant, id string) error {
 		return err
 	}
 	return os.RemoveAll(gone)
-}
-
-// stored is what file takes on its file system.
-func stored(file string) int64 {
-	var st syscall.Stat_t
-	if syscall.Stat(file, &st) != nil {
-		return 0
-	}
-	return st.Blocks * 512
 }
 
 func writeSynced(file string, b []byte) error {

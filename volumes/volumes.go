@@ -17,8 +17,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/codebox/codebox/blockdev"
@@ -96,8 +96,8 @@ func Open(dir string, maxCount int, maxBytes int64) (*Store, error) {
 		return nil, fmt.Errorf("volumes: %w", err)
 	}
 	for _, e := range entries {
-		k, ok := cutSuffix(e.Name(), ".json")
-		if !ok {
+		k, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || k == "" {
 			continue
 		}
 		var v Volume
@@ -108,17 +108,10 @@ func Open(dir string, maxCount int, maxBytes int64) (*Store, error) {
 		if err := s.mountHost(k); err != nil {
 			return nil, fmt.Errorf("volume %s: %w", v.Name, err)
 		}
-		v.Stored = stored(s.image(k))
+		v.Stored = blockdev.Allocated(s.image(k))
 		s.vols[k] = &v
 	}
 	return s, nil
-}
-
-func cutSuffix(s, suffix string) (string, bool) {
-	if len(s) > len(suffix) && s[len(s)-len(suffix):] == suffix {
-		return s[:len(s)-len(suffix)], true
-	}
-	return "", false
 }
 
 func (s *Store) mountHost(k string) error {
@@ -168,7 +161,7 @@ func (s *Store) Create(ctx context.Context, tenant, name string, sizeMB int) (*V
 	if err != nil {
 		return nil, err
 	}
-	v.Stored = stored(s.image(k))
+	v.Stored = blockdev.Allocated(s.image(k))
 	s.vols[k] = v
 	c := *v
 	return &c, nil
@@ -229,18 +222,8 @@ func (s *Store) List(tenant string) []Volume {
 			out = append(out, c)
 		}
 	}
-	slices.SortFunc(out, func(a, b Volume) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b Volume) int { return strings.Compare(a.Name, b.Name) })
 	return out
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Delete removes tenant's volume name, which no session may be using. Its unmount (which
@@ -369,11 +352,3 @@ func (s *Store) Close() error {
 
 // Root is where tenant's volume name is on the host (for the file calls).
 func (s *Store) Root(tenant, name string) string { return s.mountPoint(key(tenant, name)) }
-
-func stored(file string) int64 {
-	var st syscall.Stat_t
-	if syscall.Stat(file, &st) != nil {
-		return 0
-	}
-	return st.Blocks * 512
-}
