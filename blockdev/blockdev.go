@@ -158,10 +158,8 @@ func plainName(id string) error {
 	return nil
 }
 
-// Make makes, formats, attaches and mounts a disk of sizeMB for worker id at its prepared
-// mount point, its root owned by owner (uid and gid, as the host sees them). On failure
-// the disk is gone again; the mount point stays.
-func (s *Store) Make(ctx context.Context, id string, sizeMB, owner int) (_ *Disk, err error) {
+// newDisk is worker id's disk, to be made at its prepared mount point.
+func (s *Store) newDisk(id string) (*Disk, error) {
 	if err := plainName(id); err != nil {
 		return nil, err
 	}
@@ -169,13 +167,27 @@ func (s *Store) Make(ctx context.Context, id string, sizeMB, owner int) (_ *Disk
 	if err := notSymlink(d.MountPoint); err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			if rerr := s.removeDisk(id); rerr != nil {
-				err = errors.Join(err, rerr)
-			}
+	return d, nil
+}
+
+// undoOnError removes what a making of disk id that failed (*err) left; the mount point stays.
+func (s *Store) undoOnError(id string, err *error) {
+	if *err != nil {
+		if rerr := s.removeDisk(id); rerr != nil {
+			*err = errors.Join(*err, rerr)
 		}
-	}()
+	}
+}
+
+// Make makes, formats, attaches and mounts a disk of sizeMB for worker id at its prepared
+// mount point, its root owned by owner (uid and gid, as the host sees them). On failure
+// the disk is gone again; the mount point stays.
+func (s *Store) Make(ctx context.Context, id string, sizeMB, owner int) (_ *Disk, err error) {
+	d, err := s.newDisk(id)
+	if err != nil {
+		return nil, err
+	}
+	defer s.undoOnError(id, &err)
 
 	f, err := os.OpenFile(d.File, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {

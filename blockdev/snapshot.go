@@ -105,20 +105,11 @@ func copyDisk(ctx context.Context, src, dst string) error {
 // when that is larger, and mounts it at its prepared mount point. On failure the disk is
 // gone again; the mount point stays.
 func (s *Store) MakeFrom(ctx context.Context, id, src string, sizeMB int) (_ *Disk, err error) {
-	if err := plainName(id); err != nil {
+	d, err := s.newDisk(id)
+	if err != nil {
 		return nil, err
 	}
-	d := &Disk{ID: id, File: s.file(id), MountPoint: s.MountPoint(id)}
-	if err := notSymlink(d.MountPoint); err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			if rerr := s.removeDisk(id); rerr != nil {
-				err = errors.Join(err, rerr)
-			}
-		}
-	}()
+	defer s.undoOnError(id, &err)
 	if _, err := os.Lstat(d.File); err == nil {
 		return nil, fmt.Errorf("disk %s exists", id)
 	}
